@@ -1,0 +1,48 @@
+# gapkit developer tasks. Everything runs inside .venv, which `make venv` builds on demand.
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# Stamp written after a successful install; re-install when pyproject.toml changes.
+STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
+BENCH_SCRIPTS := benchmarks/soap.py
+
+.PHONY: venv test demo bench clean distclean
+
+venv: $(STAMP)
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, with this exact spec: it resolves to the CPU wheel here, whereas letting the
+# resolver pick torch for gapkit's range can pull gigabytes of CUDA libraries.
+$(STAMP): pyproject.toml | $(VPY)
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e ".[dev]"
+	touch $@
+
+test: venv
+	$(VPY) -m pytest -q -ra tests
+
+demo: venv
+	$(VPY) -m gapkit.demo
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PIP) install -e ".[bench]"
+	touch $@
+
+bench: $(BENCH_STAMP)
+	@set -e; for script in $(BENCH_SCRIPTS); do \
+		echo "== $$script"; \
+		$(VPY) $$script; \
+	done
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis demo_output benchmarks/results
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# clean, and also remove the virtual environment.
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,231 @@
+"""The result type every descriptor returns, and the gradient bookkeeping they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["DescriptorResult", "fold_pair_gradients", "resolve_species"]
+
+
+@dataclass(frozen=True)
+class DescriptorResult:
+    """Descriptor values of many centres, with optional gradients.
+
+    A *centre* is what carries one local energy: an atom for SOAP, an ordered pair
+    of atoms for the two-body descriptor. All arrays are numpy (float64 unless
+    stated); :meth:`torch` gives torch views.
+
+    Attributes
+    ----------
+    values : ndarray of shape (n_centres, n_features)
+        Descriptor of each centre.
+    centre_structure : ndarray of shape (n_centres,)
+        Index (into the frames passed to ``compute``) of the structure of each centre.
+    centre_atom : ndarray of shape (n_centres,)
+        Index, within its structure, of the atom the centre's local energy belongs to.
+    centre_species : ndarray of shape (n_centres,)
+        Atomic number of that atom.
+    centre_types : ndarray of shape (n_centres,)
+        Kernel type of the centre: kernels between centres of different type are
+        zero (the central species for SOAP, the species pair for two-body).
+    n_atoms : ndarray of shape (n_structures,)
+        Number of atoms of each structure.
+    feature_labels : ndarray of shape (n_features, len(feature_label_names))
+        Integer labels of each feature column.
+    feature_label_names : tuple of str
+        Names of the label columns.
+    gradients : ndarray of shape (n_gradients, 3, n_features) or None
+        ``gradients[g, a] = d values[gradient_centre[g]] / d r[gradient_atom[g], a]``
+        (Å^-1 per unit of the descriptor). Sparse: one entry for every (centre,
+        atom) pair with a non-zero derivative, the centre's own atom included; the
+        periodic images of an atom are summed into the entry of the atom.
+    gradient_centre : ndarray of shape (n_gradients,)
+        Row of ``values`` the gradient entry belongs to.
+    gradient_atom : ndarray of shape (n_gradients,)
+        Atom index, within the centre's structure, that is displaced.
+    strain_gradients : ndarray of shape (n_centres, 3, 3, n_features) or None
+        ``d values / d epsilon_ab`` for the homogeneous deformation
+        ``r -> (1 + epsilon) r`` of positions and cell. The virial of an energy
+        ``E = sum_i e(q_i)`` is ``W = -dE/d epsilon`` (eV).
+    """
+
+    values: np.ndarray
+    centre_structure: np.ndarray
+    centre_atom: np.ndarray
+    centre_species: np.ndarray
+    centre_types: np.ndarray
+    n_atoms: np.ndarray
+    feature_labels: np.ndarray
+    feature_label_names: tuple
+    gradients: np.ndarray | None = None
+    gradient_centre: np.ndarray | None = None
+    gradient_atom: np.ndarray | None = None
+    strain_gradients: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_centres(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.values.shape[1])
+
+    @property
+    def n_structures(self) -> int:
+        return int(self.n_atoms.shape[0])
+
+    @property
+    def atom_offsets(self) -> np.ndarray:
+        """Start of each structure in a concatenation of all atoms, shape (n_structures + 1,)."""
+        return np.concatenate([[0], np.cumsum(self.n_atoms)]).astype(np.int64)
+
+    @property
+    def gradient_atom_global(self) -> np.ndarray:
+        """``gradient_atom`` as an index into the concatenation of all structures' atoms."""
+        if self.gradient_atom is None:
+            raise ValueError("this result has no gradients; compute with gradients=True")
+        return self.atom_offsets[self.centre_structure[self.gradient_centre]] + self.gradient_atom
+
+    def structure(self, k: int) -> "DescriptorResult":
+        """The part of this result that belongs to structure ``k`` (structure index 0)."""
+        sel = np.nonzero(self.centre_structure == k)[0]
+        remap = -np.ones(self.n_centres, dtype=np.int64)
+        remap[sel] = np.arange(sel.size)
+        grads = gcentre = gatom = None
+        if self.gradients is not None:
+            gsel = np.nonzero(self.centre_structure[self.gradient_centre] == k)[0]
+            grads = self.gradients[gsel]
+            gcentre = remap[self.gradient_centre[gsel]]
+            gatom = self.gradient_atom[gsel]
+        return DescriptorResult(
+            values=self.values[sel], centre_structure=np.zeros(sel.size, dtype=np.int64),
+            centre_atom=self.centre_atom[sel], centre_species=self.centre_species[sel],
+            centre_types=self.centre_types[sel], n_atoms=self.n_atoms[k:k + 1],
+            feature_labels=self.feature_labels, feature_label_names=self.feature_label_names,
+            gradients=grads, gradient_centre=gcentre, gradient_atom=gatom,
+            strain_gradients=None if self.strain_gradients is None else self.strain_gradients[sel],
+            info=dict(self.info))
+
+    def torch(self, name: str, *, dtype=torch.float64, device=None) -> torch.Tensor:
+        """Attribute ``name`` as a torch tensor (zero-copy on CPU for float64)."""
+        arr = getattr(self, name)
+        if arr is None:
+            raise ValueError(f"{name} was not computed; pass gradients=True to compute()")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        if t.is_floating_point():
+            t = t.to(dtype=dtype)
+        return t.to(device=device) if device is not None else t
+
+
+def concatenate(results: Sequence[DescriptorResult], structure_offsets: Sequence[int]) -> DescriptorResult:
+    """Concatenate results of consecutive batches of structures into one."""
+    if len(results) == 1 and structure_offsets[0] == 0:
+        return results[0]
+    first = results[0]
+    centre_offsets = np.cumsum([0] + [r.n_centres for r in results[:-1]])
+
+    def cat(name, shift=None):
+        parts = [getattr(r, name) for r in results]
+        if parts[0] is None:
+            return None
+        if shift is not None:
+            parts = [p + s for p, s in zip(parts, shift)]
+        return np.concatenate(parts)
+
+    return DescriptorResult(
+        values=cat("values"),
+        centre_structure=cat("centre_structure", structure_offsets),
+        centre_atom=cat("centre_atom"), centre_species=cat("centre_species"),
+        centre_types=cat("centre_types"), n_atoms=cat("n_atoms"),
+        feature_labels=first.feature_labels, feature_label_names=first.feature_label_names,
+        gradients=cat("gradients"), gradient_centre=cat("gradient_centre", centre_offsets),
+        gradient_atom=cat("gradient_atom"), strain_gradients=cat("strain_gradients"),
+        info=dict(first.info))
+
+
+def fold_pair_gradients(
+    pair_gradients: torch.Tensor,
+    pair_centre: torch.Tensor,
+    centre_atom_global: torch.Tensor,
+    pair_neighbor_atom: torch.Tensor,
+    pair_vectors: torch.Tensor,
+    n_centres: int,
+    n_atoms_total: int,
+    strain: bool,
+):
+    """Turn derivatives with respect to pair vectors into position and strain gradients.
+
+    A centre ``c`` (owned by atom ``i``) depends on positions only through its pair
+    vectors ``r_ij = r_j + S h - r_i``. With ``g_p = d q_c / d r_ij`` for pair ``p``:
+
+    .. math::
+
+        \\frac{\\partial q_c}{\\partial \\mathbf r_k} = \\sum_{p:\\, j_p = k} g_p
+            - \\delta_{ik} \\sum_p g_p ,\\qquad
+        \\frac{\\partial q_c}{\\partial \\epsilon_{ab}} = \\sum_p g_{p,a}\\, r_{ij,b}.
+
+    Parameters
+    ----------
+    pair_gradients : tensor of shape (n_pairs, 3, n_features)
+    pair_centre : tensor of shape (n_pairs,)
+        Row of the centre the pair belongs to.
+    centre_atom_global : tensor of shape (n_centres,)
+        Global atom index of the atom that owns each centre.
+    pair_neighbor_atom : tensor of shape (n_pairs,)
+        Global atom index of the neighbour (periodic images folded onto the atom).
+    pair_vectors : tensor of shape (n_pairs, 3)
+    n_centres, n_atoms_total : int
+    strain : bool
+        Also return the strain gradient.
+
+    Returns
+    -------
+    gradients : tensor (n_gradients, 3, n_features)
+    gradient_centre, gradient_atom_global : tensor (n_gradients,)
+        Sorted by centre, then atom. Every centre has an entry for its own atom.
+    strain_gradients : tensor (n_centres, 3, 3, n_features) or None
+    """
+    n_pairs, _, n_features = pair_gradients.shape
+    device = pair_gradients.device
+    total = torch.zeros((n_centres, 3, n_features), dtype=pair_gradients.dtype, device=device)
+    total.index_add_(0, pair_centre, pair_gradients)
+    rows = torch.arange(n_centres, device=device)
+    keys = torch.cat([pair_centre * n_atoms_total + pair_neighbor_atom,
+                      rows * n_atoms_total + centre_atom_global])
+    unique, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+    gradients = torch.zeros((unique.shape[0], 3, n_features), dtype=pair_gradients.dtype,
+                            device=device)
+    gradients.index_add_(0, inverse, torch.cat([pair_gradients, -total]))
+    strain_gradients = None
+    if strain:
+        strain_gradients = torch.zeros((n_centres, 3, 3, n_features),
+                                       dtype=pair_gradients.dtype, device=device)
+        strain_gradients.index_add_(
+            0, pair_centre, pair_gradients[:, :, None, :] * pair_vectors[:, None, :, None])
+    return gradients, unique // n_atoms_total, unique % n_atoms_total, strain_gradients
+
+
+def resolve_species(frames, species, frame_offset: int = 0) -> tuple[int, ...]:
+    """The sorted species list: the fixed one (checked against ``frames``) or inferred."""
+    present = sorted({int(z) for atoms in frames for z in np.unique(atoms.numbers)})
+    if species is None:
+        if not present:
+            raise ValueError("no atoms in the frames; cannot infer species")
+        return tuple(present)
+    fixed = tuple(sorted({int(z) for z in species}))
+    for k, atoms in enumerate(frames):
+        unknown = sorted(set(np.unique(atoms.numbers).tolist()) - set(fixed))
+        if unknown:
+            from ase.data import chemical_symbols
+
+            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
+            raise ValueError(
+                f"frame {k + frame_offset}: species {names} not in the descriptor's fixed "
+                f"species {list(fixed)}; add them to species=[...] or leave species=None "
+                "to infer it from the data")
+    return fixed
