@@ -177,7 +177,10 @@ class RadialSpline:
         c3 = 10 * A - 4 * B + 0.5 * C
         c4 = -15 * A + 7 * B - C
         c5 = 6 * A - 3 * B + 0.5 * C
-        self._coeffs = torch.from_numpy(np.stack([y0, m0, 0.5 * k0, c3, c4, c5], axis=1))
+        # one contiguous row of 6 x C coefficients per interval: a single row gather per pair
+        self._coeffs = torch.from_numpy(
+            np.ascontiguousarray(np.stack([y0, m0, 0.5 * k0, c3, c4, c5], axis=1)
+                                 .reshape(n_grid, -1)))
         self._at_zero = torch.from_numpy(values[0].copy())
 
     def to(self, dtype, device):
@@ -194,11 +197,17 @@ class RadialSpline:
         u = d / self.h
         k = torch.clamp(u.floor().long(), 0, self.n_grid - 1)
         t = (u - k.to(u.dtype))[:, None]
-        c = self._coeffs[k]  # (n, 6, C)
-        val = c[:, 0] + t * (c[:, 1] + t * (c[:, 2] + t * (c[:, 3] + t * (c[:, 4] + t * c[:, 5]))))
+        c = torch.index_select(self._coeffs, 0, k).view(d.shape[0], 6, -1)
+        c0, c1, c2, c3, c4, c5 = c.unbind(1)
+        val = torch.addcmul(c4, t, c5)
+        for ci in (c3, c2, c1, c0):
+            val = torch.addcmul(ci, t, val)
         shape = (d.shape[0], self.n_max, self.l_max + 1)
         if not derivative:
             return val.reshape(shape), None
-        der = (c[:, 1] + t * (2.0 * c[:, 2] + t * (3.0 * c[:, 3] + t * (4.0 * c[:, 4]
-                                                                   + 5.0 * t * c[:, 5])))) / self.h
+        der = torch.addcmul(c4, t, c5, value=1.25)  # 4 c4 + 5 c5 t, scaled by 1/4
+        der = torch.addcmul(c3, t, der, value=4.0 / 3.0)  # (3 c3 + 4 c4 t + 5 c5 t^2) / 3
+        der = torch.addcmul(c2, t, der, value=1.5)  # (2 c2 + 3 c3 t + ...) / 2
+        der = torch.addcmul(c1, t, der, value=2.0)
+        der = der / self.h
         return val.reshape(shape), der.reshape(shape)

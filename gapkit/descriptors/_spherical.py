@@ -30,7 +30,8 @@ import torch
 __all__ = ["real_spherical_harmonics"]
 
 
-def real_spherical_harmonics(vectors: torch.Tensor, l_max: int, gradients: bool = True):
+def real_spherical_harmonics(vectors: torch.Tensor, l_max: int, gradients: bool = True,
+                             transposed: bool = False):
     """Y_lm(r̂) for every row of ``vectors`` (shape (n, 3), non-zero rows).
 
     Returns
@@ -38,64 +39,90 @@ def real_spherical_harmonics(vectors: torch.Tensor, l_max: int, gradients: bool 
     values : tensor of shape (n, (l_max + 1)^2)
     gradients : tensor of shape (n, 3, (l_max + 1)^2) or None
         d Y_lm / d r (Å^-1).
+
+    With ``transposed=True`` the pair axis comes last: shapes ((l_max+1)^2, n) and
+    (3, (l_max+1)^2, n) (the layout the recurrences run in).
     """
     n = vectors.shape[0]
-    r = torch.linalg.norm(vectors, dim=1)
-    u = vectors / r[:, None]
-    x, y, z = u[:, 0], u[:, 1], u[:, 2]
     dtype, device = vectors.dtype, vectors.device
-    zeros = torch.zeros(n, dtype=dtype, device=device)
-    ones = torch.ones(n, dtype=dtype, device=device)
-    eye = torch.eye(3, dtype=dtype, device=device)
+    vt = vectors.T.contiguous()
+    r = torch.sqrt((vt * vt).sum(0))
+    u = vt / r  # (3, n)
+    x, y, z = u[0], u[1], u[2]
 
-    # c_m + i s_m = (x + i y)^m and gradients: d/dx = m (x+iy)^{m-1}, d/dy = i m (x+iy)^{m-1}
-    c, s = [ones], [zeros]
+    # cs[m] = c_m = Re (x+iy)^m, sn[m] = s_m = Im (x+iy)^m
+    cs = torch.empty((l_max + 1, n), dtype=dtype, device=device)
+    sn = torch.empty((l_max + 1, n), dtype=dtype, device=device)
+    cs[0], sn[0] = 1.0, 0.0
     for m in range(1, l_max + 1):
-        c.append(x * c[m - 1] - y * s[m - 1])
-        s.append(x * s[m - 1] + y * c[m - 1])
+        cs[m] = x * cs[m - 1] - y * sn[m - 1]
+        sn[m] = x * sn[m - 1] + y * cs[m - 1]
 
     n_lm = (l_max + 1) ** 2
-    values = torch.empty((n, n_lm), dtype=dtype, device=device)
-    grads = torch.empty((n, 3, n_lm), dtype=dtype, device=device) if gradients else None
+    values = torch.empty((n_lm, n), dtype=dtype, device=device)
+    grads = torch.empty((3, n_lm, n), dtype=dtype, device=device) if gradients else None
+    if gradients:
+        mm = torch.arange(1, l_max + 1, dtype=dtype, device=device)[:, None]
+        zero = torch.zeros((l_max, n), dtype=dtype, device=device)
+        # d c_m = (m c_{m-1}, -m s_{m-1}, 0); d s_m = (m s_{m-1}, m c_{m-1}, 0); m >= 1
+        dcs = torch.stack([mm * cs[:-1], -mm * sn[:-1], zero])  # (3, l_max, n)
+        dsn = torch.stack([mm * sn[:-1], mm * cs[:-1], zero])
 
-    # Q[l][m] and dQ[l][m] (n, 3) for the current and previous two l
-    Q = {}
-    dQ = {}
+    q_prev2 = q_prev = dq_prev2 = dq_prev = None
     for l in range(l_max + 1):
-        for m in range(l + 1):
-            if m == l:
-                q = ones * float(math.prod(range(1, 2 * m, 2)))
-                dq = torch.zeros((n, 3), dtype=dtype, device=device)
-            elif m == l - 1:
-                q = (2 * m + 1) * z * Q[(l - 1, m)]
-                dq = (2 * m + 1) * (eye[2] * Q[(l - 1, m)][:, None] + z[:, None] * dQ[(l - 1, m)])
-            else:
-                a, b = (2 * l - 1) / (l - m), (l + m - 1) / (l - m)
-                q1, q2 = Q[(l - 1, m)], Q[(l - 2, m)]
-                q = a * z * q1 - b * q2  # r^2 = 1 at u
-                dq = (a * (eye[2] * q1[:, None] + z[:, None] * dQ[(l - 1, m)])
-                      - b * (2.0 * u * q2[:, None] + dQ[(l - 2, m)]))
-            Q[(l, m)], dQ[(l, m)] = q, dq
-            norm = math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - m) / math.factorial(l + m))
-            if m == 0:
-                values[:, l * l + l] = norm * q
-                if gradients:
-                    grads[:, :, l * l + l] = norm * dq
-                continue
-            norm *= math.sqrt(2.0)
-            values[:, l * l + l + m] = norm * q * c[m]
-            values[:, l * l + l - m] = norm * q * s[m]
+        # Q_l^m for m = 0..l as rows of q (l+1, n), gradients dq (3, l+1, n)
+        q = torch.empty((l + 1, n), dtype=dtype, device=device)
+        q[l] = float(math.prod(range(1, 2 * l, 2)))
+        if gradients:
+            dq = torch.zeros((3, l + 1, n), dtype=dtype, device=device)
+        if l >= 1:
+            q[l - 1] = (2 * l - 1) * z * q_prev[l - 1]
             if gradients:
-                # d(c_m)/dx = m c_{m-1}, d(c_m)/dy = -m s_{m-1}; d(s_m)/dx = m s_{m-1}, d(s_m)/dy = m c_{m-1}
-                dc = torch.stack([m * c[m - 1], -m * s[m - 1], zeros], dim=1)
-                ds = torch.stack([m * s[m - 1], m * c[m - 1], zeros], dim=1)
-                grads[:, :, l * l + l + m] = norm * (dq * c[m][:, None] + q[:, None] * dc)
-                grads[:, :, l * l + l - m] = norm * (dq * s[m][:, None] + q[:, None] * ds)
-        for m in range(l + 1):  # keep only what the recurrence still needs
-            Q.pop((l - 2, m), None)
-            dQ.pop((l - 2, m), None)
+                dq[:, l - 1] = (2 * l - 1) * z * dq_prev[:, l - 1]
+                dq[2, l - 1] += (2 * l - 1) * q_prev[l - 1]
+        if l >= 2:
+            m = torch.arange(l - 1, dtype=dtype, device=device)[:, None]
+            a = (2 * l - 1) / (l - m)
+            b = (l + m - 1) / (l - m)
+            q1, q2 = q_prev[: l - 1], q_prev2[: l - 1]
+            q[: l - 1] = a * z * q1 - b * q2  # r^2 = 1 at u
+            if gradients:
+                dq[:, : l - 1] = a * z * dq_prev[:, : l - 1] - b * dq_prev2[:, : l - 1]
+                dq[2, : l - 1] += a * q1
+                dq[:, : l - 1] -= (2.0 * b) * u[:, None, :] * q2
+        norm = _norms(l, dtype, device)[:, None]  # (l+1, 1) including sqrt(2) for m > 0
+        nq = q * norm
+        # rows l^2 .. l^2+2l: m = -l..-1 (sin), 0, 1..l (cos)
+        base = l * l + l
+        values[base] = nq[0]
+        if l >= 1:
+            values[base + 1: base + l + 1] = nq[1:] * cs[1: l + 1]
+            values[l * l: base] = (nq[1:] * sn[1: l + 1]).flip(0)
+        if gradients:
+            ndq = dq * norm
+            grads[:, base] = ndq[:, 0]
+            if l >= 1:
+                grads[:, base + 1: base + l + 1] = ndq[:, 1:] * cs[1: l + 1] + nq[1:] * dcs[:, :l]
+                grads[:, l * l: base] = (ndq[:, 1:] * sn[1: l + 1] + nq[1:] * dsn[:, :l]).flip(1)
+        q_prev2, q_prev = q_prev, q
+        if gradients:
+            dq_prev2, dq_prev = dq_prev, dq
     if gradients:
         degree = torch.cat([torch.full((2 * l + 1,), float(l), dtype=dtype, device=device)
-                            for l in range(l_max + 1)])
-        grads = (grads - degree[None, None, :] * values[:, None, :] * u[:, :, None]) / r[:, None, None]
-    return values, grads
+                            for l in range(l_max + 1)])[:, None]
+        grads = (grads - degree * values * u[:, None, :]) / r
+    if transposed:
+        return values, grads
+    return values.T, (grads.permute(2, 0, 1) if gradients else None)
+
+
+_NORM_CACHE: dict = {}
+
+
+def _norms(l: int, dtype, device) -> torch.Tensor:
+    key = (l, dtype, str(device))
+    if key not in _NORM_CACHE:
+        vals = [math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - m) / math.factorial(l + m))
+                * (1.0 if m == 0 else math.sqrt(2.0)) for m in range(l + 1)]
+        _NORM_CACHE[key] = torch.tensor(vals, dtype=dtype, device=device)
+    return _NORM_CACHE[key]

@@ -157,6 +157,7 @@ def fold_pair_gradients(
     n_centres: int,
     n_atoms_total: int,
     strain: bool,
+    total: torch.Tensor | None = None,
 ):
     """Turn derivatives with respect to pair vectors into position and strain gradients.
 
@@ -182,6 +183,8 @@ def fold_pair_gradients(
     n_centres, n_atoms_total : int
     strain : bool
         Also return the strain gradient.
+    total : tensor of shape (n_centres, 3, n_features), optional
+        ``sum_p g_p`` per centre, when the caller already has it.
 
     Returns
     -------
@@ -192,8 +195,9 @@ def fold_pair_gradients(
     """
     n_pairs, _, n_features = pair_gradients.shape
     device = pair_gradients.device
-    total = torch.zeros((n_centres, 3, n_features), dtype=pair_gradients.dtype, device=device)
-    total.index_add_(0, pair_centre, pair_gradients)
+    if total is None:
+        total = torch.zeros((n_centres, 3, n_features), dtype=pair_gradients.dtype, device=device)
+        total.index_add_(0, pair_centre, pair_gradients)
     rows = torch.arange(n_centres, device=device)
     keys = torch.cat([pair_centre * n_atoms_total + pair_neighbor_atom,
                       rows * n_atoms_total + centre_atom_global])

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .base import DescriptorResult, concatenate, fold_pair_gradients, resolve_species
+from .base import DescriptorResult, concatenate, resolve_species
 from ._radial import RadialSpline
 from ._spherical import real_spherical_harmonics
 from .cutoff import CosineCutoff
@@ -43,6 +43,47 @@ def _batches(frames, max_atoms: int):
     if start < len(frames):
         yield start, len(frames)
 
+
+
+class _PositionGradientLayout:
+    """Where each (centre, atom) gradient entry goes; entries sorted by centre, then atom.
+
+    The centre's own atom gets ``-sum_j dq/dr_ij`` (translation invariance). Several
+    periodic images of one atom (cells smaller than the cutoff) are summed into
+    one entry; otherwise entries are plain copies.
+    """
+
+    def __init__(self, centres, neighbours, atom_offsets, atom_structure):
+        self.n_atoms = n_atoms = atom_structure.shape[0]
+        self.n_pairs = centres.shape[0]
+        keys = np.concatenate([centres * n_atoms + neighbours,
+                               np.arange(n_atoms) * (n_atoms + 1)])
+        self.unique, inverse = np.unique(keys, return_inverse=True)
+        self.copy = self.unique.shape[0] == keys.shape[0]
+        self.pair_pos = torch.as_tensor(inverse[: self.n_pairs])
+        self.own_pos = torch.as_tensor(inverse[self.n_pairs:])
+        self.atom_offsets, self.atom_structure = atom_offsets, atom_structure
+
+    def allocate(self, n_features, dtype, device):
+        shape = (self.unique.shape[0], 3, n_features)
+        self.pair_pos = self.pair_pos.to(device)
+        self.own_pos = self.own_pos.to(device)
+        if self.copy:
+            return torch.empty(shape, dtype=dtype, device=device)
+        return torch.zeros(shape, dtype=dtype, device=device)
+
+    def write(self, grads, p0, p1, c0, c1, pair_values, totals):
+        if self.copy:
+            grads[self.pair_pos[p0:p1]] = pair_values
+            grads[self.own_pos[c0:c1]] = -totals
+        else:
+            grads.index_add_(0, self.pair_pos[p0:p1], pair_values)
+            grads.index_add_(0, self.own_pos[c0:c1], -totals)
+
+    def indices(self):
+        gcentre = self.unique // self.n_atoms
+        gatom = self.unique % self.n_atoms - self.atom_offsets[self.atom_structure[gcentre]]
+        return torch.as_tensor(gcentre), torch.as_tensor(gatom)
 
 class SOAP:
     """Smooth Overlap of Atomic Positions: the power spectrum of the neighbour density.
@@ -135,6 +176,7 @@ class SOAP:
         self.batch_atoms = int(batch_atoms)
         self.progress = bool(progress)
         self.spline_spacing = float(spline_spacing)
+        self.gradient_chunk_slots = 1024
         self._spline = None
         self._layouts = {}
 
@@ -163,36 +205,28 @@ class SOAP:
         return self._spline
 
     def _layout(self, n_species: int):
-        """Feature order and the gather indices of each l block."""
+        """Feature order (l-major, then the upper triangle of (a,n) x (b,n')) and gathers."""
         if n_species in self._layouts:
             return self._layouts[n_species]
         n, L = self.n_max, self.l_max
         k = n_species * n
-        labels, per_l = [], {l: [] for l in range(L + 1)}
-        col = 0
-        for a in range(n_species):
-            for b in range(a, n_species):
-                for l in range(L + 1):
-                    for n1 in range(n):
-                        for n2 in range(n1 if a == b else 0, n):
-                            alpha, beta = a * n + n1, b * n + n2
-                            labels.append((a, b, l, n1, n2))
-                            per_l[l].append((col, alpha, beta))
-                            col += 1
-        blocks = []
+        alpha, beta = np.triu_indices(k)
+        n_pairs = alpha.shape[0]
+        labels, blocks = [], []
         for l in range(L + 1):
-            cols, alpha, beta = (np.array(v) for v in zip(*per_l[l]))
+            labels.append(np.stack([alpha // n, beta // n, np.full(n_pairs, l), alpha % n,
+                                    beta % n], axis=1))
             scale = np.where(alpha == beta, 1.0, math.sqrt(2.0)) / math.sqrt(2 * l + 1)
             blocks.append(dict(
-                cols=torch.as_tensor(cols, device=self.device),
+                cols=slice(l * n_pairs, (l + 1) * n_pairs),
                 flat=torch.as_tensor(alpha * k + beta, device=self.device),
-                # gradient gathers: X[p, :, n_alpha, beta] and X[p, :, n_beta, alpha]
+                # gradient gathers: X[..., n_alpha, beta] and X[..., n_beta, alpha]
                 g1=torch.as_tensor((alpha % n) * k + beta, device=self.device),
                 g2=torch.as_tensor((beta % n) * k + alpha, device=self.device),
                 s1=torch.as_tensor(alpha // n, device=self.device),
                 s2=torch.as_tensor(beta // n, device=self.device),
                 scale=torch.as_tensor(scale, dtype=self.dtype, device=self.device)))
-        layout = (np.array(labels, dtype=np.int64), blocks)
+        layout = (np.concatenate(labels).astype(np.int64), blocks)
         self._layouts[n_species] = layout
         return layout
 
@@ -237,88 +271,168 @@ class SOAP:
             raise ValueError("no frames given to SOAP.compute")
         return concatenate(results, offsets)
 
+    def _pair_gradients(self, blocks, coeffs, c0, c1, S, J, y_padN, dy_pad3, unit_pad,
+                        dr_pad, radial_slot, q):
+        """d p(i) / d r_ij for the centres c0..c1, padded: (n_centres, S*J, 3, n_features)."""
+        n = self.n_max
+        k = S * n
+        nc = c1 - c0
+        ns = nc * S * J
+        sl = slice(c0 * S * J, c1 * S * J)
+        dtype, device = self.dtype, self.device
+        n_features = blocks[-1]["cols"].stop
+        pair_grad = torch.empty((nc, S, J, 3, n_features), dtype=dtype, device=device)
+        slot_species = torch.arange(S, device=device)[None, :, None, None]
+        unit = unit_pad[sl]
+        for l, blk in enumerate(blocks):
+            ct = coeffs[l][c0:c1].transpose(1, 2)  # (nc, 2l+1, k)
+            lm = slice(l * l, (l + 1) ** 2)
+            # u = sum_m Y_lm c_(beta,lm)(i), v = sum_m dY_lm/dr c_(beta,lm)(i) per slot
+            u = torch.bmm(y_padN[c0:c1, :, lm], ct).view(ns, 1, k)
+            v = torch.bmm(dy_pad3[c0:c1, :, lm], ct).view(ns, 3, k)
+            # d c^(s_j)_(n,lm)/d r_ij contracted with c_(beta,lm):
+            # X[a, n, beta] = dR_n rhat_a u_beta + R_n v_(a,beta)
+            a_vec = unit[:, :, None] * u  # (ns, 3, k)
+            x = dr_pad[l][sl][:, None, :, None] * a_vec[:, :, None, :]
+            x.addcmul_(radial_slot[l][sl][:, None, :, None], v[:, :, None, :])
+            if S == 1:
+                # dP_(n n') = X_(n n') + X_(n' n)
+                x = x + x.transpose(2, 3)
+                g = x.view(nc, 1, J, 3, k * k)[..., blk["flat"]]
+            else:
+                x = x.view(nc, S, J, 3, n * k)
+                g = x[..., blk["g1"]] * (blk["s1"] == slot_species)[:, :, :, None, :]
+                g.addcmul_(x[..., blk["g2"]], (blk["s2"] == slot_species)[:, :, :, None, :])
+            pair_grad[..., blk["cols"]] = g.mul_(blk["scale"])
+        pair_grad = pair_grad.view(nc, S * J, 3, n_features)
+        if q is not None:
+            qc = q[c0:c1]
+            proj = torch.bmm(pair_grad.view(nc, S * J * 3, n_features), qc[:, :, None])
+            pair_grad.addcmul_(proj.view(nc, S * J, 3, 1), qc[:, None, None, :], value=-1.0)
+        return pair_grad
+
+
     def _compute_batch(self, frames, frame_offset, species, want_pos, want_strain):
+        """One batch of structures, in a padded per-(centre, species) neighbour layout.
+
+        Pairs are grouped by (centre i, neighbour species a) into ``J`` slots each
+        (zero-padded), so every contraction over neighbours is a batched GEMM:
+        ``c^a_{nlm}(i) = sum_j R_{nl}(r_ij) Y_lm(r_ij)`` is ``R^T Y`` per group, and
+        the gradient contractions are GEMMs against ``c(i)``.
+        """
         dtype, device = self.dtype, self.device
         nl = build_neighbor_list(frames, self.cutoff, frame_offset=frame_offset)
         n_species = len(species)
-        n, L = self.n_max, self.l_max
-        k = n_species * n
-        n_lm = (L + 1) ** 2
+        S, n, L = n_species, self.n_max, self.l_max
+        k = S * n
         labels, blocks = self._layout(n_species)
         n_features = labels.shape[0]
-        n_atoms = nl.n_atoms
+        N = nl.n_atoms
+        want_grad = want_pos or want_strain
 
         z_to_index = np.full(max(species) + 1, -1, dtype=np.int64)
-        z_to_index[list(species)] = np.arange(n_species)
-        atom_sp = torch.as_tensor(z_to_index[nl.numbers], device=device)
-        centre = torch.as_tensor(nl.centers, device=device)
-        neigh = torch.as_tensor(nl.neighbors, device=device)
-        vec = torch.as_tensor(nl.vectors, dtype=dtype, device=device)
-        dist = torch.as_tensor(nl.distances, dtype=dtype, device=device)
-        neigh_sp = atom_sp[neigh]
+        z_to_index[list(species)] = np.arange(S)
+        atom_sp_np = z_to_index[nl.numbers]
+        # group pairs by (centre, neighbour species); rank within the group -> slot
+        group_np = nl.centers * S + atom_sp_np[nl.neighbors]
+        order = np.argsort(group_np, kind="stable")
+        group_np = group_np[order]
+        counts = np.bincount(group_np, minlength=N * S)
+        J = max(int(counts.max()) if counts.size else 0, 1)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank = np.arange(group_np.shape[0]) - starts[group_np]
+        slot = torch.as_tensor(group_np * J + rank, device=device)
+        n_slots = N * S * J
+
+        vec = torch.as_tensor(nl.vectors[order], dtype=dtype, device=device)
+        dist = torch.as_tensor(nl.distances[order], dtype=dtype, device=device)
+        P = vec.shape[0]
 
         spline = self._radial()
         fc, dfc = self.cutoff_fn(dist)
-        radial, dradial = spline(dist, derivative=want_pos or want_strain)
-        l_of_lm = torch.as_tensor(np.repeat(np.arange(L + 1), 2 * np.arange(L + 1) + 1),
-                                  device=device)
-        ylm, dylm = real_spherical_harmonics(vec, L, gradients=want_pos or want_strain)
-        r_lm = (fc[:, None, None] * radial)[:, :, l_of_lm]  # (P, n, lm)
-        contrib = r_lm * ylm[:, None, :]
+        radial, dradial = spline(dist, derivative=want_grad)  # (P, n, L+1)
+        ylm, dylm = real_spherical_harmonics(vec, L, gradients=want_grad)
 
-        coeffs = torch.zeros((n_atoms * n_species, n, n_lm), dtype=dtype, device=device)
-        coeffs.index_add_(0, centre * n_species + neigh_sp, contrib)
-        coeffs = coeffs.view(n_atoms, k, n_lm)
+        # padded radial functions, (L+1, slots, n), and harmonics, (slots, lm)
+        r_pad = torch.zeros((L + 1, n_slots, n), dtype=dtype, device=device)
+        r_pad[:, slot] = (fc[:, None, None] * radial).permute(2, 0, 1)
+        y_pad = torch.zeros((n_slots, (L + 1) ** 2), dtype=dtype, device=device)
+        y_pad[slot] = ylm
+        y_pad3 = y_pad.view(N * S, J, -1)
+
+        coeffs = []  # per l: (N, k, 2l+1)
+        for l in range(L + 1):
+            r_l = r_pad[l].view(N * S, J, n)
+            c_l = torch.bmm(r_l.transpose(1, 2), y_pad3[:, :, l * l:(l + 1) ** 2])
+            coeffs.append(c_l.view(N, k, 2 * l + 1))
         if self.central_weight != 0.0:
             own = self.central_weight * spline.at_zero()[:, 0] / math.sqrt(4.0 * math.pi)
-            rows = torch.arange(n_atoms, device=device)
-            coeffs.view(n_atoms, n_species, n, n_lm)[rows, atom_sp, :, 0] += own
+            atom_sp = torch.as_tensor(atom_sp_np, device=device)
+            rows = torch.arange(N, device=device)
+            coeffs[0].view(N, S, n)[rows, atom_sp] += own
 
-        values = torch.empty((n_atoms, n_features), dtype=dtype, device=device)
+        values = torch.empty((N, n_features), dtype=dtype, device=device)
         for l, blk in enumerate(blocks):
-            c_l = coeffs[:, :, l * l:(l + 1) ** 2]
-            p_l = torch.bmm(c_l, c_l.transpose(1, 2)).reshape(n_atoms, k * k)
+            p_l = torch.bmm(coeffs[l], coeffs[l].transpose(1, 2)).view(N, k * k)
             values[:, blk["cols"]] = p_l[:, blk["flat"]] * blk["scale"]
 
-        norms = None
+        norms = safe = None
         if self.normalize:
             norms = torch.linalg.norm(values, dim=1)
             safe = torch.where(norms > 0, norms, torch.ones_like(norms))
             values = values / safe[:, None]
 
         grads = gcentre = gatom = strain = None
-        if want_pos or want_strain:
-            unit = vec / dist[:, None]
-            dr_lm = (dfc[:, None, None] * radial + fc[:, None, None] * dradial)[:, :, l_of_lm]
-            # d contrib / d r_ij: (P, 3, n, lm)
-            dcontrib = (unit[:, :, None, None] * (dr_lm * ylm[:, None, :])[:, None]
-                        + r_lm[:, None] * dylm[:, :, None, :])
-            n_pairs = vec.shape[0]
-            pair_grad = torch.empty((n_pairs, 3, n_features), dtype=dtype, device=device)
-            single = n_species == 1
-            for l, blk in enumerate(blocks):
-                sl = slice(l * l, (l + 1) ** 2)
-                d_l = dcontrib[:, :, :, sl].reshape(n_pairs, 3 * n, 2 * l + 1)
-                c_i = coeffs[centre, :, sl]  # (P, k, 2l+1)
-                x = torch.bmm(d_l, c_i.transpose(1, 2)).reshape(n_pairs, 3, n * k)
-                g = x[:, :, blk["g1"]]
-                h = x[:, :, blk["g2"]]
-                if not single:
-                    g = g * (blk["s1"][None, :] == neigh_sp[:, None])[:, None, :]
-                    h = h * (blk["s2"][None, :] == neigh_sp[:, None])[:, None, :]
-                pair_grad[:, :, blk["cols"]] = (g + h) * blk["scale"]
+        if want_grad:
+            # with normalisation, q = p/|p| and dq = (dp - q (q.dp)) / |p|: the 1/|p|
+            # is folded into the padded radial functions, the projection done once below
+            inv_slot = None
             if self.normalize:
-                q = values[centre]  # (P, F)
-                inv = torch.where(norms > 0, 1.0 / safe, torch.zeros_like(norms))[centre]
-                proj = torch.einsum("paf,pf->pa", pair_grad, q)
-                pair_grad = (pair_grad - proj[:, :, None] * q[:, None, :]) * inv[:, None, None]
-            grads, gcentre, gatom_global, strain = fold_pair_gradients(
-                pair_grad, centre, torch.arange(n_atoms, device=device), neigh, vec,
-                n_atoms, n_atoms, want_strain)
-            offsets = torch.as_tensor(nl.atom_offsets, device=device)
-            gatom = gatom_global - offsets[torch.as_tensor(nl.atom_structure, device=device)[gcentre]]
-            if not want_pos:
-                grads = gcentre = gatom = None
+                inv = torch.where(norms > 0, 1.0 / safe, torch.zeros_like(norms))
+                inv_slot = inv.repeat_interleave(S * J)[:, None]
+            radial_slot = r_pad if inv_slot is None else r_pad * inv_slot
+            dr_pad = torch.zeros((L + 1, n_slots, n), dtype=dtype, device=device)
+            dr_pad[:, slot] = (dfc[:, None, None] * radial
+                               + fc[:, None, None] * dradial).permute(2, 0, 1)
+            if inv_slot is not None:
+                dr_pad *= inv_slot
+            unit_pad = torch.zeros((n_slots, 3), dtype=dtype, device=device)
+            unit_pad[slot] = vec / dist[:, None]
+            dy_pad = torch.zeros((n_slots, 3, (L + 1) ** 2), dtype=dtype, device=device)
+            dy_pad[slot] = dylm
+            dy_pad3 = dy_pad.view(N, S * J * 3, -1)
+            y_padN = y_pad.view(N, S * J, -1)
+            vec_pad = None
+            if want_strain:
+                vec_pad = torch.zeros((n_slots, 3), dtype=dtype, device=device)
+                vec_pad[slot] = vec
+                strain = torch.empty((N, 3, 3, n_features), dtype=dtype, device=device)
+            if want_pos:
+                out = _PositionGradientLayout(nl.centers[order], nl.neighbors[order],
+                                              nl.atom_offsets, nl.atom_structure)
+                grads = out.allocate(n_features, dtype, device)
+            slot_np = slot.cpu().numpy()
+            centres_sorted = nl.centers[order]
+            # work through the centres in chunks small enough to stay in cache
+            per_chunk = max(1, self.gradient_chunk_slots // (S * J))
+            for c0 in range(0, N, per_chunk):
+                c1 = min(N, c0 + per_chunk)
+                pg = self._pair_gradients(
+                    blocks, coeffs, c0, c1, S, J, y_padN, dy_pad3, unit_pad, dr_pad,
+                    radial_slot, values if self.normalize else None)
+                nc = c1 - c0
+                if want_strain:
+                    # strain[c, a, b, f] = sum_j g[c, j, a, f] r[c, j, b]
+                    st = torch.bmm(vec_pad.view(N, S * J, 3)[c0:c1].transpose(1, 2),
+                                   pg.view(nc, S * J, 3 * n_features))
+                    strain[c0:c1] = st.view(nc, 3, 3, n_features).transpose(1, 2)
+                if want_pos:
+                    p0, p1 = np.searchsorted(centres_sorted, [c0, c1])
+                    local = torch.as_tensor(slot_np[p0:p1] - c0 * S * J, device=device)
+                    out.write(grads, p0, p1, c0, c1, pg.view(-1, 3, n_features)[local],
+                              pg.sum(1))
+            if want_pos:
+                gcentre, gatom = out.indices()
 
         def np_(t):
             return None if t is None else t.detach().cpu().numpy()
@@ -329,10 +443,10 @@ class SOAP:
         feature_labels[:, 1] = sp[labels[:, 1]]
         return DescriptorResult(
             values=np_(values), centre_structure=nl.atom_structure.copy(),
-            centre_atom=np.arange(n_atoms) - nl.atom_offsets[nl.atom_structure],
+            centre_atom=np.arange(N) - nl.atom_offsets[nl.atom_structure],
             centre_species=nl.numbers.copy(), centre_types=nl.numbers.copy(),
             n_atoms=np.diff(nl.atom_offsets), feature_labels=feature_labels,
             feature_label_names=("species_a", "species_b", "l", "n_a", "n_b"),
             gradients=np_(grads), gradient_centre=np_(gcentre), gradient_atom=np_(gatom),
-            strain_gradients=np_(strain),
-            info={"descriptor": "SOAP", "species": list(species), **self.get_params()})
+            strain_gradients=None if strain is None else np.ascontiguousarray(np_(strain)),
+            info={"descriptor": "SOAP", **self.get_params(), "species": list(species)})
