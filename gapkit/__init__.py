@@ -9,4 +9,4 @@ from .descriptors import SOAP, DescriptorResult
 
 __version__ = "0.1.0"
 
-__all__ = ["SOAP", "DescriptorResult", "data", "testing", "__version__"]
+__all__ = ["SOAP", "DescriptorResult", "__version__", "data", "testing"]

@@ -21,12 +21,12 @@ ASE's implementation is used when vesin is not importable.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
-__all__ = ["NeighborList", "build_neighbor_list", "MIN_DISTANCE"]
+__all__ = ["MIN_DISTANCE", "NeighborList", "build_neighbor_list"]
 
 #: Two atoms closer than this (Å) are treated as overlapping: a clear error, never numbers.
 MIN_DISTANCE = 1e-2

@@ -2,5 +2,6 @@
 
 from .base import DescriptorResult
 from .soap import SOAP
+from .twobody import TwoBody
 
-__all__ = ["DescriptorResult", "SOAP"]
+__all__ = ["SOAP", "DescriptorResult", "TwoBody"]

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from scipy.special import gammaln, ive
 
-__all__ = ["gto_sigmas", "gto_orthonormalisation", "RadialSpline", "radial_integral_table"]
+__all__ = ["RadialSpline", "gto_orthonormalisation", "gto_sigmas", "radial_integral_table"]
 
 
 def gto_sigmas(n_max: int, radius: float) -> np.ndarray:
@@ -197,7 +197,7 @@ class RadialSpline:
         u = d / self.h
         k = torch.clamp(u.floor().long(), 0, self.n_grid - 1)
         t = (u - k.to(u.dtype))[:, None]
-        c = torch.index_select(self._coeffs, 0, k).view(d.shape[0], 6, -1)
+        c = torch.index_select(self._coeffs, 0, k).view(d.shape[0], 6, self._coeffs.shape[1] // 6)
         c0, c1, c2, c3, c4, c5 = c.unbind(1)
         val = torch.addcmul(c4, t, c5)
         for ci in (c3, c2, c1, c0):

@@ -122,7 +122,8 @@ _NORM_CACHE: dict = {}
 def _norms(l: int, dtype, device) -> torch.Tensor:
     key = (l, dtype, str(device))
     if key not in _NORM_CACHE:
-        vals = [math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - m) / math.factorial(l + m))
+        vals = [math.sqrt((2 * l + 1) / (4 * math.pi)
+                          * math.factorial(l - m) / math.factorial(l + m))
                 * (1.0 if m == 0 else math.sqrt(2.0)) for m in range(l + 1)]
         _NORM_CACHE[key] = torch.tensor(vals, dtype=dtype, device=device)
     return _NORM_CACHE[key]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["DescriptorResult", "fold_pair_gradients", "resolve_species"]
+__all__ = ["Descriptor", "DescriptorResult", "fold_pair_gradients", "resolve_species"]
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class DescriptorResult:
             raise ValueError("this result has no gradients; compute with gradients=True")
         return self.atom_offsets[self.centre_structure[self.gradient_centre]] + self.gradient_atom
 
-    def structure(self, k: int) -> "DescriptorResult":
+    def structure(self, k: int) -> DescriptorResult:
         """The part of this result that belongs to structure ``k`` (structure index 0)."""
         sel = np.nonzero(self.centre_structure == k)[0]
         remap = -np.ones(self.n_centres, dtype=np.int64)
@@ -122,7 +122,8 @@ class DescriptorResult:
         return t.to(device=device) if device is not None else t
 
 
-def concatenate(results: Sequence[DescriptorResult], structure_offsets: Sequence[int]) -> DescriptorResult:
+def concatenate(results: Sequence[DescriptorResult],
+                structure_offsets: Sequence[int]) -> DescriptorResult:
     """Concatenate results of consecutive batches of structures into one."""
     if len(results) == 1 and structure_offsets[0] == 0:
         return results[0]
@@ -193,7 +194,7 @@ def fold_pair_gradients(
         Sorted by centre, then atom. Every centre has an entry for its own atom.
     strain_gradients : tensor (n_centres, 3, 3, n_features) or None
     """
-    n_pairs, _, n_features = pair_gradients.shape
+    n_features = pair_gradients.shape[-1]
     device = pair_gradients.device
     if total is None:
         total = torch.zeros((n_centres, 3, n_features), dtype=pair_gradients.dtype, device=device)
@@ -233,3 +234,72 @@ def resolve_species(frames, species, frame_offset: int = 0) -> tuple[int, ...]:
                 f"species {list(fixed)}; add them to species=[...] or leave species=None "
                 "to infer it from the data")
     return fixed
+
+
+_GRADIENT_KINDS = ("positions", "strain")
+
+
+def parse_gradients(gradients) -> tuple[bool, bool]:
+    """``(positions, strain)`` flags from ``True``/``False`` or a list of kinds."""
+    if gradients is True:
+        return True, True
+    if gradients is False or gradients is None:
+        return False, False
+    if isinstance(gradients, str):
+        gradients = [gradients]
+    unknown = set(gradients) - set(_GRADIENT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown gradients {sorted(unknown)}; use True, False or a subset of "
+                         f"{list(_GRADIENT_KINDS)}")
+    return "positions" in gradients, "strain" in gradients
+
+
+def frame_batches(frames, max_atoms: int):
+    """Consecutive ``(start, stop)`` ranges of frames holding about ``max_atoms`` atoms."""
+    start, count = 0, 0
+    for k, atoms in enumerate(frames):
+        if count and count + len(atoms) > max_atoms:
+            yield start, k
+            start, count = k, 0
+        count += len(atoms)
+    if start < len(frames):
+        yield start, len(frames)
+
+
+class Descriptor:
+    """Shared driver: batches of frames -> ``_compute_batch`` -> one result.
+
+    Subclasses set ``species``, ``batch_atoms``, ``progress`` and implement
+    ``_compute_batch(frames, frame_offset, species, want_pos, want_strain)``.
+    """
+
+    name = "descriptor"
+
+    def compute(self, frames, *, gradients=False) -> DescriptorResult:
+        """Descriptors of ``frames`` (ase.Atoms or a sequence), optionally with gradients.
+
+        ``gradients`` is ``True`` (positions and strain), ``False``, or a subset of
+        ``["positions", "strain"]``. Frames are processed in batches of about
+        ``batch_atoms`` atoms, with a progress bar when ``progress`` is set.
+        """
+        from ase import Atoms
+
+        if isinstance(frames, Atoms):
+            frames = [frames]
+        frames = list(frames)
+        if not frames:
+            raise ValueError(f"no frames given to {type(self).__name__}.compute")
+        want_pos, want_strain = parse_gradients(gradients)
+        species = resolve_species(frames, self.species)
+        batches = list(frame_batches(frames, self.batch_atoms))
+        iterator = batches
+        if self.progress and len(batches) > 1:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(batches, desc=type(self).__name__, unit="batch")
+        results, offsets = [], []
+        for start, stop in iterator:
+            results.append(self._compute_batch(frames[start:stop], start, species,
+                                               want_pos, want_strain))
+            offsets.append(start)
+        return concatenate(results, offsets)

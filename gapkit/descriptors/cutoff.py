@@ -35,7 +35,8 @@ class CosineCutoff:
             raise ValueError(f"cutoff must be a finite number > 0 Å, got {cutoff!r}")
         if not (0 <= width <= cutoff):
             raise ValueError(
-                f"cutoff_width must satisfy 0 <= cutoff_width <= cutoff ({cutoff} Å), got {width!r}")
+                f"cutoff_width must satisfy 0 <= cutoff_width <= cutoff ({cutoff} Å), "
+                f"got {width!r}")
         self.cutoff = float(cutoff)
         self.width = float(width)
 

@@ -3,46 +3,21 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from .base import DescriptorResult, concatenate, resolve_species
+from ..neighbors import build_neighbor_list
 from ._radial import RadialSpline
 from ._spherical import real_spherical_harmonics
+from .base import Descriptor, DescriptorResult, resolve_species
 from .cutoff import CosineCutoff
-from ..neighbors import build_neighbor_list
 
 __all__ = ["SOAP"]
 
-_GRADIENT_KINDS = ("positions", "strain")
-
-
-def _parse_gradients(gradients) -> tuple[bool, bool]:
-    if gradients is True:
-        return True, True
-    if gradients is False or gradients is None:
-        return False, False
-    if isinstance(gradients, str):
-        gradients = [gradients]
-    unknown = set(gradients) - set(_GRADIENT_KINDS)
-    if unknown:
-        raise ValueError(f"unknown gradients {sorted(unknown)}; use True, False or a subset of "
-                         f"{list(_GRADIENT_KINDS)}")
-    return "positions" in gradients, "strain" in gradients
-
-
-def _batches(frames, max_atoms: int):
-    start, count = 0, 0
-    for k, atoms in enumerate(frames):
-        if count and count + len(atoms) > max_atoms:
-            yield start, k
-            start, count = k, 0
-        count += len(atoms)
-    if start < len(frames):
-        yield start, len(frames)
-
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 class _PositionGradientLayout:
@@ -85,7 +60,7 @@ class _PositionGradientLayout:
         gatom = self.unique % self.n_atoms - self.atom_offsets[self.atom_structure[gcentre]]
         return torch.as_tensor(gcentre), torch.as_tensor(gatom)
 
-class SOAP:
+class SOAP(Descriptor):
     """Smooth Overlap of Atomic Positions: the power spectrum of the neighbour density.
 
     For centre ``i`` the density of neighbours of species ``a`` is a sum of
@@ -102,7 +77,8 @@ class SOAP:
 
     .. math::
 
-        p^{ab}_{nn'l}(i) = \\frac{s_{(an),(bn')}}{\\sqrt{2l+1}} \\sum_m c^a_{nlm}(i)\\, c^b_{n'lm}(i),
+        p^{ab}_{nn'l}(i) = \\frac{s_{(an),(bn')}}{\\sqrt{2l+1}}
+            \\sum_m c^a_{nlm}(i)\\, c^b_{n'lm}(i),
 
     kept for the unique pairs ``(a,n) <= (b,n')`` only, with
     ``s = √2`` off the diagonal and 1 on it, so that ``p·p'`` equals the dot product
@@ -155,9 +131,9 @@ class SOAP:
                  dtype: torch.dtype = torch.float64, device=None, batch_atoms: int = 512,
                  progress: bool = False, spline_spacing: float = 1e-2):
         self.cutoff_fn = CosineCutoff(cutoff, cutoff_width)
-        if isinstance(n_max, bool) or not isinstance(n_max, (int, np.integer)) or not 1 <= n_max <= 20:
+        if not _is_int(n_max) or not 1 <= n_max <= 20:
             raise ValueError(f"n_max must be an integer in [1, 20], got {n_max!r}")
-        if isinstance(l_max, bool) or not isinstance(l_max, (int, np.integer)) or not 0 <= l_max <= 20:
+        if not _is_int(l_max) or not 0 <= l_max <= 20:
             raise ValueError(f"l_max must be an integer in [0, 20], got {l_max!r}")
         if not (atom_sigma > 0 and math.isfinite(atom_sigma)):
             raise ValueError(f"atom_sigma must be a finite number > 0 Å, got {atom_sigma!r}")
@@ -176,7 +152,7 @@ class SOAP:
         self.batch_atoms = int(batch_atoms)
         self.progress = bool(progress)
         self.spline_spacing = float(spline_spacing)
-        self.gradient_chunk_slots = 1024
+        self.chunk_pairs = 1024
         self._spline = None
         self._layouts = {}
 
@@ -200,8 +176,9 @@ class SOAP:
     # -- internals ----------------------------------------------------------
     def _radial(self) -> RadialSpline:
         if self._spline is None:
-            self._spline = RadialSpline(self.n_max, self.l_max, self.atom_sigma, self.cutoff,
-                                        self.cutoff, self.spline_spacing).to(self.dtype, self.device)
+            spline = RadialSpline(self.n_max, self.l_max, self.atom_sigma, self.cutoff,
+                                  self.cutoff, self.spline_spacing)
+            self._spline = spline.to(self.dtype, self.device)
         return self._spline
 
     def _layout(self, n_species: int):
@@ -249,190 +226,62 @@ class SOAP:
             columns (species_a, species_b, l, n_a, n_b) where species are atomic
             numbers.
         """
-        from ase import Atoms
-
-        if isinstance(frames, Atoms):
-            frames = [frames]
-        frames = list(frames)
-        species = resolve_species(frames, self.species)
-        want_pos, want_strain = _parse_gradients(gradients)
-        results, offsets = [], []
-        batches = list(_batches(frames, self.batch_atoms))
-        iterator = batches
-        if self.progress and len(batches) > 1:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(batches, desc="SOAP", unit="batch")
-        for start, stop in iterator:
-            results.append(self._compute_batch(frames[start:stop], start, species,
-                                               want_pos, want_strain))
-            offsets.append(start)
-        if not results:
-            raise ValueError("no frames given to SOAP.compute")
-        return concatenate(results, offsets)
-
-    def _pair_gradients(self, blocks, coeffs, c0, c1, S, J, y_padN, dy_pad3, unit_pad,
-                        dr_pad, radial_slot, q):
-        """d p(i) / d r_ij for the centres c0..c1, padded: (n_centres, S*J, 3, n_features)."""
-        n = self.n_max
-        k = S * n
-        nc = c1 - c0
-        ns = nc * S * J
-        sl = slice(c0 * S * J, c1 * S * J)
-        dtype, device = self.dtype, self.device
-        n_features = blocks[-1]["cols"].stop
-        pair_grad = torch.empty((nc, S, J, 3, n_features), dtype=dtype, device=device)
-        slot_species = torch.arange(S, device=device)[None, :, None, None]
-        unit = unit_pad[sl]
-        for l, blk in enumerate(blocks):
-            ct = coeffs[l][c0:c1].transpose(1, 2)  # (nc, 2l+1, k)
-            lm = slice(l * l, (l + 1) ** 2)
-            # u = sum_m Y_lm c_(beta,lm)(i), v = sum_m dY_lm/dr c_(beta,lm)(i) per slot
-            u = torch.bmm(y_padN[c0:c1, :, lm], ct).view(ns, 1, k)
-            v = torch.bmm(dy_pad3[c0:c1, :, lm], ct).view(ns, 3, k)
-            # d c^(s_j)_(n,lm)/d r_ij contracted with c_(beta,lm):
-            # X[a, n, beta] = dR_n rhat_a u_beta + R_n v_(a,beta)
-            a_vec = unit[:, :, None] * u  # (ns, 3, k)
-            x = dr_pad[l][sl][:, None, :, None] * a_vec[:, :, None, :]
-            x.addcmul_(radial_slot[l][sl][:, None, :, None], v[:, :, None, :])
-            if S == 1:
-                # dP_(n n') = X_(n n') + X_(n' n)
-                x = x + x.transpose(2, 3)
-                g = x.view(nc, 1, J, 3, k * k)[..., blk["flat"]]
-            else:
-                x = x.view(nc, S, J, 3, n * k)
-                g = x[..., blk["g1"]] * (blk["s1"] == slot_species)[:, :, :, None, :]
-                g.addcmul_(x[..., blk["g2"]], (blk["s2"] == slot_species)[:, :, :, None, :])
-            pair_grad[..., blk["cols"]] = g.mul_(blk["scale"])
-        pair_grad = pair_grad.view(nc, S * J, 3, n_features)
-        if q is not None:
-            qc = q[c0:c1]
-            proj = torch.bmm(pair_grad.view(nc, S * J * 3, n_features), qc[:, :, None])
-            pair_grad.addcmul_(proj.view(nc, S * J, 3, 1), qc[:, None, None, :], value=-1.0)
-        return pair_grad
-
+        return super().compute(frames, gradients=gradients)
 
     def _compute_batch(self, frames, frame_offset, species, want_pos, want_strain):
-        """One batch of structures, in a padded per-(centre, species) neighbour layout.
+        """One batch of structures: a neighbour list, then chunks of centres.
 
-        Pairs are grouped by (centre i, neighbour species a) into ``J`` slots each
-        (zero-padded), so every contraction over neighbours is a batched GEMM:
-        ``c^a_{nlm}(i) = sum_j R_{nl}(r_ij) Y_lm(r_ij)`` is ``R^T Y`` per group, and
-        the gradient contractions are GEMMs against ``c(i)``.
+        Within a chunk, pairs are grouped by (centre i, neighbour species a) into
+        ``J`` zero-padded slots, so every contraction over neighbours is a batched
+        GEMM: ``c^a_{nlm}(i) = sum_j R_{nl}(r_ij) Y_lm(r_ij)`` is ``R^T Y`` per group,
+        and the gradient contractions are GEMMs against ``c(i)``. Chunks hold about
+        ``chunk_pairs`` pairs so that their working set stays in cache; every centre
+        is independent, so results are written straight into the batch's arrays.
         """
         dtype, device = self.dtype, self.device
         nl = build_neighbor_list(frames, self.cutoff, frame_offset=frame_offset)
-        n_species = len(species)
-        S, n, L = n_species, self.n_max, self.l_max
-        k = S * n
-        labels, blocks = self._layout(n_species)
+        S = len(species)
+        labels, blocks = self._layout(S)
         n_features = labels.shape[0]
         N = nl.n_atoms
         want_grad = want_pos or want_strain
 
         z_to_index = np.full(max(species) + 1, -1, dtype=np.int64)
         z_to_index[list(species)] = np.arange(S)
-        atom_sp_np = z_to_index[nl.numbers]
-        # group pairs by (centre, neighbour species); rank within the group -> slot
-        group_np = nl.centers * S + atom_sp_np[nl.neighbors]
-        order = np.argsort(group_np, kind="stable")
-        group_np = group_np[order]
-        counts = np.bincount(group_np, minlength=N * S)
-        J = max(int(counts.max()) if counts.size else 0, 1)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        rank = np.arange(group_np.shape[0]) - starts[group_np]
-        slot = torch.as_tensor(group_np * J + rank, device=device)
-        n_slots = N * S * J
-
-        vec = torch.as_tensor(nl.vectors[order], dtype=dtype, device=device)
-        dist = torch.as_tensor(nl.distances[order], dtype=dtype, device=device)
-        P = vec.shape[0]
-
-        spline = self._radial()
-        fc, dfc = self.cutoff_fn(dist)
-        radial, dradial = spline(dist, derivative=want_grad)  # (P, n, L+1)
-        ylm, dylm = real_spherical_harmonics(vec, L, gradients=want_grad)
-
-        # padded radial functions, (L+1, slots, n), and harmonics, (slots, lm)
-        r_pad = torch.zeros((L + 1, n_slots, n), dtype=dtype, device=device)
-        r_pad[:, slot] = (fc[:, None, None] * radial).permute(2, 0, 1)
-        y_pad = torch.zeros((n_slots, (L + 1) ** 2), dtype=dtype, device=device)
-        y_pad[slot] = ylm
-        y_pad3 = y_pad.view(N * S, J, -1)
-
-        coeffs = []  # per l: (N, k, 2l+1)
-        for l in range(L + 1):
-            r_l = r_pad[l].view(N * S, J, n)
-            c_l = torch.bmm(r_l.transpose(1, 2), y_pad3[:, :, l * l:(l + 1) ** 2])
-            coeffs.append(c_l.view(N, k, 2 * l + 1))
-        if self.central_weight != 0.0:
-            own = self.central_weight * spline.at_zero()[:, 0] / math.sqrt(4.0 * math.pi)
-            atom_sp = torch.as_tensor(atom_sp_np, device=device)
-            rows = torch.arange(N, device=device)
-            coeffs[0].view(N, S, n)[rows, atom_sp] += own
+        atom_sp = z_to_index[nl.numbers]
+        # sort pairs by (centre, neighbour species): centre-major, so each chunk of
+        # centres owns a contiguous range of pairs
+        group = nl.centers * S + atom_sp[nl.neighbors]
+        order = np.argsort(group, kind="stable")
+        group = group[order]
+        centres_sorted = nl.centers[order]
+        vectors = torch.as_tensor(nl.vectors[order], dtype=dtype, device=device)
+        distances = torch.as_tensor(nl.distances[order], dtype=dtype, device=device)
+        pair_start = np.searchsorted(centres_sorted, np.arange(N + 1))
 
         values = torch.empty((N, n_features), dtype=dtype, device=device)
-        for l, blk in enumerate(blocks):
-            p_l = torch.bmm(coeffs[l], coeffs[l].transpose(1, 2)).view(N, k * k)
-            values[:, blk["cols"]] = p_l[:, blk["flat"]] * blk["scale"]
+        strain = grads = gcentre = gatom = out = None
+        if want_strain:
+            strain = torch.empty((N, 3, 3, n_features), dtype=dtype, device=device)
+        if want_pos:
+            out = _PositionGradientLayout(centres_sorted, nl.neighbors[order],
+                                          nl.atom_offsets, nl.atom_structure)
+            grads = out.allocate(n_features, dtype, device)
 
-        norms = safe = None
-        if self.normalize:
-            norms = torch.linalg.norm(values, dim=1)
-            safe = torch.where(norms > 0, norms, torch.ones_like(norms))
-            values = values / safe[:, None]
-
-        grads = gcentre = gatom = strain = None
-        if want_grad:
-            # with normalisation, q = p/|p| and dq = (dp - q (q.dp)) / |p|: the 1/|p|
-            # is folded into the padded radial functions, the projection done once below
-            inv_slot = None
-            if self.normalize:
-                inv = torch.where(norms > 0, 1.0 / safe, torch.zeros_like(norms))
-                inv_slot = inv.repeat_interleave(S * J)[:, None]
-            radial_slot = r_pad if inv_slot is None else r_pad * inv_slot
-            dr_pad = torch.zeros((L + 1, n_slots, n), dtype=dtype, device=device)
-            dr_pad[:, slot] = (dfc[:, None, None] * radial
-                               + fc[:, None, None] * dradial).permute(2, 0, 1)
-            if inv_slot is not None:
-                dr_pad *= inv_slot
-            unit_pad = torch.zeros((n_slots, 3), dtype=dtype, device=device)
-            unit_pad[slot] = vec / dist[:, None]
-            dy_pad = torch.zeros((n_slots, 3, (L + 1) ** 2), dtype=dtype, device=device)
-            dy_pad[slot] = dylm
-            dy_pad3 = dy_pad.view(N, S * J * 3, -1)
-            y_padN = y_pad.view(N, S * J, -1)
-            vec_pad = None
-            if want_strain:
-                vec_pad = torch.zeros((n_slots, 3), dtype=dtype, device=device)
-                vec_pad[slot] = vec
-                strain = torch.empty((N, 3, 3, n_features), dtype=dtype, device=device)
-            if want_pos:
-                out = _PositionGradientLayout(nl.centers[order], nl.neighbors[order],
-                                              nl.atom_offsets, nl.atom_structure)
-                grads = out.allocate(n_features, dtype, device)
-            slot_np = slot.cpu().numpy()
-            centres_sorted = nl.centers[order]
-            # work through the centres in chunks small enough to stay in cache
-            per_chunk = max(1, self.gradient_chunk_slots // (S * J))
-            for c0 in range(0, N, per_chunk):
-                c1 = min(N, c0 + per_chunk)
-                pg = self._pair_gradients(
-                    blocks, coeffs, c0, c1, S, J, y_padN, dy_pad3, unit_pad, dr_pad,
-                    radial_slot, values if self.normalize else None)
-                nc = c1 - c0
-                if want_strain:
-                    # strain[c, a, b, f] = sum_j g[c, j, a, f] r[c, j, b]
-                    st = torch.bmm(vec_pad.view(N, S * J, 3)[c0:c1].transpose(1, 2),
-                                   pg.view(nc, S * J, 3 * n_features))
-                    strain[c0:c1] = st.view(nc, 3, 3, n_features).transpose(1, 2)
-                if want_pos:
-                    p0, p1 = np.searchsorted(centres_sorted, [c0, c1])
-                    local = torch.as_tensor(slot_np[p0:p1] - c0 * S * J, device=device)
-                    out.write(grads, p0, p1, c0, c1, pg.view(-1, 3, n_features)[local],
-                              pg.sum(1))
-            if want_pos:
-                gcentre, gatom = out.indices()
+        target = self.chunk_pairs if want_grad else 8 * self.chunk_pairs
+        c0 = 0
+        while c0 < N:
+            # as many centres as fit in `target` pairs (at least one)
+            c1 = int(np.searchsorted(pair_start, pair_start[c0] + target, side="right")) - 1
+            c1 = min(max(c1, c0 + 1), N)
+            p0, p1 = int(pair_start[c0]), int(pair_start[c1])
+            self._compute_chunk(
+                c0, c1, group[p0:p1] - c0 * S, vectors[p0:p1], distances[p0:p1],
+                torch.as_tensor(atom_sp[c0:c1], device=device), S, blocks, values, want_grad,
+                strain, out, grads, p0, p1)
+            c0 = c1
+        if want_pos:
+            gcentre, gatom = out.indices()
 
         def np_(t):
             return None if t is None else t.detach().cpu().numpy()
@@ -448,5 +297,114 @@ class SOAP:
             n_atoms=np.diff(nl.atom_offsets), feature_labels=feature_labels,
             feature_label_names=("species_a", "species_b", "l", "n_a", "n_b"),
             gradients=np_(grads), gradient_centre=np_(gcentre), gradient_atom=np_(gatom),
-            strain_gradients=None if strain is None else np.ascontiguousarray(np_(strain)),
+            strain_gradients=np_(strain),
             info={"descriptor": "SOAP", **self.get_params(), "species": list(species)})
+
+    def _compute_chunk(self, c0, c1, group, vec, dist, centre_sp, S, blocks, values_out,
+                       want_grad, strain_out, out, grads_out, p0, p1):
+        """Values (and gradients) of centres c0..c1 whose sorted pairs are given."""
+        dtype, device = self.dtype, self.device
+        n, L = self.n_max, self.l_max
+        k = S * n
+        nc = c1 - c0
+        n_lm = (L + 1) ** 2
+        n_features = values_out.shape[1]
+        counts = np.bincount(group, minlength=nc * S)
+        J = max(int(counts.max()) if counts.size else 0, 1)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        slot = torch.as_tensor(group * J + (np.arange(group.shape[0]) - starts[group]),
+                               device=device)
+        n_slots = nc * S * J
+
+        spline = self._radial()
+        fc, dfc = self.cutoff_fn(dist)
+        radial, dradial = spline(dist, derivative=want_grad)  # (P, n, L+1)
+        ylm, dylm = real_spherical_harmonics(vec, L, gradients=want_grad)
+
+        # padded radial functions (L+1, slots, n) and harmonics (slots, lm)
+        r_pad = torch.zeros((L + 1, n_slots, n), dtype=dtype, device=device)
+        r_pad[:, slot] = (fc[:, None, None] * radial).permute(2, 0, 1)
+        y_pad = torch.zeros((n_slots, n_lm), dtype=dtype, device=device)
+        y_pad[slot] = ylm
+        y_pad3 = y_pad.view(nc * S, J, n_lm)
+
+        coeffs = []  # per l: (nc, k, 2l+1)
+        for l in range(L + 1):
+            c_l = torch.bmm(r_pad[l].view(nc * S, J, n).transpose(1, 2),
+                            y_pad3[:, :, l * l:(l + 1) ** 2])
+            coeffs.append(c_l.view(nc, k, 2 * l + 1))
+        if self.central_weight != 0.0:
+            own = self.central_weight * spline.at_zero()[:, 0] / math.sqrt(4.0 * math.pi)
+            coeffs[0].view(nc, S, n)[torch.arange(nc, device=device), centre_sp] += own
+
+        values = values_out[c0:c1]
+        for l, blk in enumerate(blocks):
+            p_l = torch.bmm(coeffs[l], coeffs[l].transpose(1, 2)).view(nc, k * k)
+            torch.mul(p_l[:, blk["flat"]], blk["scale"], out=values[:, blk["cols"]])
+        inv = None
+        if self.normalize:
+            norms = torch.linalg.norm(values, dim=1)
+            # an all-zero spectrum (isolated atom, central_weight = 0) stays zero
+            inv = torch.where(norms > 0, 1.0 / torch.where(norms > 0, norms, 1.0), 0.0)
+            values.mul_(inv[:, None])
+        if not want_grad:
+            return
+
+        # with normalisation, q = p/|p| and dq = (dp - q (q.dp)) / |p|: 1/|p| goes into
+        # the padded radial factors, the projection is one in-place update below
+        dr = dfc[:, None, None] * radial + fc[:, None, None] * dradial
+        if inv is not None:
+            pair_inv = inv[torch.as_tensor(group // S, device=device)][:, None, None]
+            r_pad[:, slot] = (fc[:, None, None] * radial * pair_inv).permute(2, 0, 1)
+            dr = dr * pair_inv
+        dr_pad = torch.zeros((L + 1, n_slots, n), dtype=dtype, device=device)
+        dr_pad[:, slot] = dr.permute(2, 0, 1)
+        unit_pad = torch.zeros((n_slots, 3), dtype=dtype, device=device)
+        unit_pad[slot] = vec / dist[:, None]
+        dy_pad = torch.zeros((n_slots, 3, n_lm), dtype=dtype, device=device)
+        dy_pad[slot] = dylm
+        dy_pad3 = dy_pad.view(nc, S * J * 3, n_lm)
+        y_padN = y_pad.view(nc, S * J, n_lm)
+
+        if S == 1:
+            pair_grad = torch.empty((nc, 1, J, 3, n_features), dtype=dtype, device=device)
+        else:
+            pair_grad = torch.zeros((nc, S, J, 3, n_features), dtype=dtype, device=device)
+        for l, blk in enumerate(blocks):
+            ct = coeffs[l].transpose(1, 2)  # (nc, 2l+1, k)
+            lm = slice(l * l, (l + 1) ** 2)
+            # u = sum_m Y_lm c_(beta,lm)(i), v = sum_m dY_lm/dr c_(beta,lm)(i) per slot
+            u = torch.bmm(y_padN[:, :, lm], ct).view(n_slots, 1, k)
+            v = torch.bmm(dy_pad3[:, :, lm], ct).view(n_slots, 3, k)
+            # d c^(s_j)_(n,lm)/d r_ij contracted with c_(beta,lm):
+            # X[a, n, beta] = dR_n rhat_a u_beta + R_n v_(a,beta)
+            x = dr_pad[l][:, None, :, None] * (unit_pad[:, :, None] * u)[:, :, None, :]
+            x.addcmul_(r_pad[l][:, None, :, None], v[:, :, None, :])
+            x = x.view(nc, S, J, 3, n, k)
+            if S == 1:
+                # dP_(n n') = X_(n n') + X_(n' n)
+                sym = (x + x.transpose(-1, -2)).view(nc, 1, J, 3, k * k)
+                torch.mul(sym[..., blk["flat"]], blk["scale"], out=pair_grad[..., blk["cols"]])
+            else:
+                # X fills block-row s of dP for slots of neighbour species s;
+                # dP = E_s X + (E_s X)^T, then keep the upper triangle
+                full = torch.zeros((nc, S, J, 3, k, k), dtype=dtype, device=device)
+                for s in range(S):
+                    full[:, s, :, :, s * n:(s + 1) * n, :] = x[:, s]
+                sym = (full + full.transpose(-1, -2)).view(nc, S, J, 3, k * k)
+                torch.mul(sym[..., blk["flat"]], blk["scale"], out=pair_grad[..., blk["cols"]])
+        pair_grad = pair_grad.view(nc, S * J, 3, n_features)
+        q = values
+        if inv is not None:
+            proj = torch.bmm(pair_grad.view(nc, S * J * 3, n_features), q[:, :, None])
+            pair_grad.addcmul_(proj.view(nc, S * J, 3, 1), q[:, None, None, :], value=-1.0)
+        if strain_out is not None:
+            vec_pad = torch.zeros((n_slots, 3), dtype=dtype, device=device)
+            vec_pad[slot] = vec
+            # strain[c, a, b, f] = sum_j g[c, j, a, f] r[c, j, b]
+            st = torch.bmm(vec_pad.view(nc, S * J, 3).transpose(1, 2),
+                           pair_grad.reshape(nc, S * J, 3 * n_features))
+            strain_out[c0:c1] = st.view(nc, 3, 3, n_features).transpose(1, 2)
+        if out is not None:
+            out.write(grads_out, p0, p1, c0, c1,
+                      pair_grad.view(n_slots, 3, n_features)[slot], pair_grad.sum(1))

@@ -1,0 +1,67 @@
+"""Shared fixtures: small seeded structures and a seeded random generator.
+
+Every structure fixture returns a fresh ``ase.Atoms`` (function scope), so a test may
+move atoms or change the cell without affecting another test. Lengths are in Å.
+"""
+
+from __future__ import annotations
+
+import ase.io
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, molecule
+
+from gapkit.data import bundled_path
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """The seeded random generator of the test conventions."""
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def si64_rattled() -> Atoms:
+    """64-atom cubic diamond Si (2x2x2 conventional cells, a = 5.43 Å), rattled by 0.05 Å."""
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
+    atoms.rattle(0.05, seed=1)
+    return atoms
+
+
+@pytest.fixture
+def si8_rattled() -> Atoms:
+    """8-atom cubic diamond Si cell (a = 5.43 Å), rattled by 0.05 Å: cheap gradient checks."""
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.rattle(0.05, seed=2)
+    return atoms
+
+
+@pytest.fixture
+def ethanol_rmd17() -> Atoms:
+    """First frame of the bundled rMD17 ethanol subset (C2H5OH, not periodic)."""
+    atoms = ase.io.read(bundled_path("ethanol_rmd17_200.xyz"), index=0)
+    atoms.calc = None
+    atoms.pbc = False
+    return atoms
+
+
+@pytest.fixture
+def acetamide() -> Atoms:
+    """Acetamide CH3CONH2 (C, H, O and N; not periodic), rattled by 0.05 Å."""
+    atoms = molecule("CH3CONH2")
+    atoms.rattle(0.05, seed=3)
+    return atoms
+
+
+@pytest.fixture
+def triclinic_two_species() -> Atoms:
+    """A periodic Si/C triclinic cell whose edges (2.5-2.8 Å) are all shorter than the
+    cutoffs used in the tests, so that atoms see several images of every atom, their
+    own included."""
+    cell = np.array([[2.60, 0.00, 0.00],
+                     [0.70, 2.45, 0.00],
+                     [0.40, -0.55, 2.55]])
+    scaled = np.array([[0.02, 0.03, 0.01],
+                       [0.52, 0.46, 0.57]])
+    return Atoms("SiC", scaled_positions=scaled, cell=cell, pbc=True)
