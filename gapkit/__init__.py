@@ -5,7 +5,7 @@ regression on energies, forces and virials. Units: eV, Å, eV/Å, virial in eV.
 """
 
 from . import data, testing
-from .descriptors import SOAP, DescriptorResult
+from .descriptors import SOAP, DescriptorResult, TwoBody
 
 __version__ = "0.1.0"
 

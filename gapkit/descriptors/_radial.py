@@ -80,7 +80,7 @@ def _scaled_sph_in(l_max: int, x: np.ndarray) -> np.ndarray:
 
 def radial_integral_table(
     n_max: int, l_max: int, atom_sigma: float, radius: float, distances: np.ndarray,
-    n_quadrature: int = 400,
+    n_quadrature: int = 48,
 ) -> tuple[np.ndarray, np.ndarray]:
     """I_nl(d) and its first two derivatives for the orthonormal GTO basis.
 
