@@ -1,0 +1,224 @@
+"""Observations of a GAP: total energies, force components and virials, with their noise.
+
+Each observation is one row of the design matrix: a linear functional of the local
+energies. Rows are ordered frame by frame: the energy, then the forces (atom-major,
+x y z), then the six virial components in ASE's Voigt order (xx, yy, zz, yz, xz, xy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..data import Labels, get_all_labels
+
+__all__ = ["NoiseModel", "Observations", "build_observations", "fit_e0", "VOIGT"]
+
+#: Voigt order of the six virial components (ASE's).
+VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+KINDS = ("energy", "forces", "virial")
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """Observation noise (standard deviations), as gap_fit's ``default_sigma``.
+
+    Parameters
+    ----------
+    energy : float
+        Energy noise, eV per atom when ``per_atom`` (the default; a frame of ``N``
+        atoms gets ``energy * sqrt(N)`` eV), else eV per frame.
+    forces : float
+        Noise of each force component, eV/Å.
+    virial : float
+        Virial noise, eV per atom when ``per_atom`` (scaled by ``sqrt(N)``), else eV.
+    per_atom : bool
+        gap_fit's ``sigma_per_atom``.
+    config_type : mapping of str to mapping
+        Overrides per ``config_type``, e.g. ``{"Surface": {"energy": 0.005}}``
+        (gap_fit's ``config_type_sigma``); keys ``energy``, ``forces``, ``virial``.
+
+    Per-frame values in ``atoms.info`` (``energy_sigma``, ``force_sigma``,
+    ``virial_sigma``, as gap_fit reads them) override both, with the same
+    per-atom interpretation.
+    """
+
+    energy: float = 0.001
+    forces: float = 0.05
+    virial: float = 0.01
+    per_atom: bool = True
+    config_type: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in KINDS:
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value > 0):
+                raise ValueError(f"NoiseModel.{name} must be a finite number > 0, got {value!r}")
+        for ct, over in self.config_type.items():
+            unknown = set(over) - set(KINDS)
+            if unknown:
+                raise ValueError(f"NoiseModel.config_type[{ct!r}]: unknown keys {sorted(unknown)};"
+                                 f" use {list(KINDS)}")
+            for name, value in over.items():
+                if not (np.isfinite(value) and value > 0):
+                    raise ValueError(f"NoiseModel.config_type[{ct!r}][{name!r}] must be > 0, "
+                                     f"got {value!r}")
+
+    def sigmas(self, labels: Labels, n_atoms: int) -> tuple[float, float, float]:
+        """(energy eV, force eV/Å, virial eV) standard deviations for one frame."""
+        over = self.config_type.get(labels.config_type, {})
+        e = labels.energy_sigma or over.get("energy", self.energy)
+        f = labels.forces_sigma or over.get("forces", self.forces)
+        v = labels.virial_sigma or over.get("virial", self.virial)
+        if self.per_atom:
+            scale = float(np.sqrt(n_atoms))
+            e, v = e * scale, v * scale
+        return float(e), float(f), float(v)
+
+    def to_dict(self) -> dict:
+        return {"energy": self.energy, "forces": self.forces, "virial": self.virial,
+                "per_atom": self.per_atom,
+                "config_type": {k: dict(v) for k, v in self.config_type.items()}}
+
+
+@dataclass(frozen=True)
+class Observations:
+    """Flat list of observations of a set of frames.
+
+    Attributes (all ndarray of shape (n_rows,))
+    ----------
+    frame : frame index; kind : 0 energy, 1 force, 2 virial; atom : atom index
+    within the frame (forces) or -1; component : x/y/z (0-2) for forces, Voigt
+    index (0-5) for virials, -1 for energies; y : the label, minus the e0
+    baseline for energies (eV, eV/Å, eV); sigma : noise standard deviation.
+    """
+
+    frame: np.ndarray
+    kind: np.ndarray
+    atom: np.ndarray
+    component: np.ndarray
+    y: np.ndarray
+    sigma: np.ndarray
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.y.shape[0])
+
+    def select(self, rows) -> "Observations":
+        return Observations(*(getattr(self, f)[rows] for f in
+                              ("frame", "kind", "atom", "component", "y", "sigma")))
+
+    def counts(self) -> dict:
+        return {name: int((self.kind == i).sum()) for i, name in enumerate(KINDS)}
+
+
+def baseline_energies(frames, e0: Mapping[int, float]) -> np.ndarray:
+    """Sum of e0 over the atoms of each frame, eV."""
+    out = np.empty(len(frames))
+    for k, atoms in enumerate(frames):
+        try:
+            out[k] = sum(e0[int(z)] for z in atoms.numbers)
+        except KeyError as err:
+            from ase.data import chemical_symbols
+
+            z = int(err.args[0])
+            raise ValueError(f"frame {k}: no e0 for species {chemical_symbols[z]} (Z={z}); "
+                             "give it in e0={...} or fit e0 on data that contains it") from None
+    return out
+
+
+def build_observations(frames: Sequence, labels: Sequence[Labels], noise: NoiseModel,
+                       e0: Mapping[int, float], use: Sequence[str] = KINDS) -> Observations:
+    """The observation rows of ``frames`` that have labels, in row order (see module)."""
+    use = tuple(use)
+    unknown = set(use) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown observation kinds {sorted(unknown)}; use {list(KINDS)}")
+    base = baseline_energies(frames, e0)
+    cols = {f: [] for f in ("frame", "kind", "atom", "component", "y", "sigma")}
+
+    def add(frame, kind, atom, comp, y, sigma):
+        n = len(y)
+        cols["frame"].append(np.full(n, frame))
+        cols["kind"].append(np.full(n, kind))
+        cols["atom"].append(np.asarray(atom))
+        cols["component"].append(np.asarray(comp))
+        cols["y"].append(np.asarray(y, dtype=np.float64))
+        cols["sigma"].append(np.full(n, sigma))
+
+    for k, (atoms, lab) in enumerate(zip(frames, labels)):
+        n = len(atoms)
+        se, sf, sv = noise.sigmas(lab, n)
+        if "energy" in use and lab.energy is not None:
+            add(k, 0, [-1], [-1], [lab.energy - base[k]], se)
+        if "forces" in use and lab.forces is not None:
+            add(k, 1, np.repeat(np.arange(n), 3), np.tile(np.arange(3), n),
+                np.asarray(lab.forces).reshape(-1), sf)
+        if "virial" in use and lab.virial is not None:
+            w = np.asarray(lab.virial)
+            add(k, 2, np.full(6, -1), np.arange(6), [w[a, b] for a, b in VOIGT], sv)
+    if not cols["y"]:
+        raise ValueError(f"none of the {len(frames)} frames has a {'/'.join(use)} label to fit; "
+                         "check the energy_key/forces_key/virial_key names")
+    return Observations(*(np.concatenate(cols[f]) for f in
+                          ("frame", "kind", "atom", "component", "y", "sigma")))
+
+
+def fit_e0(frames: Sequence, labels: Sequence[Labels] | None = None, method="least_squares",
+           species: Sequence[int] | None = None) -> dict[int, float]:
+    """Per-species energy offsets e0 (eV), the baseline the GP is fitted on top of.
+
+    Parameters
+    ----------
+    method : {"least_squares", "isolated", "zero"} or mapping
+        ``"least_squares"``: minimise sum_A (E_A - sum_s n_As e0_s)^2 over frames
+        with energies (per-atom average for one species); ``"isolated"``: the
+        energies of single-atom frames (isolated atoms, as gap_fit's
+        ``e0_method=isolated``); ``"zero"``; or a mapping ``{Z or symbol: eV}``.
+    """
+    from ase.data import atomic_numbers, chemical_symbols
+
+    if labels is None:
+        labels = get_all_labels(frames)
+    if species is None:
+        species = sorted({int(z) for a in frames for z in a.numbers})
+    species = [int(z) for z in species]
+    if isinstance(method, Mapping):
+        e0 = {}
+        for key, value in method.items():
+            z = atomic_numbers[key] if isinstance(key, str) else int(key)
+            e0[z] = float(value)
+        missing = [chemical_symbols[z] for z in species if z not in e0]
+        if missing:
+            raise ValueError(f"e0 given for {sorted(chemical_symbols[z] for z in e0)} but the "
+                             f"data also contains {missing}; add them to e0")
+        return e0
+    if method == "zero":
+        return {z: 0.0 for z in species}
+    if method == "isolated":
+        e0 = {}
+        for atoms, lab in zip(frames, labels):
+            if len(atoms) == 1 and lab.energy is not None:
+                e0[int(atoms.numbers[0])] = float(lab.energy)
+        missing = [chemical_symbols[z] for z in species if z not in e0]
+        if missing:
+            raise ValueError(f"e0='isolated' needs a single-atom frame with an energy for every "
+                             f"species; none for {missing}. Add isolated-atom frames or use "
+                             "e0='least_squares'")
+        return e0
+    if method != "least_squares":
+        raise ValueError(f"unknown e0 method {method!r}; use 'least_squares', 'isolated', "
+                         "'zero' or a dict {symbol: eV}")
+    rows = [(a, lab.energy) for a, lab in zip(frames, labels) if lab.energy is not None]
+    if not rows:
+        raise ValueError("e0='least_squares' needs frames with energies")
+    index = {z: i for i, z in enumerate(species)}
+    comp = np.zeros((len(rows), len(species)))
+    for r, (atoms, _) in enumerate(rows):
+        for z in atoms.numbers:
+            comp[r, index[int(z)]] += 1
+    energies = np.array([e for _, e in rows])
+    sol, *_ = np.linalg.lstsq(comp, energies, rcond=None)
+    return {z: float(sol[i]) for z, i in index.items()}

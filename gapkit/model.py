@@ -1,0 +1,585 @@
+"""The GAP model: fit a sparse GP on energies, forces and virials; predict with variances."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .data import get_all_labels
+from .descriptors import SOAP, TwoBody
+from .gp.design import SparseSet, functional_rows, gather_rows, type_mask
+from .gp.observations import VOIGT, NoiseModel, baseline_energies, build_observations, fit_e0
+from .gp.sparse import IncrementalQR, cholesky_upper, dtc_log_marginal_likelihood
+from .kernels import SOAPKernel, TwoBodyKernel
+
+__all__ = ["GAP", "Term", "Prediction", "FORMAT_VERSION"]
+
+#: version of the model file format written by :meth:`GAP.save`
+FORMAT_VERSION = 1
+_FORMAT = "gapkit.model"
+_DESCRIPTORS = {"SOAP": SOAP, "TwoBody": TwoBody}
+_KERNELS = {"SOAPKernel": SOAPKernel, "TwoBodyKernel": TwoBodyKernel}
+
+
+@dataclass
+class Term:
+    """One additive term of the local energy: a descriptor, its kernel, its sparse points.
+
+    Parameters
+    ----------
+    descriptor : SOAP or TwoBody
+    kernel : SOAPKernel or TwoBodyKernel
+    n_sparse : int or dict
+        Number of sparse points (or ``{type: count}``); split over kernel types
+        (central species for SOAP, species pairs for two-body) in proportion to
+        their number of environments.
+    sparse_method : {"cur", "fps", "random", "uniform"}
+        How sparse points are chosen ("uniform": an even grid, for two-body).
+    """
+
+    descriptor: object
+    kernel: object
+    n_sparse: int | dict = 500
+    sparse_method: str = "cur"
+    sparse_: SparseSet | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        kernel = self.kernel
+        kparams = {"delta": float(kernel.delta.detach())}
+        if isinstance(kernel, SOAPKernel):
+            kparams["zeta"] = kernel.zeta
+        if isinstance(kernel, TwoBodyKernel):
+            kparams.update(cutoff=kernel.cutoff_fn.cutoff, cutoff_width=kernel.cutoff_fn.width,
+                           lengthscale=float(kernel.lengthscale.detach().reshape(())))
+        return {"descriptor": {"type": type(self.descriptor).__name__,
+                               "params": self.descriptor.get_params()},
+                "kernel": {"type": type(kernel).__name__, "params": kparams},
+                "n_sparse": self.n_sparse, "sparse_method": self.sparse_method}
+
+
+@dataclass
+class Prediction:
+    """Posterior predictions for a list of frames (numpy arrays, ASE units).
+
+    Attributes
+    ----------
+    energy, energy_variance : (n_frames,)
+        Total energy (eV) and its posterior variance (eV^2).
+    forces, forces_variance : (n_atoms_total, 3)
+        Forces (eV/Å) and the variance of each component (eV^2/Å^2).
+    virial, virial_variance : (n_frames, 3, 3)
+        Virial ``-dE/d epsilon`` (eV) and its variance (eV^2), or None.
+    local_energy, local_energy_variance : (n_atoms_total,)
+        Per-atom energies (eV, e0 included) and their variances (eV^2).
+    atom_offsets : (n_frames + 1,)
+        Start of each frame in the per-atom arrays.
+    variance_form : dict
+        Which formula each variance used ("dtc" or "projected"; see GAP.predict).
+    """
+
+    energy: np.ndarray
+    forces: np.ndarray | None
+    virial: np.ndarray | None
+    local_energy: np.ndarray
+    atom_offsets: np.ndarray
+    energy_variance: np.ndarray | None = None
+    forces_variance: np.ndarray | None = None
+    virial_variance: np.ndarray | None = None
+    local_energy_variance: np.ndarray | None = None
+    variance_form: dict = field(default_factory=dict)
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        return np.diff(self.atom_offsets)
+
+    @property
+    def energy_per_atom(self) -> np.ndarray:
+        """eV/atom."""
+        return self.energy / self.n_atoms
+
+    def frame_forces(self, k: int) -> np.ndarray:
+        return self.forces[self.atom_offsets[k]:self.atom_offsets[k + 1]]
+
+
+def _default_terms() -> list[Term]:
+    return [Term(SOAP(cutoff=5.0, cutoff_width=1.0, n_max=8, l_max=6, atom_sigma=0.5),
+                 SOAPKernel(zeta=4, delta=1.0), n_sparse=500, sparse_method="cur")]
+
+
+class GAP:
+    """Gaussian Approximation Potential: a sparse GP on energies, forces and virials.
+
+    The local energy is a sum of terms (e.g. two-body + SOAP, as gap_fit's
+    ``distance_2b ... : soap ...``), each ``eps_d(q) = sum_m alpha_m k_d(q, z_m)``
+    over its sparse points, on top of per-species offsets ``e0``:
+    ``E = sum_i e0[s_i] + sum_d sum_c eps_d(q_c)``. Fitting is the projected-process
+    (DTC) solve of :mod:`gapkit.gp.sparse`, streamed over blocks of frames.
+
+    Parameters
+    ----------
+    terms : list of Term, optional
+        Default: one SOAP term (cutoff 5 Å, width 1 Å, n_max 8, l_max 6,
+        atom_sigma 0.5 Å, zeta 4, delta 1 eV, 500 CUR sparse points).
+    noise : NoiseModel
+        Observation noise (energy eV/atom, forces eV/Å, virial eV/atom, per
+        config_type and per frame).
+    e0 : "least_squares", "isolated", "zero" or dict
+        Per-species energy offsets (see :func:`gapkit.gp.fit_e0`).
+    jitter : float
+        Added to the diagonal of K_MM, relative to its mean diagonal.
+    use : sequence of {"energy", "forces", "virial"}
+        Which labels to fit (all present ones by default).
+    energy_key, forces_key, virial_key, stress_key, config_type_key : str
+        extxyz keys, as gap_fit's ``energy_parameter_name`` etc.
+    batch_atoms : int
+        Atoms per streamed block (memory vs speed).
+    random_state : int
+        Seed of sparse-point selection; fits are deterministic.
+    progress : bool
+        Progress bars on descriptors and design-matrix assembly.
+    """
+
+    def __init__(self, terms: Sequence[Term] | None = None, *, noise: NoiseModel | None = None,
+                 e0="least_squares", jitter: float = 1e-8,
+                 use: Sequence[str] = ("energy", "forces", "virial"),
+                 energy_key: str = "energy", forces_key: str = "forces",
+                 virial_key: str = "virial", stress_key: str = "stress",
+                 config_type_key: str = "config_type", batch_atoms: int = 256,
+                 random_state: int = 0, progress: bool = True):
+        self.terms = list(terms) if terms is not None else _default_terms()
+        if not self.terms:
+            raise ValueError("a GAP needs at least one term")
+        for t in self.terms:
+            if not isinstance(t, Term):
+                raise TypeError(f"terms must be gapkit.Term objects, got {type(t).__name__}")
+        self.noise = noise if noise is not None else NoiseModel()
+        self.e0 = e0
+        if not (jitter >= 0 and math.isfinite(jitter)):
+            raise ValueError(f"jitter must be >= 0, got {jitter!r}")
+        self.jitter = float(jitter)
+        self.use = tuple(use)
+        self.keys = dict(energy_key=energy_key, forces_key=forces_key, virial_key=virial_key,
+                         stress_key=stress_key, config_type_key=config_type_key)
+        self.batch_atoms = int(batch_atoms)
+        self.random_state = random_state
+        self.progress = progress
+        self.dtype = torch.float64
+
+    # ------------------------------------------------------------------ fit
+    def _progress(self, iterable, desc, total=None):
+        if not self.progress:
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, leave=False)
+
+    def _blocks(self, frames):
+        start, count = 0, 0
+        for k, atoms in enumerate(frames):
+            if count and count + len(atoms) > self.batch_atoms:
+                yield start, k
+                start, count = k, 0
+            count += len(atoms)
+        if start < len(frames):
+            yield start, len(frames)
+
+    def fit(self, frames) -> "GAP":
+        """Fit on ``frames`` (list of ase.Atoms, or an extxyz path) and return ``self``.
+
+        Frames may lack some labels: whatever energies, forces and virials are
+        present (and in ``use``) are fitted. Raises ValueError if nothing is.
+        """
+        from .gp.sparsify import sparse_points
+
+        t_start = time.perf_counter()
+        cpu_start = time.process_time()
+        frames = self._read(frames)
+        labels = get_all_labels(frames, **self.keys)
+        species = sorted({int(z) for a in frames for z in np.unique(a.numbers)})
+        self.species_ = species
+        self.terms_ = [self._fixed_term(t, species) for t in self.terms]
+        self.e0_ = fit_e0(frames, labels, self.e0, species)
+        obs = build_observations(frames, labels, self.noise, self.e0_, self.use)
+        kinds = set(np.unique(obs.kind).tolist())
+        grads = {"positions"} if 1 in kinds else set()
+        if 2 in kinds:
+            grads.add("strain")
+
+        # sparse points: descriptor values of every environment
+        for i, term in enumerate(self.terms_):
+            res = term.descriptor.compute(frames)
+            points, types, _ = sparse_points(
+                res.values, term.n_sparse, method=term.sparse_method, types=res.centre_types,
+                random_state=None if self.random_state is None else self.random_state + i)
+            term.sparse_ = SparseSet(torch.as_tensor(points, dtype=self.dtype),
+                                     torch.as_tensor(types))
+        kmm = self._kmm()
+        u, self.jitter_abs_ = cholesky_upper(kmm, self.jitter)
+
+        qr = IncrementalQR(u)
+        blocks = list(self._blocks(frames))
+        for start, stop in self._progress(blocks, "GAP design matrix"):
+            sel = np.nonzero((obs.frame >= start) & (obs.frame < stop))[0]
+            if sel.size == 0:
+                continue
+            block_obs = obs.select(sel)
+            block_obs = type(block_obs)(block_obs.frame - start, *(
+                getattr(block_obs, f) for f in ("kind", "atom", "component", "y", "sigma")))
+            rows = self._rows(frames[start:stop], block_obs, grads)
+            qr.add(rows, torch.as_tensor(block_obs.y), torch.as_tensor(block_obs.sigma))
+        r, b, resid = qr.finish()
+        self.alpha_ = torch.linalg.solve_triangular(r, b[:, None], upper=True)[:, 0]
+        self.R_, self.U_ = r, u
+        self.log_marginal_likelihood_ = dtc_log_marginal_likelihood(
+            r, u, resid, qr.sum_log_sigma, qr.n_rows)
+        sv = torch.linalg.svdvals(r)
+        svk = torch.linalg.eigvalsh(kmm)
+        self.fit_info_ = {
+            "n_frames": len(frames), "n_observations": obs.counts(),
+            "n_sparse": [t.sparse_.n for t in self.terms_],
+            "condition_number_posterior": float((sv[0] / sv[-1]) ** 2),
+            "condition_number_kmm": float(svk[-1] / max(float(svk[0]), 1e-300)),
+            "wall_time_s": time.perf_counter() - t_start,
+            "cpu_time_s": time.process_time() - cpu_start,
+            "log_marginal_likelihood": self.log_marginal_likelihood_,
+        }
+        return self
+
+    def _read(self, frames):
+        from ase import Atoms
+
+        if isinstance(frames, (str, Path)):
+            from .data import read_extxyz
+
+            return read_extxyz(frames)
+        if isinstance(frames, Atoms):
+            return [frames]
+        return list(frames)
+
+    def _fixed_term(self, term: Term, species) -> Term:
+        """A copy of ``term`` whose descriptor knows the training species."""
+        desc = term.descriptor
+        params = desc.get_params()
+        if params.get("species") is None:
+            params["species"] = list(species)
+        else:
+            missing = sorted(set(species) - set(params["species"]))
+            if missing:
+                raise ValueError(f"the training data contains species {missing} that the "
+                                 f"descriptor's fixed species {params['species']} lacks")
+        new_desc = type(desc)(**params)
+        new_desc.progress = self.progress and getattr(desc, "progress", False)
+        return Term(new_desc, term.kernel, term.n_sparse, term.sparse_method)
+
+    def _kmm(self) -> torch.Tensor:
+        blocks = []
+        for term in self.terms_:
+            z = term.sparse_
+            k = term.kernel.value(z.points, z.points) * type_mask(z.types, z.types, self.dtype)
+            blocks.append(k.detach())
+        return torch.block_diag(*blocks)
+
+    def _term_rows(self, frames, gradients, *, energy, forces, virial, local, unit=False):
+        """Per-term functional rows for ``frames`` (one block)."""
+        out = []
+        for term in self.terms_:
+            res = term.descriptor.compute(frames, gradients=sorted(gradients) or False)
+            with torch.no_grad():
+                out.append((res, functional_rows(term.kernel, res, term.sparse_, energy=energy,
+                                                 forces=forces, virial=virial, local=local,
+                                                 unit=unit)))
+        return out
+
+    def _rows(self, frames, obs, gradients) -> torch.Tensor:
+        kinds = set(np.unique(obs.kind).tolist())
+        per_term = self._term_rows(frames, gradients, energy=0 in kinds, forces=1 in kinds,
+                                   virial=2 in kinds, local=False)
+        offsets = np.concatenate([[0], np.cumsum([len(a) for a in frames])])
+        return torch.cat([gather_rows(blocks, obs, offsets) for _, blocks in per_term], dim=1)
+
+    # -------------------------------------------------------------- predict
+    def _check_fitted(self):
+        if not hasattr(self, "alpha_"):
+            raise RuntimeError("this GAP is not fitted yet; call fit(frames) or GAP.load(path)")
+
+    def predict(self, frames, *, forces: bool = True, virial: bool | None = None,
+                variance: bool = True, force_variance: str = "projected") -> Prediction:
+        """Posterior mean and variance of energies, forces, virials and local energies.
+
+        Variances are of the latent (noise-free) quantities, from the fitted R factor:
+
+        * total and local energies use the DTC form
+          ``var = k** - |U^-T k*|^2 + |R^-T k*|^2`` with the exact prior
+          variance ``k**`` (sum of the kernel over all pairs of the frame's centres);
+        * force components use the *projected* form ``|R^-T k*|^2`` by default
+          (``k**`` replaced by its Nyström projection ``k*^T K_MM^-1 k*``; cheap,
+          a lower bound that ignores what the sparse set cannot represent), or,
+          with ``force_variance="exact"``, the DTC form with the exact ``k**`` from
+          second kernel derivatives (cost grows with the square of the number of
+          neighbours: for small systems);
+        * virials use the projected form.
+
+        Parameters
+        ----------
+        frames : list of ase.Atoms
+        forces : bool
+            Predict forces.
+        virial : bool, optional
+            Predict virials (default: when every frame is periodic in 3D).
+        variance : bool
+            Compute variances.
+        force_variance : {"projected", "exact"}
+        """
+        self._check_fitted()
+        if force_variance not in ("projected", "exact"):
+            raise ValueError("force_variance must be 'projected' or 'exact'")
+        frames = self._read(frames)
+        self._check_species(frames)
+        if virial is None:
+            virial = all(bool(np.all(a.pbc)) for a in frames)
+        gradients = set()
+        if forces:
+            gradients.add("positions")
+        if virial:
+            gradients.add("strain")
+        n_frames = len(frames)
+        offsets = np.concatenate([[0], np.cumsum([len(a) for a in frames])]).astype(np.int64)
+        energy = np.empty(n_frames)
+        local = np.empty(offsets[-1])
+        f_out = np.empty((offsets[-1], 3)) if forces else None
+        v_out = np.empty((n_frames, 3, 3)) if virial else None
+        e_var = np.empty(n_frames) if variance else None
+        l_var = np.empty(offsets[-1]) if variance else None
+        f_var = np.empty((offsets[-1], 3)) if (variance and forces) else None
+        v_var = np.empty((n_frames, 3, 3)) if (variance and virial) else None
+        base = baseline_energies(frames, self.e0_)
+        e0_atoms = np.array([self.e0_[int(z)] for a in frames for z in a.numbers])
+        blocks = list(self._blocks(frames))
+        for start, stop in self._progress(blocks, "GAP predict", total=len(blocks)):
+            sub = frames[start:stop]
+            a0, a1 = offsets[start], offsets[stop]
+            per_term = self._term_rows(sub, gradients, energy=True, forces=forces,
+                                       virial=virial, local=True)
+            rows = {key: torch.cat([b[key] for _, b in per_term], dim=-1)
+                    for key in per_term[0][1]}
+            # local energy per atom: sum of the atom's centres over terms
+            n_sub = a1 - a0
+            local_rows = []
+            for res, b in per_term:
+                owner = torch.as_tensor(res.atom_offsets[res.centre_structure] + res.centre_atom)
+                local_rows.append(torch.zeros((n_sub, b["local"].shape[1]),
+                                              dtype=self.dtype).index_add_(0, owner, b["local"]))
+            rows["local"] = torch.cat(local_rows, dim=1)
+            alpha = self.alpha_
+            energy[start:stop] = (rows["energy"] @ alpha).numpy() + base[start:stop]
+            local[a0:a1] = (rows["local"] @ alpha).numpy() + e0_atoms[a0:a1]
+            if forces:
+                f_out[a0:a1] = (rows["forces"] @ alpha).numpy()
+            if virial:
+                w = (rows["virial"] @ alpha).numpy()
+                v_out[start:stop] = _voigt_to_matrix(w)
+            if not variance:
+                continue
+            prior_e, prior_l = self._prior_energy_variances(per_term, stop - start, n_sub)
+            e_var[start:stop] = self._dtc_variance(rows["energy"], prior_e)
+            l_var[a0:a1] = self._dtc_variance(rows["local"], prior_l)
+            if forces:
+                fr = rows["forces"].reshape(-1, rows["forces"].shape[-1])
+                if force_variance == "exact":
+                    prior_f = self._prior_force_variances(per_term, n_sub)
+                    f_var[a0:a1] = self._dtc_variance(fr, prior_f.reshape(-1)).reshape(-1, 3)
+                else:
+                    f_var[a0:a1] = self._projected_variance(fr).reshape(-1, 3)
+            if virial:
+                vr = rows["virial"].reshape(-1, rows["virial"].shape[-1])
+                v_var[start:stop] = _voigt_to_matrix(
+                    self._projected_variance(vr).reshape(-1, 6))
+        forms = {"energy": "dtc", "local_energy": "dtc",
+                 "forces": "dtc" if force_variance == "exact" else "projected",
+                 "virial": "projected"} if variance else {}
+        return Prediction(energy=energy, forces=f_out, virial=v_out, local_energy=local,
+                          atom_offsets=offsets, energy_variance=e_var, forces_variance=f_var,
+                          virial_variance=v_var, local_energy_variance=l_var,
+                          variance_form=forms)
+
+    def _check_species(self, frames):
+        from ase.data import chemical_symbols
+
+        known = set(self.species_)
+        for k, atoms in enumerate(frames):
+            unknown = sorted(set(np.unique(atoms.numbers).tolist()) - known)
+            if unknown:
+                names = ", ".join(chemical_symbols[z] for z in unknown)
+                raise ValueError(
+                    f"frame {k}: species {names} were not in the training data "
+                    f"({', '.join(chemical_symbols[z] for z in self.species_)}); this model "
+                    "cannot predict them. Refit with data that contains them.")
+
+    def _projected_variance(self, rows: torch.Tensor) -> np.ndarray:
+        """|R^-T k*|^2 for each row k* of ``rows`` (n, M)."""
+        if rows.shape[0] == 0:
+            return np.zeros(0)
+        sol = torch.linalg.solve_triangular(self.R_.T, rows.T, upper=False)
+        return (sol * sol).sum(0).numpy()
+
+    def _dtc_variance(self, rows: torch.Tensor, prior: torch.Tensor) -> np.ndarray:
+        """k** - |U^-T k*|^2 + |R^-T k*|^2, clipped at 0."""
+        if rows.shape[0] == 0:
+            return np.zeros(0)
+        a = torch.linalg.solve_triangular(self.U_.T, rows.T, upper=False)
+        var = prior.numpy() - (a * a).sum(0).numpy() + self._projected_variance(rows)
+        return np.maximum(var, 0.0)
+
+    def _prior_energy_variances(self, per_term, n_frames, n_atoms):
+        """Exact prior variances of total energies and per-atom energies of a block."""
+        e = torch.zeros(n_frames, dtype=self.dtype)
+        loc = torch.zeros(n_atoms, dtype=self.dtype)
+        for (res, _), term in zip(per_term, self.terms_):
+            q = res.torch("values", dtype=self.dtype)
+            types = torch.as_tensor(res.centre_types)
+            owner = torch.as_tensor(res.atom_offsets[res.centre_structure] + res.centre_atom)
+            structure = torch.as_tensor(res.centre_structure)
+            with torch.no_grad():
+                for k in range(n_frames):
+                    idx = torch.nonzero(structure == k)[:, 0]
+                    if idx.numel() == 0:
+                        continue
+                    kk = term.kernel.value(q[idx], q[idx]) * type_mask(types[idx], types[idx],
+                                                                       self.dtype)
+                    e[k] += kk.sum()
+                    same = owner[idx][:, None] == owner[idx][None, :]
+                    loc.index_add_(0, owner[idx], (kk * same).sum(1))
+        return e, loc
+
+    def _prior_force_variances(self, per_term, n_atoms):
+        """Exact prior variance of each force component (second kernel derivatives)."""
+        out = torch.zeros((n_atoms, 3), dtype=self.dtype)
+        for (res, _), term in zip(per_term, self.terms_):
+            q = res.torch("values", dtype=self.dtype)
+            g = res.torch("gradients", dtype=self.dtype)
+            centre = torch.as_tensor(res.gradient_centre)
+            atom = res.gradient_atom_global
+            types = torch.as_tensor(res.centre_types)
+            order = np.argsort(atom, kind="stable")
+            bounds = np.searchsorted(atom[order], np.arange(n_atoms + 1))
+            with torch.no_grad():
+                for j in range(n_atoms):
+                    ent = torch.as_tensor(order[bounds[j]:bounds[j + 1]])
+                    if ent.numel() == 0:
+                        continue
+                    c = centre[ent]
+                    h = term.kernel.hessian_contract(q, q, g[ent], c, g[ent], c)  # (E,3,E,3)
+                    mask = type_mask(types[c], types[c], self.dtype)
+                    diag = torch.einsum("eafa->efa", h)  # same direction a on both sides
+                    out[j] += (diag * mask[:, :, None]).sum((0, 1))
+        return out
+
+    # ------------------------------------------------------------- save/load
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        """Write the fitted model to ``path`` (a zip of JSON metadata and .npy arrays).
+
+        The format (documented in the README) is pickle-free: loading never runs
+        code from the file. Refuses to overwrite an existing file unless asked.
+        """
+        self._check_fitted()
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        from . import __version__
+
+        meta = {
+            "format": _FORMAT, "format_version": FORMAT_VERSION, "gapkit_version": __version__,
+            "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom",
+                      "virial": "eV"},
+            "terms": [t.to_dict() for t in self.terms_],
+            "noise": self.noise.to_dict(), "e0": {str(z): v for z, v in self.e0_.items()},
+            "jitter": self.jitter, "jitter_absolute": self.jitter_abs_,
+            "species": list(self.species_), "use": list(self.use), "keys": self.keys,
+            "fit_info": self.fit_info_,
+        }
+        arrays = {"alpha": self.alpha_.numpy(), "R": self.R_.numpy(), "U": self.U_.numpy()}
+        for i, t in enumerate(self.terms_):
+            arrays[f"term{i}_points"] = t.sparse_.points.numpy()
+            arrays[f"term{i}_types"] = t.sparse_.types.numpy()
+        tmp = path.with_name(path.name + ".tmp")
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("metadata.json", json.dumps(meta, indent=1))
+            for name, arr in arrays.items():
+                import io
+
+                buf = io.BytesIO()
+                np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+                zf.writestr(f"{name}.npy", buf.getvalue())
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "GAP":
+        """Read a model written by :meth:`save`; a corrupted, truncated or newer file
+        raises ValueError with the reason."""
+        import io
+
+        path = Path(path)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                meta = json.loads(zf.read("metadata.json"))
+                if meta.get("format") != _FORMAT:
+                    raise ValueError(f"{path} is not a gapkit model file")
+                version = meta.get("format_version")
+                if not isinstance(version, int) or version > FORMAT_VERSION:
+                    raise ValueError(
+                        f"{path} was written in model format {version}, newer than this "
+                        f"gapkit understands ({FORMAT_VERSION}); upgrade gapkit")
+                arrays = {n[:-4]: np.load(io.BytesIO(zf.read(n)), allow_pickle=False)
+                          for n in zf.namelist() if n.endswith(".npy")}
+        except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, EOFError, OSError) as err:
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise ValueError(f"{path} is not a readable gapkit model file "
+                             f"(truncated or corrupted?): {err}") from err
+        terms = []
+        for i, td in enumerate(meta["terms"]):
+            desc = _DESCRIPTORS[td["descriptor"]["type"]](**td["descriptor"]["params"])
+            kernel = _KERNELS[td["kernel"]["type"]](**td["kernel"]["params"])
+            term = Term(desc, kernel, td["n_sparse"], td["sparse_method"])
+            term.sparse_ = SparseSet(torch.as_tensor(arrays[f"term{i}_points"]),
+                                     torch.as_tensor(arrays[f"term{i}_types"]))
+            terms.append(term)
+        nd = meta["noise"]
+        model = cls([copy.copy(t) for t in terms], noise=NoiseModel(**nd),
+                    e0={int(z): v for z, v in meta["e0"].items()}, jitter=meta["jitter"],
+                    use=meta["use"], progress=False, **meta["keys"])
+        model.terms_ = terms
+        model.species_ = meta["species"]
+        model.e0_ = {int(z): float(v) for z, v in meta["e0"].items()}
+        model.jitter_abs_ = meta["jitter_absolute"]
+        model.alpha_ = torch.as_tensor(arrays["alpha"])
+        model.R_ = torch.as_tensor(arrays["R"])
+        model.U_ = torch.as_tensor(arrays["U"])
+        model.fit_info_ = meta["fit_info"]
+        model.log_marginal_likelihood_ = meta["fit_info"].get("log_marginal_likelihood")
+        m = sum(t.sparse_.n for t in terms)
+        if model.alpha_.shape != (m,) or model.R_.shape != (m, m) or model.U_.shape != (m, m):
+            raise ValueError(f"{path}: inconsistent array shapes (corrupted file?)")
+        return model
+
+
+def _voigt_to_matrix(w: np.ndarray) -> np.ndarray:
+    out = np.empty(w.shape[:-1] + (3, 3))
+    for i, (a, b) in enumerate(VOIGT):
+        out[..., a, b] = w[..., i]
+        out[..., b, a] = w[..., i]
+    return out
+
+
+warnings.filterwarnings("default", category=UserWarning, module=__name__)
