@@ -18,15 +18,17 @@ class GAPCalculator(Calculator):
 
     * ``energy_variance`` (eV^2): total energy, DTC form;
     * ``energies_variance`` (n_atoms,) eV^2: per-atom energies, DTC form;
-    * ``forces_variance`` (n_atoms, 3) eV^2/Å^2: per component, projected form
-      (``force_variance="exact"`` for the DTC form with exact second derivatives).
+    * ``forces_variance`` (n_atoms, 3) eV^2/Å^2, per component, when
+      ``force_variance`` is "projected" (cheap form) or "exact" (DTC form with exact
+      second derivatives). Off by default: each force variance needs a full
+      design-matrix row, which costs far more than the forces themselves.
 
     Stress is ``-virial / volume`` with the virial ``W = -dE/d epsilon``.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
-    def __init__(self, model, *, variance: bool = True, force_variance: str = "projected",
+    def __init__(self, model, *, variance: bool = True, force_variance: str | None = None,
                  **kwargs):
         super().__init__(**kwargs)
         model._check_fitted()
@@ -57,4 +59,5 @@ class GAPCalculator(Calculator):
         if self.variance:
             self.results["energy_variance"] = float(pred.energy_variance[0])
             self.results["energies_variance"] = pred.local_energy_variance.copy()
-            self.results["forces_variance"] = pred.forces_variance.copy()
+            if pred.forces_variance is not None:
+                self.results["forces_variance"] = pred.forces_variance.copy()

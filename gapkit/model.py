@@ -243,12 +243,13 @@ class GAP:
         self.log_marginal_likelihood_ = dtc_log_marginal_likelihood(
             r, u, resid, qr.sum_log_sigma, qr.n_rows)
         sv = torch.linalg.svdvals(r)
-        svk = torch.linalg.eigvalsh(kmm)
+        svu = torch.linalg.svdvals(u)
         self.fit_info_ = {
             "n_frames": len(frames), "n_observations": obs.counts(),
             "n_sparse": [t.sparse_.n for t in self.terms_],
-            "condition_number_posterior": float((sv[0] / sv[-1]) ** 2),
-            "condition_number_kmm": float(svk[-1] / max(float(svk[0]), 1e-300)),
+            # what the triangular solves see: cond(R), and cond(K_MM + jitter) = cond(U)^2
+            "condition_number_R": float(sv[0] / sv[-1]),
+            "condition_number_kmm_jitter": float((svu[0] / svu[-1]) ** 2),
             "wall_time_s": time.perf_counter() - t_start,
             "cpu_time_s": time.process_time() - cpu_start,
             "log_marginal_likelihood": self.log_marginal_likelihood_,
@@ -300,12 +301,126 @@ class GAP:
                                                  unit=unit)))
         return out
 
-    def _rows(self, frames, obs, gradients) -> torch.Tensor:
+    def _rows(self, frames, obs, gradients, unit: bool = False) -> torch.Tensor:
         kinds = set(np.unique(obs.kind).tolist())
         per_term = self._term_rows(frames, gradients, energy=0 in kinds, forces=1 in kinds,
-                                   virial=2 in kinds, local=False)
+                                   virial=2 in kinds, local=False, unit=unit)
         offsets = np.concatenate([[0], np.cumsum([len(a) for a in frames])])
         return torch.cat([gather_rows(blocks, obs, offsets) for _, blocks in per_term], dim=1)
+
+    # ------------------------------------------------------- hyper-parameters
+    def _training_setup(self, frames):
+        frames = self._read(frames)
+        labels = get_all_labels(frames, **self.keys)
+        obs = build_observations(frames, labels, self.noise, self.e0_, self.use)
+        kinds = set(np.unique(obs.kind).tolist())
+        grads = {"positions"} if 1 in kinds else set()
+        if 2 in kinds:
+            grads.add("strain")
+        return frames, obs, grads
+
+    def log_marginal_likelihood(self, frames=None, *, delta=None, noise_scale=None) -> float:
+        """DTC log marginal likelihood (nats) of the training data.
+
+        Without arguments: the value at the fitted hyper-parameters (from the QR
+        factors). With ``frames`` and per-term ``delta`` (eV) and/or
+        ``noise_scale`` (multipliers of the energy, force and virial noise), it is
+        evaluated from M x M statistics of one pass over ``frames`` (see
+        :mod:`gapkit.gp.hyperopt`) without refitting.
+        """
+        self._check_fitted()
+        if frames is None:
+            return self.log_marginal_likelihood_
+        from .gp.hyperopt import collect_statistics, lml_from_statistics
+
+        frames, obs, grads = self._training_setup(frames)
+        stats = collect_statistics(self, frames, obs, grads)
+        ld = torch.log(torch.tensor(delta if delta is not None else
+                                    [float(t.kernel.delta.detach()) for t in self.terms_],
+                                    dtype=self.dtype))
+        ls = torch.log(torch.tensor(noise_scale if noise_scale is not None else [1.0, 1.0, 1.0],
+                                    dtype=self.dtype))
+        with torch.no_grad():
+            return float(lml_from_statistics(stats, ld, ls))
+
+    def optimize_hyperparameters(self, frames, *, delta: bool = True, noise: bool = True,
+                                 lengthscale: bool = False, max_iter: int = 100,
+                                 lengthscale_bounds=(0.05, 5.0), refit: bool = True) -> dict:
+        """Maximise the DTC log marginal likelihood over the hyper-parameters (opt-in).
+
+        Optimises each term's ``delta`` (eV) and one multiplier per observation
+        kind on the noise model (``energy``, ``forces``, ``virial``: config_type
+        and per-frame ratios are kept), by L-BFGS on M x M statistics (no N x N
+        matrix); with ``lengthscale=True`` also the two-body length scale (Å),
+        by a bounded scalar search with one pass over the data per evaluation.
+        The sparse points stay those of the last fit. Updates the kernels and
+        ``self.noise``, refits when ``refit`` and returns a report with the
+        likelihood before and after.
+        """
+        from dataclasses import replace
+
+        from scipy.optimize import minimize_scalar
+
+        from .gp.hyperopt import collect_statistics, lml_from_statistics, optimize
+
+        self._check_fitted()
+        frames, obs, grads = self._training_setup(frames)
+        ld0 = np.log([float(t.kernel.delta.detach()) for t in self.terms_])
+        ls0 = np.zeros(3)
+
+        def inner():
+            stats = collect_statistics(self, frames, obs, grads)
+            with torch.no_grad():
+                start = float(lml_from_statistics(stats, torch.as_tensor(ld0),
+                                                  torch.as_tensor(ls0)))
+            ld, ls, value = optimize(stats, ld0, ls0, fit_delta=delta, fit_noise=noise,
+                                     max_iter=max_iter)
+            return start, ld, ls, value
+
+        two_body = [t for t in self.terms_ if isinstance(t.kernel, TwoBodyKernel)]
+        theta0 = None
+        if lengthscale:
+            if not two_body:
+                raise ValueError("lengthscale=True needs a TwoBody term")
+            theta0 = float(two_body[0].kernel.lengthscale.detach().reshape(()))
+            cache = {}
+
+            def objective(log_theta):
+                for t in two_body:
+                    t.kernel.lengthscale = torch.tensor(math.exp(log_theta), dtype=self.dtype)
+                cache[log_theta] = inner()
+                return -cache[log_theta][3]
+
+            first = objective(math.log(theta0))
+            res = minimize_scalar(objective, bounds=tuple(np.log(lengthscale_bounds)),
+                                  method="bounded", options={"xatol": 1e-2, "maxiter": 20})
+            best = res.x if -res.fun > -first else math.log(theta0)
+            for t in two_body:
+                t.kernel.lengthscale = torch.tensor(math.exp(best), dtype=self.dtype)
+            start = cache[math.log(theta0)][0]
+            _, ld, ls, value = cache[best]
+        else:
+            start, ld, ls, value = inner()
+        for t, v in zip(self.terms_, ld):
+            t.kernel.delta = float(np.exp(v))
+        for t_user, t in zip(self.terms, self.terms_):
+            t_user.kernel = t.kernel
+        scale = np.exp(ls)
+        cfg = {ct: {k: v * scale[("energy", "forces", "virial").index(k)] for k, v in over.items()}
+               for ct, over in self.noise.config_type.items()}
+        self.noise = replace(self.noise, energy=self.noise.energy * scale[0],
+                             forces=self.noise.forces * scale[1],
+                             virial=self.noise.virial * scale[2], config_type=cfg)
+        report = {"log_marginal_likelihood_before": start, "log_marginal_likelihood_after": value,
+                  "delta": [float(np.exp(v)) for v in ld], "noise": self.noise.to_dict(),
+                  "noise_scale": scale.tolist()}
+        if lengthscale:
+            report["lengthscale"] = float(two_body[0].kernel.lengthscale.detach().reshape(()))
+            report["lengthscale_before"] = theta0
+        if refit:
+            self.fit(frames)
+            report["log_marginal_likelihood_refit"] = self.log_marginal_likelihood_
+        return report
 
     # -------------------------------------------------------------- predict
     def _check_fitted(self):
@@ -313,21 +428,24 @@ class GAP:
             raise RuntimeError("this GAP is not fitted yet; call fit(frames) or GAP.load(path)")
 
     def predict(self, frames, *, forces: bool = True, virial: bool | None = None,
-                variance: bool = True, force_variance: str = "projected") -> Prediction:
+                variance: bool = True, force_variance: str | None = "projected") -> Prediction:
         """Posterior mean and variance of energies, forces, virials and local energies.
 
-        Variances are of the latent (noise-free) quantities, from the fitted R factor:
+        Means: forces and virials are the exact derivatives of the predicted
+        energy (the gradient of the GP mean, contracted with the descriptor
+        gradients). Variances are of the latent (noise-free) quantities, from the
+        fitted R factor:
 
         * total and local energies use the DTC form
           ``var = k** - |U^-T k*|^2 + |R^-T k*|^2`` with the exact prior
           variance ``k**`` (sum of the kernel over all pairs of the frame's centres);
         * force components use the *projected* form ``|R^-T k*|^2`` by default
-          (``k**`` replaced by its Nyström projection ``k*^T K_MM^-1 k*``; cheap,
-          a lower bound that ignores what the sparse set cannot represent), or,
-          with ``force_variance="exact"``, the DTC form with the exact ``k**`` from
+          (``k**`` replaced by its Nyström projection ``k*^T K_MM^-1 k*``; cheaper,
+          and it ignores what the sparse set cannot represent), or, with
+          ``force_variance="exact"``, the DTC form with the exact ``k**`` from
           second kernel derivatives (cost grows with the square of the number of
-          neighbours: for small systems);
-        * virials use the projected form.
+          neighbours: for small systems), or none with ``force_variance=None``;
+        * virials use the projected form (with force variances).
 
         Parameters
         ----------
@@ -337,16 +455,18 @@ class GAP:
         virial : bool, optional
             Predict virials (default: when every frame is periodic in 3D).
         variance : bool
-            Compute variances.
-        force_variance : {"projected", "exact"}
+            Compute variances (energies and local energies; forces and virials
+            unless ``force_variance`` is None).
+        force_variance : {"projected", "exact", None}
         """
         self._check_fitted()
-        if force_variance not in ("projected", "exact"):
-            raise ValueError("force_variance must be 'projected' or 'exact'")
+        if force_variance not in ("projected", "exact", None):
+            raise ValueError("force_variance must be 'projected', 'exact' or None")
         frames = self._read(frames)
         self._check_species(frames)
         if virial is None:
             virial = all(bool(np.all(a.pbc)) for a in frames)
+        want_fvar = variance and force_variance is not None
         gradients = set()
         if forces:
             gradients.add("positions")
@@ -360,57 +480,102 @@ class GAP:
         v_out = np.empty((n_frames, 3, 3)) if virial else None
         e_var = np.empty(n_frames) if variance else None
         l_var = np.empty(offsets[-1]) if variance else None
-        f_var = np.empty((offsets[-1], 3)) if (variance and forces) else None
-        v_var = np.empty((n_frames, 3, 3)) if (variance and virial) else None
+        f_var = np.empty((offsets[-1], 3)) if (want_fvar and forces) else None
+        v_var = np.empty((n_frames, 3, 3)) if (want_fvar and virial) else None
         base = baseline_energies(frames, self.e0_)
         e0_atoms = np.array([self.e0_[int(z)] for a in frames for z in a.numbers])
+        alphas = torch.split(self.alpha_, [t.sparse_.n for t in self.terms_])
         blocks = list(self._blocks(frames))
         for start, stop in self._progress(blocks, "GAP predict", total=len(blocks)):
             sub = frames[start:stop]
             a0, a1 = offsets[start], offsets[stop]
-            per_term = self._term_rows(sub, gradients, energy=True, forces=forces,
-                                       virial=virial, local=True)
-            rows = {key: torch.cat([b[key] for _, b in per_term], dim=-1)
-                    for key in per_term[0][1]}
-            # local energy per atom: sum of the atom's centres over terms
             n_sub = a1 - a0
-            local_rows = []
-            for res, b in per_term:
-                owner = torch.as_tensor(res.atom_offsets[res.centre_structure] + res.centre_atom)
-                local_rows.append(torch.zeros((n_sub, b["local"].shape[1]),
-                                              dtype=self.dtype).index_add_(0, owner, b["local"]))
-            rows["local"] = torch.cat(local_rows, dim=1)
-            alpha = self.alpha_
-            energy[start:stop] = (rows["energy"] @ alpha).numpy() + base[start:stop]
-            local[a0:a1] = (rows["local"] @ alpha).numpy() + e0_atoms[a0:a1]
+            e_rows, l_rows, f_rows, v_rows, results = [], [], [], [], []
+            f_mean = torch.zeros((n_sub, 3), dtype=self.dtype)
+            v_mean = torch.zeros((stop - start, 6), dtype=self.dtype)
+            for term, alpha in zip(self.terms_, alphas):
+                res = term.descriptor.compute(sub, gradients=sorted(gradients) or False)
+                results.append(res)
+                with torch.no_grad():
+                    rows = functional_rows(term.kernel, res, term.sparse_, energy=True,
+                                           forces=forces and want_fvar,
+                                           virial=virial and want_fvar, local=True)
+                    owner = torch.as_tensor(res.atom_offsets[res.centre_structure]
+                                            + res.centre_atom)
+                    l_rows.append(torch.zeros((n_sub, term.sparse_.n), dtype=self.dtype)
+                                  .index_add_(0, owner, rows["local"]))
+                    e_rows.append(rows["energy"])
+                    if forces and want_fvar:
+                        f_rows.append(rows["forces"])
+                    if virial and want_fvar:
+                        v_rows.append(rows["virial"])
+                    if forces or virial:
+                        fm, vm = self._derivative_means(term, alpha, res, forces, virial)
+                        if forces:
+                            f_mean += fm
+                        if virial:
+                            v_mean += vm
+            erow = torch.cat(e_rows, dim=1)
+            lrow = torch.cat(l_rows, dim=1)
+            energy[start:stop] = (erow @ self.alpha_).numpy() + base[start:stop]
+            local[a0:a1] = (lrow @ self.alpha_).numpy() + e0_atoms[a0:a1]
             if forces:
-                f_out[a0:a1] = (rows["forces"] @ alpha).numpy()
+                f_out[a0:a1] = f_mean.numpy()
             if virial:
-                w = (rows["virial"] @ alpha).numpy()
-                v_out[start:stop] = _voigt_to_matrix(w)
+                v_out[start:stop] = _voigt_to_matrix(v_mean.numpy())
             if not variance:
                 continue
+            per_term = list(zip(results, [None] * len(results)))
             prior_e, prior_l = self._prior_energy_variances(per_term, stop - start, n_sub)
-            e_var[start:stop] = self._dtc_variance(rows["energy"], prior_e)
-            l_var[a0:a1] = self._dtc_variance(rows["local"], prior_l)
-            if forces:
-                fr = rows["forces"].reshape(-1, rows["forces"].shape[-1])
+            e_var[start:stop] = self._dtc_variance(erow, prior_e)
+            l_var[a0:a1] = self._dtc_variance(lrow, prior_l)
+            if forces and want_fvar:
+                fr = torch.cat(f_rows, dim=-1)
+                fr = fr.reshape(-1, fr.shape[-1])
                 if force_variance == "exact":
                     prior_f = self._prior_force_variances(per_term, n_sub)
                     f_var[a0:a1] = self._dtc_variance(fr, prior_f.reshape(-1)).reshape(-1, 3)
                 else:
                     f_var[a0:a1] = self._projected_variance(fr).reshape(-1, 3)
-            if virial:
-                vr = rows["virial"].reshape(-1, rows["virial"].shape[-1])
+            if virial and want_fvar:
+                vr = torch.cat(v_rows, dim=-1)
+                vr = vr.reshape(-1, vr.shape[-1])
                 v_var[start:stop] = _voigt_to_matrix(
                     self._projected_variance(vr).reshape(-1, 6))
-        forms = {"energy": "dtc", "local_energy": "dtc",
-                 "forces": "dtc" if force_variance == "exact" else "projected",
-                 "virial": "projected"} if variance else {}
+        forms = {}
+        if variance:
+            forms = {"energy": "dtc", "local_energy": "dtc"}
+            if want_fvar:
+                forms["forces"] = "dtc" if force_variance == "exact" else "projected"
+                forms["virial"] = "projected"
         return Prediction(energy=energy, forces=f_out, virial=v_out, local_energy=local,
                           atom_offsets=offsets, energy_variance=e_var, forces_variance=f_var,
                           virial_variance=v_var, local_energy_variance=l_var,
                           variance_form=forms)
+
+    def _derivative_means(self, term, alpha, res, forces, virial):
+        """Forces and Voigt virials of the GP mean: -sum dq/dr . grad eps(q)."""
+        q = res.torch("values", dtype=self.dtype)
+        z = term.sparse_
+        with torch.no_grad():
+            w = type_mask(torch.as_tensor(res.centre_types), z.types, self.dtype) * alpha
+            grad = term.kernel.weighted_gradient(q, z.points, w)  # (n_c, D)
+            fm = vm = None
+            if forces:
+                g = res.torch("gradients", dtype=self.dtype)
+                centre = torch.as_tensor(res.gradient_centre)
+                per_entry = torch.einsum("ead,ed->ea", g, grad[centre])
+                fm = torch.zeros((int(res.n_atoms.sum()), 3), dtype=self.dtype).index_add_(
+                    0, torch.as_tensor(res.gradient_atom_global), per_entry, alpha=-1.0)
+            if virial:
+                s = res.torch("strain_gradients", dtype=self.dtype)
+                w9 = torch.einsum("cabd,cd->cab", s, grad)
+                a_idx = [a for a, _ in VOIGT]
+                b_idx = [b for _, b in VOIGT]
+                w6 = 0.5 * (w9[:, a_idx, b_idx] + w9[:, b_idx, a_idx])
+                vm = torch.zeros((res.n_structures, 6), dtype=self.dtype).index_add_(
+                    0, torch.as_tensor(res.centre_structure), w6, alpha=-1.0)
+        return fm, vm
 
     def _check_species(self, frames):
         from ase.data import chemical_symbols
