@@ -1,12 +1,31 @@
 """gapkit: Bayesian kernel interatomic potentials in the style of GAP.
 
 SOAP power spectra with analytic gradients feed sparse Gaussian-process
-regression on energies, forces and virials. Units: eV, Å, eV/Å, virial in eV.
+regression on energies, forces and virials, with posterior variances.
+Units: eV, Å, eV/Å, virial in eV (ASE's).
 """
 
 from . import data, testing
+from .calculator import GAPCalculator
 from .descriptors import SOAP, DescriptorResult, TwoBody
+from .gp import NoiseModel
+from .kernels import SOAPKernel, TwoBodyKernel
+from .model import GAP, Prediction, Term
 
 __version__ = "0.1.0"
 
-__all__ = ["SOAP", "DescriptorResult", "__version__", "data", "testing"]
+__all__ = [
+    "GAP",
+    "SOAP",
+    "DescriptorResult",
+    "GAPCalculator",
+    "NoiseModel",
+    "Prediction",
+    "SOAPKernel",
+    "Term",
+    "TwoBody",
+    "TwoBodyKernel",
+    "__version__",
+    "data",
+    "testing",
+]
