@@ -47,9 +47,18 @@ class DescriptorKernel(gpytorch.kernels.Kernel):
             "raw_delta", torch.nn.Parameter(torch.zeros(1, dtype=torch.float64)))
         self.register_constraint("raw_delta", delta_constraint or Positive())
         if delta_prior is not None:
-            self.register_prior("delta_prior", delta_prior, lambda m: m.delta,
-                                lambda m, v: m._set_delta(v))
+            # bound methods, not lambdas, so that the kernel pickles
+            self.register_prior("delta_prior", delta_prior, self._delta_param,
+                                self._delta_closure)
         self._set_delta(delta)
+
+    @staticmethod
+    def _delta_param(module):
+        return module.delta
+
+    @staticmethod
+    def _delta_closure(module, value):
+        module._set_delta(value)
 
     @property
     def delta(self) -> torch.Tensor:
@@ -201,6 +210,8 @@ class TwoBodyKernel(DescriptorKernel):
         from .descriptors.cutoff import CosineCutoff
 
         super().__init__(delta, **kwargs)
+        # gpytorch creates raw_lengthscale in the default dtype (float32): keep float64
+        self.raw_lengthscale = torch.nn.Parameter(self.raw_lengthscale.detach().to(torch.float64))
         if not (lengthscale > 0 and math.isfinite(lengthscale)):
             raise ValueError(f"lengthscale must be a finite number > 0 Å, got {lengthscale!r}")
         self.lengthscale = torch.tensor(float(lengthscale), dtype=torch.float64)

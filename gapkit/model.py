@@ -56,6 +56,10 @@ class Term:
     def to_dict(self) -> dict:
         kernel = self.kernel
         kparams = {"delta": float(kernel.delta.detach())}
+        # the raw (unconstrained) parameters, so that a loaded model is bit-identical
+        raw = {"raw_delta": float(kernel.raw_delta.detach().reshape(()))}
+        if isinstance(kernel, TwoBodyKernel):
+            raw["raw_lengthscale"] = float(kernel.raw_lengthscale.detach().reshape(()))
         if isinstance(kernel, SOAPKernel):
             kparams["zeta"] = kernel.zeta
         if isinstance(kernel, TwoBodyKernel):
@@ -63,7 +67,7 @@ class Term:
                            lengthscale=float(kernel.lengthscale.detach().reshape(())))
         return {"descriptor": {"type": type(self.descriptor).__name__,
                                "params": self.descriptor.get_params()},
-                "kernel": {"type": type(kernel).__name__, "params": kparams},
+                "kernel": {"type": type(kernel).__name__, "params": kparams, "raw": raw},
                 "n_sparse": self.n_sparse, "sparse_method": self.sparse_method}
 
 
@@ -691,14 +695,18 @@ class GAP:
     @classmethod
     def load(cls, path) -> "GAP":
         """Read a model written by :meth:`save`; a corrupted, truncated or newer file
-        raises ValueError with the reason."""
+        raises ValueError with the reason. Only JSON and .npy arrays (without
+        pickles) are read: loading never executes code from the file."""
         import io
+        import zlib
 
         path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no model file at {path}")
         try:
             with zipfile.ZipFile(path) as zf:
                 meta = json.loads(zf.read("metadata.json"))
-                if meta.get("format") != _FORMAT:
+                if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
                     raise ValueError(f"{path} is not a gapkit model file")
                 version = meta.get("format_version")
                 if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -707,19 +715,34 @@ class GAP:
                         f"gapkit understands ({FORMAT_VERSION}); upgrade gapkit")
                 arrays = {n[:-4]: np.load(io.BytesIO(zf.read(n)), allow_pickle=False)
                           for n in zf.namelist() if n.endswith(".npy")}
-        except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, EOFError, OSError) as err:
-            if isinstance(err, FileNotFoundError):
+            terms = []
+            for i, td in enumerate(meta["terms"]):
+                desc = _DESCRIPTORS[td["descriptor"]["type"]](**td["descriptor"]["params"])
+                kernel = _KERNELS[td["kernel"]["type"]](**td["kernel"]["params"])
+                for name, value in td["kernel"].get("raw", {}).items():
+                    getattr(kernel, name).data.fill_(float(value))
+                term = Term(desc, kernel, td["n_sparse"], td["sparse_method"])
+                term.sparse_ = SparseSet(torch.as_tensor(arrays[f"term{i}_points"]),
+                                         torch.as_tensor(arrays[f"term{i}_types"]))
+                terms.append(term)
+            for name in ("alpha", "R", "U"):
+                if name not in arrays:
+                    raise KeyError(f"array {name!r}")
+            for key in ("noise", "e0", "jitter", "jitter_absolute", "species", "use", "keys",
+                        "fit_info"):
+                if key not in meta:
+                    raise KeyError(f"metadata key {key!r}")
+        except ValueError as err:
+            if str(err).startswith(str(path)):
                 raise
+            raise ValueError(f"{path} is not a readable gapkit model file: {err}") from err
+        except (zipfile.BadZipFile, KeyError, TypeError, json.JSONDecodeError, EOFError,
+                OSError, zlib.error, NotImplementedError, RuntimeError) as err:
             raise ValueError(f"{path} is not a readable gapkit model file "
+                             f"(truncated or corrupted? missing {err})"
+                             if isinstance(err, KeyError) else
+                             f"{path} is not a readable gapkit model file "
                              f"(truncated or corrupted?): {err}") from err
-        terms = []
-        for i, td in enumerate(meta["terms"]):
-            desc = _DESCRIPTORS[td["descriptor"]["type"]](**td["descriptor"]["params"])
-            kernel = _KERNELS[td["kernel"]["type"]](**td["kernel"]["params"])
-            term = Term(desc, kernel, td["n_sparse"], td["sparse_method"])
-            term.sparse_ = SparseSet(torch.as_tensor(arrays[f"term{i}_points"]),
-                                     torch.as_tensor(arrays[f"term{i}_types"]))
-            terms.append(term)
         nd = meta["noise"]
         model = cls([copy.copy(t) for t in terms], noise=NoiseModel(**nd),
                     e0={int(z): v for z, v in meta["e0"].items()}, jitter=meta["jitter"],

@@ -12,7 +12,13 @@ import pytest
 from ase import Atoms
 from ase.build import bulk, molecule
 
+import torch
+
 from gapkit.data import bundled_path
+
+# The test systems are small: one thread avoids OpenMP threads spin-waiting for a core
+# that another process holds (10-45x slowdowns seen on a loaded 2-core machine).
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -213,7 +213,9 @@ def fit_e0(frames: Sequence, labels: Sequence[Labels] | None = None, method="lea
                          "'zero' or a dict {symbol: eV}")
     rows = [(a, lab.energy) for a, lab in zip(frames, labels) if lab.energy is not None]
     if not rows:
-        raise ValueError("e0='least_squares' needs frames with energies")
+        raise ValueError("e0='least_squares' needs frames with energies; with forces only, "
+                         "give e0 as a dict {symbol: eV} (e.g. isolated-atom energies) or "
+                         "e0='zero'")
     index = {z: i for i, z in enumerate(species)}
     comp = np.zeros((len(rows), len(species)))
     for r, (atoms, _) in enumerate(rows):
