@@ -39,17 +39,18 @@ class Term:
     ----------
     descriptor : SOAP or TwoBody
     kernel : SOAPKernel or TwoBodyKernel
-    n_sparse : int or dict
+    n_sparse : int, dict or "all"
         Number of sparse points (or ``{type: count}``); split over kernel types
         (central species for SOAP, species pairs for two-body) in proportion to
-        their number of environments.
+        their number of environments. ``"all"``: every distinct training
+        environment (the exact-GP limit; for small data).
     sparse_method : {"cur", "fps", "random", "uniform"}
         How sparse points are chosen ("uniform": an even grid, for two-body).
     """
 
     descriptor: object
     kernel: object
-    n_sparse: int | dict = 500
+    n_sparse: int | dict | str = 500
     sparse_method: str = "cur"
     sparse_: SparseSet | None = field(default=None, repr=False)
 
@@ -222,9 +223,18 @@ class GAP:
         # sparse points: descriptor values of every environment
         for i, term in enumerate(self.terms_):
             res = term.descriptor.compute(frames)
-            points, types, _ = sparse_points(
-                res.values, term.n_sparse, method=term.sparse_method, types=res.centre_types,
-                random_state=None if self.random_state is None else self.random_state + i)
+            n_sparse = term.n_sparse
+            if n_sparse == "all":
+                types_, counts = np.unique(res.centre_types, return_counts=True)
+                n_sparse = {int(t): int(c) for t, c in zip(types_, counts)}
+            elif isinstance(n_sparse, str):
+                raise ValueError(f"n_sparse must be an int, a dict or 'all', got {n_sparse!r}")
+            with warnings.catch_warnings():
+                if term.n_sparse == "all":  # duplicates are dropped, silently here
+                    warnings.simplefilter("ignore", UserWarning)
+                points, types, _ = sparse_points(
+                    res.values, n_sparse, method=term.sparse_method, types=res.centre_types,
+                    random_state=None if self.random_state is None else self.random_state + i)
             term.sparse_ = SparseSet(torch.as_tensor(points, dtype=self.dtype),
                                      torch.as_tensor(types))
         kmm = self._kmm()
