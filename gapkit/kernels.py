@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 import gpytorch
+import numpy as np
 import torch
 from gpytorch.constraints import Positive
 
@@ -99,6 +100,27 @@ class DescriptorKernel(gpytorch.kernels.Kernel):
         at the cost of two GEMMs instead of one per force component."""
         return self.variance * self.unit_weighted_gradient(q1, q2, w)
 
+    def force_prior_variance(self, q, g, centre, atom, types, n_atoms) -> torch.Tensor:
+        """Prior variance of each force component, ``(n_atoms, 3)`` (eV^2/Å^2).
+
+        ``var F_ja = sum_{e,f in entries(j)} g_e[a]^T d^2k/dq dq' g_f[a]`` over the
+        gradient entries of atom j (same-type centres only). Generic version: one
+        ``hessian_contract`` per atom.
+        """
+        out = torch.zeros((n_atoms, 3), dtype=q.dtype)
+        atom = torch.as_tensor(atom)
+        order = torch.argsort(atom, stable=True)
+        bounds = torch.searchsorted(atom[order], torch.arange(n_atoms + 1))
+        for j in range(n_atoms):
+            ent = order[bounds[j]:bounds[j + 1]]
+            if ent.numel() == 0:
+                continue
+            c = centre[ent]
+            h = self.hessian_contract(q, q, g[ent], c, g[ent], c)  # (E, 3, E, 3)
+            mask = (types[c][:, None] == types[c][None, :]).to(q.dtype)
+            out[j] = (torch.einsum("eafa->efa", h) * mask[:, :, None]).sum((0, 1))
+        return out
+
     # -- delta-scaled versions --------------------------------------------
     def value(self, q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
         return self.variance * self.unit_value(q1, q2)
@@ -161,6 +183,54 @@ class SOAPKernel(DescriptorKernel):
     def unit_weighted_gradient(self, q1, q2, w):
         z = self.zeta
         return (z * (q1 @ q2.T) ** (z - 1) * w) @ q2
+
+    def force_prior_variance(self, q, g, centre, atom, types, n_atoms) -> torch.Tensor:
+        """Batched over atoms: the entries of each atom are padded to a common count
+        and ``sum_{ef} [(zeta-1) s^(zeta-2) (g_e.q_f)(g_f.q_e) + s^(zeta-1) g_e.g_f]``
+        becomes a few batched GEMMs (see :meth:`DescriptorKernel.force_prior_variance`)."""
+        z = self.zeta
+        dtype = q.dtype
+        atom = np.asarray(atom)
+        order = np.argsort(atom, kind="stable")
+        counts = np.bincount(atom, minlength=n_atoms)
+        width = max(int(counts.max()) if counts.size else 0, 1)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        sorted_atoms = atom[order]
+        slot = torch.as_tensor(sorted_atoms * width + np.arange(order.size) - starts[sorted_atoms])
+        order_t = torch.as_tensor(order)
+        n_slots = n_atoms * width
+        d = q.shape[1]
+        out = torch.zeros((n_atoms, 3), dtype=dtype)
+        chunk = max(1, 4096 // width)
+        g_pad = torch.zeros((n_slots, 3, d), dtype=dtype)
+        g_pad[slot] = g[order_t]
+        q_pad = torch.zeros((n_slots, d), dtype=dtype)
+        q_pad[slot] = q[centre[order_t]]
+        t_pad = torch.full((n_slots,), -1, dtype=torch.long)
+        t_pad[slot] = torch.as_tensor(types)[centre[order_t]]
+        valid = torch.zeros(n_slots, dtype=torch.bool)
+        valid[slot] = True
+        for a0 in range(0, n_atoms, chunk):
+            a1 = min(n_atoms, a0 + chunk)
+            sl = slice(a0 * width, a1 * width)
+            na = a1 - a0
+            qa = q_pad[sl].view(na, width, d)
+            ga = g_pad[sl].view(na, width, 3, d)
+            ta = t_pad[sl].view(na, width)
+            va = valid[sl].view(na, width)
+            mask = ((ta[:, :, None] == ta[:, None, :]) & va[:, :, None] & va[:, None, :]).to(dtype)
+            s = torch.bmm(qa, qa.transpose(1, 2))  # (na, J, J)
+            w1 = z * s ** (z - 1) * mask
+            w2 = z * (z - 1) * s ** (z - 2) * mask if z > 1 else None
+            for a in range(3):
+                gx = ga[:, :, a, :]
+                gg = torch.bmm(gx, gx.transpose(1, 2))
+                total = (w1 * gg).sum((1, 2))
+                if w2 is not None:
+                    gq = torch.bmm(gx, qa.transpose(1, 2))  # (g_e . q_f)
+                    total = total + (w2 * gq * gq.transpose(1, 2)).sum((1, 2))
+                out[a0:a1, a] = total
+        return self.variance * out
 
     def unit_grad_contract(self, q1, q2, g, centre):
         z = self.zeta

@@ -644,23 +644,12 @@ class GAP:
         """Exact prior variance of each force component (second kernel derivatives)."""
         out = torch.zeros((n_atoms, 3), dtype=self.dtype)
         for (res, _), term in zip(per_term, self.terms_):
-            q = res.torch("values", dtype=self.dtype)
-            g = res.torch("gradients", dtype=self.dtype)
-            centre = torch.as_tensor(res.gradient_centre)
-            atom = res.gradient_atom_global
-            types = torch.as_tensor(res.centre_types)
-            order = np.argsort(atom, kind="stable")
-            bounds = np.searchsorted(atom[order], np.arange(n_atoms + 1))
             with torch.no_grad():
-                for j in range(n_atoms):
-                    ent = torch.as_tensor(order[bounds[j]:bounds[j + 1]])
-                    if ent.numel() == 0:
-                        continue
-                    c = centre[ent]
-                    h = term.kernel.hessian_contract(q, q, g[ent], c, g[ent], c)  # (E,3,E,3)
-                    mask = type_mask(types[c], types[c], self.dtype)
-                    diag = torch.einsum("eafa->efa", h)  # same direction a on both sides
-                    out[j] += (diag * mask[:, :, None]).sum((0, 1))
+                out += term.kernel.force_prior_variance(
+                    res.torch("values", dtype=self.dtype),
+                    res.torch("gradients", dtype=self.dtype),
+                    torch.as_tensor(res.gradient_centre), res.gradient_atom_global,
+                    torch.as_tensor(res.centre_types), n_atoms)
         return out
 
     # ------------------------------------------------------------- save/load
