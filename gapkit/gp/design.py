@@ -26,7 +26,7 @@ from .observations import VOIGT
 __all__ = ["SparseSet", "functional_rows", "type_mask"]
 
 #: gradient entries contracted at once (memory: entries x 3 x M floats)
-ENTRY_CHUNK = 4096
+ENTRY_CHUNK = 1024
 
 
 @dataclass
