@@ -18,17 +18,18 @@ class GAPCalculator(Calculator):
 
     * ``energy_variance`` (eV^2): total energy, DTC form;
     * ``energies_variance`` (n_atoms,) eV^2: per-atom energies, DTC form;
-    * ``forces_variance`` (n_atoms, 3) eV^2/Å^2, per component, when
-      ``force_variance`` is "projected" (cheap form) or "exact" (DTC form with exact
-      second derivatives). Off by default: each force variance needs a full
-      design-matrix row, which costs far more than the forces themselves.
+    * ``forces_variance`` (n_atoms, 3) eV^2/Å^2, per component: ``force_variance=
+      "exact"`` (default; DTC form with exact second derivatives, calibrated on the
+      Si test set), ``"projected"`` (cheaper, much smaller) or None. Each force
+      variance needs a full design-matrix row, about 3x the cost of the forces:
+      for long MD without uncertainty use ``GAPCalculator(model, variance=False)``.
 
     Stress is ``-virial / volume`` with the virial ``W = -dE/d epsilon``.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
-    def __init__(self, model, *, variance: bool = True, force_variance: str | None = None,
+    def __init__(self, model, *, variance: bool = True, force_variance: str | None = "exact",
                  **kwargs):
         super().__init__(**kwargs)
         model._check_fitted()

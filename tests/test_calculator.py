@@ -115,8 +115,8 @@ def test_results_match_model_predict(model, atoms):
 
 
 def test_variances_in_results(model, atoms):
-    """energy_variance and energies_variance by default; forces_variance on request
-    (off by default: a force variance costs a full design-matrix row per component)."""
+    """energy, per-atom and (exact, DTC) force variances by default; projected force
+    variances on request; none with variance=False or force_variance=None."""
     n = len(atoms)
     default = GAPCalculator(model)
     default.get_forces(atoms)
@@ -124,7 +124,10 @@ def test_variances_in_results(model, atoms):
     assert default.results["energy_variance"] >= 0
     assert default.results["energies_variance"].shape == (n,)
     assert np.all(default.results["energies_variance"] >= 0)
-    assert "forces_variance" not in default.results
+    assert default.results["forces_variance"].shape == (n, 3)
+    no_forces = GAPCalculator(model, force_variance=None)
+    no_forces.get_forces(atoms)
+    assert "forces_variance" not in no_forces.results
     projected = GAPCalculator(model, force_variance="projected")
     projected.get_forces(atoms)
     res = projected.results
@@ -132,6 +135,8 @@ def test_variances_in_results(model, atoms):
     assert res["forces_variance"].shape == (n, 3) and np.all(res["forces_variance"] >= 0)
     exact = GAPCalculator(model, force_variance="exact")
     exact.get_forces(atoms)
+    np.testing.assert_array_equal(exact.results["forces_variance"],
+                                  default.results["forces_variance"])
     assert np.all(exact.results["forces_variance"] >= res["forces_variance"] * (1 - 1e-9))
     plain = GAPCalculator(model, variance=False)
     np.testing.assert_array_equal(plain.get_forces(atoms), res["forces"])

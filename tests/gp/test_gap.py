@@ -854,3 +854,51 @@ def test_unfitted_model_refuses_to_predict():
         model.predict([_si_cell()])
     with pytest.raises(RuntimeError, match="not fitted"):
         GAPCalculator(model)
+
+
+# Si: the top of the phonon spectrum is ~15.5 THz (optical modes at Gamma); allow 16 THz.
+SI_OMEGA_MAX = 2 * np.pi * 16.0e12  # rad/s
+
+
+@pytest.fixture(scope="module")
+def si_zuo_model():
+    """A small GAP fitted on every 8th frame of the bundled Zuo 2020 DFT silicon data."""
+    from gapkit.data import load_bundled
+
+    train = load_bundled("Si_train.xyz")[::8]
+    soap = SOAP(cutoff=4.5, cutoff_width=1.0, n_max=4, l_max=3, atom_sigma=0.5)
+    return GAP([Term(soap, SOAPKernel(zeta=4), n_sparse=100)],
+               noise=NoiseModel(energy=0.005, forces=0.05, virial=0.05),
+               progress=False).fit(train)
+
+
+def test_nve_64_atom_silicon_1ps(si_zuo_model):
+    """1 ps NVE of 64-atom diamond Si (VelocityVerlet, 1 fs) with a DFT-fitted GAP.
+
+    Bounds as in :func:`test_nve_energy_conserved_1ps`, with silicon's top phonon
+    frequency (16 THz): the Verlet fluctuation bound is 0.20 meV/atom at 300 K, and
+    the straight-line drift must stay below 0.01 meV/atom/ps.
+    """
+    from ase.build import bulk
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+    atoms = bulk("Si", "diamond", 5.43, cubic=True).repeat((2, 2, 2))
+    atoms.rattle(0.02, seed=3)
+    atoms.calc = GAPCalculator(si_zuo_model, variance=False)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(3))
+    Stationary(atoms)
+    dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+    energies = []
+    dyn.attach(lambda: energies.append(atoms.get_total_energy() / len(atoms)), interval=1)
+    dyn.run(1000)
+    e = np.array(energies)
+    t = np.arange(e.size) * 1e-3
+    bound = _verlet_energy_bound(1.0, 300.0, SI_OMEGA_MAX)
+    deviation = np.abs(e - e[0]).max()
+    slope = np.polyfit(t, e, 1)[0]
+    info = (f"max |E(t)-E(0)|/N = {1e3 * deviation:.2e} meV/atom (bound {1e3 * bound:.2e}), "
+            f"drift {1e3 * slope:.2e} meV/atom/ps")
+    print(info)
+    assert deviation < bound, info
+    assert abs(slope) < 0.01e-3, info
+    assert 100 < atoms.get_temperature() < 600  # it stayed a 300 K crystal
