@@ -43,6 +43,7 @@ __all__ = [
     "assert_invariant",
     "check_gradients",
     "dense_position_gradients",
+    "label",
     "numerical_gradients",
     "per_atom_values",
     "random_rotation",
@@ -666,3 +667,24 @@ def check_gradients(
             f"analytic gradients of {type(descriptor).__name__} disagree with central "
             f"differences:\n" + "\n".join(failures))
     return errors
+
+
+def label(atoms, calc, *, virial: bool = True):
+    """Store ``calc``'s energy (eV), forces (eV/Å) and, for periodic cells, virial
+    (eV, ``-stress * volume``) on ``atoms`` as extxyz-style labels and return it.
+
+    The labels go to ``atoms.info["energy"]``, ``atoms.arrays["forces"]`` and
+    ``atoms.info["virial"]`` (gap_fit's keys), and the calculator is detached, so the
+    frame reads like one loaded from a reference-data file. Handy for generating test
+    data with ASE calculators (EMT, LJ, Tersoff).
+    """
+    atoms.calc = calc
+    energy = atoms.get_potential_energy()
+    forces = atoms.get_forces()
+    stress = atoms.get_stress(voigt=False) if (virial and atoms.pbc.all()) else None
+    atoms.calc = None
+    atoms.info["energy"] = energy
+    atoms.arrays["forces"] = forces
+    if stress is not None:
+        atoms.info["virial"] = -stress * atoms.get_volume()
+    return atoms

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 from ase.build import bulk
 from ase.calculators.calculator import PropertyNotImplementedError
@@ -18,6 +17,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 from ase.cluster import Icosahedron
 
+from gapkit.testing import label
 from gapkit import GAP, SOAP, GAPCalculator, NoiseModel, SOAPKernel, Term
 
 FD_STEP = 1e-4  # Å for forces; strain for the stress
@@ -26,28 +26,8 @@ ALGEBRA_RTOL = 1e-12
 SUM_RTOL = 1e-9  # sums of large, cancelling alpha_m k_m terms
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models: torch's intra-op threads only add latency, and on a busy 2-core
-    machine OpenMP spin-waiting made each prediction 10-40x slower. Restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def _label(atoms: Atoms) -> Atoms:
-    atoms.calc = EMT()
-    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-    stress = atoms.get_stress(voigt=False) if atoms.pbc.all() else None
-    atoms.calc = None
-    atoms.info["energy"] = energy
-    atoms.arrays["forces"] = forces
-    if stress is not None:
-        atoms.info["virial"] = -stress * atoms.get_volume()
-    return atoms
+    return label(atoms, EMT())
 
 
 def _bulk_cu(seed: int, rattle: float = 0.1, strain: float = 0.02) -> Atoms:

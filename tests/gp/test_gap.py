@@ -38,7 +38,7 @@ from ase.md.verlet import VelocityVerlet
 
 from gapkit import GAP, SOAP, GAPCalculator, NoiseModel, SOAPKernel, Term, TwoBody, TwoBodyKernel
 from gapkit.gp.sparse import cholesky_upper
-from gapkit.testing import random_rotation
+from gapkit.testing import label, random_rotation
 
 # Tolerances (float64), one table as in the test conventions.
 FD_STEP = 1e-4  # Å, and the strain step of the virial
@@ -76,18 +76,7 @@ def _one_torch_thread():
 
 # --------------------------------------------------------------------------- helpers
 
-def _label(atoms: Atoms, calc, *, virial: bool = True) -> Atoms:
-    """Store the reference energy (eV), forces (eV/Å) and virial (eV) of ``calc`` as labels."""
-    atoms.calc = calc
-    energy = atoms.get_potential_energy()
-    forces = atoms.get_forces()
-    stress = atoms.get_stress(voigt=False) if (virial and atoms.pbc.all()) else None
-    atoms.calc = None
-    atoms.info["energy"] = energy
-    atoms.arrays["forces"] = forces
-    if stress is not None:
-        atoms.info["virial"] = -stress * atoms.get_volume()
-    return atoms
+_label = label
 
 
 def _frames(base: Atoms, n: int, *, rattle: float, strain: float, calc, seed: int,
