@@ -293,7 +293,7 @@ class GAP:
                 raise ValueError(f"the training data contains species {missing} that the "
                                  f"descriptor's fixed species {params['species']} lacks")
         new_desc = type(desc)(**params)
-        new_desc.progress = self.progress and getattr(desc, "progress", False)
+        new_desc.progress = bool(self.progress)  # a bar only when a call spans several batches
         return Term(new_desc, term.kernel, term.n_sparse, term.sparse_method)
 
     def _kmm(self) -> torch.Tensor:
