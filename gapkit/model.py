@@ -21,6 +21,7 @@ from .gp.design import SparseSet, functional_rows, gather_rows, type_mask
 from .gp.observations import VOIGT, NoiseModel, baseline_energies, build_observations, fit_e0
 from .gp.sparse import IncrementalQR, cholesky_upper, dtc_log_marginal_likelihood
 from .kernels import SOAPKernel, TwoBodyKernel
+from .ntk import NTKKernel
 
 __all__ = ["GAP", "Term", "Prediction", "FORMAT_VERSION"]
 
@@ -28,7 +29,7 @@ __all__ = ["GAP", "Term", "Prediction", "FORMAT_VERSION"]
 FORMAT_VERSION = 1
 _FORMAT = "gapkit.model"
 _DESCRIPTORS = {"SOAP": SOAP, "TwoBody": TwoBody}
-_KERNELS = {"SOAPKernel": SOAPKernel, "TwoBodyKernel": TwoBodyKernel}
+_KERNELS = {"SOAPKernel": SOAPKernel, "TwoBodyKernel": TwoBodyKernel, "NTKKernel": NTKKernel}
 
 
 @dataclass
@@ -46,12 +47,20 @@ class Term:
         environment (the exact-GP limit; for small data).
     sparse_method : {"cur", "fps", "random", "uniform"}
         How sparse points are chosen ("uniform": an even grid, for two-body).
+    sparse_options : dict, optional
+        Passed to :func:`gapkit.gp.sparsify.sparse_points`. For "cur" the default
+        is ``cur_mode="sample"``: rows drawn with probability proportional to their
+        leverage (seeded by ``GAP(random_state=...)``), as gap_fit's ``cur_points``.
+        On the Zuo Si benchmark it gave test force MAEs of 0.0687-0.069 eV/Å over two
+        seeds against 0.0718 for the deterministic top-leverage rows
+        (``cur_mode="deterministic"``), which over-select outlying environments.
     """
 
     descriptor: object
     kernel: object
     n_sparse: int | dict | str = 500
     sparse_method: str = "cur"
+    sparse_options: dict | None = None
     sparse_: SparseSet | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
@@ -66,10 +75,13 @@ class Term:
         if isinstance(kernel, TwoBodyKernel):
             kparams.update(cutoff=kernel.cutoff_fn.cutoff, cutoff_width=kernel.cutoff_fn.width,
                            lengthscale=float(kernel.lengthscale.detach().reshape(())))
+        elif isinstance(kernel, NTKKernel):
+            kparams.update({k: v for k, v in kernel.get_params().items() if k != "delta"})
         return {"descriptor": {"type": type(self.descriptor).__name__,
                                "params": self.descriptor.get_params()},
                 "kernel": {"type": type(kernel).__name__, "params": kparams, "raw": raw},
-                "n_sparse": self.n_sparse, "sparse_method": self.sparse_method}
+                "n_sparse": self.n_sparse, "sparse_method": self.sparse_method,
+                "sparse_options": self.sparse_options}
 
 
 @dataclass
@@ -209,6 +221,7 @@ class GAP:
         t_start = time.perf_counter()
         cpu_start = time.process_time()
         frames = self._read(frames)
+        self.__dict__.pop("recalibration_", None)  # a recalibration belongs to one fit
         labels = get_all_labels(frames, **self.keys)
         species = sorted({int(z) for a in frames for z in np.unique(a.numbers)})
         self.species_ = species
@@ -232,9 +245,13 @@ class GAP:
             with warnings.catch_warnings():
                 if term.n_sparse == "all":  # duplicates are dropped, silently here
                     warnings.simplefilter("ignore", UserWarning)
+                options = dict(term.sparse_options or {})
+                if term.sparse_method == "cur":
+                    options.setdefault("cur_mode", "sample")
                 points, types, _ = sparse_points(
                     res.values, n_sparse, method=term.sparse_method, types=res.centre_types,
-                    random_state=None if self.random_state is None else self.random_state + i)
+                    random_state=None if self.random_state is None else self.random_state + i,
+                    **options)
             term.sparse_ = SparseSet(torch.as_tensor(points, dtype=self.dtype),
                                      torch.as_tensor(types))
         kmm = self._kmm()
@@ -294,7 +311,8 @@ class GAP:
                                  f"descriptor's fixed species {params['species']} lacks")
         new_desc = type(desc)(**params)
         new_desc.progress = bool(self.progress)  # a bar only when a call spans several batches
-        return Term(new_desc, term.kernel, term.n_sparse, term.sparse_method)
+        return Term(new_desc, term.kernel, term.n_sparse, term.sparse_method,
+                    term.sparse_options)
 
     def _kmm(self) -> torch.Tensor:
         blocks = []
@@ -675,6 +693,8 @@ class GAP:
             "species": list(self.species_), "use": list(self.use), "keys": self.keys,
             "fit_info": self.fit_info_,
         }
+        if getattr(self, "recalibration_", None):  # variance recalibration (gapkit.uq)
+            meta["recalibration"] = self.recalibration_
         arrays = {"alpha": self.alpha_.numpy(), "R": self.R_.numpy(), "U": self.U_.numpy()}
         for i, t in enumerate(self.terms_):
             arrays[f"term{i}_points"] = t.sparse_.points.numpy()
@@ -720,7 +740,8 @@ class GAP:
                 kernel = _KERNELS[td["kernel"]["type"]](**td["kernel"]["params"])
                 for name, value in td["kernel"].get("raw", {}).items():
                     getattr(kernel, name).data.fill_(float(value))
-                term = Term(desc, kernel, td["n_sparse"], td["sparse_method"])
+                term = Term(desc, kernel, td["n_sparse"], td["sparse_method"],
+                            td.get("sparse_options"))
                 term.sparse_ = SparseSet(torch.as_tensor(arrays[f"term{i}_points"]),
                                          torch.as_tensor(arrays[f"term{i}_types"]))
                 terms.append(term)
@@ -754,6 +775,8 @@ class GAP:
         model.R_ = torch.as_tensor(arrays["R"])
         model.U_ = torch.as_tensor(arrays["U"])
         model.fit_info_ = meta["fit_info"]
+        if meta.get("recalibration"):
+            model.recalibration_ = meta["recalibration"]
         model.log_marginal_likelihood_ = meta["fit_info"].get("log_marginal_likelihood")
         m = sum(t.sparse_.n for t in terms)
         if model.alpha_.shape != (m,) or model.R_.shape != (m, m) or model.U_.shape != (m, m):
