@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["parity", "error_vs_sigma"]
+__all__ = ["coverage", "error_vs_sigma", "learning_curves", "parity", "reliability", "z_histogram"]
 
 
 def _plt():
@@ -105,6 +105,135 @@ def error_vs_sigma(errors, sigma, *, n_bins: int = 12, ax=None, label="force com
     ax.set_ylabel(f"|error|, {label} ({unit})")
     ax.set_xlim(0, hi)
     ax.set_ylim(0, max(np.quantile(e, 0.995), rmse.max()) * 1.1)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def _results(results):
+    """A list of (label, CalibrationResult) from one result, a list or a dict."""
+    if isinstance(results, dict):
+        return list(results.items())
+    if isinstance(results, (list, tuple)):
+        return [(r.variance_source, r) for r in results]
+    return [(results.variance_source, results)]
+
+
+def coverage(results, *, ax=None, title=None):
+    """Coverage (calibration) curve: observed vs expected fraction of errors inside the
+    central Gaussian intervals, with the diagonal of a calibrated model.
+
+    Parameters
+    ----------
+    results : CalibrationResult, list or dict {label: CalibrationResult}
+        From :func:`gapkit.uq.calibration_report`; the legend gives each curve's
+        miscalibration area.
+    """
+    plt = _plt()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.2, 4.0), dpi=150)
+    else:
+        fig = ax.figure
+    for name, r in _results(results):
+        ax.plot(r.coverage_expected, r.coverage_observed, lw=1.5,
+                label=f"{name} ({r.quantity}): area {r.miscalibration_area:.3f}")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="calibrated")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("expected fraction in central interval (dimensionless)")
+    ax.set_ylabel("observed fraction (dimensionless)")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def reliability(results, *, ax=None, title=None):
+    """Reliability diagram: binned RMSE against RMV (root mean predicted variance), in
+    the quantity's unit, with the ideal line RMSE = RMV; the legend gives the ENCE."""
+    plt = _plt()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.2, 4.0), dpi=150)
+    else:
+        fig = ax.figure
+    hi, unit, quantity = 0.0, "", ""
+    for name, r in _results(results):
+        ax.plot(r.reliability_rmv, r.reliability_rmse, "o-", ms=3,
+                label=f"{name}: ENCE {r.ence:.2f}")
+        hi = max(hi, r.reliability_rmv.max(), r.reliability_rmse.max())
+        unit, quantity = r.unit, r.quantity
+    hi = 1.05 * hi if hi > 0 else 1.0
+    ax.plot([0, hi], [0, hi], "k--", lw=0.8, label="calibrated (RMSE = RMV)")
+    ax.set_xlim(0, hi)
+    ax.set_ylim(0, hi)
+    ax.set_xlabel(f"RMV, {quantity} ({unit})")
+    ax.set_ylabel(f"RMSE, {quantity} ({unit})")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def z_histogram(z, *, ax=None, bins: int = 60, label="", title=None, zmax: float = 6.0):
+    """Histogram of z-scores (error / predicted sigma, dimensionless) against the
+    standard normal density N(0, 1)."""
+    plt = _plt()
+    z = np.asarray(z, dtype=float).ravel()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.2, 3.4), dpi=150)
+    else:
+        fig = ax.figure
+    edges = np.linspace(-zmax, zmax, bins + 1)
+    clipped = np.clip(z, -zmax, zmax)
+    ax.hist(clipped, bins=edges, density=True, alpha=0.6,
+            label=f"{label} z: mean {z.mean():.2f}, sd {z.std():.2f}".strip())
+    x = np.linspace(-zmax, zmax, 400)
+    ax.plot(x, np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi), "k-", lw=1.0, label="N(0, 1)")
+    ax.set_xlabel("z = error / σ (dimensionless; clipped at ±%g)" % zmax)
+    ax.set_ylabel("probability density (dimensionless)")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(curves, *, ax=None, quantity: str = "force_mae", unit="eV/Å",
+                    title=None, log: bool = True):
+    """Learning curves with seed bands: mean over seeds and min-max band, per strategy.
+
+    Parameters
+    ----------
+    curves : dict {strategy: list of gapkit.active.LearningCurve}
+        As returned by :func:`gapkit.active.compare_strategies` (same labelled counts
+        for every seed of a strategy).
+    quantity : {"force_mae", "energy_mae"}
+    unit : str
+        Unit of ``quantity`` (eV/Å for forces, eV/atom for energies).
+    """
+    plt = _plt()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.6, 3.6), dpi=150)
+    else:
+        fig = ax.figure
+    for name, runs in curves.items():
+        n = min(len(r.n_labelled) for r in runs)
+        if n == 0:
+            continue
+        x = runs[0].n_labelled[:n]
+        y = np.array([getattr(r, quantity)[:n] for r in runs])
+        line, = ax.plot(x, y.mean(0), "o-", ms=3, label=f"{name} ({len(runs)} seeds)")
+        ax.fill_between(x, y.min(0), y.max(0), color=line.get_color(), alpha=0.2, lw=0)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("labelled frames (count)")
+    what = "force MAE" if quantity == "force_mae" else "energy MAE"
+    ax.set_ylabel(f"test {what} ({unit})")
     if title:
         ax.set_title(title)
     ax.legend(fontsize=7, frameon=False)

@@ -1,0 +1,344 @@
+"""Neural tangent kernels: neural-tangents reference values, kernel properties, the NTK
+as a GAP kernel (derivatives against finite differences, fit/save/load), the atomistic
+sum, finite networks and their empirical NTK, and argument validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gapkit import GAP, SOAP, Term
+from gapkit.ntk import (
+    AtomicMLP,
+    NTKKernel,
+    empirical_ntk,
+    kernel_alignment,
+    kernels,
+    network_energies_forces,
+    ntk_gradient_descent_prediction,
+    ntk_width_convergence,
+    structure_kernel,
+    train_network,
+)
+
+DTYPE = torch.float64
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REFERENCE = SHARED / "reference" / "ntk_reference.npz"
+#: the reference (neural-tangents, float64) is accurate to ~1e-7 absolute
+REF_RTOL = 1e-6
+H = 1e-6
+
+
+def _unit(rng, n, d):
+    q = rng.normal(size=(n, d))
+    return torch.as_tensor(q / np.linalg.norm(q, axis=1, keepdims=True), dtype=DTYPE)
+
+
+# ---------------------------------------------------------------- reference
+@pytest.mark.skipif(not REFERENCE.exists(),
+                    reason=f"neural-tangents reference values not found at {REFERENCE} "
+                           "(../shared is absent in this checkout)")
+@pytest.mark.parametrize("param", ["ntk", "standard"])
+@pytest.mark.parametrize("depth", [1, 2])
+def test_matches_neural_tangents(param, depth):
+    ref = np.load(REFERENCE)
+    meta = json.loads(REFERENCE.with_suffix(".json").read_text())
+    width = meta["width_W"]["standard"] if param == "standard" else None
+    for tag, a, b in (("XX", ref["X"], ref["X"]), ("X2X", ref["X2"], ref["X"])):
+        out = kernels(a, b, depth=depth, activation="relu", W_std=meta["W_std"],
+                      b_std=meta["b_std"], parameterization=param, width=width)
+        for name in ("nngp", "ntk"):
+            expected = ref[f"{name}_{tag}_{param}_depth{depth}"]
+            got = getattr(out, name).numpy()
+            np.testing.assert_allclose(got, expected, rtol=REF_RTOL, atol=0,
+                                       err_msg=f"{name} {tag} {param} depth {depth}")
+
+
+# ------------------------------------------------------- kernel properties
+@pytest.mark.parametrize("activation", ["relu", "erf"])
+@pytest.mark.parametrize("param", ["ntk", "standard"])
+def test_symmetric_psd(activation, param, rng):
+    x = rng.normal(size=(30, 5))
+    k = kernels(x, depth=3, activation=activation, W_std=1.4, b_std=0.3,
+                parameterization=param, width=100)
+    for m in k:
+        assert torch.allclose(m, m.T, rtol=1e-12, atol=0)
+        ev = torch.linalg.eigvalsh(m)
+        assert ev.min() > -1e-10 * ev.max()
+    # the NTK dominates the NNGP of the output layer (it contains it as one term)
+    assert torch.all(torch.diagonal(k.ntk) > torch.diagonal(k.nngp))
+
+
+def test_relu_one_layer_closed_form(rng):
+    """One hidden ReLU layer, no bias, W_std = 1: NNGP = |x||x'| J1(t) / (2 pi d),
+    NTK = NNGP + (x.x'/d) (pi - t) / (2 pi) (Cho & Saul arc-cosine kernels)."""
+    x = rng.normal(size=(6, 4))
+    d = x.shape[1]
+    k = kernels(x, depth=1, activation="relu", W_std=1.0, b_std=0.0)
+    norm = np.linalg.norm(x, axis=1)
+    c = np.clip(x @ x.T / np.outer(norm, norm), -1, 1)
+    t = np.arccos(c)
+    sin_t = np.sqrt(np.clip(1 - c * c, 0, None))  # well conditioned at t = 0
+    nngp = np.outer(norm, norm) * (sin_t + (np.pi - t) * c) / (2 * np.pi * d)
+    ntk = nngp + (x @ x.T / d) * (np.pi - t) / (2 * np.pi)
+    np.testing.assert_allclose(k.nngp.numpy(), nngp, rtol=1e-12, atol=1e-14)
+    off = ~np.eye(6, dtype=bool)
+    np.testing.assert_allclose(k.ntk.numpy()[off], ntk[off], rtol=1e-12, atol=1e-14)
+    # on the diagonal arccos(1 - O(eps)) = O(sqrt(eps)): the ReLU NTK's cusp
+    np.testing.assert_allclose(np.diag(k.ntk.numpy()), np.diag(ntk), rtol=1e-7)
+
+
+def test_erf_nngp_monte_carlo(rng):
+    """The erf NNGP of one hidden layer against a Monte Carlo average over 2e5 units."""
+    x = rng.normal(size=(3, 4))
+    k = kernels(x, depth=1, activation="erf", W_std=1.2, b_std=0.4).nngp.numpy()
+    gen = np.random.default_rng(5)
+    n = 200_000
+    w = gen.normal(size=(n, 4)) * 1.2 / 2.0
+    b = gen.normal(size=n) * 0.4
+    from scipy.special import erf
+
+    h = erf(x @ w.T + b)  # (3, n)
+    mc = 1.2**2 * h @ h.T / n + 0.4**2
+    np.testing.assert_allclose(k, mc, atol=5e-3)
+
+
+# ------------------------------------------------------------ bad input
+def test_bad_input(rng):
+    x = rng.normal(size=(4, 3))
+    with pytest.raises(ValueError, match="relu, erf"):
+        kernels(x, depth=1, activation="tanh")
+    with pytest.raises(ValueError, match="ntk, standard"):
+        kernels(x, depth=1, parameterization="mup")
+    for depth in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="depth"):
+            kernels(x, depth=depth)
+    with pytest.raises(ValueError, match="width"):
+        kernels(x, depth=1, parameterization="standard")
+    with pytest.raises(ValueError, match="width"):
+        kernels(x, depth=1, parameterization="standard", width=0)
+    with pytest.raises(ValueError, match="width"):
+        AtomicMLP(3, [14], width=0)
+    bad = x.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        kernels(bad, depth=1)
+    with pytest.raises(ValueError, match="NaN"):
+        NTKKernel().unit_value(torch.as_tensor(bad), torch.as_tensor(x))
+    with pytest.raises(ValueError, match="feature sizes"):
+        kernels(x, rng.normal(size=(2, 4)), depth=1)
+    with pytest.raises(ValueError, match="descriptor sizes"):
+        NTKKernel().unit_value(torch.as_tensor(x), torch.as_tensor(rng.normal(size=(2, 4))))
+    with pytest.raises(ValueError, match="relu, erf"):
+        NTKKernel(activation="gelu")
+
+
+def test_structure_kernel_size_mismatch(si8_rattled):
+    ra = SOAP(cutoff=4.0, n_max=3, l_max=2, species=[14]).compute([si8_rattled])
+    rb = SOAP(cutoff=4.0, n_max=4, l_max=2, species=[14]).compute([si8_rattled])
+    with pytest.raises(ValueError, match="descriptor sizes differ"):
+        structure_kernel(ra, rb)
+
+
+# ------------------------------------------- NTK kernel derivatives (FD)
+CASES = [("erf", "ntk", None), ("erf", "standard", 64), ("relu", "ntk", None)]
+
+
+@pytest.mark.parametrize("activation,param,width", CASES)
+def test_ntk_kernel_derivatives(activation, param, width, rng):
+    d = 6
+    k = NTKKernel(depth=2, activation=activation, W_std=1.3, b_std=0.2,
+                  parameterization=param, width=width, delta=1.7)
+    q1, q2 = _unit(rng, 4, d), _unit(rng, 5, d)
+    g = torch.as_tensor(rng.normal(size=(7, 3, d)), dtype=DTYPE)
+    c = torch.as_tensor(rng.integers(0, 4, 7))
+    an = k.grad_contract(q1, q2, g, c)
+    fd = torch.zeros_like(an)
+    for e in range(7):
+        for r in range(3):
+            step = H * g[e, r]
+            qp, qm = q1.clone(), q1.clone()
+            qp[c[e]] += step
+            qm[c[e]] -= step
+            fd[e, r] = (k.value(qp, q2)[c[e]] - k.value(qm, q2)[c[e]]) / (2 * H)
+    torch.testing.assert_close(an, fd, rtol=1e-6, atol=1e-8)
+
+    g2 = torch.as_tensor(rng.normal(size=(6, 2, d)), dtype=DTYPE)
+    c2 = torch.as_tensor(rng.integers(0, 5, 6))
+    hess = k.hessian_contract(q1, q2, g, c, g2, c2)
+    fdh = torch.zeros_like(hess)
+    for f in range(6):
+        for s in range(2):
+            qp, qm = q2.clone(), q2.clone()
+            qp[c2[f]] += H * g2[f, s]
+            qm[c2[f]] -= H * g2[f, s]
+            fdh[:, :, f, s] = ((k.grad_contract(q1, qp, g, c) - k.grad_contract(q1, qm, g, c))
+                               / (2 * H))[:, :, c2[f]]
+    torch.testing.assert_close(hess, fdh, rtol=1e-6, atol=1e-8)
+
+    w = torch.as_tensor(rng.normal(size=(4, 5)), dtype=DTYPE)
+    eye = torch.eye(d, dtype=DTYPE).repeat(4, 1, 1)
+    expected = (k.grad_contract(q1, q2, eye, torch.arange(4)) * w[:, None, :]).sum(-1)
+    torch.testing.assert_close(k.weighted_gradient(q1, q2, w), expected, rtol=1e-12,
+                               atol=1e-12)
+    torch.testing.assert_close(k.diag_value(q1), torch.diagonal(k.value(q1, q1)),
+                               rtol=1e-13, atol=0)
+
+
+def test_relu_kernel_not_differentiable_at_coincident_points(rng):
+    q = _unit(rng, 3, 5)
+    g = torch.as_tensor(rng.normal(size=(2, 3, 5)), dtype=DTYPE)
+    k = NTKKernel(activation="relu", b_std=0.0)
+    with pytest.raises(ValueError, match="not differentiable"):
+        k.grad_contract(q, q, g, torch.tensor([0, 1]))
+
+
+# -------------------------------------------------------- atomistic NTK
+def test_structure_kernel_is_sum_over_atom_pairs(ethanol_rmd17, acetamide):
+    desc = SOAP(cutoff=4.0, n_max=3, l_max=2, species=[1, 6, 7, 8])
+    frames = [ethanol_rmd17, acetamide]
+    kern = NTKKernel(depth=2, delta=1.3)
+    got = structure_kernel(frames, frames, desc, kern)
+    assert got.shape == (2, 2)
+    for a in range(2):
+        for b in range(2):
+            qa = desc.compute([frames[a]]).values
+            qb = desc.compute([frames[b]]).values
+            za, zb = frames[a].numbers, frames[b].numbers
+            total = 0.0
+            for i in range(len(za)):
+                for j in range(len(zb)):
+                    if za[i] == zb[j]:
+                        t = kernels(qa[i:i + 1] * np.sqrt(qa.shape[1]),
+                                    qb[j:j + 1] * np.sqrt(qb.shape[1]), depth=2,
+                                    activation="erf", W_std=1.0, b_std=0.1).ntk
+                        total += 1.3**2 * float(t[0, 0])
+            assert got[a, b].item() == pytest.approx(total, rel=1e-12)
+    assert torch.linalg.eigvalsh(got).min() > 0
+
+
+# ------------------------------------------------------ GAP with the NTK
+@pytest.fixture(scope="module")
+def si_small():
+    from gapkit.data import load_bundled
+
+    frames = load_bundled("Si_train.xyz")
+    return frames[:6], frames[6:8]
+
+
+def test_gap_with_ntk_kernel_fits_predicts_and_loads(si_small, tmp_path):
+    train, test = si_small
+    desc = SOAP(cutoff=4.5, n_max=3, l_max=3)
+    gap = GAP([Term(desc, NTKKernel(depth=2, delta=0.5), n_sparse=40)], progress=False)
+    gap.fit(train)
+    p_train = gap.predict(train, variance=False, virial=False)
+    e_ref = np.array([a.get_potential_energy() for a in train])
+    f_ref = np.concatenate([a.get_forces() for a in train])
+    n = np.array([len(a) for a in train])
+    # fitted: training errors well below the spread of the labels (forces dominate the fit)
+    assert np.sqrt(np.mean(((p_train.energy - e_ref) / n) ** 2)) < 0.25 * np.std(e_ref / n)
+    assert np.sqrt(np.mean((p_train.forces - f_ref) ** 2)) < 0.7 * np.std(f_ref)
+    # predicted forces are minus the gradient of the predicted energy
+    atoms = test[0].copy()
+    p = gap.predict([atoms], variance=False, virial=False)
+    h = 1e-4
+    for j, a in ((0, 0), (5, 2)):
+        ap, am = atoms.copy(), atoms.copy()
+        ap.positions[j, a] += h
+        am.positions[j, a] -= h
+        fd = -(gap.predict([ap], forces=False, variance=False, virial=False).energy[0]
+               - gap.predict([am], forces=False, variance=False, virial=False).energy[0]) / (2 * h)
+        assert p.forces[j, a] == pytest.approx(fd, abs=1e-5)
+    path = gap.save(tmp_path / "ntk.gapkit")
+    loaded = GAP.load(path)
+    assert isinstance(loaded.terms_[0].kernel, NTKKernel)
+    q = loaded.predict(test, variance=False, virial=False)
+    p = gap.predict(test, variance=False, virial=False)
+    np.testing.assert_array_equal(q.energy, p.energy)
+    np.testing.assert_array_equal(q.forces, p.forces)
+
+
+# --------------------------------------------------------- finite networks
+def test_empirical_ntk_converges_to_analytic(rng):
+    """Relative Frobenius distance decreases with width (4 seeds each), at a rate
+    near the 1/sqrt(width) of the theory."""
+    q = _unit(rng, 8, 6)
+    res = ntk_width_convergence(q, widths=(32, 128, 512), seeds=4)
+    assert np.all(np.diff(res.distance_mean) < 0)
+    assert -0.8 < res.slope < -0.3
+    assert res.distance_mean[-1] < 0.1
+
+
+def test_empirical_ntk_matches_jacobian_by_hand(rng):
+    q = _unit(rng, 3, 4)
+    m = AtomicMLP(4, [1], width=7, depth=2, seed=3)
+    emp = empirical_ntk(m, q)
+    jac = []
+    for i in range(3):
+        m.zero_grad()
+        m(q[i:i + 1], [1]).sum().backward()
+        jac.append(torch.cat([p.grad.reshape(-1) for p in m.parameters()]))
+    jac = torch.stack(jac)
+    torch.testing.assert_close(emp, jac @ jac.T, rtol=1e-12, atol=1e-12)
+
+
+def test_network_forces_are_minus_energy_gradient(si8_rattled):
+    desc = SOAP(cutoff=4.0, n_max=3, l_max=2, species=[14])
+    res = desc.compute([si8_rattled], gradients=True)
+    m = AtomicMLP(res.n_features, [14], width=16, depth=2, seed=1)
+    _, f = network_energies_forces(m, res)
+    h = 1e-5
+    for j, a in ((0, 0), (3, 1), (7, 2)):
+        ap, am = si8_rattled.copy(), si8_rattled.copy()
+        ap.positions[j, a] += h
+        am.positions[j, a] -= h
+        ep = network_energies_forces(m, desc.compute([ap]), forces=False)[0]
+        em = network_energies_forces(m, desc.compute([am]), forces=False)[0]
+        assert f[j, a].item() == pytest.approx(-(ep - em).item() / (2 * h), rel=1e-6, abs=1e-9)
+
+
+def test_training_reduces_energy_and_force_loss(si8_rattled):
+    desc = SOAP(cutoff=4.0, n_max=3, l_max=2, species=[14])
+    frames = []
+    for s in range(4):
+        a = si8_rattled.copy()
+        a.rattle(0.05, seed=10 + s)
+        frames.append(a)
+    res = desc.compute(frames, gradients=True)
+    # labels: a smooth target (a fixed random network) so that they are learnable
+    teacher = AtomicMLP(res.n_features, [14], width=8, depth=1, seed=7)
+    e, f = network_energies_forces(teacher, res)
+    student = AtomicMLP(res.n_features, [14], width=32, depth=2, seed=0, centered=True)
+    e0, _ = network_energies_forces(student, res, forces=False)
+    assert torch.all(e0.abs() < 1e-12)  # centred: zero at initialisation
+    hist = train_network(student, res, e.detach(), f.detach(), steps=30, lr=1e-3,
+                         force_weight=1.0)
+    assert hist[-1] < 0.2 * hist[0]
+
+
+def test_gradient_descent_prediction_limits(rng):
+    x = _unit(rng, 6, 4)
+    k = NTKKernel().unit_value(x, x)
+    ks = NTKKernel().unit_value(_unit(rng, 3, 4), x)
+    y = torch.as_tensor(rng.normal(size=6), dtype=DTYPE)
+    lr = float(6 / torch.linalg.eigvalsh(k).max())
+    test_inf, train_inf = ntk_gradient_descent_prediction(k, ks, y, lr=lr, steps=10**7)
+    torch.testing.assert_close(train_inf, y, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(test_inf, ks @ torch.linalg.solve(k, y), rtol=1e-5, atol=1e-6)
+    # one step of GD from zero: f = lr/N Θ y
+    test1, _ = ntk_gradient_descent_prediction(k, ks, y, lr=lr, steps=1)
+    torch.testing.assert_close(test1, lr / 6 * ks @ y, rtol=1e-10, atol=1e-12)
+
+
+def test_kernel_alignment(rng):
+    x = rng.normal(size=(10, 3))
+    k = x @ x.T
+    assert kernel_alignment(k, 3.0 * k) == pytest.approx(1.0, rel=1e-12)
+    assert kernel_alignment(k, k + 5.0) == pytest.approx(1.0, rel=1e-12)  # centred
+    assert kernel_alignment(k, k + 5.0, centered=False) < 1.0 - 1e-3
+    with pytest.raises(ValueError, match="square"):
+        kernel_alignment(k, k[:5])
