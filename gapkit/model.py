@@ -258,15 +258,8 @@ class GAP:
         u, self.jitter_abs_ = cholesky_upper(kmm, self.jitter)
 
         qr = IncrementalQR(u)
-        blocks = list(self._blocks(frames))
-        for start, stop in self._progress(blocks, "GAP design matrix"):
-            sel = np.nonzero((obs.frame >= start) & (obs.frame < stop))[0]
-            if sel.size == 0:
-                continue
-            block_obs = obs.select(sel)
-            block_obs = type(block_obs)(block_obs.frame - start, *(
-                getattr(block_obs, f) for f in ("kind", "atom", "component", "y", "sigma")))
-            rows = self._rows(frames[start:stop], block_obs, grads)
+        for _, _, block_obs, rows in self._design_blocks(frames, obs, grads,
+                                                         desc="GAP design matrix"):
             qr.add(rows, torch.as_tensor(block_obs.y), torch.as_tensor(block_obs.sigma))
         r, b, resid = qr.finish()
         self.alpha_ = torch.linalg.solve_triangular(r, b[:, None], upper=True)[:, 0]
@@ -332,6 +325,22 @@ class GAP:
                                                  forces=forces, virial=virial, local=local,
                                                  unit=unit)))
         return out
+
+    def _design_blocks(self, frames, obs, gradients, *, unit: bool = False, desc=None):
+        """Yield ``(start, sel, block_obs, rows)`` over blocks of frames: the first frame
+        of the block, the indices of its observations in ``obs``, those observations
+        (frame indices relative to the block) and their design-matrix rows."""
+        blocks = list(self._blocks(frames))
+        if desc:
+            blocks = self._progress(blocks, desc)
+        for start, stop in blocks:
+            sel = np.nonzero((obs.frame >= start) & (obs.frame < stop))[0]
+            if sel.size == 0:
+                continue
+            sub = obs.select(sel)
+            sub = type(sub)(sub.frame - start, sub.kind, sub.atom, sub.component, sub.y,
+                            sub.sigma)
+            yield start, sel, sub, self._rows(frames[start:stop], sub, gradients, unit=unit)
 
     def _rows(self, frames, obs, gradients, unit: bool = False) -> torch.Tensor:
         kinds = set(np.unique(obs.kind).tolist())

@@ -724,14 +724,7 @@ def leave_one_out(model, frames) -> LOOResult:
     f_dof = np.zeros(n_frames, dtype=int)
     e_z = np.full(n_frames, np.nan)
     rt = model.R_.T
-    for start, stop in model._blocks(frames):
-        sel = np.nonzero((obs.frame >= start) & (obs.frame < stop))[0]
-        if sel.size == 0:
-            continue
-        block = obs.select(sel)
-        block = type(block)(block.frame - start, *(
-            getattr(block, f) for f in ("kind", "atom", "component", "y", "sigma")))
-        rows = model._rows(frames[start:stop], block, grads)
+    for start, sel, block, rows in model._design_blocks(frames, obs, grads):
         with torch.no_grad():
             mu = (rows @ model.alpha_).numpy()
             sig = torch.as_tensor(block.sigma, dtype=rows.dtype)

@@ -53,13 +53,7 @@ def collect_statistics(model, frames, obs, gradients) -> Statistics:
     m = sum(t.sparse_.n for t in model.terms_)
     qrs = [IncrementalQR(torch.zeros((m, m), dtype=dtype)) for _ in range(3)]
     yy = torch.zeros(3, dtype=dtype)
-    for start, stop in model._blocks(frames):
-        sel = np.nonzero((obs.frame >= start) & (obs.frame < stop))[0]
-        if sel.size == 0:
-            continue
-        sub = obs.select(sel)
-        sub = type(sub)(sub.frame - start, sub.kind, sub.atom, sub.component, sub.y, sub.sigma)
-        rows = model._rows(frames[start:stop], sub, gradients, unit=True)
+    for _, _, sub, rows in model._design_blocks(frames, obs, gradients, unit=True):
         sigma = torch.as_tensor(sub.sigma)
         y = torch.as_tensor(sub.y)
         for g in range(3):
