@@ -24,11 +24,9 @@ l_max 6). Results are printed and written to ``benchmarks/results/fit.json``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.metadata
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -38,15 +36,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from _common import REPO, THREAD_VARIABLES, base_machine_info, load_average
+
 RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_OUTPUT = RESULTS / "fit.json"
 TRAIN = REPO / "data" / "Si_train.xyz"
 TEST = REPO / "data" / "Si_test.xyz"
-
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS",
-                    "RAYON_NUM_THREADS")
 
 # Published settings of the Zuo et al. 2020 Si GAP (mvl_models/Si/gap/gap.xml).
 PUBLISHED = {"n_max": 8, "l_max": 8, "atom_sigma": 0.5, "zeta": 4, "cutoff": 5.4,
@@ -292,32 +287,11 @@ def run_gap_fit(args, settings, train, test, workdir: Path) -> dict:
 
 
 # --------------------------------------------------------------------------- report
-def load_average():
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def machine_info(threads: int) -> dict:
     import ase
     import numpy as np
     import torch
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                                capture_output=True, text=True, timeout=10,
-                                check=False).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
     try:
         mem = next(int(line.split()[1]) / 2**20 for line in
                    Path("/proc/meminfo").read_text().splitlines()
@@ -332,14 +306,11 @@ def machine_info(threads: int) -> dict:
             return None
 
     return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": cpu, "logical_cpus": os.cpu_count(),
+        **base_machine_info(),
         "usable_cpus": len(os.sched_getaffinity(0)), "memory_gib": mem,
-        "platform": platform.platform(), "python": platform.python_version(),
         "numpy": np.__version__, "torch": torch.__version__, "ase": ase.__version__,
         "quippy_ase": version("quippy-ase"),
         "threads": threads, "thread_env": {name: str(threads) for name in THREAD_VARIABLES},
-        "gapkit_commit": commit or None,
     }
 
 

@@ -26,9 +26,7 @@ import argparse
 import os
 import sys
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS",
-                    "RAYON_NUM_THREADS")
+from _common import REPO, THREAD_VARIABLES, load_average, silicon
 
 
 def _threads_from_argv(argv) -> int:
@@ -57,11 +55,8 @@ import torch  # noqa: E402
 torch.set_num_threads(THREADS)
 torch.set_num_interop_threads(1)
 
-import ase  # noqa: E402
-import ase.build  # noqa: E402
 from ase.calculators.calculator import all_changes  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -76,17 +71,6 @@ MODE_KWARGS = {"a": dict(variance=False),
                "b": dict(variance=True, force_variance=None),
                "c": dict(variance=True, force_variance="projected"),
                "d": dict(variance=True, force_variance="exact")}
-
-
-def silicon(n_atoms: int, rattle: float = 0.05, seed: int = 0) -> ase.Atoms:
-    """Rattled cubic diamond silicon with ``n_atoms = 8 k^3`` atoms (as soap.py)."""
-    k = round((n_atoms / 8) ** (1 / 3))
-    if 8 * k**3 != n_atoms:
-        raise ValueError(f"diamond Si supercells have 8 k^3 atoms (64, 216, 512, 1000...), "
-                         f"not {n_atoms}")
-    atoms = ase.build.bulk("Si", "diamond", a=5.43, cubic=True) * (k, k, k)
-    atoms.rattle(stdev=rattle, seed=seed)
-    return atoms
 
 
 def time_call(fn, repeats: int):
@@ -150,13 +134,6 @@ def quip_potential(args, settings, train, workdir: Path):
 
 
 # --------------------------------------------------------------------------- report
-def load_average():
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def fmt_entry(entry) -> str:
     if entry is None or entry.get("best_ms_per_atom") is None:
         return "-"

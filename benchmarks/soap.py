@@ -32,18 +32,13 @@ import sys
 # Single thread everywhere. These must be set before numpy/torch/featomic are
 # imported: BLAS and OpenMP read them once at load time, and featomic's rayon pool
 # reads RAYON_NUM_THREADS when it is first used.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS",
-                    "RAYON_NUM_THREADS")
+from _common import REPO, THREAD_VARIABLES, base_machine_info, load_average, silicon
 for _name in THREAD_VARIABLES:
     os.environ[_name] = "1"
 
-import datetime
 import importlib.metadata
 import json
-import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,7 +54,6 @@ import ase
 import ase.build
 import ase.io
 
-REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run from a checkout without installing gapkit
     sys.path.insert(0, str(REPO))
 
@@ -81,17 +75,6 @@ CODES = ("gapkit", "featomic", "dscribe", "quip")
 
 
 # --------------------------------------------------------------------------- systems
-def silicon(n_atoms: int, rattle: float = 0.05, seed: int = 0) -> ase.Atoms:
-    """Rattled cubic diamond silicon with ``n_atoms = 8 k^3`` atoms (k×k×k cubic cells)."""
-    k = round((n_atoms / 8) ** (1 / 3))
-    if 8 * k**3 != n_atoms:
-        raise ValueError(f"diamond Si supercells have 8 k^3 atoms (64, 216, 512, 1000...), "
-                         f"not {n_atoms}")
-    atoms = ase.build.bulk("Si", "diamond", a=5.43, cubic=True) * (k, k, k)
-    atoms.rattle(stdev=rattle, seed=seed)
-    return atoms
-
-
 def molecule(path: Path | None) -> tuple[str, ase.Atoms]:
     """First frame of ``path`` (aspirin from rMD17 by default), else acetamide from ASE."""
     if path is not None and path.is_file():
@@ -284,42 +267,15 @@ def kernel_difference(gapkit_result, featomic_tensor) -> float:
 
 
 # --------------------------------------------------------------------------- reporting
-def load_average() -> list[float] | None:
-    """1, 5 and 15 minute load averages (other work on the machine skews the timings)."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                                capture_output=True, text=True, timeout=10,
-                                 check=False).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
     return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        **base_machine_info(),
         "numpy": np.__version__,
         "torch": torch.__version__,
         "ase": ase.__version__,
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "thread_env": {name: os.environ.get(name) for name in THREAD_VARIABLES},
-        "gapkit_commit": commit or None,
     }
 
 

@@ -1,0 +1,66 @@
+"""Helpers shared by the benchmark scripts: test systems and a record of the machine.
+
+Import only the standard library here (plus ase lazily): the scripts set the thread
+environment variables before numpy/torch are imported.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS",
+                    "RAYON_NUM_THREADS")
+
+
+def silicon(n_atoms: int, rattle: float = 0.05, seed: int = 0):
+    """Rattled cubic diamond silicon with ``n_atoms = 8 k^3`` atoms (k×k×k cubic cells)."""
+    import ase.build
+
+    k = round((n_atoms / 8) ** (1 / 3))
+    if 8 * k**3 != n_atoms:
+        raise ValueError(f"diamond Si supercells have 8 k^3 atoms (64, 216, 512, 1000...), "
+                         f"not {n_atoms}")
+    atoms = ase.build.bulk("Si", "diamond", a=5.43, cubic=True) * (k, k, k)
+    atoms.rattle(stdev=rattle, seed=seed)
+    return atoms
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages (other work on the machine skews the timings)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def base_machine_info() -> dict:
+    """Date, CPU model, core count, platform, Python and the git state of the checkout."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                                capture_output=True, text=True, timeout=10,
+                                check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "gapkit_commit": commit or None,
+    }
