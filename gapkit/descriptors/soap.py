@@ -197,15 +197,42 @@ class SOAP(Descriptor):
             blocks.append(dict(
                 cols=slice(l * n_pairs, (l + 1) * n_pairs),
                 flat=torch.as_tensor(alpha * k + beta, device=self.device),
-                # gradient gathers: X[..., n_alpha, beta] and X[..., n_beta, alpha]
-                g1=torch.as_tensor((alpha % n) * k + beta, device=self.device),
-                g2=torch.as_tensor((beta % n) * k + alpha, device=self.device),
-                s1=torch.as_tensor(alpha // n, device=self.device),
-                s2=torch.as_tensor(beta // n, device=self.device),
-                scale=torch.as_tensor(scale, dtype=self.dtype, device=self.device)))
+                scale=torch.as_tensor(scale, dtype=self.dtype, device=self.device),
+                per_species=[self._species_gathers(s, alpha, beta, scale, k)
+                             for s in range(n_species)] if n_species > 1 else None))
         layout = (np.concatenate(labels).astype(np.int64), blocks)
         self._layouts[n_species] = layout
         return layout
+
+    def _species_gathers(self, s, alpha, beta, scale, k):
+        """Where a neighbour of species ``s`` enters one l block of dP/dr.
+
+        Its derivative fills block-row ``s`` of the (k x k) matrix, ``X`` (n x k), so
+        ``dP = E_s X + (E_s X)^T`` is non-zero only on features with alpha or beta
+        in block ``s``: (A) alpha in block s: ``X[n_alpha, beta]``, plus
+        ``X[n_beta, alpha]`` on the diagonal block (D); (B) alpha before block s,
+        beta in it: ``X[n_beta, alpha]``. Gathers and the feature scale of each part.
+        """
+        n = self.n_max
+        lo, hi = s * n, (s + 1) * n
+        feat = np.arange(alpha.shape[0])
+        a_sel = (alpha >= lo) & (alpha < hi)
+        d_sel = a_sel & (beta < hi)
+        b_sel = (alpha < lo) & (beta >= lo) & (beta < hi)
+        a_pos = feat[a_sel]  # contiguous: rows lo..hi-1 of the upper triangle
+        dev = self.device
+
+        def t(x):
+            return torch.as_tensor(x, device=dev)
+
+        def w(sel):
+            return torch.as_tensor(scale[sel], dtype=self.dtype, device=dev)
+
+        return dict(
+            a=slice(int(a_pos[0]), int(a_pos[-1]) + 1),
+            a_idx=t((alpha[a_sel] - lo) * k + beta[a_sel]), a_scale=w(a_sel),
+            d_pos=t(feat[d_sel]), d_idx=t((beta[d_sel] - lo) * k + alpha[d_sel]), d_scale=w(d_sel),
+            b_pos=t(feat[b_sel]), b_idx=t((beta[b_sel] - lo) * k + alpha[b_sel]), b_scale=w(b_sel))
 
     # -- public -----------------------------------------------------------
     def compute(self, frames, *, gradients=False) -> DescriptorResult:
@@ -386,13 +413,15 @@ class SOAP(Descriptor):
                 sym = (x + x.transpose(-1, -2)).view(nc, 1, J, 3, k * k)
                 torch.mul(sym[..., blk["flat"]], blk["scale"], out=pair_grad[..., blk["cols"]])
             else:
-                # X fills block-row s of dP for slots of neighbour species s;
-                # dP = E_s X + (E_s X)^T, then keep the upper triangle
-                full = torch.zeros((nc, S, J, 3, k, k), dtype=dtype, device=device)
-                for s in range(S):
-                    full[:, s, :, :, s * n:(s + 1) * n, :] = x[:, s]
-                sym = (full + full.transpose(-1, -2)).view(nc, S, J, 3, k * k)
-                torch.mul(sym[..., blk["flat"]], blk["scale"], out=pair_grad[..., blk["cols"]])
+                # only the features touching block s are non-zero for neighbours of
+                # species s (see _species_gathers); pair_grad is zero elsewhere
+                xs = x.view(nc, S, J, 3, n * k)
+                for s, gat in enumerate(blk["per_species"]):
+                    dst = pair_grad[:, s, :, :, blk["cols"]]
+                    xsl = xs[:, s]
+                    dst[..., gat["a"]] = xsl[..., gat["a_idx"]] * gat["a_scale"]
+                    dst[..., gat["d_pos"]] += xsl[..., gat["d_idx"]] * gat["d_scale"]
+                    dst[..., gat["b_pos"]] = xsl[..., gat["b_idx"]] * gat["b_scale"]
         pair_grad = pair_grad.view(nc, S * J, 3, n_features)
         q = values
         if inv is not None:
