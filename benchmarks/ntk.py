@@ -3,8 +3,9 @@
 Prints (a) empirical vs analytic NTK distance by width with the log-log slope (theory
 -1/2), (b) trained finite networks vs the NTK gradient-descent prediction by width,
 (c) SOAP-kernel vs NTK alignment and test errors of GAP(SOAP), GAP(NTK) and finite
-networks, and the time of the analytic NTK on 1000 x 1000 inputs. Small subsets so that
-it runs in a few minutes on one CPU; JSON to benchmarks/results/ntk.json.
+networks (trained on energies and forces), and the time of the analytic NTK on
+1000 x 1000 inputs. Small subsets: 14 minutes measured on two CPU cores shared with
+other jobs (--quick: a few minutes); JSON to benchmarks/results/ntk.json.
 
     .venv/bin/python benchmarks/ntk.py [--quick]
 """
@@ -82,13 +83,20 @@ def run_dataset(name, train, test, species, *, widths_a, widths_b, widths_c, ste
     out["c"] = {"alignment_environments": c.alignment_environments,
                 "alignment_structures": c.alignment_structures,
                 "energy_rmse_eV_per_atom": c.energy_rmse, "force_rmse_eV_per_A": c.force_rmse,
-                "fit_time_s": c.fit_time_s, "time_s": time.perf_counter() - t0}
+                "fit_time_s": c.fit_time_s, "network_lr": c.network_lr,
+                "network_force_weight_A2": c.force_weight, "n_sparse": n_sparse,
+                "steps": steps, "time_s": time.perf_counter() - t0}
     print(f"\n== {name}: (c) centred kernel alignment SOAP(ζ=4) vs NTK: environments "
           f"{c.alignment_environments:.4f}, structures {c.alignment_structures:.4f}")
-    print(f"{'model':>22} {'E RMSE meV/at':>14} {'F RMSE eV/Å':>12} {'fit s':>8}")
+    print(f"GAPs: {n_sparse} sparse points per species, default noise; networks: {steps} GD "
+          f"steps on energies + forces (force weight {c.force_weight:.3g} Å²)")
+    print(f"{'model':>22} {'E RMSE meV/at':>14} {'F RMSE eV/Å':>12} {'fit s':>8} {'lr':>9}")
     for k in c.energy_rmse:
+        lr = f"{c.network_lr[k]:.3g}" if k in c.network_lr else "-"
         print(f"{k:>22} {1e3 * c.energy_rmse[k]:>14.2f} {c.force_rmse[k]:>12.3f} "
-              f"{c.fit_time_s[k]:>8.2f}")
+              f"{c.fit_time_s[k]:>8.2f} {lr:>9}")
+    print(f"[{name}: (a) {out['a']['time_s']:.0f} s, (b) {out['b']['time_s']:.0f} s, "
+          f"(c) {out['c']['time_s']:.0f} s]", flush=True)
     return out
 
 
@@ -126,8 +134,14 @@ def main():
     quick = args.quick
     torch.manual_seed(0)
     results = {"timing": time_analytic()}
-    si_train = load_bundled("Si_train.xyz")[: 6 if quick else 12]
-    si_test = load_bundled("Si_test.xyz")[: 3 if quick else 6]
+    # evenly spaced frames, so that every config type (vacancy, surface, AIMD, elastic) is
+    # in both sets: the files are ordered by config type, and the vacancy frames alone span
+    # -5.33 to -4.65 eV/atom
+    si_all, si_test_all = load_bundled("Si_train.xyz"), load_bundled("Si_test.xyz")
+    n_tr, n_te = (6, 3) if quick else (12, 6)
+    si_train = [si_all[i] for i in np.linspace(0, len(si_all) - 1, n_tr).round().astype(int)]
+    si_test = [si_test_all[i]
+               for i in np.linspace(0, len(si_test_all) - 1, n_te).round().astype(int)]
     eth = load_bundled("ethanol_rmd17_200.xyz")
     for a in eth:
         a.pbc = False

@@ -5,12 +5,13 @@ regression on energies, forces and virials, with posterior variances.
 Units: eV, Å, eV/Å, virial in eV (ASE's).
 """
 
-from . import data, testing
+from . import active, data, ntk, testing, uq
 from .calculator import GAPCalculator
 from .descriptors import SOAP, DescriptorResult, TwoBody
 from .gp import NoiseModel
 from .kernels import SOAPKernel, TwoBodyKernel
 from .model import GAP, Prediction, Term
+from .ntk import NTKKernel
 
 __version__ = "0.1.0"
 
@@ -19,6 +20,7 @@ __all__ = [
     "SOAP",
     "DescriptorResult",
     "GAPCalculator",
+    "NTKKernel",
     "NoiseModel",
     "Prediction",
     "SOAPKernel",
@@ -26,6 +28,9 @@ __all__ = [
     "TwoBody",
     "TwoBodyKernel",
     "__version__",
+    "active",
     "data",
+    "ntk",
     "testing",
+    "uq",
 ]

@@ -165,7 +165,7 @@ def _evaluate(model, test) -> tuple[float, float]:
 def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | None = None,
                     strategy: str = "forces", n_initial: int = 5, batch_size: int = 5,
                     max_labels: int = 50, diversity: float = 1.0, seed: int = 0,
-                    verbose: bool = False) -> LearningCurve:
+                    force_variance: str = "exact", verbose: bool = False) -> LearningCurve:
     """Run an active-learning loop and return its learning curve.
 
     Parameters
@@ -183,7 +183,8 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
         Labelled frames for the learning curve (force MAE eV/Å, energy MAE eV/atom).
     strategy : {"forces", "energy", "random"}
         Selection by the largest predicted force variance (max over atoms of the
-        mean component variance, projected form, eV^2/Å^2), per-atom energy variance
+        mean component variance, eV^2/Å^2, in the form ``force_variance``), per-atom
+        energy variance
         (eV^2/atom^2, DTC form), or at random (the baseline).
     n_initial : int
         Random frames labelled before the first fit (the same for every strategy at a
@@ -198,6 +199,10 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
         and ``d0`` the median nearest-neighbour distance in the pool; 0 disables.
     seed : int
         Seeds the initial set, the random baseline and the sparse-point selection.
+    force_variance : {"exact", "projected"}
+        Form of the force variance for ``strategy="forces"`` (see
+        :meth:`gapkit.GAP.predict`): ``"exact"`` (default; the calibrated one, its cost
+        grows with the square of the neighbour count) or the cheaper ``"projected"``.
 
     Returns
     -------
@@ -210,6 +215,9 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
 
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; use one of {list(STRATEGIES)}")
+    if force_variance not in ("exact", "projected"):
+        raise ValueError(f"force_variance must be 'exact' or 'projected', got "
+                         f"{force_variance!r}")
     if n_initial < 1 or batch_size < 1 or max_labels < 1:
         raise ValueError("n_initial, batch_size and max_labels must be >= 1")
     pool = list(pool)
@@ -272,7 +280,7 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
                 score = pred.energy_variance / pred.n_atoms ** 2
             else:
                 pred = fitted.predict(cands, forces=True, virial=False,
-                                      force_variance="projected")
+                                      force_variance=force_variance)
                 per_atom = pred.forces_variance.mean(axis=1)
                 score = np.maximum.reduceat(per_atom, pred.atom_offsets[:-1])
             fp = None

@@ -189,36 +189,9 @@ class SOAPKernel(DescriptorKernel):
         and ``sum_{ef} [(zeta-1) s^(zeta-2) (g_e.q_f)(g_f.q_e) + s^(zeta-1) g_e.g_f]``
         becomes a few batched GEMMs (see :meth:`DescriptorKernel.force_prior_variance`)."""
         z = self.zeta
-        dtype = q.dtype
-        atom = np.asarray(atom)
-        order = np.argsort(atom, kind="stable")
-        counts = np.bincount(atom, minlength=n_atoms)
-        width = max(int(counts.max()) if counts.size else 0, 1)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        sorted_atoms = atom[order]
-        slot = torch.as_tensor(sorted_atoms * width + np.arange(order.size) - starts[sorted_atoms])
-        order_t = torch.as_tensor(order)
-        n_slots = n_atoms * width
-        d = q.shape[1]
-        out = torch.zeros((n_atoms, 3), dtype=dtype)
-        chunk = max(1, 4096 // width)
-        g_pad = torch.zeros((n_slots, 3, d), dtype=dtype)
-        g_pad[slot] = g[order_t]
-        q_pad = torch.zeros((n_slots, d), dtype=dtype)
-        q_pad[slot] = q[centre[order_t]]
-        t_pad = torch.full((n_slots,), -1, dtype=torch.long)
-        t_pad[slot] = torch.as_tensor(types)[centre[order_t]]
-        valid = torch.zeros(n_slots, dtype=torch.bool)
-        valid[slot] = True
-        for a0 in range(0, n_atoms, chunk):
-            a1 = min(n_atoms, a0 + chunk)
-            sl = slice(a0 * width, a1 * width)
-            na = a1 - a0
-            qa = q_pad[sl].view(na, width, d)
-            ga = g_pad[sl].view(na, width, 3, d)
-            ta = t_pad[sl].view(na, width)
-            va = valid[sl].view(na, width)
-            mask = ((ta[:, :, None] == ta[:, None, :]) & va[:, :, None] & va[:, None, :]).to(dtype)
+        out = torch.zeros((n_atoms, 3), dtype=q.dtype)
+        for a0, a1, qa, ga, mask in padded_entries_by_atom(q, g, centre, atom, types, n_atoms):
+            mask = mask.to(q.dtype)
             s = torch.bmm(qa, qa.transpose(1, 2))  # (na, J, J)
             w1 = z * s ** (z - 1) * mask
             w2 = z * (z - 1) * s ** (z - 2) * mask if z > 1 else None
@@ -323,3 +296,44 @@ class TwoBodyKernel(DescriptorKernel):
         h = (e_r1r2 * f1[:, None] * f2[None, :] + e_r1 * f1[:, None] * df2[None, :]
              + e_r2 * df1[:, None] * f2[None, :] + e * df1[:, None] * df2[None, :])
         return h[:, None, :, None] * g1[:, :, 0][:, :, None, None] * g2[:, :, 0][None, None, :, :]
+
+
+def padded_entries_by_atom(q, g, centre, atom, types, n_atoms, *, target_slots: int = 4096):
+    """The gradient entries of each atom, padded to a common count ``J``, in chunks.
+
+    Yields ``(a0, a1, qa, ga, mask)`` for atoms ``a0..a1``: ``qa`` (na, J, D) the
+    descriptors of the entries' centres (padding repeats a real descriptor, so that
+    norms stay non-zero), ``ga`` (na, J, 3, D) the entries' gradients (zero padding),
+    and ``mask`` (na, J, J) true for pairs of real entries of the same kernel type.
+    The force prior variances of the kernels are batched GEMMs over these blocks.
+    """
+    centre = torch.as_tensor(centre)
+    atom = np.asarray(atom)
+    if atom.size == 0:
+        return
+    d = q.shape[1]
+    order = np.argsort(atom, kind="stable")
+    counts = np.bincount(atom, minlength=n_atoms)
+    width = max(int(counts.max()), 1)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    sorted_atoms = atom[order]
+    slot = torch.as_tensor(sorted_atoms * width + np.arange(order.size) - starts[sorted_atoms])
+    order_t = torch.as_tensor(order)
+    n_slots = n_atoms * width
+    g_pad = torch.zeros((n_slots, 3, d), dtype=q.dtype)
+    g_pad[slot] = g[order_t]
+    q_pad = q[centre[order_t[:1]]].expand(n_slots, d).clone()
+    q_pad[slot] = q[centre[order_t]]
+    t_pad = torch.full((n_slots,), -1, dtype=torch.long)
+    t_pad[slot] = torch.as_tensor(types)[centre[order_t]]
+    valid = torch.zeros(n_slots, dtype=torch.bool)
+    valid[slot] = True
+    chunk = max(1, target_slots // width)
+    for a0 in range(0, n_atoms, chunk):
+        a1 = min(n_atoms, a0 + chunk)
+        sl = slice(a0 * width, a1 * width)
+        na = a1 - a0
+        ta = t_pad[sl].view(na, width)
+        va = valid[sl].view(na, width)
+        mask = (ta[:, :, None] == ta[:, None, :]) & va[:, :, None] & va[:, None, :]
+        yield a0, a1, q_pad[sl].view(na, width, d), g_pad[sl].view(na, width, 3, d), mask

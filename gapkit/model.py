@@ -39,7 +39,9 @@ class Term:
     Parameters
     ----------
     descriptor : SOAP or TwoBody
-    kernel : SOAPKernel or TwoBodyKernel
+    kernel : SOAPKernel, TwoBodyKernel, NTKKernel or str
+        A kernel object, or a name for one with default settings: ``"soap"``,
+        ``"ntk"`` or ``"twobody"`` (see :func:`gapkit.ntk.make_kernel`).
     n_sparse : int, dict or "all"
         Number of sparse points (or ``{type: count}``); split over kernel types
         (central species for SOAP, species pairs for two-body) in proportion to
@@ -62,6 +64,13 @@ class Term:
     sparse_method: str = "cur"
     sparse_options: dict | None = None
     sparse_: SparseSet | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        # a kernel by name ("soap", "ntk", "twobody"), with default settings
+        if isinstance(self.kernel, str):
+            from .ntk import make_kernel  # lazy, as the NTK layer may import the model
+
+            self.kernel = make_kernel(self.kernel)
 
     def to_dict(self) -> dict:
         kernel = self.kernel

@@ -36,10 +36,11 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from .kernels import DescriptorKernel
+from .kernels import DescriptorKernel, padded_entries_by_atom
 
 __all__ = [
     "ACTIVATIONS",
+    "KERNEL_NAMES",
     "PARAMETERIZATIONS",
     "AtomicMLP",
     "KernelPair",
@@ -48,6 +49,7 @@ __all__ = [
     "empirical_ntk",
     "kernel_alignment",
     "kernels",
+    "make_kernel",
     "network_energies_forces",
     "ntk_width_convergence",
     "structure_kernel",
@@ -312,6 +314,19 @@ class NTKKernel(DescriptorKernel):
         s0 = q1 @ q2.T
         a0 = (q1 * q1).sum(1)[:, None].expand(n1, n2)
         b0 = (q2 * q2).sum(1)[None, :].expand(n1, n2)
+        out = self._scalar_partials(s0, a0, b0, d, second)
+        if not all(bool(torch.isfinite(t).all()) for t in out):
+            self._raise_not_differentiable()
+        return out
+
+    def _raise_not_differentiable(self):
+        raise ValueError(
+            f"the {self.activation} NTK derivatives are not finite for some descriptor "
+            "pairs: the ReLU NTK is not differentiable where two descriptors coincide "
+            "(e.g. a sparse point equal to a training environment). Use activation='erf'.")
+
+    def _scalar_partials(self, s0, a0, b0, d, second):
+        """``F(s, a, b)`` and its partials, elementwise over tensors of any (common) shape."""
         with torch.enable_grad():
             s, a, b = (t.clone().requires_grad_(True) for t in (s0, a0, b0))
             th = self._theta(s, a, b, d)
@@ -325,12 +340,49 @@ class NTKKernel(DescriptorKernel):
                 fss, fsb, fas = grads(fs, (s, b, a))
                 (fab,) = grads(fa, (b,))
                 out += [fss, fsb, fas, fab]
-        if not all(bool(torch.isfinite(t).all()) for t in out):
-            raise ValueError(
-                f"the {self.activation} NTK derivatives are not finite for some descriptor "
-                "pairs: the ReLU NTK is not differentiable where two descriptors coincide "
-                "(e.g. a sparse point equal to a training environment). Use activation='erf'.")
         return out
+
+    def force_prior_variance(self, q, g, centre, atom, types, n_atoms) -> torch.Tensor:
+        """Prior variance of each force component, ``(n_atoms, 3)`` (eV^2/Å^2).
+
+        Batched over atoms as :meth:`SOAPKernel.force_prior_variance
+        <gapkit.kernels.SOAPKernel.force_prior_variance>`: the gradient entries of each
+        atom are padded to a common count ``J`` and, for each direction ``a``,
+        ``sum_{ef} g_e^T (d^2 Θ / dq_e dq_f) g_f`` (the five terms of the class
+        docstring) becomes a few ``(J, J)`` batched GEMMs; the scalar partials are
+        evaluated elementwise on the ``(atoms, J, J)`` pairs. Equal to the generic
+        :meth:`DescriptorKernel.force_prior_variance
+        <gapkit.kernels.DescriptorKernel.force_prior_variance>`.
+        """
+        dtype = q.dtype
+        q = q.detach()
+        g = g.detach()
+        _finite_descriptors(q, "q")
+        out = torch.zeros((n_atoms, 3), dtype=dtype)
+        d = q.shape[1]
+        # padded slots repeat a real descriptor (finite partials) and are masked out
+        for a0, a1, qa, ga, mask in padded_entries_by_atom(q, g, centre, atom, types, n_atoms):
+            s = torch.bmm(qa, qa.transpose(1, 2))  # (na, J, J): q_e . q_f
+            n2 = (qa * qa).sum(-1)
+            a_, b_ = n2[:, :, None].expand_as(s), n2[:, None, :].expand_as(s)
+            _, fs, _, fss, fsb, fas, fab = self._scalar_partials(s, a_, b_, d, True)
+            parts = []
+            for f in (fs, fss, fsb, fas, fab):
+                if not bool(torch.isfinite(f[mask]).all()):
+                    self._raise_not_differentiable()
+                parts.append(torch.where(mask, f, torch.zeros((), dtype=dtype)))
+            fs, fss, fsb, fas, fab = parts
+            for a in range(3):
+                gx = ga[:, :, a, :]  # (na, J, d)
+                gg = torch.bmm(gx, gx.transpose(1, 2))  # g_e . g_f
+                gq = torch.bmm(gx, qa.transpose(1, 2))  # g_e . q_f
+                own = torch.diagonal(gq, dim1=1, dim2=2)  # g_e . q_e
+                total = fs * gg + fss * gq * gq.transpose(1, 2)
+                total = total + 2 * fsb * gq * own[:, None, :]
+                total = total + 2 * fas * own[:, :, None] * gq.transpose(1, 2)
+                total = total + 4 * fab * own[:, :, None] * own[:, None, :]
+                out[a0:a1, a] = total.sum((1, 2))
+        return self.variance * out
 
     def unit_value(self, q1, q2):
         self._check(q1, q2)
@@ -371,6 +423,33 @@ class NTKKernel(DescriptorKernel):
         out = out + 2 * fas[:, None, :, None] * b1[:, :, None, None] * c[:, None, :, :]
         out = out + 4 * fab[:, None, :, None] * b1[:, :, None, None] * b2[None, None, :, :]
         return out
+
+
+#: kernel names accepted by :func:`make_kernel` (and by ``Term(kernel="...")``)
+KERNEL_NAMES = ("soap", "ntk", "twobody")
+
+
+def make_kernel(name: str, **kw) -> DescriptorKernel:
+    """A GAP kernel by name: ``"soap"`` (:class:`~gapkit.kernels.SOAPKernel`), ``"ntk"``
+    (:class:`NTKKernel`) or ``"twobody"`` (:class:`~gapkit.kernels.TwoBodyKernel`).
+
+    ``kw`` go to the constructor, e.g. ``make_kernel("ntk", depth=3, delta=0.5)``.
+    ``gapkit.Term`` calls this when given a string, so ``Term(SOAP(...), "ntk")`` fits
+    a GAP with the NTK of an infinitely wide per-atom network as its kernel.
+
+    Raises
+    ------
+    ValueError
+        Unknown name (the message lists the supported ones).
+    """
+    from .kernels import SOAPKernel, TwoBodyKernel
+
+    table = {"soap": SOAPKernel, "ntk": NTKKernel, "twobody": TwoBodyKernel}
+    key = name.lower().replace("_", "").replace("-", "") if isinstance(name, str) else name
+    if key not in table:
+        raise ValueError(f"unknown kernel {name!r}; supported: {', '.join(KERNEL_NAMES)} "
+                         "(or pass a kernel object)")
+    return table[key](**kw)
 
 
 def _descriptor_values(frames, descriptor, gradients=False):
@@ -810,6 +889,10 @@ class ModelComparison(NamedTuple):
         Test force-component RMSE, eV/Å, by model name (GAPs, and networks).
     fit_time_s : dict
         Wall time of each fit/training, s.
+    network_lr : dict
+        Learning rate each network was trained with (1/eV^2).
+    force_weight : float
+        Weight of the force term in the networks' loss, Å^2 (0: energies only).
     """
 
     alignment_environments: float
@@ -817,26 +900,64 @@ class ModelComparison(NamedTuple):
     energy_rmse: dict
     force_rmse: dict
     fit_time_s: dict
+    network_lr: dict = {}
+    force_weight: float = 0.0
+
+
+def _train_stable(make_model, result, y, f, *, lr, steps, force_weight, probe=20,
+                  max_halvings=12):
+    """Train ``make_model()`` by full-batch GD, halving ``lr`` (and starting again from
+    the same initial network) while the loss is not finite or fails to decrease over
+    a ``probe``-step run, or ends the full run above its start. Returns (model, lr)."""
+    for _ in range(max_halvings + 1):
+        m = make_model()
+        hist = train_network(m, result, y, f, steps=min(probe, steps), lr=lr,
+                             force_weight=force_weight)
+        ok = np.all(np.isfinite(hist)) and hist[-1] < hist[0] and max(hist) <= hist[0]
+        if ok and steps > probe:
+            rest = train_network(m, result, y, f, steps=steps - probe, lr=lr,
+                                 force_weight=force_weight)
+            ok = np.all(np.isfinite(rest)) and rest[-1] < hist[0]
+        if ok:
+            return m, lr
+        lr = lr / 2
+    raise RuntimeError(f"gradient descent did not converge even with lr = {lr:.3g}")
 
 
 def compare_models(train_frames, test_frames, descriptor, *, soap_kernel=None, ntk_kernel=None,
                    n_sparse: int = 100, widths: Sequence[int] = (64, 256), steps: int = 300,
-                   seed: int = 0) -> ModelComparison:
+                   force_weight: float | None = None, seed: int = 0) -> ModelComparison:
     """Fit GAP with a SOAP kernel and with an NTK kernel on the same descriptor, train
-    per-atom networks (NTK parameterisation, centred, energies only, learning rate
-    ``N / λ_max`` of the structure NTK) and report test errors and kernel alignment.
+    per-atom networks (NTK parameterisation, centred, full-batch gradient descent on
+    energies and forces) and report test errors and kernel alignment.
+
+    The networks minimise ``1/(2N) sum_A (E_A - E_A^ref)^2 + w/(2 N_F) sum |F - F^ref|^2``
+    with, by default, the relative weight that gapkit's default noise model gives the
+    GAP fits (``sigma_E = 1 meV/atom x sqrt(n)``, ``sigma_F = 50 meV/Å``):
+    ``w = 3 nbar^2 (0.001 / 0.05)^2`` Å^2 with ``nbar`` the mean number of atoms per
+    structure; ``force_weight=0`` trains on energies only. The learning rate starts at
+    ``N / λ_max`` of the structure NTK (the energy-only stability limit of the
+    infinitely wide network) and is halved while the loss does not decrease.
 
     ``descriptor`` should have its species fixed; energies are referenced to one
     least-squares energy per atom (eV/atom) for the networks.
     """
     import time
 
+    from .gp.observations import NoiseModel
     from .kernels import SOAPKernel
     from .model import GAP, Term  # lazy: the model layer sits above this one
 
     soap_kernel = soap_kernel if soap_kernel is not None else SOAPKernel(zeta=4)
     ntk_kernel = ntk_kernel if ntk_kernel is not None else NTKKernel(depth=2)
-    rt = descriptor.compute(train_frames, gradients=False)
+    n_train = np.array([len(a) for a in train_frames])
+    if force_weight is None:
+        noise = NoiseModel()
+        force_weight = 3 * float(n_train.mean()) ** 2 * (noise.energy / noise.forces) ** 2
+    if not (force_weight >= 0 and math.isfinite(force_weight)):
+        raise ValueError(f"force_weight must be a finite number >= 0, got {force_weight!r}")
+    use_f = force_weight > 0
+    rt = descriptor.compute(train_frames, gradients=use_f)
     rs = descriptor.compute(test_frames, gradients=True)
     q = rt.torch("values")
     mask = torch.as_tensor(rt.centre_types)[:, None] == torch.as_tensor(rt.centre_types)[None, :]
@@ -848,7 +969,7 @@ def compare_models(train_frames, test_frames, descriptor, *, soap_kernel=None, n
     e_ref = np.array([a.get_potential_energy() for a in test_frames])
     f_ref = np.concatenate([a.get_forces() for a in test_frames])
     n_test = np.array([len(a) for a in test_frames])
-    e_rmse, f_rmse, times = {}, {}, {}
+    e_rmse, f_rmse, times, lrs = {}, {}, {}, {}
     for name, kern in (("GAP(SOAP)", soap_kernel), ("GAP(NTK)", ntk_kernel)):
         t0 = time.perf_counter()
         gap = GAP([Term(descriptor, kern, n_sparse=n_sparse)], progress=False,
@@ -858,23 +979,27 @@ def compare_models(train_frames, test_frames, descriptor, *, soap_kernel=None, n
         e_rmse[name] = float(np.sqrt(np.mean(((p.energy - e_ref) / n_test) ** 2)))
         f_rmse[name] = float(np.sqrt(np.mean((p.forces - f_ref) ** 2)))
     e_train = np.array([a.get_potential_energy() for a in train_frames])
-    n_train = np.array([len(a) for a in train_frames])
     e0 = e_train.sum() / n_train.sum()
     y = torch.as_tensor(e_train - e0 * n_train)
+    f_train = np.concatenate([a.get_forces() for a in train_frames]) if use_f else None
     k_tt = structure_kernel(rt, rt, kernel=NTKKernel(**{**ntk_kernel.get_params(), "delta": 1.0}))
-    lr = float(len(y) / torch.linalg.eigvalsh(k_tt).max())
+    lr0 = float(len(y) / torch.linalg.eigvalsh(k_tt).max())
     types = sorted({int(t) for t in np.unique(rt.centre_types)})
+    p = ntk_kernel.get_params()
     for w in widths:
         name = f"network(width={w})"
-        p = ntk_kernel.get_params()
-        m = AtomicMLP(rt.n_features, types, width=w, depth=p["depth"],
-                      activation=p["activation"], W_std=p["W_std"], b_std=p["b_std"],
-                      input_scale=p["input_scale"], centered=True, seed=seed)
+
+        def make(w=w):
+            return AtomicMLP(rt.n_features, types, width=w, depth=p["depth"],
+                             activation=p["activation"], W_std=p["W_std"], b_std=p["b_std"],
+                             input_scale=p["input_scale"], centered=True, seed=seed)
+
         t0 = time.perf_counter()
-        train_network(m, rt, y, steps=steps, lr=lr)
+        m, lrs[name] = _train_stable(make, rt, y, f_train, lr=lr0, steps=steps,
+                                     force_weight=force_weight)
         times[name] = time.perf_counter() - t0
         e, f = network_energies_forces(m, rs, forces=True)
         e = e.detach().numpy() + e0 * n_test
         e_rmse[name] = float(np.sqrt(np.mean(((e - e_ref) / n_test) ** 2)))
         f_rmse[name] = float(np.sqrt(np.mean((f.detach().numpy() - f_ref) ** 2)))
-    return ModelComparison(align_env, align_str, e_rmse, f_rmse, times)
+    return ModelComparison(align_env, align_str, e_rmse, f_rmse, times, lrs, float(force_weight))

@@ -239,3 +239,84 @@ def learning_curves(curves, *, ax=None, quantity: str = "force_mae", unit="eV/Å
     ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------
+# NTK figures (gapkit.ntk)
+# ---------------------------------------------------------------------------
+__all__ += ["kernel_comparison", "ntk_width_convergence"]
+
+
+def ntk_width_convergence(result, *, ax=None, title=None):
+    """Empirical → analytic NTK: relative Frobenius distance against hidden width, log-log.
+
+    Parameters
+    ----------
+    result : gapkit.ntk.WidthConvergence
+        As returned by :func:`gapkit.ntk.ntk_width_convergence` (``widths``,
+        ``distance_mean``, ``distance_std`` over seeds, fitted ``slope``).
+
+    Draws the mean distance with ±1 std error bars, the least-squares power law
+    ``c · width^slope`` and the theoretical ``width^(-1/2)`` through the geometric mean
+    of the points.
+    """
+    plt = _plt()
+    w = np.asarray(result.widths, dtype=float)
+    m = np.asarray(result.distance_mean, dtype=float)
+    s = np.asarray(result.distance_std, dtype=float)
+    if w.shape != m.shape or w.size < 2:
+        raise ValueError("need at least two widths with one mean distance each")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.4, 3.6), dpi=150)
+    else:
+        fig = ax.figure
+    ax.errorbar(w, m, yerr=s, fmt="o", ms=4, capsize=3, label="empirical NTK (mean ± std)")
+    lw, lm = np.log(w), np.log(m)
+    slope, intercept = np.polyfit(lw, lm, 1)
+    grid = np.geomspace(w.min(), w.max(), 50)
+    ax.plot(grid, np.exp(intercept) * grid**slope, "-", lw=1,
+            label=f"fit: slope {slope:.2f}")
+    ax.plot(grid, np.exp(lm.mean() + 0.5 * lw.mean()) * grid**-0.5, "k--", lw=1,
+            label="theory: slope −1/2")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("hidden width (units per layer)")
+    ax.set_ylabel(r"$\|\Theta_{emp}-\Theta\|_F\,/\,\|\Theta\|_F$ (dimensionless)")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def kernel_comparison(comparison, *, title=None):
+    """Test errors of GAP(SOAP), GAP(NTK) and finite networks side by side (two panels).
+
+    Parameters
+    ----------
+    comparison : gapkit.ntk.ModelComparison
+        As returned by :func:`gapkit.ntk.compare_models`: ``energy_rmse`` (eV/atom,
+        drawn in meV/atom) and ``force_rmse`` (eV/Å) by model name; the centred kernel
+        alignments go in the title.
+    """
+    plt = _plt()
+    names = list(comparison.energy_rmse)
+    fig, axes = plt.subplots(1, 2, figsize=(7.6, 3.4), dpi=150)
+    x = np.arange(len(names))
+    colors = [f"C{0 if n.startswith('GAP(SOAP') else 1 if n.startswith('GAP(NTK') else 2}"
+              for n in names]
+    for ax, vals, label in (
+            (axes[0], [1e3 * comparison.energy_rmse[n] for n in names],
+             "test energy RMSE (meV/atom)"),
+            (axes[1], [comparison.force_rmse.get(n, np.nan) for n in names],
+             "test force RMSE (eV/Å)")):
+        ax.bar(x, vals, color=colors)
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
+        ax.set_ylabel(label)
+    head = (f"centred alignment SOAP vs NTK: environments "
+            f"{comparison.alignment_environments:.3f}, structures "
+            f"{comparison.alignment_structures:.3f}")
+    fig.suptitle(f"{title}\n{head}" if title else head, fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -10,7 +10,9 @@ module turns a :class:`gapkit.Prediction` with variances and the reference label
 * aleatoric vs epistemic variance: the fitted observation noise of the model (its
   :class:`~gapkit.gp.NoiseModel`, per frame / config_type) against the GP posterior
   variance of the latent quantity, reported separately and added for predictive
-  intervals (``include_noise=True``);
+  intervals (``include_noise=True``). For forces, judge the exact (DTC) variance,
+  ``model.predict(frames, force_variance="exact")``: the default projected form is far too
+  small on real data;
 * recalibration (:func:`fit_recalibration`, :func:`apply_recalibration`): a variance scale
   per quantity (closed-form maximum of the Gaussian likelihood on a validation set) or an
   isotonic (monotone, pool-adjacent-violators) map from predicted to observed variance,
@@ -341,8 +343,14 @@ def calibration_report(pred, frames, *, quantities: Sequence[str] = ("energy", "
     Parameters
     ----------
     pred : gapkit.Prediction
-        From ``model.predict(frames)`` with variances (or :func:`committee_predict`, or
-        :func:`apply_recalibration`).
+        From ``model.predict(frames, force_variance="exact")`` with variances (or
+        :func:`committee_predict`, or :func:`apply_recalibration`). This function makes
+        no predictions itself: for forces, pass the *exact* (DTC) force variances. The
+        default ``force_variance="projected"`` omits the part of the prior variance the
+        sparse set cannot represent and is typically far too small (``benchmarks/uq.py``,
+        Zuo Si test set: the exact latent force variance is ~190x the projected one on
+        average, force z_rms 1.7 vs 3.1 with the noise added). The form assessed is
+        recorded in ``variance_source`` (``"dtc+noise"`` vs ``"projected+noise"``).
     frames : list of ase.Atoms
         The same frames, with reference energies (eV) and forces (eV/Å).
     quantities : sequence of {"energy", "forces"}
@@ -396,23 +404,57 @@ def isotonic_fit(x, y, weights=None) -> np.ndarray:
     return np.repeat(vals, sizes)
 
 
-def _fit_one(errors, variance, method: str, n_knots: int) -> dict:
+def _isotonic_bins(v_sorted: np.ndarray, n_bins: int, min_count: int) -> list[slice]:
+    """Contiguous bins of sorted variances: about equal counts, at least ``min_count``
+    values each (the last one absorbs a remainder), never splitting tied values."""
+    n = v_sorted.size
+    min_count = max(int(min_count), 1)
+    n_bins = max(1, min(int(n_bins), n // min_count))
+    bins, a = [], 0
+    while a < n:
+        left = max(n_bins - len(bins), 1)  # bins still to make share what is left
+        b = min(a + max(min_count, int(round((n - a) / left))), n)
+        if b < n:  # extend over ties so that equal variances share a bin
+            b = int(np.searchsorted(v_sorted, v_sorted[b - 1], side="right"))
+        if n - b < min_count:  # too few left for a bin of their own
+            b = n
+        bins.append(slice(a, b))
+        a = b
+    return bins
+
+
+def _fit_one(errors, variance, method: str, n_knots: int, *, min_count: int = 20,
+             floor: float | None = 0.1) -> dict:
     e, v = _check_arrays(errors, variance)
+    scale = float(np.mean(e * e / v))
     if method == "scale":
         # maximiser of sum log N(e | 0, s v):  s = mean(e^2 / v)
-        return {"method": "scale", "scale": float(np.mean(e * e / v))}
+        return {"method": "scale", "scale": scale}
     if method == "isotonic":
-        # monotone map v -> E[e^2 | v] by PAV on log v, summarised on quantile knots
+        # monotone map v -> E[e^2 | v]: pool-adjacent-violators on binned means (bins of
+        # >= min_count values, ties kept together), weighted by the bin counts
         order = np.argsort(v, kind="stable")
-        fitted = isotonic_fit(v, e * e)
-        vs = v[order]
-        k = np.unique(np.linspace(0, vs.size - 1, min(n_knots, vs.size)).round().astype(int))
-        # average the step function over each knot's neighbourhood for stability
-        edges = np.concatenate([[0], ((k[1:] + k[:-1]) // 2) + 1, [vs.size]])
-        knots_y = np.array([fitted[a:b].mean() for a, b in zip(edges[:-1], edges[1:])])
-        knots_y = np.maximum.accumulate(np.maximum(knots_y, 1e-12 * vs.mean()))
-        return {"method": "isotonic", "log_variance": np.log(vs[k]).tolist(),
-                "log_calibrated": np.log(knots_y).tolist()}
+        vs, e2 = v[order], (e * e)[order]
+        bins = _isotonic_bins(vs, n_knots, min_count)
+        counts = np.array([b.stop - b.start for b in bins], dtype=float)
+        x = np.array([vs[b].mean() for b in bins])
+        y = isotonic_fit(np.arange(x.size), [e2[b].mean() for b in bins], counts)
+        n_floored = 0
+        if floor:
+            # Protection against exact zeros (force components that vanish by symmetry)
+            # and heavy tails: the map never goes below floor * s * v, a fraction of the
+            # scale-recalibrated variance. The max of two non-decreasing maps is
+            # non-decreasing, and log-log interpolation between knots keeps the floor
+            # (log(s v) is linear in log v).
+            low = y < floor * scale * x
+            n_floored = int(low.sum())
+            y = np.where(low, floor * scale * x, y)
+        y = np.maximum.accumulate(np.maximum(y, 1e-12 * vs.mean()))
+        return {"method": "isotonic", "log_variance": np.log(x).tolist(),
+                "log_calibrated": np.log(y).tolist(), "counts": counts.astype(int).tolist(),
+                "scale": scale, "floor": float(floor or 0.0), "n_floored": n_floored,
+                "min_count": int(min_count),
+                "extrapolation": "proportional"}
     raise ValueError(f"unknown recalibration method {method!r}; use 'scale' or 'isotonic'")
 
 
@@ -424,14 +466,22 @@ def _apply_one(spec: dict, variance: np.ndarray) -> np.ndarray:
     y = np.asarray(spec["log_calibrated"])
     lv = np.log(np.maximum(v, np.finfo(float).tiny))
     if x.size == 1:
-        return np.full_like(v, math.exp(y[0]))
-    # beyond the knots: clipped to the end values (as isotonic regression does)
-    return np.exp(np.interp(lv, x, y))
+        out = np.full_like(v, math.exp(y[0]))
+    else:  # piecewise linear in log-log between the bin knots
+        out = np.exp(np.interp(lv, x, y))
+    if spec.get("extrapolation") == "proportional":
+        # above the top knot: keep its ratio calibrated/raw (a variance larger than any
+        # seen in validation stays larger); below the bottom knot: the bottom value
+        # (conservative)
+        hi = lv > x[-1]
+        out[hi] = np.exp(y[-1] + lv[hi] - x[-1])
+    return out
 
 
 def fit_recalibration(model, pred, frames, *, method: str = "scale",
                       quantities: Sequence[str] = ("energy", "forces"),
                       include_noise: bool = True, n_knots: int = 20,
+                      min_count: int = 20, floor: float | None = 0.1,
                       store: bool = True) -> dict:
     """Fit a variance recalibration per quantity on a validation set.
 
@@ -442,16 +492,34 @@ def fit_recalibration(model, pred, frames, *, method: str = "scale",
         (and written by ``model.save``).
     pred : gapkit.Prediction
         ``model.predict(frames)`` with variances, on frames *not* used for fitting.
+        For forces predict with ``force_variance="exact"``: the default projected form
+        leaves out what the sparse set cannot represent and is typically far too small
+        (on the Zuo Si data ~190x on average in latent variance), which a recalibration
+        can only partly repair. The form is recorded in the spec, and
+        :func:`apply_recalibration` warns when it is applied to predictions of another
+        form.
     frames : list of ase.Atoms
         Validation frames with reference labels.
     method : {"scale", "isotonic"}
         ``"scale"``: predictive variance times ``s = mean(e^2 / var)``, the closed-form
         maximiser of the Gaussian likelihood. ``"isotonic"``: a monotone map from
-        predicted to observed squared error (pool-adjacent-violators), interpolated in
-        log-variance between quantile knots (clipped to the end knots outside them).
+        predicted variance to mean squared error, fitted by pool-adjacent-violators on
+        ``n_knots`` equal-count bins of sorted variance (at least ``min_count`` values per
+        bin, tied variances never split), interpolated in log-log between the bin
+        centres; below the lowest bin the lowest value, above the highest bin the
+        highest bin's ratio calibrated/raw.
     include_noise : bool
         Recalibrate the predictive variance ``posterior + noise`` (default) or the
         posterior alone.
+    n_knots, min_count : int
+        Isotonic: the number of bins and the least number of values in one.
+    floor : float or None
+        Isotonic: the map never goes below ``floor * s * v``, that fraction of the
+        scale-recalibrated variance (default 0.1: sigma at most ~3.2x below the scale
+        recalibration's); 0 or None disables it. Without it, a validation set whose
+        smallest variances have (near-)zero errors — force components that vanish by
+        symmetry — maps small variances to ~0 variance, and one held-out outlier there
+        gives |z| in the 100s and a catastrophic likelihood.
 
     Returns
     -------
@@ -462,7 +530,9 @@ def fit_recalibration(model, pred, frames, *, method: str = "scale",
     for q in quantities:
         err, epi, alea = quantity_errors(pred, frames, q, model=model,
                                          include_noise=include_noise)
-        out[q] = _fit_one(err, epi + alea, method, n_knots)
+        out[q] = _fit_one(err, epi + alea, method, n_knots, min_count=min_count,
+                          floor=floor)
+        out[q]["variance_form"] = str(pred.variance_form.get(q, ""))
     if store:
         model.recalibration_ = out
     return out
@@ -497,6 +567,14 @@ def apply_recalibration(pred, model=None, recalibration: dict | None = None):
         raise ValueError("this recalibration includes the observation noise: pass model=...")
     n_at = np.asarray(pred.n_atoms, dtype=float)
     forms = dict(pred.variance_form)
+    for q in ("energy", "forces"):
+        fitted_on = rec.get(q, {}).get("variance_form") if isinstance(rec.get(q), dict) else None
+        if fitted_on and forms.get(q) and forms[q] != fitted_on:
+            import warnings
+
+            warnings.warn(f"the {q} recalibration was fitted on {fitted_on!r} variances but "
+                          f"is applied to {forms[q]!r} ones (for forces, predict with the "
+                          "same force_variance= as on the validation set)", stacklevel=2)
     new = {}
     blank = Labels()
     if "energy" in rec and pred.energy_variance is not None:

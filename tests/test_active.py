@@ -63,15 +63,17 @@ def test_loop_runs_end_to_end_with_emt(pool, test_set):
     assert curve.to_dict()["force_mae_eV_per_A"] == curve.force_mae.tolist()
 
 
-@pytest.mark.parametrize("strategy", ["forces", "energy"])
-def test_variance_selection_picks_the_unfamiliar_frames(pool, strategy):
+@pytest.mark.parametrize("strategy,form", [("forces", "exact"), ("forces", "projected"),
+                                           ("energy", "exact")])
+def test_variance_selection_picks_the_unfamiliar_frames(pool, strategy, form):
     """Initial set: gentle frames only (seed chosen so); the first batch of 4 must be the
     4 strongly rattled cells (random selection would draw them with p ~ 1e-3)."""
     seed = next(s for s in range(50)
                 if not set(np.random.default_rng(s).choice(20, 4, replace=False)) & set(WILD))
     curve = active_learning(_model(), pool, EMT(), strategy=strategy, n_initial=4,
-                            batch_size=4, max_labels=8, seed=seed, diversity=0.0)
-    assert set(curve.selected[1]) == set(WILD), (strategy, curve.selected)
+                            batch_size=4, max_labels=8, seed=seed, diversity=0.0,
+                            force_variance=form)
+    assert set(curve.selected[1]) == set(WILD), (strategy, form, curve.selected)
     assert np.all(np.diff(curve.scores[1]) <= 0)  # picked in order of variance
 
 
@@ -119,6 +121,8 @@ def test_bad_arguments():
         active_learning(_model(), [bulk("Cu")], EMT(), strategy="greedy")
     with pytest.raises(TypeError, match="labeller"):
         active_learning(_model(), [bulk("Cu")], labeller=42)
+    with pytest.raises(ValueError, match="force_variance"):
+        active_learning(_model(), [bulk("Cu")], EMT(), force_variance="dtc")
 
 
 def test_learning_curve_figure(pool, test_set):

@@ -342,3 +342,112 @@ def test_kernel_alignment(rng):
     assert kernel_alignment(k, k + 5.0, centered=False) < 1.0 - 1e-3
     with pytest.raises(ValueError, match="square"):
         kernel_alignment(k, k[:5])
+
+
+# ------------------------------------------------------- kernel by name, batched variances
+def test_make_kernel_and_term_by_name():
+    from gapkit.kernels import SOAPKernel, TwoBodyKernel
+    from gapkit.ntk import make_kernel
+
+    k = make_kernel("ntk", depth=3, delta=0.5)
+    assert isinstance(k, NTKKernel) and k.depth == 3
+    assert float(k.delta.detach()) == pytest.approx(0.5)
+    assert isinstance(make_kernel("SOAP", zeta=2), SOAPKernel)
+    assert isinstance(make_kernel("two_body"), TwoBodyKernel)
+    with pytest.raises(ValueError, match="supported: soap, ntk, twobody"):
+        make_kernel("rbf")
+    desc = SOAP(cutoff=4.0, n_max=3, l_max=2)
+    assert isinstance(Term(desc, "ntk").kernel, NTKKernel)
+    assert isinstance(Term(desc, kernel="soap").kernel, SOAPKernel)
+    with pytest.raises(ValueError, match="unknown kernel"):
+        Term(desc, "gaussian")
+
+
+def test_gap_fit_with_kernel_name(si8_rattled):
+    frames = []
+    for s in range(3):
+        a = si8_rattled.copy()
+        a.rattle(0.05, seed=20 + s)
+        a.calc = None
+        a.info["energy"] = -5.0 * len(a) + 0.1 * s
+        a.arrays["forces"] = np.zeros((len(a), 3))
+        frames.append(a)
+    gap = GAP([Term(SOAP(cutoff=4.0, n_max=3, l_max=2), "ntk", n_sparse=10)], progress=False)
+    gap.fit(frames)
+    assert isinstance(gap.terms_[0].kernel, NTKKernel)
+    assert np.all(np.isfinite(gap.predict(frames[:1], virial=False).forces_variance))
+
+
+@pytest.mark.parametrize("activation", ["erf", "relu"])
+def test_batched_force_prior_variance_matches_generic(activation, ethanol_rmd17, si8_rattled):
+    from gapkit.kernels import DescriptorKernel
+
+    kern = NTKKernel(depth=2, activation=activation, delta=0.7)
+    for atoms in (ethanol_rmd17, si8_rattled):
+        res = SOAP(cutoff=4.0, n_max=3, l_max=2).compute([atoms], gradients=True)
+        args = (res.torch("values"), res.torch("gradients"),
+                torch.as_tensor(res.gradient_centre), res.gradient_atom_global,
+                torch.as_tensor(res.centre_types), len(atoms))
+        if activation == "relu":
+            # the entry of a centre with itself has coincident descriptors: not differentiable
+            with pytest.raises(ValueError, match="not finite"):
+                kern.force_prior_variance(*args)
+            continue
+        got = kern.force_prior_variance(*args)
+        ref = DescriptorKernel.force_prior_variance(kern, *args)
+        assert got.shape == (len(atoms), 3)
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+        assert torch.all(got > 0)
+
+
+def test_ntk_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gapkit import plot
+    from gapkit.ntk import ModelComparison, WidthConvergence
+
+    widths = np.array([32, 128, 512])
+    res = WidthConvergence(widths, 0.8 * widths**-0.5, 0.1 * widths**-0.5, -0.5)
+    fig = plot.ntk_width_convergence(res, title="Si")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert "width" in ax.get_xlabel() and "dimensionless" in ax.get_ylabel()
+    assert any("slope -0.50" in t.get_text() for t in ax.get_legend().get_texts())
+    fig.savefig(tmp_path / "w.png")
+    cmp = ModelComparison(0.99, 0.999, {"GAP(SOAP)": 0.01, "GAP(NTK)": 0.012,
+                                        "network(width=64)": 0.05},
+                          {"GAP(SOAP)": 0.2, "GAP(NTK)": 0.25, "network(width=64)": 1.0},
+                          {}, {}, 0.1)
+    fig2 = plot.kernel_comparison(cmp, title="ethanol")
+    assert "meV/atom" in fig2.axes[0].get_ylabel() and "eV/Å" in fig2.axes[1].get_ylabel()
+    fig2.savefig(tmp_path / "c.png")
+    plt.close("all")
+    with pytest.raises(ValueError, match="two widths"):
+        plot.ntk_width_convergence(WidthConvergence(widths[:1], np.ones(1), np.zeros(1), 0.0))
+
+
+def test_compare_models_trains_networks_on_forces(si8_rattled):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from gapkit.ntk import compare_models
+
+    frames = []
+    for s in range(5):
+        a = si8_rattled.copy()
+        a.rattle(0.05, seed=40 + s)
+        a.calc = SinglePointCalculator(a, energy=-5.0 * len(a) + 0.05 * s,
+                                       forces=0.1 * np.random.default_rng(s).normal(size=(8, 3)))
+        frames.append(a)
+    desc = SOAP(cutoff=4.0, n_max=3, l_max=2, species=[14])
+    c = compare_models(frames[:4], frames[4:], desc, n_sparse=8, widths=(8,), steps=25)
+    assert c.force_weight == pytest.approx(3 * 64 * (0.001 / 0.05) ** 2)
+    assert set(c.energy_rmse) == {"GAP(SOAP)", "GAP(NTK)", "network(width=8)"}
+    assert all(np.isfinite(v) for v in c.force_rmse.values())
+    assert c.network_lr["network(width=8)"] > 0
+    with pytest.raises(ValueError, match="force_weight"):
+        compare_models(frames[:4], frames[4:], desc, n_sparse=8, widths=(8,), steps=2,
+                       force_weight=-1.0)

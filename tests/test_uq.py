@@ -86,6 +86,44 @@ def test_isotonic_fixes_a_nonlinear_miscalibration_that_a_scale_cannot():
     assert out["isotonic"].nll < out["scale"].nll - 0.05, out
 
 
+def test_isotonic_stays_finite_with_symmetry_zeros_and_heavy_tails():
+    """Validation set whose smallest variances have exactly zero errors (force components
+    that vanish by symmetry) and Student-t (df 2) errors elsewhere; the held-out set has
+    some nonzero errors at those smallest variances. Unprotected, the isotonic map sends
+    them to ~0 variance (|z| in the 100s, NLL in the thousands); the default floor (0.1 of
+    the scale-recalibrated variance) keeps the held-out NLL close to the scale
+    recalibration's, and the z-scores moderate."""
+    def draw(seed, n_zero_err):
+        rng = np.random.default_rng(seed)
+        n = 8000
+        v = np.exp(rng.uniform(np.log(1e-4), np.log(1e-2), n))
+        e = 2 * np.sqrt(v) * rng.standard_t(2, size=n)  # heavy tails, sigma too small
+        v[:2000] = 1e-4  # the noise floor, where symmetry zeroes the errors
+        e[:2000] = 0.0
+        e[:n_zero_err] = 2e-2 * rng.standard_t(2, size=n_zero_err)
+        return e, v
+
+    e_val, v_val = draw(11, 0)
+    e_test, v_test = draw(12, 200)
+    out = {}
+    for name, method, floor in (("scale", "scale", 0.1), ("isotonic", "isotonic", 0.1),
+                                ("unprotected", "isotonic", 0.0)):
+        spec = uq._fit_one(e_val, v_val, method, 20, floor=floor)
+        v_new = uq._apply_one(spec, v_test)
+        assert np.all(np.isfinite(v_new) & (v_new > 0))
+        out[name] = (uq.calibration_metrics(e_test, v_new),
+                     float(np.abs(e_test / np.sqrt(v_new)).max()))
+    iso, iso_zmax = out["isotonic"]
+    bad, bad_zmax = out["unprotected"]
+    assert bad.nll > 100 and bad_zmax > 100, bad  # the failure being guarded against
+    assert np.isfinite(iso.nll) and iso.nll < out["scale"][0].nll + 0.5, (iso, out["scale"])
+    assert iso_zmax < 100, iso_zmax
+    spec = uq._fit_one(e_val, v_val, "isotonic", 20)
+    assert spec["n_floored"] >= 1 and min(spec["counts"]) >= 20
+    assert np.all(np.diff(spec["log_variance"]) > 0)  # tied variances share one bin
+    assert np.all(np.diff(spec["log_calibrated"]) >= 0)
+
+
 def test_pav_matches_brute_force_monotone_fit():
     rng = np.random.default_rng(5)
     x = rng.uniform(size=40)
@@ -253,6 +291,9 @@ def test_recalibration_lowers_heldout_nll_and_is_saved(cu, tmp_path):
         assert new["forces"].variance_source.endswith("+noise")
         assert np.isnan(new["forces"].aleatoric_rms)
     assert spec["forces"]["method"] == "isotonic"
+    assert spec["forces"]["variance_form"] == "projected"
+    with pytest.warns(UserWarning, match="fitted on 'projected' variances"):
+        uq.apply_recalibration(model.predict(test, force_variance="exact"), model)
     path = model.save(tmp_path / "m.gap")
     back = GAP.load(path)
     assert back.recalibration_ == model.recalibration_
