@@ -21,6 +21,7 @@ pair) are zero; the GP layer applies that mask, the kernels themselves do not.
 
 from __future__ import annotations
 
+import abc
 import math
 
 import gpytorch
@@ -31,7 +32,7 @@ from gpytorch.constraints import Positive
 __all__ = ["DescriptorKernel", "SOAPKernel", "TwoBodyKernel"]
 
 
-class DescriptorKernel(gpytorch.kernels.Kernel):
+class DescriptorKernel(gpytorch.kernels.Kernel, metaclass=abc.ABCMeta):
     """Base class: a ``delta``-scaled kernel ``delta^2 * kappa(q1, q2)``.
 
     Subclasses implement the unit kernel ``kappa`` and its derivatives; ``delta``
@@ -78,21 +79,25 @@ class DescriptorKernel(gpytorch.kernels.Kernel):
         """delta^2, eV^2."""
         return self.delta.squeeze() ** 2
 
-    # -- unit kernel, to be implemented ---------------------------------
+    # -- the unit kernel (delta = 1): what a subclass implements ------------
+    @abc.abstractmethod
     def unit_value(self, q1, q2):
-        raise NotImplementedError  # pragma: no cover - abstract
+        """``kappa(q1_i, q2_m)``, shape (n1, n2)."""
 
+    @abc.abstractmethod
     def unit_grad_contract(self, q1, q2, g, centre):
-        raise NotImplementedError  # pragma: no cover - abstract
+        """``sum_D d kappa(q1[centre[e]], q2_m)/dq1 * g[e, r, D]``, shape (E, r, n2)."""
 
+    @abc.abstractmethod
     def unit_hessian_contract(self, q1, q2, g1, c1, g2, c2):
-        raise NotImplementedError  # pragma: no cover - abstract
+        """``g1[e]^T d^2 kappa / dq1 dq2 g2[f]``, shape (E, r1, F, r2)."""
+
+    @abc.abstractmethod
+    def unit_weighted_gradient(self, q1, q2, w):
+        """``sum_m w[i, m] d kappa(q1_i, q2_m)/dq1_i``, shape (n1, D)."""
 
     def unit_diag(self, q):
         return torch.diagonal(self.unit_value(q, q))
-
-    def unit_weighted_gradient(self, q1, q2, w):
-        raise NotImplementedError  # pragma: no cover - abstract
 
     def weighted_gradient(self, q1, q2, w) -> torch.Tensor:
         """``sum_m w[i, m] dk(q1_i, q2_m)/dq1_i``, shape (n1, D): the gradient of the

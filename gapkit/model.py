@@ -775,7 +775,8 @@ class GAP:
                 raise
             raise ValueError(f"{path} is not a readable gapkit model file: {err}") from err
         except (zipfile.BadZipFile, KeyError, TypeError, json.JSONDecodeError, EOFError,
-                OSError, zlib.error, NotImplementedError, RuntimeError) as err:
+                OSError, zlib.error, RuntimeError,
+                NotImplementedError) as err:  # zipfile: a corrupted compression-method field
             raise ValueError(f"{path} is not a readable gapkit model file "
                              f"(truncated or corrupted? missing {err})"
                              if isinstance(err, KeyError) else
