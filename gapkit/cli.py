@@ -1,0 +1,764 @@
+"""The ``gapkit`` command line: fit, eval, predict and info.
+
+::
+
+    gapkit fit CONFIG.toml [key=value ...] [-o MODEL] [--force]
+    gapkit fit at_file=train.xyz gp_file=model.gapkit soap_cutoff=5 n_sparse=500 ...
+    gapkit eval MODEL DATA.xyz [--plot parity.png] [--json]
+    gapkit predict MODEL IN.xyz OUT.xyz [--force-variance {projected,exact,none}]
+    gapkit info MODEL [--config]
+
+Global options (before the command): ``--quiet`` (no progress bars or chatter).
+Bad input exits with status 2 and one line ``gapkit: error: <reason>`` on stderr;
+no output file is ever overwritten without ``--force``.
+
+The TOML config maps 1:1 onto :class:`gapkit.GAP`'s settings::
+
+    output = "model.gapkit"        # relative paths: relative to the config file
+    e0 = "least_squares"           # or "isolated", "zero", or a table {Si = -158.5}
+    jitter = 1e-8
+    use = ["energy", "forces", "virial"]
+    random_state = 0
+
+    [data]
+    train = "train.xyz"
+    energy_key = "energy"          # also forces_key, virial_key, stress_key, config_type_key
+
+    [[terms]]
+    descriptor = {type = "SOAP", cutoff = 5.0, cutoff_width = 1.0, n_max = 8, l_max = 6}
+    kernel = {type = "SOAPKernel", zeta = 4, delta = 1.0}
+    n_sparse = 500
+    sparse_method = "cur"
+
+    [noise]
+    energy = 0.001                 # eV/atom
+    forces = 0.05                  # eV/Å
+    virial = 0.01                  # eV/atom
+    per_atom = true
+    [noise.config_type.Surface]
+    energy = 0.005
+
+``gapkit info MODEL --config`` prints a fitted model's settings in this form.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+__all__ = ["main", "config_to_model", "model_to_config", "parse_gap_fit_args", "dump_toml"]
+
+_TOP_KEYS = {"data", "terms", "noise", "e0", "jitter", "use", "random_state", "output",
+             "batch_atoms"}
+_DATA_KEYS = {"train", "energy_key", "forces_key", "virial_key", "stress_key",
+              "config_type_key"}
+_TERM_KEYS = {"descriptor", "kernel", "n_sparse", "sparse_method", "sparse_options"}
+_NOISE_KEYS = {"energy", "forces", "virial", "per_atom", "config_type"}
+
+
+class CLIError(ValueError):
+    """Bad input on the command line or in a config file."""
+
+
+def _check_keys(d, allowed, where):
+    if not isinstance(d, dict):
+        raise CLIError(f"{where} must be a table, got {type(d).__name__}")
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise CLIError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                       f"in {where}; expected some of {', '.join(sorted(allowed))}")
+
+
+def _build(registry, spec, where):
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise CLIError(f"{where} must be a table with a 'type' key, e.g. "
+                       f"{{type = \"{next(iter(registry))}\", ...}}")
+    params = {k: v for k, v in spec.items() if k != "type"}
+    kind = spec["type"]
+    if kind not in registry:
+        raise CLIError(f"{where}: unknown type {kind!r}; use one of {', '.join(registry)}")
+    try:
+        return registry[kind](**params)
+    except TypeError as err:
+        raise CLIError(f"{where} ({kind}): {err}") from None
+
+
+def _int_keys(d):
+    return {int(k) if isinstance(k, str) and k.lstrip("-").isdigit() else k: v
+            for k, v in d.items()}
+
+
+def config_to_model(config: dict, *, base_dir=None, progress: bool = True):
+    """Build an unfitted :class:`gapkit.GAP` from a config dict (the TOML layout).
+
+    Returns ``(model, train_path, output_path)``; the paths are None when the
+    config lacks them, and relative ones are taken relative to ``base_dir``.
+    Raises ValueError naming the offending key.
+    """
+    from .gp.observations import NoiseModel
+    from .model import _DESCRIPTORS, _KERNELS, GAP, Term
+
+    _check_keys(config, _TOP_KEYS, "the config")
+    data = config.get("data", {})
+    _check_keys(data, _DATA_KEYS, "[data]")
+    terms_cfg = config.get("terms")
+    if not terms_cfg:
+        raise CLIError("the config has no [[terms]]: give at least one descriptor and kernel")
+    if not isinstance(terms_cfg, list):
+        raise CLIError("'terms' must be an array of tables ([[terms]])")
+    terms = []
+    for i, t in enumerate(terms_cfg):
+        where = f"[[terms]] #{i + 1}"
+        _check_keys(t, _TERM_KEYS, where)
+        for key in ("descriptor", "kernel"):
+            if key not in t:
+                raise CLIError(f"{where} lacks '{key}'")
+        n_sparse = t.get("n_sparse", 500)
+        if isinstance(n_sparse, dict):
+            n_sparse = _int_keys(n_sparse)
+        try:
+            terms.append(Term(_build(_DESCRIPTORS, t["descriptor"], f"{where} descriptor"),
+                              _build(_KERNELS, t["kernel"], f"{where} kernel"),
+                              n_sparse=n_sparse, sparse_method=t.get("sparse_method", "cur"),
+                              sparse_options=t.get("sparse_options")))
+        except TypeError as err:
+            raise CLIError(f"{where}: {err}") from None
+    noise_cfg = dict(config.get("noise", {}))
+    _check_keys(noise_cfg, _NOISE_KEYS, "[noise]")
+    for ct, over in noise_cfg.get("config_type", {}).items():
+        _check_keys(over, {"energy", "forces", "virial"}, f"[noise.config_type.{ct}]")
+    noise = NoiseModel(**noise_cfg)
+    e0 = config.get("e0", "least_squares")
+    if isinstance(e0, dict):
+        e0 = _int_keys(e0)
+    kwargs = {k: data[k] for k in _DATA_KEYS - {"train"} if k in data}
+    for key in ("jitter", "use", "random_state", "batch_atoms"):
+        if key in config:
+            kwargs[key] = config[key]
+    try:
+        model = GAP(terms, noise=noise, e0=e0, progress=progress, **kwargs)
+    except TypeError as err:
+        raise CLIError(f"the config: {err}") from None
+    base = Path(base_dir) if base_dir is not None else None
+
+    def resolve(p):
+        if p is None:
+            return None
+        p = Path(p)
+        return base / p if base is not None and not p.is_absolute() else p
+
+    return model, resolve(data.get("train")), resolve(config.get("output"))
+
+
+def _drop_none(d):
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def model_to_config(model, *, train=None, output=None) -> dict:
+    """The settings of ``model`` (fitted, loaded or not) as a config dict.
+
+    ``config_to_model(model_to_config(m))`` builds a model with the same settings.
+    A fitted or loaded model gives its fitted terms (species fixed) and, for a
+    loaded one, its fitted e0 as a table of eV per species.
+    """
+    from ase.data import chemical_symbols
+
+    terms = getattr(model, "terms_", None) or model.terms
+    out: dict = {}
+    if train is not None:
+        out["data"] = {"train": str(train)}
+    out.setdefault("data", {}).update(model.keys)
+    if output is not None:
+        out["output"] = str(output)
+    e0 = model.e0
+    if isinstance(e0, dict):
+        e0 = {(chemical_symbols[k] if isinstance(k, int) else str(k)): float(v)
+              for k, v in e0.items()}
+    out["e0"] = e0
+    out["jitter"] = model.jitter
+    out["use"] = list(model.use)
+    if model.random_state is not None:
+        out["random_state"] = model.random_state
+    out["batch_atoms"] = model.batch_atoms
+    out["terms"] = []
+    for t in terms:
+        td = t.to_dict()
+        desc = {"type": td["descriptor"]["type"], **_drop_none(td["descriptor"]["params"])}
+        kern = {"type": td["kernel"]["type"], **_drop_none(td["kernel"]["params"])}
+        term = {"descriptor": desc, "kernel": kern}
+        n_sparse = td["n_sparse"]
+        term["n_sparse"] = ({str(k): v for k, v in n_sparse.items()}
+                            if isinstance(n_sparse, dict) else n_sparse)
+        term["sparse_method"] = td["sparse_method"]
+        if td["sparse_options"]:
+            term["sparse_options"] = dict(td["sparse_options"])
+        out["terms"].append(term)
+    out["noise"] = model.noise.to_dict()
+    if not out["noise"]["config_type"]:
+        del out["noise"]["config_type"]
+    return out
+
+
+# ------------------------------------------------------------------ gap_fit-style arguments
+_GAP_FIT_KEYS = {
+    "at_file": "data.train", "gp_file": "output",
+    "energy_parameter_name": "data.energy_key", "force_parameter_name": "data.forces_key",
+    "virial_parameter_name": "data.virial_key", "stress_parameter_name": "data.stress_key",
+    "config_type_parameter_name": "data.config_type_key",
+    "soap_cutoff": "descriptor.cutoff", "cutoff_transition_width": "descriptor.cutoff_width",
+    "soap_n_max": "descriptor.n_max", "soap_l_max": "descriptor.l_max",
+    "atom_sigma": "descriptor.atom_sigma", "central_weight": "descriptor.central_weight",
+    "zeta": "kernel.zeta", "delta": "kernel.delta",
+    "n_sparse": "term.n_sparse", "sparse_method": "term.sparse_method",
+    "default_sigma": "noise", "sigma_per_atom": "noise.per_atom",
+    "config_type_sigma": "noise.config_type",
+    "e0": "e0", "e0_method": "e0", "sparse_jitter": "jitter", "jitter": "jitter",
+    "rnd_seed": "random_state", "random_state": "random_state",
+}
+_SPARSE_METHODS = {"cur_points": "cur", "cur": "cur", "random": "random", "fps": "fps",
+                   "uniform": "uniform"}
+
+
+def _number(value: str, key: str):
+    try:
+        f = float(value)
+    except ValueError:
+        raise CLIError(f"{key}={value}: expected a number") from None
+    return int(f) if f.is_integer() and "." not in value and "e" not in value.lower() else f
+
+
+def _braced(value: str) -> list[str]:
+    v = value.strip()
+    if v.startswith("{") and v.endswith("}"):
+        v = v[1:-1]
+    return v.replace(",", " ").split()
+
+
+def _bool(value: str, key: str) -> bool:
+    v = value.strip().lower()
+    if v in ("t", "true", "1", "yes"):
+        return True
+    if v in ("f", "false", "0", "no"):
+        return False
+    raise CLIError(f"{key}={value}: expected T or F")
+
+
+def parse_gap_fit_args(args) -> dict:
+    """gap_fit-style ``key=value`` arguments as a (partial) config dict.
+
+    Descriptor, kernel and sparse settings describe one SOAP term.
+    """
+    cfg: dict = {}
+    term: dict = {}
+    for arg in args:
+        if "=" not in arg:
+            raise CLIError(f"expected key=value, got {arg!r}")
+        key, value = arg.split("=", 1)
+        key = key.strip()
+        if key not in _GAP_FIT_KEYS:
+            raise CLIError(f"unknown argument {key!r}; known gap_fit-style keys: "
+                           f"{', '.join(sorted(_GAP_FIT_KEYS))}")
+        target = _GAP_FIT_KEYS[key]
+        section, _, name = target.partition(".")
+        if section == "data":
+            cfg.setdefault("data", {})[name] = value
+        elif section in ("output",):
+            cfg["output"] = value
+        elif section in ("descriptor", "kernel"):
+            term.setdefault(section, {})[name] = _number(value, key)
+        elif section == "term":
+            if name == "sparse_method":
+                if value not in _SPARSE_METHODS:
+                    raise CLIError(f"sparse_method={value}: use one of "
+                                   f"{', '.join(_SPARSE_METHODS)}")
+                term[name] = _SPARSE_METHODS[value]
+            else:
+                term[name] = _number(value, key)
+        elif target == "noise":
+            parts = _braced(value)
+            if len(parts) not in (3, 4):
+                raise CLIError(f"default_sigma={value}: expected {{E F V}} or {{E F V H}}")
+            noise = cfg.setdefault("noise", {})
+            for name_, v in zip(("energy", "forces", "virial"), parts):
+                noise[name_] = float(_number(v, key))
+        elif target == "noise.per_atom":
+            cfg.setdefault("noise", {})["per_atom"] = _bool(value, key)
+        elif target == "noise.config_type":
+            # gap_fit: config_type_sigma={type:E:F:V:H:type2:E:F:V:H}
+            parts = _braced(value.replace(":", " "))
+            if len(parts) % 5:
+                raise CLIError(f"config_type_sigma={value}: expected {{type:E:F:V:H:...}}")
+            ct = cfg.setdefault("noise", {}).setdefault("config_type", {})
+            for i in range(0, len(parts), 5):
+                ct[parts[i]] = {n: float(_number(v, key)) for n, v in
+                                zip(("energy", "forces", "virial"), parts[i + 1:i + 4])}
+        elif target == "e0":
+            if key == "e0_method":
+                cfg["e0"] = {"average": "least_squares"}.get(value, value)
+            else:  # e0=-158.5 (every species) or e0={Si:-158.5:O:-432.1}
+                parts = _braced(value.replace(":", " "))
+                if len(parts) == 1:
+                    cfg["e0"] = {"*": float(_number(parts[0], key))}
+                elif len(parts) % 2 == 0:
+                    cfg["e0"] = {parts[i]: float(_number(parts[i + 1], key))
+                                 for i in range(0, len(parts), 2)}
+                else:
+                    raise CLIError(f"e0={value}: expected a number or {{Si:-158.5:...}}")
+        elif target == "jitter":
+            cfg["jitter"] = float(_number(value, key))
+        elif target == "random_state":
+            cfg["random_state"] = int(_number(value, key))
+    if term:
+        term.setdefault("descriptor", {})
+        term.setdefault("kernel", {})
+        cfg["terms"] = [term]
+    return cfg
+
+
+def _merge(config: dict, overrides: dict) -> dict:
+    """``config`` with gap_fit-style ``overrides`` applied (descriptor, kernel and sparse
+    settings go to the config's single term)."""
+    out = json.loads(json.dumps(config))  # a deep copy of plain data
+    for key, value in overrides.items():
+        if key == "terms":
+            over = value[0]
+            if not out.get("terms"):
+                out["terms"] = [{}]
+            if len(out["terms"]) > 1:
+                raise CLIError("descriptor/kernel key=value arguments need a config with "
+                               "exactly one [[terms]]")
+            t = out["terms"][0]
+            for k, v in over.items():
+                if isinstance(v, dict):
+                    t.setdefault(k, {}).update(v)
+                else:
+                    t[k] = v
+        elif isinstance(value, dict) and isinstance(out.get(key), dict) and key != "e0":
+            out[key].update(value)
+        else:
+            out[key] = value
+    for t in out.get("terms", []):  # defaults of the gap_fit route: one SOAP term
+        t.setdefault("descriptor", {}).setdefault("type", "SOAP")
+        t.setdefault("kernel", {}).setdefault("type", "SOAPKernel")
+    return out
+
+
+# ------------------------------------------------------------------ a small TOML writer
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise CLIError(f"cannot write {type(v).__name__} {v!r} to TOML")
+
+
+def _toml_key(k) -> str:
+    k = str(k)
+    return k if k and all(c.isalnum() or c in "_-" for c in k) else json.dumps(k)
+
+
+def dump_toml(config: dict) -> str:
+    """``config`` (the layout of :func:`model_to_config`) as TOML text."""
+    lines = []
+    tables = {k: v for k, v in config.items() if isinstance(v, dict) and k != "e0"}
+    arrays = {k: v for k, v in config.items()
+              if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)}
+    for k, v in config.items():
+        if k not in tables and k not in arrays:
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+
+    def table(name, d):
+        lines.append(f"\n[{name}]")
+        subs = {k: v for k, v in d.items() if isinstance(v, dict) and
+                all(isinstance(x, dict) for x in v.values()) and v}
+        for k, v in d.items():
+            if k not in subs:
+                lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+        for k, v in subs.items():
+            for kk, vv in v.items():
+                table(f"{name}.{_toml_key(k)}.{_toml_key(kk)}", vv)
+
+    for k, v in tables.items():
+        table(_toml_key(k), v)
+    for k, v in arrays.items():
+        for item in v:
+            lines.append(f"\n[[{_toml_key(k)}]]")
+            for kk, vv in item.items():
+                lines.append(f"{_toml_key(kk)} = {_toml_value(vv)}")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ commands
+def _say(args, *msg):
+    if not args.quiet:
+        print(*msg)
+
+
+def _refuse_overwrite(path, args, what="output file"):
+    if path is not None and Path(path).exists() and not args.force:
+        raise FileExistsError(f"{path} exists; the {what} is never overwritten without --force")
+
+
+def _load_config(path: Path) -> dict:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise CLIError("reading a TOML config needs Python >= 3.11 or the 'tomli' "
+                           "package; or give key=value arguments") from None
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such config file")
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise CLIError(f"{path}: not valid TOML: {err}") from None
+
+
+def _e0_star(model, frames):
+    """gap_fit's single ``e0=value``: the same offset for every species in the data."""
+    if isinstance(model.e0, dict) and "*" in model.e0:
+        value = model.e0.pop("*")
+        for z in {int(z) for a in frames for z in a.numbers}:
+            model.e0.setdefault(z, value)
+
+
+def cmd_fit(args) -> int:
+    from .data import read_extxyz
+
+    config, base = {}, None
+    kv = list(args.settings)
+    if kv and "=" not in kv[0]:
+        path = Path(kv.pop(0))
+        config, base = _load_config(path), path.parent
+    if not kv and not config:
+        raise CLIError("give a CONFIG.toml or gap_fit-style key=value arguments "
+                       "(see gapkit fit --help)")
+    overrides = parse_gap_fit_args(kv)
+    # key=value paths are relative to the working directory, config paths to the config
+    if "output" in overrides:
+        overrides["output"] = str(Path(overrides["output"]).absolute())
+    if "train" in overrides.get("data", {}):
+        overrides["data"]["train"] = str(Path(overrides["data"]["train"]).absolute())
+    if overrides:
+        config = _merge(config, overrides)
+    model, train, output = config_to_model(config, base_dir=base, progress=not args.quiet)
+    if args.output is not None:
+        output = Path(args.output)
+    if output is None:
+        output = Path("model.gapkit")
+    if train is None:
+        raise CLIError("no training data: set [data] train = \"...\" or at_file=...")
+    _refuse_overwrite(output, args, "model file")
+    frames = read_extxyz(train, **model.keys)
+    _e0_star(model, frames)
+    _say(args, f"gapkit fit: {len(frames)} frames, {sum(len(a) for a in frames)} atoms "
+               f"from {train}")
+    model.fit(frames)
+    model.save(output, overwrite=args.force)
+    info = model.fit_info_
+    _say(args, f"  {info['wall_time_s']:.1f} s; sparse points {info['n_sparse']}; "
+               f"observations {info['n_observations']}")
+    _say(args, f"wrote {output}")
+    return 0
+
+
+def _load_model(path, args):
+    from .model import GAP
+
+    model = GAP.load(path)
+    model.progress = not args.quiet
+    return model
+
+
+def errors(pred, frames, keys) -> dict:
+    """MAE/RMSE of energies (meV/atom), forces (eV/Å) and virials (meV/atom) over the
+    frames (and atoms) that carry each label."""
+    import numpy as np
+
+    from .data import get_all_labels
+
+    labels = get_all_labels(frames, **keys)
+    n = pred.n_atoms
+    out: dict = {"n_frames": len(frames)}
+    idx = [k for k, lab in enumerate(labels) if lab.energy is not None]
+    if idx:
+        de = np.array([(pred.energy[k] - labels[k].energy) / n[k] for k in idx]) * 1e3
+        out.update(energy_n=len(idx), energy_mae_mev_per_atom=float(np.abs(de).mean()),
+                   energy_rmse_mev_per_atom=float(np.sqrt((de**2).mean())))
+    idx = [k for k, lab in enumerate(labels) if lab.forces is not None]
+    if idx and pred.forces is not None:
+        df = np.concatenate([pred.frame_forces(k) - labels[k].forces for k in idx])
+        out.update(forces_n=int(df.size), forces_mae=float(np.abs(df).mean()),
+                   forces_rmse=float(np.sqrt((df**2).mean())))
+    idx = [k for k, lab in enumerate(labels) if lab.virial is not None]
+    if idx and pred.virial is not None:
+        dv = np.array([(pred.virial[k] - labels[k].virial) / n[k] for k in idx]) * 1e3
+        out.update(virial_n=len(idx), virial_mae_mev_per_atom=float(np.abs(dv).mean()),
+                   virial_rmse_mev_per_atom=float(np.sqrt((dv**2).mean())))
+    return out
+
+
+def cmd_eval(args) -> int:
+    import numpy as np
+
+    from .data import get_all_labels, read_extxyz
+
+    model = _load_model(args.model, args)
+    keys = dict(model.keys)
+    for k in ("energy_key", "forces_key", "virial_key"):
+        if getattr(args, k) is not None:
+            keys[k] = getattr(args, k)
+    _refuse_overwrite(args.plot, args, "plot")
+    frames = read_extxyz(args.data, **keys)
+    pred = model.predict(frames)
+    err = errors(pred, frames, keys)
+    if not any(k in err for k in ("energy_n", "forces_n", "virial_n")):
+        raise CLIError(f"{args.data}: no energy, forces or virial labels under the keys "
+                       f"{keys['energy_key']!r}, {keys['forces_key']!r}, "
+                       f"{keys['virial_key']!r}; set --energy-key etc.")
+    if args.json:
+        print(json.dumps(err, indent=1))
+    else:
+        print(f"{args.data}: {len(frames)} frames, {int(pred.atom_offsets[-1])} atoms")
+        print(f"  {'':8s} {'MAE':>10s} {'RMSE':>10s}  unit")
+        if "energy_n" in err:
+            print(f"  {'energy':8s} {err['energy_mae_mev_per_atom']:10.3f} "
+                  f"{err['energy_rmse_mev_per_atom']:10.3f}  meV/atom ({err['energy_n']} frames)")
+        if "forces_n" in err:
+            print(f"  {'forces':8s} {err['forces_mae']:10.4f} {err['forces_rmse']:10.4f}  "
+                  f"eV/Å ({err['forces_n']} components)")
+        if "virial_n" in err:
+            print(f"  {'virial':8s} {err['virial_mae_mev_per_atom']:10.3f} "
+                  f"{err['virial_rmse_mev_per_atom']:10.3f}  meV/atom ({err['virial_n']} frames)")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from . import plot
+
+        labels = get_all_labels(frames, **keys)
+        n = pred.n_atoms
+        panels = []
+        ie = [k for k, lab in enumerate(labels) if lab.energy is not None]
+        iforce = [k for k, lab in enumerate(labels) if lab.forces is not None]
+        if ie:
+            panels.append("energy")
+        if iforce:
+            panels.append("forces")
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), dpi=150,
+                                 squeeze=False)
+        for ax, what in zip(axes[0], panels):
+            if what == "energy":
+                plot.parity(np.array([labels[k].energy / n[k] for k in ie]),
+                            pred.energy[ie] / n[ie],
+                            sigma=np.sqrt(pred.energy_variance[ie]) / n[ie], ax=ax,
+                            label="energy", unit="eV/atom", title="energies")
+            else:
+                plot.parity(np.concatenate([labels[k].forces for k in iforce]).ravel(),
+                            np.concatenate([pred.frame_forces(k) for k in iforce]).ravel(),
+                            ax=ax, label="force component", unit="eV/Å", title="forces")
+        fig.tight_layout()
+        fig.savefig(args.plot)
+        plt.close(fig)
+        _say(args, f"wrote {args.plot}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import ase.io
+
+    from .data import read_extxyz
+
+    if Path(args.output).resolve() == Path(args.input).resolve():
+        raise CLIError("OUT.xyz must differ from IN.xyz (the input is never overwritten)")
+    _refuse_overwrite(args.output, args)
+    model = _load_model(args.model, args)
+    frames = read_extxyz(args.input)
+    fv = None if args.force_variance == "none" else args.force_variance
+    pred = model.predict(frames, force_variance=fv)
+    off = pred.atom_offsets
+    for k, atoms in enumerate(frames):
+        a0, a1 = off[k], off[k + 1]
+        atoms.info["gap_energy"] = float(pred.energy[k])
+        atoms.info["gap_energy_variance"] = float(pred.energy_variance[k])
+        atoms.arrays["gap_forces"] = pred.forces[a0:a1].copy()
+        if pred.forces_variance is not None:
+            atoms.arrays["gap_forces_variance"] = pred.forces_variance[a0:a1].copy()
+        atoms.arrays["gap_local_energy"] = pred.local_energy[a0:a1].copy()
+        atoms.arrays["gap_local_energy_variance"] = pred.local_energy_variance[a0:a1].copy()
+        if pred.virial is not None:
+            atoms.info["gap_virial"] = pred.virial[k].reshape(-1).copy()
+            if pred.virial_variance is not None:
+                atoms.info["gap_virial_variance"] = pred.virial_variance[k].reshape(-1).copy()
+    tmp = Path(str(args.output) + ".tmp")
+    ase.io.write(tmp, frames, format="extxyz")
+    tmp.replace(args.output)
+    _say(args, f"wrote {args.output}: {len(frames)} frames with gap_energy, gap_forces, "
+               "gap_local_energy and their variances")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import zipfile
+
+    from ase.data import chemical_symbols
+
+    model = _load_model(args.model, args)
+    if args.config:
+        print(dump_toml(model_to_config(model)), end="")
+        return 0
+    with zipfile.ZipFile(args.model) as zf:
+        meta = json.loads(zf.read("metadata.json"))
+    print(f"gapkit model {args.model}")
+    print(f"  format version {meta.get('format_version')}, written by gapkit "
+          f"{meta.get('gapkit_version')}")
+    print(f"  species: {', '.join(chemical_symbols[z] for z in model.species_)}")
+    print("  e0 (eV): " + ", ".join(f"{chemical_symbols[z]} {v:.6f}"
+                                    for z, v in sorted(model.e0_.items())))
+    for i, t in enumerate(model.terms_):
+        td = t.to_dict()
+        dp = ", ".join(f"{k}={v}" for k, v in _drop_none(td["descriptor"]["params"]).items()
+                       if k != "species")
+        kp = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in td["kernel"]["params"].items())
+        import numpy as np
+
+        types, counts = np.unique(t.sparse_.types.numpy(), return_counts=True)
+        per = ", ".join(f"{chemical_symbols[int(z)] if 0 < int(z) < len(chemical_symbols) else z}"
+                        f" {c}" for z, c in zip(types, counts))
+        print(f"  term {i}: {td['descriptor']['type']}({dp})")
+        print(f"          {td['kernel']['type']}({kp})")
+        print(f"          {t.sparse_.n} sparse points ({td['sparse_method']}; {per})")
+    nz = model.noise
+    print(f"  noise: energy {nz.energy} eV{'/atom' if nz.per_atom else ''}, forces {nz.forces} "
+          f"eV/Å, virial {nz.virial} eV{'/atom' if nz.per_atom else ''}")
+    for ct, over in nz.config_type.items():
+        print(f"    config_type {ct}: " + ", ".join(f"{k} {v}" for k, v in over.items()))
+    print(f"  fitted on: {', '.join(model.use)}; keys " +
+          ", ".join(f"{k}={v}" for k, v in model.keys.items()))
+    print(f"  jitter {model.jitter:g} (absolute {model.jitter_abs_:.3g})")
+    fi = model.fit_info_
+    print(f"  fit: {fi.get('n_frames')} frames; observations {fi.get('n_observations')}; "
+          f"{fi.get('wall_time_s', float('nan')):.1f} s wall")
+    lml = fi.get("log_marginal_likelihood")
+    if lml is not None:
+        print(f"       log marginal likelihood {lml:.2f}; "
+              f"cond(R) {fi.get('condition_number_R', float('nan')):.3g}")
+    if getattr(model, "recalibration_", None):
+        print(f"  variance recalibration: {model.recalibration_}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gapkit", description="Fit and use Gaussian Approximation Potentials "
+        "(SOAP + sparse GP) from the shell.",
+        epilog="Run 'gapkit COMMAND --help' for each command's options.")
+    parser.add_argument("--quiet", "-q", action="store_true",
+                        help="no progress bars or progress messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+    # --quiet also after the command (SUPPRESS: an absent one keeps the global value)
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress bars or progress messages")
+
+    p = sub.add_parser(
+        "fit", parents=[quiet],
+        help="fit a GAP from a TOML config or gap_fit-style key=value arguments",
+        formatter_class=fmt,
+        description="Fit a GAP and save it.\n\n"
+        "  gapkit fit CONFIG.toml [key=value ...]\n"
+        "  gapkit fit at_file=train.xyz gp_file=model.gapkit soap_cutoff=5 soap_n_max=8 \\\n"
+        "      soap_l_max=6 atom_sigma=0.5 zeta=4 delta=1 n_sparse=500 \\\n"
+        "      default_sigma={0.001 0.05 0.01} energy_parameter_name=energy\n\n"
+        "key=value arguments override the config's settings (descriptor, kernel and\n"
+        "sparse keys act on its single [[terms]]; without a config they describe one\n"
+        "SOAP term). Paths in a config are relative to the config file.\n"
+        "Known keys: " + ", ".join(sorted(_GAP_FIT_KEYS)) + ".\n\n"
+        "Config layout (see 'gapkit info MODEL --config' for a full example):\n"
+        + (__doc__ or "").split("maps 1:1 onto :class:`gapkit.GAP`'s settings::")[-1]
+        .split("``gapkit info")[0])
+    p.add_argument("settings", nargs="*", metavar="CONFIG.toml|key=value",
+                   help="a TOML config and/or gap_fit-style key=value settings")
+    p.add_argument("-o", "--output", help="model file to write (overrides the config's "
+                   "'output'/gp_file; default model.gapkit)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing model file")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("eval", parents=[quiet],
+                       help="errors table (and parity plot) of a model on labelled data",
+                       description="Predict DATA.xyz with MODEL and print MAE/RMSE of energies "
+                       "(meV/atom), forces (eV/Å) and virials (meV/atom) where present.")
+    p.add_argument("model", metavar="MODEL", help="a model file written by 'gapkit fit'")
+    p.add_argument("data", metavar="DATA.xyz", help="labelled extended-XYZ frames")
+    p.add_argument("--plot", metavar="PNG", help="write an energy/force parity plot")
+    p.add_argument("--json", action="store_true", help="print the errors as JSON")
+    for k, what in (("energy_key", "energy"), ("forces_key", "forces"),
+                    ("virial_key", "virial")):
+        p.add_argument("--" + k.replace("_", "-"), dest=k,
+                       help=f"extxyz key of the reference {what} (default: the model's)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing plot")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "predict", parents=[quiet],
+        help="write predicted energies, forces and variances into extxyz",
+        description="Predict IN.xyz with MODEL and write OUT.xyz: info gap_energy, "
+        "gap_energy_variance (and gap_virial, gap_virial_variance as 9 numbers for 3D-periodic "
+        "frames); arrays gap_forces, gap_forces_variance, gap_local_energy, "
+        "gap_local_energy_variance. Units eV, eV/Å, variances eV^2, eV^2/Å^2. The input's "
+        "own labels are copied unchanged.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("input", metavar="IN.xyz")
+    p.add_argument("output", metavar="OUT.xyz")
+    p.add_argument("--force-variance", choices=("projected", "exact", "none"),
+                   default="projected", help="force variance form (default projected)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing OUT.xyz")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("info", parents=[quiet], help="print a model card",
+                       description="Print a model's terms, species, e0, noise, sparse points, "
+                       "fit information and file format version.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--config", action="store_true",
+                   help="print the model's settings as a TOML config for 'gapkit fit'")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``gapkit`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
+            PermissionError) as err:
+        msg = " ".join(str(err).split()) or type(err).__name__
+        print(f"gapkit: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,249 @@
+"""The ``gapkit`` command line: fit -> predict -> eval against the Python API, help, errors."""
+
+from __future__ import annotations
+
+import json
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the tomli backport (a dependency there)
+    import tomli as tomllib
+
+import ase.io
+import numpy as np
+import pytest
+
+from gapkit import GAP
+from gapkit.cli import (config_to_model, dump_toml, main, model_to_config,
+                        parse_gap_fit_args)
+from gapkit.data import get_all_labels, load_bundled
+
+CONFIG = """
+output = "model.gapkit"
+e0 = "least_squares"
+jitter = 1e-8
+random_state = 0
+
+[data]
+train = "train.xyz"
+energy_key = "energy"
+forces_key = "forces"
+virial_key = "virial"
+config_type_key = "config_type"
+
+[[terms]]
+descriptor = {type = "SOAP", cutoff = 4.0, cutoff_width = 1.0, n_max = 4, l_max = 3, atom_sigma = 0.5}
+kernel = {type = "SOAPKernel", zeta = 4, delta = 1.0}
+n_sparse = 30
+sparse_method = "cur"
+
+[noise]
+energy = 0.003
+forces = 0.05
+virial = 0.05
+per_atom = true
+"""  # noqa: E501
+
+GAP_FIT_ARGS = ["at_file=train.xyz", "gp_file=model.gapkit", "soap_cutoff=4.0",
+                "cutoff_transition_width=1.0", "soap_n_max=4", "soap_l_max=3",
+                "atom_sigma=0.5", "zeta=4", "delta=1.0", "n_sparse=30",
+                "sparse_method=cur_points", "default_sigma={0.003 0.05 0.05 0.0}",
+                "energy_parameter_name=energy", "force_parameter_name=forces",
+                "virial_parameter_name=virial", "config_type_parameter_name=config_type"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """train.xyz (six small Si frames), test.xyz (two others), config.toml, and a model
+    fitted through the command line."""
+    d = tmp_path_factory.mktemp("cli")
+    frames = load_bundled("Si_train.xyz")
+    small = [a for a in frames if len(a) <= 24]
+    ase.io.write(d / "train.xyz", small[:6], format="extxyz")
+    ase.io.write(d / "test.xyz", small[6:8], format="extxyz")
+    (d / "config.toml").write_text(CONFIG)
+    assert main(["--quiet", "fit", str(d / "config.toml")]) == 0
+    assert (d / "model.gapkit").exists()
+    return d
+
+
+def test_fit_predict_eval_round_trip(workdir, capsys):
+    d = workdir
+    out = d / "out.xyz"
+    assert main(["--quiet", "predict", str(d / "model.gapkit"), str(d / "test.xyz"),
+                 str(out)]) == 0
+    model = GAP.load(d / "model.gapkit")
+    inp = ase.io.read(d / "test.xyz", index=":")
+    pred = model.predict(inp)
+    written = ase.io.read(out, index=":")
+    off = pred.atom_offsets
+    for k, (a, b) in enumerate(zip(inp, written)):
+        sl = slice(off[k], off[k + 1])
+        assert b.info["gap_energy"] == pytest.approx(pred.energy[k], abs=1e-8)
+        assert b.info["gap_energy_variance"] == pytest.approx(pred.energy_variance[k],
+                                                              rel=1e-8, abs=1e-12)
+        np.testing.assert_allclose(b.arrays["gap_forces"], pred.forces[sl], atol=2e-8)
+        np.testing.assert_allclose(b.arrays["gap_forces_variance"], pred.forces_variance[sl],
+                                   atol=2e-8)
+        np.testing.assert_allclose(b.arrays["gap_local_energy"], pred.local_energy[sl],
+                                   atol=2e-8)
+        np.testing.assert_allclose(b.arrays["gap_local_energy_variance"],
+                                   pred.local_energy_variance[sl], atol=2e-8)
+        # the input's own labels are untouched
+        assert b.get_potential_energy() == pytest.approx(a.get_potential_energy(), abs=1e-8)
+        np.testing.assert_allclose(b.get_forces(), a.get_forces(), atol=1e-8)
+        np.testing.assert_allclose(b.info["virial"], a.info["virial"], atol=1e-8)
+    capsys.readouterr()
+
+    plot = d / "parity.png"
+    assert main(["--quiet", "eval", str(d / "model.gapkit"), str(d / "test.xyz"), "--json",
+                 "--plot", str(plot)]) == 0
+    err = json.loads(capsys.readouterr().out)
+    assert plot.exists() and plot.stat().st_size > 0
+    labels = get_all_labels(inp)
+    n = pred.n_atoms
+    de = (pred.energy - np.array([lab.energy for lab in labels])) / n * 1e3
+    df = pred.forces - np.concatenate([lab.forces for lab in labels])
+    dv = (pred.virial - np.array([lab.virial for lab in labels])) / n[:, None, None] * 1e3
+    assert err["energy_mae_mev_per_atom"] == pytest.approx(np.abs(de).mean(), rel=1e-10)
+    assert err["energy_rmse_mev_per_atom"] == pytest.approx(np.sqrt((de**2).mean()), rel=1e-10)
+    assert err["forces_mae"] == pytest.approx(np.abs(df).mean(), rel=1e-10)
+    assert err["forces_rmse"] == pytest.approx(np.sqrt((df**2).mean()), rel=1e-10)
+    assert err["virial_mae_mev_per_atom"] == pytest.approx(np.abs(dv).mean(), rel=1e-10)
+
+    assert main(["eval", str(d / "model.gapkit"), str(d / "test.xyz")]) == 0
+    table = capsys.readouterr().out
+    assert "meV/atom" in table and "eV/Å" in table and "virial" in table
+
+    assert main(["info", str(d / "model.gapkit")]) == 0
+    card = capsys.readouterr().out
+    for word in ("format version 1", "species: Si", "e0", "SOAP(", "SOAPKernel(",
+                 "30 sparse points", "noise", "log marginal likelihood"):
+        assert word in card
+
+
+def test_refuses_to_overwrite_without_force(workdir, capsys):
+    d = workdir
+    model = d / "model.gapkit"
+    before = model.read_bytes()
+    assert main(["--quiet", "fit", str(d / "config.toml")]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert model.read_bytes() == before
+    out = d / "exists.xyz"
+    out.write_text("keep me")
+    assert main(["--quiet", "predict", str(model), str(d / "test.xyz"), str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert out.read_text() == "keep me"
+    assert main(["predict", str(model), str(d / "test.xyz"), str(out), "--force",
+                 "--quiet"]) == 0  # --quiet also after the command
+    assert capsys.readouterr().out == ""
+    assert len(ase.io.read(out, index=":")) == 2
+
+
+@pytest.mark.parametrize("command", [[], ["fit"], ["eval"], ["predict"], ["info"]])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(command + ["--help"])
+    assert exc.value.code == 0
+    assert "usage: gapkit" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, reason", [
+    (["info", "nowhere.gapkit"], "no model file"),
+    (["eval", "nowhere.gapkit", "x.xyz"], "no model file"),
+    (["fit", "nowhere.toml"], "no such config file"),
+    (["fit", "at_file=x.xyz", "bogus_key=3"], "unknown argument 'bogus_key'"),
+    (["fit", "at_file=x.xyz", "soap_n_max=four"], "expected a number"),
+    (["fit", "soap_n_max=4"], "no training data"),
+    (["fit", "at_file=missing.xyz", "soap_n_max=4"], "missing.xyz"),
+    (["fit"], "give a CONFIG.toml"),
+])
+def test_bad_input_exits_with_a_reason(argv, reason, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--quiet"] + argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gapkit: error: ") and reason in err
+    assert err.count("\n") == 1
+
+
+def test_bad_config_and_model(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(CONFIG.replace("n_sparse = 30", "n_sparse = 30\nsparse_methd = 'cur'"))
+    assert main(["fit", str(cfg)]) == 2
+    assert "unknown key sparse_methd" in capsys.readouterr().err
+    cfg.write_text(CONFIG.replace('type = "SOAP",', 'type = "SOAP", n_maxx = 3,'))
+    assert main(["fit", str(cfg)]) == 2
+    assert "n_maxx" in capsys.readouterr().err
+    cfg.write_text("[data\n")
+    assert main(["fit", str(cfg)]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+    bad = tmp_path / "bad.gapkit"
+    bad.write_bytes(b"not a zip")
+    assert main(["info", str(bad)]) == 2
+    assert "not a readable gapkit model" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "only-one-arg"])
+    assert exc.value.code != 0
+    assert "required" in capsys.readouterr().err
+
+
+def test_toml_and_key_value_routes_agree(tmp_path):
+    from gapkit.cli import _merge
+
+    toml_model, train, output = config_to_model(tomllib.loads(CONFIG), base_dir=tmp_path)
+    assert train == tmp_path / "train.xyz" and output == tmp_path / "model.gapkit"
+    kv_model, kv_train, kv_output = config_to_model(_merge({}, parse_gap_fit_args(
+        GAP_FIT_ARGS)))
+    assert str(kv_train) == "train.xyz" and str(kv_output) == "model.gapkit"
+    assert model_to_config(toml_model) == model_to_config(kv_model)
+
+
+def test_model_to_config_round_trips(workdir, tmp_path):
+    config = tomllib.loads(CONFIG)
+    model, _, _ = config_to_model(config)
+    back = model_to_config(model, train="train.xyz", output="model.gapkit")
+    # every setting given in the config comes back as given (plus defaults)
+    assert back["data"] == {**back["data"], **config["data"]}
+    assert back["noise"] == config["noise"]
+    for key in ("output", "e0", "jitter", "random_state"):
+        assert back[key] == config[key]
+    t, t0 = back["terms"][0], config["terms"][0]
+    assert {k: t["descriptor"][k] for k in t0["descriptor"]} == t0["descriptor"]
+    assert t["kernel"] == t0["kernel"]
+    assert (t["n_sparse"], t["sparse_method"]) == (30, "cur")
+    # config -> model -> config is a fixed point, also through TOML text
+    assert tomllib.loads(dump_toml(back)) == back
+    again, _, _ = config_to_model(tomllib.loads(dump_toml(back)))
+    assert model_to_config(again, train="train.xyz", output="model.gapkit") == back
+
+    # a saved model's settings: `gapkit info --config` refits to the same model
+    loaded = GAP.load(workdir / "model.gapkit")
+    card = model_to_config(loaded)
+    assert card["e0"].keys() == {"Si"}
+    assert card["terms"][0]["descriptor"]["species"] == [14]
+    rebuilt, _, _ = config_to_model(tomllib.loads(dump_toml(card)))
+    assert model_to_config(rebuilt) == card
+
+
+def test_info_config_refits(workdir, tmp_path, capsys):
+    assert main(["info", str(workdir / "model.gapkit"), "--config"]) == 0
+    text = capsys.readouterr().out
+    cfg = tomllib.loads(text)
+    cfg["data"]["train"] = str(workdir / "train.xyz")
+    cfg["output"] = "refit.gapkit"
+    (tmp_path / "refit.toml").write_text(dump_toml(cfg))
+    assert main(["--quiet", "fit", str(tmp_path / "refit.toml"), "n_sparse=30"]) == 0
+    a = GAP.load(workdir / "model.gapkit")
+    b = GAP.load(tmp_path / "refit.gapkit")
+    frames = ase.io.read(workdir / "test.xyz", index=":")
+    # the fitted e0 is reused as given, so the refit reproduces the model
+    np.testing.assert_allclose(b.predict(frames).energy, a.predict(frames).energy, atol=1e-6)
+
+
+def test_python_m_gapkit(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "gapkit", "info", str(tmp_path / "no.gapkit")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("gapkit: error: no model file")
