@@ -275,6 +275,21 @@ class Descriptor:
 
     name = "descriptor"
 
+    def _set_runtime(self, species, dtype, device, batch_atoms, progress) -> None:
+        """Check and store the settings every descriptor shares (species list, dtype,
+        device, batch size, progress bar)."""
+        if isinstance(batch_atoms, bool) or not isinstance(batch_atoms, (int, np.integer)) \
+                or batch_atoms < 1:
+            raise ValueError(f"batch_atoms must be an integer >= 1, got {batch_atoms!r}")
+        self.species = None if species is None else resolve_species([], species)
+        if self.species is not None and not self.species:
+            raise ValueError("species must list at least one atomic number, or be None "
+                             "to infer it from the data")
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.batch_atoms = int(batch_atoms)
+        self.progress = bool(progress)
+
     def compute(self, frames, *, gradients=False) -> DescriptorResult:
         """Descriptors of ``frames`` (ase.Atoms or a sequence), optionally with gradients.
 

@@ -11,7 +11,7 @@ import torch
 from ..neighbors import build_neighbor_list
 from ._radial import RadialSpline
 from ._spherical import real_spherical_harmonics
-from .base import Descriptor, DescriptorResult, resolve_species
+from .base import Descriptor, DescriptorResult
 from .cutoff import CosineCutoff
 
 __all__ = ["SOAP"]
@@ -144,13 +144,9 @@ class SOAP(Descriptor):
         self.n_max = int(n_max)
         self.l_max = int(l_max)
         self.atom_sigma = float(atom_sigma)
-        self.species = None if species is None else resolve_species([], species)
+        self._set_runtime(species, dtype, device, batch_atoms, progress)
         self.central_weight = float(central_weight)
         self.normalize = bool(normalize)
-        self.dtype = dtype
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.batch_atoms = int(batch_atoms)
-        self.progress = bool(progress)
         self.spline_spacing = float(spline_spacing)
         self.chunk_pairs = 1024
         self._spline = None

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..neighbors import build_neighbor_list
-from .base import Descriptor, DescriptorResult, fold_pair_gradients, resolve_species
+from .base import Descriptor, DescriptorResult, fold_pair_gradients
 from .cutoff import CosineCutoff
 
 __all__ = ["TwoBody", "species_pairs"]
@@ -136,19 +136,9 @@ class TwoBody(Descriptor):
                  species: Sequence[int] | None = None, dtype: torch.dtype = torch.float64,
                  device=None, batch_atoms: int = 4096, progress: bool = False):
         self.cutoff_fn = CosineCutoff(cutoff, cutoff_width)
-        if isinstance(batch_atoms, bool) or not isinstance(batch_atoms, (int, np.integer)) \
-                or batch_atoms < 1:
-            raise ValueError(f"batch_atoms must be an integer >= 1, got {batch_atoms!r}")
+        self._set_runtime(species, dtype, device, batch_atoms, progress)
         self.cutoff = float(cutoff)
         self.cutoff_width = float(cutoff_width)
-        self.species = None if species is None else resolve_species([], species)
-        if self.species is not None and not self.species:
-            raise ValueError("species must list at least one atomic number, or be None "
-                             "to infer it from the data")
-        self.dtype = dtype
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.batch_atoms = int(batch_atoms)
-        self.progress = bool(progress)
 
     # -- settings ---------------------------------------------------------
     def get_params(self) -> dict:
