@@ -5,11 +5,11 @@ regression on energies, forces and virials, with posterior variances.
 Units: eV, Å, eV/Å, virial in eV (ASE's).
 """
 
-from . import active, data, ntk, testing, uq
+from . import active, baselines, data, generate, ntk, testing, uq
 from .calculator import GAPCalculator
-from .descriptors import SOAP, DescriptorResult, TwoBody
+from .descriptors import SOAP, DescriptorResult, SymmetryFunctions, TwoBody
 from .gp import NoiseModel
-from .kernels import SOAPKernel, TwoBodyKernel
+from .kernels import SEKernel, SOAPKernel, TwoBodyKernel
 from .model import GAP, Prediction, Term
 from .ntk import NTKKernel
 
@@ -23,13 +23,17 @@ __all__ = [
     "NTKKernel",
     "NoiseModel",
     "Prediction",
+    "SEKernel",
     "SOAPKernel",
+    "SymmetryFunctions",
     "Term",
     "TwoBody",
     "TwoBodyKernel",
     "__version__",
     "active",
+    "baselines",
     "data",
+    "generate",
     "ntk",
     "testing",
     "uq",

@@ -24,7 +24,9 @@ class GAPCalculator(Calculator):
       variance needs a full design-matrix row, about 3x the cost of the forces:
       for long MD without uncertainty use ``GAPCalculator(model, variance=False)``.
 
-    Stress is ``-virial / volume`` with the virial ``W = -dE/d epsilon``.
+    Stress is ``-virial / volume`` with the virial ``W = -dE/d epsilon``. A model
+    fitted with physics baselines (``GAP(..., baselines=...)``) includes them in every
+    result; ``results["baseline_energy"]`` (eV) is their share of the energy.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -52,6 +54,8 @@ class GAPCalculator(Calculator):
         self.results["free_energy"] = float(pred.energy[0])
         self.results["energies"] = pred.local_energy.copy()
         self.results["forces"] = pred.forces.copy()
+        if pred.baseline_energy is not None:
+            self.results["baseline_energy"] = float(pred.baseline_energy[0])
         if periodic:
             w = pred.virial[0]
             stress = -w / atoms.get_volume()

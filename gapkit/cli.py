@@ -38,6 +38,9 @@ The TOML config maps 1:1 onto :class:`gapkit.GAP`'s settings::
     [noise.config_type.Surface]
     energy = 0.005
 
+    [[baselines]]                  # optional physics baselines (gapkit.baselines)
+    type = "CoreRepulsion"         # the GP learns the residual; predictions add it back
+
 ``gapkit info MODEL --config`` prints a fitted model's settings in this form.
 """
 
@@ -52,7 +55,7 @@ from pathlib import Path
 __all__ = ["main", "config_to_model", "model_to_config", "parse_gap_fit_args", "dump_toml"]
 
 _TOP_KEYS = {"data", "terms", "noise", "e0", "jitter", "use", "random_state", "output",
-             "batch_atoms"}
+             "batch_atoms", "baselines"}
 _DATA_KEYS = {"train", "energy_key", "forces_key", "virial_key", "stress_key",
               "config_type_key"}
 _TERM_KEYS = {"descriptor", "kernel", "n_sparse", "sparse_method", "sparse_options"}
@@ -138,6 +141,14 @@ def config_to_model(config: dict, *, base_dir=None, progress: bool = True):
     for key in ("jitter", "use", "random_state", "batch_atoms"):
         if key in config:
             kwargs[key] = config[key]
+    baselines_cfg = config.get("baselines", [])
+    if not isinstance(baselines_cfg, list):
+        raise CLIError("'baselines' must be an array of tables ([[baselines]])")
+    if baselines_cfg:
+        from .baselines import BASELINES
+
+        kwargs["baselines"] = [_build(BASELINES, b, f"[[baselines]] #{i + 1}")
+                               for i, b in enumerate(baselines_cfg)]
     try:
         model = GAP(terms, noise=noise, e0=e0, progress=progress, **kwargs)
     except TypeError as err:
@@ -199,6 +210,9 @@ def model_to_config(model, *, train=None, output=None) -> dict:
     out["noise"] = model.noise.to_dict()
     if not out["noise"]["config_type"]:
         del out["noise"]["config_type"]
+    if model.baselines:
+        out["baselines"] = [{"type": d["type"], **_drop_none(d["params"])}
+                            for d in (b.to_dict() for b in model.baselines)]
     return out
 
 
@@ -633,8 +647,14 @@ def cmd_info(args) -> int:
     print(f"  format version {meta.get('format_version')}, written by gapkit "
           f"{meta.get('gapkit_version')}")
     print(f"  species: {', '.join(chemical_symbols[z] for z in model.species_)}")
+    e0_method = model.fit_info_.get("e0_method")
     print("  e0 (eV): " + ", ".join(f"{chemical_symbols[z]} {v:.6f}"
-                                    for z, v in sorted(model.e0_.items())))
+                                    for z, v in sorted(model.e0_.items()))
+          + (f" ({e0_method})" if e0_method else ""))
+    for b in model.baselines:
+        bd = b.to_dict()
+        print(f"  baseline: {bd['type']}(" + ", ".join(
+            f"{k}={v}" for k, v in _drop_none(bd["params"]).items()) + ")")
     for i, t in enumerate(model.terms_):
         td = t.to_dict()
         dp = ", ".join(f"{k}={v}" for k, v in _drop_none(td["descriptor"]["params"]).items()
@@ -659,7 +679,8 @@ def cmd_info(args) -> int:
     print(f"  jitter {model.jitter:g} (absolute {model.jitter_abs_:.3g})")
     fi = model.fit_info_
     print(f"  fit: {fi.get('n_frames')} frames; observations {fi.get('n_observations')}; "
-          f"{fi.get('wall_time_s', float('nan')):.1f} s wall")
+          f"{fi.get('wall_time_s', float('nan')):.1f} s wall"
+          + (f"; random_state {fi['random_state']}" if "random_state" in fi else ""))
     lml = fi.get("log_marginal_likelihood")
     if lml is not None:
         print(f"       log marginal likelihood {lml:.2f}; "

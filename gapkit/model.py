@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -16,20 +17,23 @@ import numpy as np
 import torch
 
 from .data import get_all_labels
-from .descriptors import SOAP, TwoBody
+from .descriptors import SOAP, SymmetryFunctions, TwoBody
 from .gp.design import SparseSet, functional_rows, gather_rows, type_mask
 from .gp.observations import VOIGT, NoiseModel, baseline_energies, build_observations, fit_e0
 from .gp.sparse import IncrementalQR, cholesky_upper, dtc_log_marginal_likelihood
-from .kernels import SOAPKernel, TwoBodyKernel
+from .kernels import SEKernel, SOAPKernel, TwoBodyKernel
 from .ntk import NTKKernel
 
 __all__ = ["GAP", "Term", "Prediction", "FORMAT_VERSION"]
 
-#: version of the model file format written by :meth:`GAP.save`
-FORMAT_VERSION = 1
+#: newest version of the model file format that :meth:`GAP.save` writes and
+#: :meth:`GAP.load` reads. Version 2 adds physics baselines (``"baselines"``); a model
+#: without them is written as version 1, which older gapkit versions still read.
+FORMAT_VERSION = 2
 _FORMAT = "gapkit.model"
-_DESCRIPTORS = {"SOAP": SOAP, "TwoBody": TwoBody}
-_KERNELS = {"SOAPKernel": SOAPKernel, "TwoBodyKernel": TwoBodyKernel, "NTKKernel": NTKKernel}
+_DESCRIPTORS = {"SOAP": SOAP, "TwoBody": TwoBody, "SymmetryFunctions": SymmetryFunctions}
+_KERNELS = {"SOAPKernel": SOAPKernel, "TwoBodyKernel": TwoBodyKernel, "NTKKernel": NTKKernel,
+            "SEKernel": SEKernel}
 
 
 @dataclass
@@ -74,18 +78,19 @@ class Term:
 
     def to_dict(self) -> dict:
         kernel = self.kernel
-        kparams = {"delta": float(kernel.delta.detach())}
-        # the raw (unconstrained) parameters, so that a loaded model is bit-identical
-        raw = {"raw_delta": float(kernel.raw_delta.detach().reshape(()))}
-        if isinstance(kernel, TwoBodyKernel):
-            raw["raw_lengthscale"] = float(kernel.raw_lengthscale.detach().reshape(()))
+        # the raw (unconstrained) scalar parameters, so that a loaded model is bit-identical
+        raw = {name: float(p.detach().reshape(()))
+               for name, p in kernel.named_parameters() if p.numel() == 1}
+        if hasattr(kernel, "get_params"):  # NTKKernel, SEKernel: constructor keywords
+            kparams = dict(kernel.get_params())
+            kparams["delta"] = float(kernel.delta.detach().reshape(()))
+        else:
+            kparams = {"delta": float(kernel.delta.detach())}
         if isinstance(kernel, SOAPKernel):
             kparams["zeta"] = kernel.zeta
         if isinstance(kernel, TwoBodyKernel):
             kparams.update(cutoff=kernel.cutoff_fn.cutoff, cutoff_width=kernel.cutoff_fn.width,
                            lengthscale=float(kernel.lengthscale.detach().reshape(())))
-        elif isinstance(kernel, NTKKernel):
-            kparams.update({k: v for k, v in kernel.get_params().items() if k != "delta"})
         return {"descriptor": {"type": type(self.descriptor).__name__,
                                "params": self.descriptor.get_params()},
                 "kernel": {"type": type(kernel).__name__, "params": kparams, "raw": raw},
@@ -111,6 +116,9 @@ class Prediction:
         Start of each frame in the per-atom arrays.
     variance_form : dict
         Which formula each variance used ("dtc" or "projected"; see GAP.predict).
+    baseline_energy : (n_frames,) or None
+        The part of ``energy`` from the model's physics baselines (eV; included in
+        ``energy``, ``forces``, ``virial`` and ``local_energy``); None without baselines.
     """
 
     energy: np.ndarray
@@ -123,6 +131,7 @@ class Prediction:
     virial_variance: np.ndarray | None = None
     local_energy_variance: np.ndarray | None = None
     variance_form: dict = field(default_factory=dict)
+    baseline_energy: np.ndarray | None = None
 
     @property
     def n_atoms(self) -> np.ndarray:
@@ -147,9 +156,10 @@ class GAP:
 
     The local energy is a sum of terms (e.g. two-body + SOAP, as gap_fit's
     ``distance_2b ... : soap ...``), each ``eps_d(q) = sum_m alpha_m k_d(q, z_m)``
-    over its sparse points, on top of per-species offsets ``e0``:
-    ``E = sum_i e0[s_i] + sum_d sum_c eps_d(q_c)``. Fitting is the projected-process
-    (DTC) solve of :mod:`gapkit.gp.sparse`, streamed over blocks of frames.
+    over its sparse points, on top of per-species offsets ``e0`` and optional fixed
+    physics baselines: ``E = sum_i e0[s_i] + sum_d sum_c eps_d(q_c) + E_baselines``.
+    Fitting is the projected-process (DTC) solve of :mod:`gapkit.gp.sparse`, streamed
+    over blocks of frames.
 
     Parameters
     ----------
@@ -173,6 +183,13 @@ class GAP:
         Seed of sparse-point selection; fits are deterministic.
     progress : bool
         Progress bars on descriptors and design-matrix assembly.
+    baselines : Baseline or list of Baseline, optional
+        Physics terms (:mod:`gapkit.baselines`: core repulsion, Ewald or Coulomb
+        electrostatics, a pair potential) whose energies, forces and virials are
+        subtracted from the labels before the fit, so that the GP learns the
+        residual, and added back to every prediction (and so to
+        :class:`GAPCalculator`). Their parameters are fixed, not fitted; the
+        posterior variances are those of the GP part.
     """
 
     def __init__(self, terms: Sequence[Term] | None = None, *, noise: NoiseModel | None = None,
@@ -181,7 +198,7 @@ class GAP:
                  energy_key: str = "energy", forces_key: str = "forces",
                  virial_key: str = "virial", stress_key: str = "stress",
                  config_type_key: str = "config_type", batch_atoms: int = 256,
-                 random_state: int = 0, progress: bool = True):
+                 random_state: int = 0, progress: bool = True, baselines=None):
         self.terms = list(terms) if terms is not None else _default_terms()
         if not self.terms:
             raise ValueError("a GAP needs at least one term")
@@ -199,6 +216,7 @@ class GAP:
         self.batch_atoms = int(batch_atoms)
         self.random_state = random_state
         self.progress = progress
+        self.baselines = _as_baselines(baselines)
         self.dtype = torch.float64
 
     # ------------------------------------------------------------------ fit
@@ -231,7 +249,7 @@ class GAP:
         cpu_start = time.process_time()
         frames = self._read(frames)
         self.__dict__.pop("recalibration_", None)  # a recalibration belongs to one fit
-        labels = get_all_labels(frames, **self.keys)
+        labels = self._labels(frames)
         species = sorted({int(z) for a in frames for z in np.unique(a.numbers)})
         self.species_ = species
         self.terms_ = [self._fixed_term(t, species) for t in self.terms]
@@ -286,6 +304,9 @@ class GAP:
             "wall_time_s": time.perf_counter() - t_start,
             "cpu_time_s": time.process_time() - cpu_start,
             "log_marginal_likelihood": self.log_marginal_likelihood_,
+            # how e0 and the sparse points were chosen, for `gapkit info` and refits
+            "e0_method": self.e0 if isinstance(self.e0, str) else "given",
+            "random_state": self.random_state,
         }
         return self
 
@@ -299,6 +320,28 @@ class GAP:
         if isinstance(frames, Atoms):
             return [frames]
         return list(frames)
+
+    def _labels(self, frames):
+        """The labels the GP fits: the reference labels minus the baselines."""
+        labels = get_all_labels(frames, **self.keys)
+        if not self.baselines:
+            return labels
+        from .baselines import evaluate
+
+        for k, atoms in enumerate(frames):
+            for b in self.baselines:
+                b.check(atoms, frame_index=k)
+        out = []
+        results = evaluate(self.baselines, frames,
+                           forces=any(lab.forces is not None for lab in labels),
+                           virial=any(lab.virial is not None for lab in labels))
+        for lab, res in zip(labels, results):
+            out.append(dataclasses.replace(
+                lab,
+                energy=None if lab.energy is None else lab.energy - res.energy,
+                forces=None if lab.forces is None else lab.forces - res.forces,
+                virial=None if lab.virial is None else lab.virial - res.virial))
+        return out
 
     def _fixed_term(self, term: Term, species) -> Term:
         """A copy of ``term`` whose descriptor knows the training species."""
@@ -361,7 +404,7 @@ class GAP:
     # ------------------------------------------------------- hyper-parameters
     def _training_setup(self, frames):
         frames = self._read(frames)
-        labels = get_all_labels(frames, **self.keys)
+        labels = self._labels(frames)
         obs = build_observations(frames, labels, self.noise, self.e0_, self.use)
         kinds = set(np.unique(obs.kind).tolist())
         grads = {"positions"} if 1 in kinds else set()
@@ -514,6 +557,9 @@ class GAP:
             raise ValueError("force_variance must be 'projected', 'exact' or None")
         frames = self._read(frames)
         self._check_species(frames)
+        for k, atoms in enumerate(frames):
+            for b in self.baselines:
+                b.check(atoms, frame_index=k)
         if virial is None:
             virial = all(bool(np.all(a.pbc)) for a in frames)
         want_fvar = variance and force_variance is not None
@@ -592,6 +638,21 @@ class GAP:
                 vr = vr.reshape(-1, vr.shape[-1])
                 v_var[start:stop] = _voigt_to_matrix(
                     self._projected_variance(vr).reshape(-1, 6))
+        b_energy = None
+        if self.baselines:
+            from .baselines import evaluate
+
+            b_energy = np.empty(n_frames)
+            for k, res in enumerate(evaluate(self.baselines, frames, forces=forces,
+                                             virial=virial)):
+                a0, a1 = offsets[k], offsets[k + 1]
+                b_energy[k] = res.energy
+                energy[k] += res.energy
+                local[a0:a1] += res.energies
+                if forces:
+                    f_out[a0:a1] += res.forces
+                if virial:
+                    v_out[k] += res.virial
         forms = {}
         if variance:
             forms = {"energy": "dtc", "local_energy": "dtc"}
@@ -601,7 +662,7 @@ class GAP:
         return Prediction(energy=energy, forces=f_out, virial=v_out, local_energy=local,
                           atom_offsets=offsets, energy_variance=e_var, forces_variance=f_var,
                           virial_variance=v_var, local_energy_variance=l_var,
-                          variance_form=forms)
+                          variance_form=forms, baseline_energy=b_energy)
 
     def _derivative_means(self, term, alpha, res, forces, virial):
         """Forces and Voigt virials of the GP mean: -sum dq/dr . grad eps(q)."""
@@ -702,7 +763,8 @@ class GAP:
         from . import __version__
 
         meta = {
-            "format": _FORMAT, "format_version": FORMAT_VERSION, "gapkit_version": __version__,
+            "format": _FORMAT, "format_version": 2 if self.baselines else 1,
+            "gapkit_version": __version__,
             "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom",
                       "virial": "eV"},
             "terms": [t.to_dict() for t in self.terms_],
@@ -713,6 +775,8 @@ class GAP:
         }
         if getattr(self, "recalibration_", None):  # variance recalibration (gapkit.uq)
             meta["recalibration"] = self.recalibration_
+        if self.baselines:
+            meta["baselines"] = [b.to_dict() for b in self.baselines]
         arrays = {"alpha": self.alpha_.numpy(), "R": self.R_.numpy(), "U": self.U_.numpy()}
         for i, t in enumerate(self.terms_):
             arrays[f"term{i}_points"] = t.sparse_.points.numpy()
@@ -770,6 +834,11 @@ class GAP:
                         "fit_info"):
                 if key not in meta:
                     raise KeyError(f"metadata key {key!r}")
+            baselines = None
+            if meta.get("baselines"):
+                from .baselines import from_dict
+
+                baselines = [from_dict(d) for d in meta["baselines"]]
         except ValueError as err:
             if str(err).startswith(str(path)):
                 raise
@@ -785,7 +854,8 @@ class GAP:
         nd = meta["noise"]
         model = cls([copy.copy(t) for t in terms], noise=NoiseModel(**nd),
                     e0={int(z): v for z, v in meta["e0"].items()}, jitter=meta["jitter"],
-                    use=meta["use"], progress=False, **meta["keys"])
+                    use=meta["use"], progress=False, baselines=baselines,
+                    random_state=meta["fit_info"].get("random_state", 0), **meta["keys"])
         model.terms_ = terms
         model.species_ = meta["species"]
         model.e0_ = {int(z): float(v) for z, v in meta["e0"].items()}
@@ -801,6 +871,20 @@ class GAP:
         if model.alpha_.shape != (m,) or model.R_.shape != (m, m) or model.U_.shape != (m, m):
             raise ValueError(f"{path}: inconsistent array shapes (corrupted file?)")
         return model
+
+
+def _as_baselines(baselines) -> list:
+    """``baselines`` as a list of :class:`gapkit.baselines.Baseline` (checked)."""
+    if baselines is None:
+        return []
+    from .baselines import Baseline
+
+    items = [baselines] if isinstance(baselines, Baseline) else list(baselines)
+    for b in items:
+        if not isinstance(b, Baseline):
+            raise TypeError(f"baselines must be gapkit.baselines.Baseline objects (e.g. "
+                            f"CoreRepulsion(), Ewald(charges=...)), got {type(b).__name__}")
+    return items
 
 
 def _voigt_to_matrix(w: np.ndarray) -> np.ndarray:
