@@ -7,7 +7,8 @@ PIP := $(VENV)/bin/pip
 # Stamp written after a successful install; re-install when pyproject.toml changes.
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
-BENCH_SCRIPTS := benchmarks/soap.py benchmarks/fit.py benchmarks/predict.py benchmarks/ntk.py benchmarks/uq.py
+BENCH_SCRIPTS := benchmarks/soap.py benchmarks/fit.py benchmarks/predict.py benchmarks/ntk.py benchmarks/uq.py \
+	benchmarks/baselines.py
 
 .PHONY: venv test demo bench clean distclean
 

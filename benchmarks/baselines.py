@@ -62,11 +62,17 @@ def hot_md(model, temperature: float, steps: int, seed: int) -> dict:
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature,
                                  rng=np.random.default_rng(seed))
     dyn = Langevin(atoms, 1.0 * units.fs, temperature_K=temperature, friction=0.02,
-                   rng=np.random.default_rng(seed + 1))
+                   fixcm=False, rng=np.random.default_rng(seed + 1))
     closest, max_sigma, trace = np.inf, 0.0, []
     every = max(1, steps // 20)
     for step in range(steps):
-        dyn.run(1)
+        try:
+            dyn.run(1)
+        except ValueError as err:  # atoms on top of each other: no descriptor exists
+            if "apart" not in str(err):
+                raise
+            return {"closest_approach": 0.0, "overlapped_at_step": step,
+                    "max_force_sigma": max_sigma, "trace": trace}
         closest = min(closest, min_distance(atoms))
         if step % every == 0:  # force variances on a sample of frames (they cost ~3x)
             pred = model.predict([atoms], virial=False, force_variance="exact")
@@ -90,11 +96,18 @@ def knock_on(model, energy_ev: float, steps: int) -> dict:
     velocities[0] = speed * direction
     atoms.set_velocities(velocities)
     dyn = VelocityVerlet(atoms, 0.1 * units.fs)
-    closest = np.inf
+    closest, overlapped = np.inf, False
     for _ in range(steps):
-        dyn.run(1)
+        try:
+            dyn.run(1)
+        except ValueError as err:  # atoms on top of each other: no descriptor exists
+            if "apart" not in str(err):
+                raise
+            closest, overlapped = 0.0, True
+            break
         closest = min(closest, float(atoms.get_distance(0, j, mic=True)))
-    return {"closest_approach_pka_pair": closest, "initial_distance": float(r[j])}
+    return {"closest_approach_pka_pair": closest, "overlapped": overlapped,
+            "initial_distance": float(r[j])}
 
 
 def zbl_turning_point(baseline, energy_ev: float) -> float:
@@ -112,8 +125,9 @@ def zbl_turning_point(baseline, energy_ev: float) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--temperature", type=float, default=3000.0)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--temperature", type=float, nargs="+", default=[3000.0, 10000.0],
+                        help="Langevin temperatures, K (one run each)")
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--pka-energy", type=float, default=100.0)
     parser.add_argument("--pka-steps", type=int, default=400)
     parser.add_argument("--quick", action="store_true", help="every 4th frame, short runs")
@@ -137,17 +151,23 @@ def main(argv=None) -> int:
         fit_s = time.perf_counter() - t0
         err = errors_table(model.predict(test, variance=False), test)
         t0 = time.perf_counter()
-        md = hot_md(model, args.temperature, args.steps, seed=7)
+        md = {f"{t:.0f}": hot_md(model, t, args.steps, seed=7) for t in args.temperature}
         md_s = time.perf_counter() - t0
         pka = knock_on(model, args.pka_energy, args.pka_steps)
         out["models"][name] = {"fit_s": fit_s, "test_errors": err, "hot_md": md,
                                "hot_md_s": md_s, "knock_on": pka}
+        hot = "; ".join(f"{t} K MD closest approach {m['closest_approach']:.3f} Å "
+                        + (f"(atoms overlapped at step {m['overlapped_at_step']}) "
+                           if "overlapped_at_step" in m else "")
+                        + f"(max force σ {m['max_force_sigma']:.2f} eV/Å)"
+                        for t, m in md.items())
         print(f"{name:15s} fit {fit_s:6.1f} s | test E MAE "
               f"{err['energy_mae_mev_per_atom']:.2f} meV/atom, F MAE "
-              f"{err['forces_mae']:.4f} eV/Å | {args.temperature:.0f} K MD closest approach "
-              f"{md['closest_approach']:.3f} Å (max force σ {md['max_force_sigma']:.2f} eV/Å)"
+              f"{err['forces_mae']:.4f} eV/Å | {hot}"
               f" | {args.pka_energy:.0f} eV knock-on closest approach "
-              f"{pka['closest_approach_pka_pair']:.3f} Å", flush=True)
+              f"{pka['closest_approach_pka_pair']:.3f} Å"
+              + (" (atoms overlapped: the run stopped)" if pka["overlapped"] else ""),
+              flush=True)
     out["zbl_turning_point"] = zbl_turning_point(core, args.pka_energy)
     print(f"head-on turning point of bare ZBL at {args.pka_energy:.0f} eV: "
           f"{out['zbl_turning_point']:.3f} Å; training data: no pair closer than 1.83 Å")
