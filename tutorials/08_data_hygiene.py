@@ -1,0 +1,347 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # Data hygiene: finding a bad training frame with leave-one-out
+#
+# A potential is only as good as its reference data, and reference data sets are assembled
+# by people and scripts from many calculations. Some frames end up wrong: an SCF cycle that
+# did not converge, a calculation run with a different pseudopotential, smearing or spin
+# setting (shifting its energy by a constant), forces written out in the wrong order or
+# attached to the wrong geometry. One such frame among hundreds is invisible in a parity
+# plot of the training set, because the model bends to fit it.
+#
+# **Leave-one-out** (LOO) cross-validation asks the question that exposes it: *if this frame
+# were not in the training set, how well would the model predict it?* A frame whose labels
+# disagree with everything else is predicted badly by a model that did not see it. Refitting
+# once per frame would be expensive, but for a linear smoother it is not needed. The sparse
+# GP's predictions on its training observations are $\tilde\mu = H \tilde y$ (whitened by
+# the noise, $\tilde y = \Sigma^{-1/2} y$) with the **hat matrix**
+#
+# $$H = B\,(K_{MM} + B^\top B)^{-1} B^\top, \qquad B = \Sigma^{-1/2} K_{NM},$$
+#
+# and leaving out a group $f$ of observations (a whole frame: its energy and all its force
+# components) gives the residual in closed form,
+#
+# $$\tilde r_{-f} = (I - H_{ff})^{-1}\, \tilde r_f ,$$
+#
+# where $\tilde r_f$ are the frame's residuals in the full fit. `gapkit.uq.leave_one_out`
+# computes this from the QR factor of the fit, without refitting, exactly (for fixed sparse
+# points, e0 and hyper-parameters). Two numbers per frame matter:
+#
+# * the **LOO residual**, standardised by its predictive standard deviation ($z$): large when
+#   the frame's labels disagree with what the rest of the data implies;
+# * the **leverage** $\operatorname{tr} H_{ff}$: how much the frame's own labels determine
+#   its own fit. High leverage means the frame sits in a sparsely sampled region and the
+#   model relies on it: a *unique* configuration, not necessarily a wrong one.
+#
+# A corrupted frame typically has an ordinary configuration (ordinary leverage) and labels
+# that contradict its neighbours (large residual). A rare but correct configuration has high
+# leverage and may also have a large LOO residual, because without it the model simply has
+# no information there. Telling these apart is the point of looking at both.
+#
+# We use 9-atom ethanol molecules from rMD17 (DFT PBE/def2-SVP), corrupt one training frame,
+# find it, remove it and refit.
+
+# %%
+import os
+import time
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from ase.calculators.singlepoint import SinglePointCalculator
+
+import gapkit
+from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term, uq
+
+# this folder when run as a script; the working directory when opened as a notebook
+_HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+FAST = os.environ.get("GAPKIT_FAST") == "1"
+OUT = Path(os.environ.get("GAPKIT_TUTORIAL_OUT",
+                          _HERE / "figures")) / "08_data_hygiene"
+OUT.mkdir(parents=True, exist_ok=True)
+if FAST:
+    torch.set_num_threads(1)
+# leave_one_out takes a median over each observation kind; molecules have no virials, and
+# numpy warns about that empty (all-NaN) column — harmless here
+warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
+T_START = time.perf_counter()
+
+# %% [markdown]
+# ## Data and model
+#
+# The bundled file holds 200 frames drawn at random from a long MD run (not consecutive
+# steps). The first ones are our training set, the last 50 the test set. Energies are total
+# DFT energies in eV (about −4209 eV per molecule); the GAP fits them relative to one
+# offset per element.
+#
+# Labels live in a `SinglePointCalculator` on each frame (ASE ≥ 3.23 puts them there when
+# reading). To corrupt a frame we give it a new one; the helper below copies a frame with
+# optional new labels.
+
+# %%
+frames = gapkit.data.load_bundled("ethanol_rmd17_200.xyz")
+N_TRAIN = 50 if FAST else 120
+test = frames[150:]
+
+
+def relabel(atoms, energy=None, forces=None, drop_energy=False):
+    """A copy of ``atoms`` with its labels (eV, eV/Å), optionally replaced, or without its
+    energy (``drop_energy``: the frame then contributes its forces only)."""
+    new = atoms.copy()
+    labels = {"forces": atoms.get_forces() if forces is None else forces}
+    if not drop_energy:
+        labels["energy"] = atoms.get_potential_energy() if energy is None else energy
+    new.calc = SinglePointCalculator(new, **labels)
+    return new
+
+
+clean = [relabel(a) for a in frames[:N_TRAIN]]
+e_all = np.array([a.get_potential_energy() for a in clean])
+print(f"{len(clean)} training frames, {len(test)} test frames; training energies span "
+      f"{np.ptp(e_all):.2f} eV ({1e3 * np.ptp(e_all) / 9:.0f} meV/atom)")
+
+
+def build_model():
+    soap = SOAP(cutoff=4.0, cutoff_width=1.0, n_max=6, l_max=4, atom_sigma=0.5,
+                species=[1, 6, 8])
+    return GAP([Term(soap, SOAPKernel(zeta=4, delta=1.0), n_sparse=150 if FAST else 250)],
+               noise=NoiseModel(energy=0.002, forces=0.05), progress=False)
+
+
+E_TEST = np.array([a.get_potential_energy() for a in test])
+F_TEST = np.concatenate([a.get_forces() for a in test])
+
+
+def test_errors(model):
+    """Test energy MAE (meV/atom) and force MAE (eV/Å)."""
+    pred = model.predict(test, variance=False)
+    return (1e3 * float(np.mean(np.abs(pred.energy - E_TEST) / pred.n_atoms)),
+            float(np.mean(np.abs(pred.forces - F_TEST))))
+
+
+# %% [markdown]
+# ## A frame with a shifted energy
+#
+# Frame `BAD` gets its energy raised by 1 eV (111 meV/atom), the size of error a calculation
+# with different settings can produce; its geometry and forces stay correct.
+
+# %%
+BAD = 37
+SHIFT = 1.0  # eV
+corrupted = list(clean)
+corrupted[BAD] = relabel(clean[BAD], energy=clean[BAD].get_potential_energy() + SHIFT)
+
+t0 = time.perf_counter()
+model_bad = build_model().fit(corrupted)
+t_fit = time.perf_counter() - t0
+t0 = time.perf_counter()
+loo = uq.leave_one_out(model_bad, corrupted)
+t_loo = time.perf_counter() - t0
+print(f"fit {t_fit:.1f} s; leave-one-out for all {len(corrupted)} frames {t_loo:.1f} s "
+      "(no refits)")
+pred_train = model_bad.predict([corrupted[BAD]], forces=False, variance=False)
+print(f"frame {BAD} in the fit that contains it: residual "
+      f"{1e3 * (corrupted[BAD].get_potential_energy() - pred_train.energy[0]) / 9:.1f} "
+      f"meV/atom; left out: {1e3 * loo.energy_loo_per_atom[BAD]:.1f} meV/atom "
+      f"(z = {loo.energy_loo_z[BAD]:.1f})")
+print("most suspicious frames:")
+for row in loo.suspicious(4):
+    print(f"  frame {row['frame']:3d}: score {row['score']:7.1f}  energy LOO "
+          f"{1e3 * row['energy_loo_eV_per_atom']:7.1f} meV/atom (z {row['energy_loo_z']:6.1f})"
+          f"  force LOO RMSE {row['forces_loo_rmse_eV_per_A']:.3f} eV/Å  leverage "
+          f"{row['leverage']:.2f}")
+
+# %% [markdown]
+# The bad frame stands out even in the fit that contains it, because the shift is large;
+# left out, its residual recovers nearly all of the 1 eV and its $z$ is enormous. For
+# subtler errors the gap between the training residual and the LOO residual is what makes
+# LOO worth it: a flexible model fits a wrong label partly, and only the left-out
+# prediction shows what the rest of the data really implies. `LOOResult.ranking` orders the
+# frames by `frame_score`: for each observation kind (energy, forces) the frame's mean
+# squared LOO $z$, divided by its median over frames, and the larger of the two. Dividing by
+# the median makes the score robust to a noise model that is globally too small or too
+# large — here the energy noise (2 meV/atom) is smaller than the model's real error, so
+# every $|z|$ is inflated, but the ranking is not.
+#
+# The runners-up are worth a look too, although their scores are one to two orders of
+# magnitude smaller. In full mode (2026-11-21) the first of them was the highest-energy
+# geometry of the training set (0.95 eV above the lowest), with above-median leverage: a
+# rare but correct configuration that the rest of the data cannot predict. The next one
+# had low leverage and a modest residual. The printout below gives both numbers.
+
+# %%
+lev = loo.frame_leverage
+score = loo.frame_score
+order = loo.ranking
+fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.6), dpi=150)
+idx = np.arange(len(corrupted))
+colors = np.where(idx == BAD, "C3", "C0")
+axes[0].bar(idx, loo.energy_loo_z, color=colors, width=0.8)
+axes[0].set_xlabel("training frame (index)")
+axes[0].set_ylabel("energy LOO z (dimensionless)")
+axes[0].set_title(f"energy of frame {BAD} shifted by {SHIFT:g} eV", fontsize=9)
+axes[1].bar(idx, loo.forces_loo_rmse, color=colors, width=0.8)
+axes[1].set_xlabel("training frame (index)")
+axes[1].set_ylabel("force LOO RMSE (eV/Å)")
+axes[1].set_title("forces of the same fit (labels intact)", fontsize=9)
+axes[2].scatter(lev, score, s=12, color="C0", label="frames")
+axes[2].scatter(lev[BAD], score[BAD], s=60, facecolor="none", edgecolor="C3", lw=1.5,
+                label=f"corrupted frame {BAD}")
+for k in order[1:3]:
+    axes[2].annotate(str(k), (lev[k], score[k]), fontsize=7, xytext=(4, 2),
+                     textcoords="offset points")
+axes[2].axvline(np.median(lev), color="0.6", lw=0.8, ls=":", label="median leverage")
+axes[2].set_yscale("log")
+axes[2].set_xlabel(r"frame leverage tr $H_{ff}$ (dimensionless)")
+axes[2].set_ylabel("frame score (relative LOO misfit)")
+axes[2].set_title("residual vs leverage", fontsize=9)
+axes[2].legend(fontsize=7, frameon=False)
+fig.tight_layout()
+fig.savefig(OUT / "loo_energy_shift.png")
+plt.close(fig)
+energy_e = loo.energy_loo_per_atom
+e_rank = np.argsort(-np.abs(energy_e))
+e_rel = e_all - e_all.min()
+print(f"leverage: corrupted frame {lev[BAD]:.2f}, median {np.median(lev):.2f}; runners-up "
+      + ", ".join(f"frame {k}: leverage {lev[k]:.2f}, {e_rel[k]:.2f} eV above the lowest "
+                  f"energy (highest: {e_rel.max():.2f} eV)" for k in order[1:3]))
+print(f"frame {BAD} ranks {int(np.nonzero(order == BAD)[0][0]) + 1} by score; its score is "
+      f"{score[BAD] / score[order[1]]:.1f}x the runner-up's")
+
+# %% [markdown]
+# ## Remove and refit
+#
+# In a real project, inspect the flagged frame first (rerun the DFT, check the settings in
+# its output). Without a corrected label there are two repairs: drop the whole frame, or —
+# since `frame_misfit` says it is the *energy* that disagrees (its energy misfit is huge,
+# its force misfit ordinary) — drop only its energy and keep its forces. A GAP fits whatever
+# labels a frame carries. We compare the test errors of both repairs with the corrupted fit
+# and with the fit on the original, uncorrupted labels.
+
+# %%
+print(f"frame {order[0]}: energy misfit {loo.frame_misfit[order[0], 0]:.0f}, force misfit "
+      f"{loo.frame_misfit[order[0], 1]:.1f} (medians {np.nanmedian(loo.frame_misfit[:, 0]):.1f}"
+      f", {np.nanmedian(loo.frame_misfit[:, 1]):.1f})")
+cleaned = [a for k, a in enumerate(corrupted) if k != order[0]]
+no_energy = list(corrupted)
+no_energy[order[0]] = relabel(corrupted[order[0]], drop_energy=True)
+model_cleaned = build_model().fit(cleaned)
+model_no_energy = build_model().fit(no_energy)
+model_clean = build_model().fit(clean)
+errors = {"corrupted": test_errors(model_bad), "frame removed": test_errors(model_cleaned),
+          "its energy removed": test_errors(model_no_energy),
+          "original labels": test_errors(model_clean)}
+for name, (e, f) in errors.items():
+    print(f"{name:18s} test energy MAE {e:6.2f} meV/atom, force MAE {f:.4f} eV/Å")
+loo_clean = uq.leave_one_out(model_clean, clean)
+print(f"frame {BAD} with its correct label: score {loo_clean.frame_score[BAD]:.1f}, rank "
+      f"{int(np.nonzero(loo_clean.ranking == BAD)[0][0]) + 1} of {len(clean)}")
+
+fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.2), dpi=150)
+names = list(errors)
+for ax, j, unit in ((axes[0], 0, "test energy MAE (meV/atom)"),
+                    (axes[1], 1, "test force MAE (eV/Å)")):
+    vals = [errors[n][j] for n in names]
+    ax.bar(range(len(names)), vals, color=["C3", "C1", "C2", "C0"])
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=20, ha="right", fontsize=7)
+    ax.set_ylabel(unit)
+    ax.set_ylim(0.9 * min(vals), 1.03 * max(vals))
+fig.suptitle(f"ethanol GAP, {len(clean)} training frames, frame {BAD} energy +{SHIFT:g} eV",
+             fontsize=9)
+fig.tight_layout()
+fig.savefig(OUT / "repairs_test_errors.png")
+plt.close(fig)
+
+# %% [markdown]
+# One bad energy among many frames does limited damage to the *test* errors — the kernel
+# spreads its influence over the configurations similar to it, and the forces of all frames
+# keep the shape of the surface right — but the damage is real and local: energies of
+# configurations near the bad one are shifted, which is exactly where a later simulation may
+# go. In full mode (2026-11-21) the test energy MAE was about 4.3 meV/atom with the corrupted
+# frame, 4.1 with the frame removed, and about 3.7 — the value with the original labels —
+# with only its energy removed. Removing the whole frame also throws away its 27 correct
+# force components, and the test force MAE got slightly *worse* (0.175 against 0.167 eV/Å);
+# dropping only the faulty label costs nothing. With its correct label the same frame is
+# unremarkable in the LOO ranking.
+#
+# ## Forces attached to the wrong geometry
+#
+# A subtler bookkeeping error: frame `BAD` keeps its energy but receives the forces of
+# another frame. Its energy LOO is normal; its force misfit is not.
+
+# %%
+swapped = list(clean)
+swapped[BAD] = relabel(clean[BAD], forces=clean[BAD + 1].get_forces())
+model_swap = build_model().fit(swapped)
+loo_swap = uq.leave_one_out(model_swap, swapped)
+misfit_f = loo_swap.frame_misfit[:, 1]
+f_order = np.argsort(-misfit_f)
+print("most suspicious frames (overall score):")
+for row in loo_swap.suspicious(3):
+    print(f"  frame {row['frame']:3d}: score {row['score']:6.1f}  energy misfit "
+          f"{row['misfit_energy']:8.1f}  force misfit {row['misfit_forces']:8.1f}  force LOO "
+          f"RMSE {row['forces_loo_rmse_eV_per_A']:.3f} eV/Å")
+print(f"largest force misfit: frame {f_order[0]} ({misfit_f[f_order[0]]:.0f}; the next "
+      f"{misfit_f[f_order[1]]:.0f}, median {np.median(misfit_f):.0f})")
+
+fig, ax = plt.subplots(figsize=(5.0, 3.6), dpi=150)
+ax.scatter(loo_swap.frame_misfit[:, 0], misfit_f, s=12, color="C0", label="frames")
+ax.scatter(loo_swap.frame_misfit[BAD, 0], misfit_f[BAD], s=60, facecolor="none",
+           edgecolor="C3", lw=1.5, label=f"frame {BAD}: forces of frame {BAD + 1}")
+ax.set_xscale("log")
+ax.set_yscale("log")
+ax.set_xlabel(r"energy misfit: LOO $z^2$ (dimensionless)")
+ax.set_ylabel(r"force misfit: mean LOO $z^2$ (dimensionless)")
+ax.set_title("per-kind LOO misfit, forces swapped", fontsize=9)
+ax.legend(fontsize=7, frameon=False)
+fig.tight_layout()
+fig.savefig(OUT / "loo_forces_swapped.png")
+plt.close(fig)
+
+# %% [markdown]
+# The force column singles the frame out by an order of magnitude. The overall `frame_score`
+# ranks it among the first few but not necessarily first (with 120 training frames, full
+# mode, it ranked first; with the 50 frames of the fast version, third). The energy misfit
+# of a frame is a single squared $z$ (one observation, heavy-tailed), the force misfit a
+# mean over $3N = 27$ components (much tighter), and the score compares both with their
+# medians on the same footing, so a frame whose energy is merely hard to predict can
+# outrank one whose forces are plainly wrong. Read the per-kind columns of
+# `LOOResult.suspicious()` (`misfit_energy`, `misfit_forces`), or rank by each kind
+# separately, as above.
+#
+# **Practical recipe.** After every fit on a new data set: run `uq.leave_one_out`, look at the
+# top of `suspicious()`, and for each flagged frame ask whether its leverage is high (a rare,
+# informative configuration: keep it, perhaps add more like it) or ordinary (check its
+# reference calculation). It costs one pass over the data, about as much as the fit.
+
+# %% [markdown]
+# ## Checks
+
+# %%
+assert order[0] == BAD, f"the shifted frame should rank first, got {loo.suspicious(3)}"
+assert score[BAD] > 2 * score[order[1]], (score[BAD], score[order[1]])
+assert abs(loo.energy_loo_per_atom[BAD] * 9 - SHIFT) < 0.5 * SHIFT, (
+    f"LOO energy residual {9 * loo.energy_loo_per_atom[BAD]:.2f} eV should recover most of "
+    f"the {SHIFT} eV shift")
+assert lev[BAD] < np.quantile(lev, 0.9), "the corrupted frame's configuration is ordinary"
+assert errors["frame removed"][0] < errors["corrupted"][0], errors
+assert errors["its energy removed"][0] < errors["frame removed"][0], errors
+assert abs(errors["its energy removed"][1] / errors["original labels"][1] - 1) < 0.02, errors
+assert loo_clean.frame_score[BAD] < 0.25 * score[BAD], "with its true label it is unremarkable"
+assert f_order[0] == BAD and misfit_f[BAD] > 5 * misfit_f[f_order[1]], (
+    "the frame with swapped forces should have the largest force misfit by far")
+assert BAD in loo_swap.ranking[:5], loo_swap.suspicious(5)
+print(f"all checks passed in {time.perf_counter() - T_START:.0f} s")
