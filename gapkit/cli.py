@@ -5,7 +5,7 @@
     gapkit fit CONFIG.toml [key=value ...] [-o MODEL] [--force]
     gapkit fit at_file=train.xyz gp_file=model.gapkit soap_cutoff=5 n_sparse=500 ...
     gapkit eval MODEL DATA.xyz [--plot parity.png] [--json]
-    gapkit predict MODEL IN.xyz OUT.xyz [--force-variance {projected,exact,none}]
+    gapkit predict MODEL IN.xyz OUT.xyz [--force-variance {exact,projected,none}]
     gapkit info MODEL [--config]
 
 Global options (before the command): ``--quiet`` (no progress bars or chatter).
@@ -542,7 +542,7 @@ def cmd_eval(args) -> int:
             keys[k] = getattr(args, k)
     _refuse_overwrite(args.plot, args, "plot")
     frames = read_extxyz(args.data, **keys)
-    pred = model.predict(frames)
+    pred = model.predict(frames, force_variance=None)  # the plot shows energy σ only
     err = errors(pred, frames, keys)
     if not any(k in err for k in ("energy_n", "forces_n", "virial_n")):
         raise CLIError(f"{args.data}: no energy, forces or virial labels under the keys "
@@ -754,7 +754,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="IN.xyz")
     p.add_argument("output", metavar="OUT.xyz")
     p.add_argument("--force-variance", choices=("projected", "exact", "none"),
-                   default="projected", help="force variance form (default projected)")
+                   default="exact", help="force variance form (default exact: the "
+                   "calibrated DTC form; projected is cheaper and far too small)")
     p.add_argument("--force", action="store_true", help="overwrite an existing OUT.xyz")
     p.set_defaults(func=cmd_predict)
 

@@ -11,8 +11,8 @@ module turns a :class:`gapkit.Prediction` with variances and the reference label
   :class:`~gapkit.gp.NoiseModel`, per frame / config_type) against the GP posterior
   variance of the latent quantity, reported separately and added for predictive
   intervals (``include_noise=True``). For forces, judge the exact (DTC) variance,
-  ``model.predict(frames, force_variance="exact")``: the default projected form is far too
-  small on real data;
+  ``model.predict(frames)`` (``force_variance="exact"``, the default): the projected form
+  is far too small on real data;
 * recalibration (:func:`fit_recalibration`, :func:`apply_recalibration`): a variance scale
   per quantity (closed-form maximum of the Gaussian likelihood on a validation set) or an
   isotonic (monotone, pool-adjacent-violators) map from predicted to observed variance,
@@ -345,11 +345,12 @@ def calibration_report(pred, frames, *, quantities: Sequence[str] = ("energy", "
     pred : gapkit.Prediction
         From ``model.predict(frames, force_variance="exact")`` with variances (or
         :func:`committee_predict`, or :func:`apply_recalibration`). This function makes
-        no predictions itself: for forces, pass the *exact* (DTC) force variances. The
-        default ``force_variance="projected"`` omits the part of the prior variance the
-        sparse set cannot represent and is typically far too small (``benchmarks/uq.py``,
-        Zuo Si test set: the exact latent force variance is ~190x the projected one on
-        average, force z_rms 1.7 vs 3.1 with the noise added). The form assessed is
+        no predictions itself: for forces, pass the *exact* (DTC) force variances (the
+        default of ``predict``). ``force_variance="projected"`` omits the part of the
+        prior variance the sparse set cannot represent and is typically far too small
+        (``benchmarks/uq.py``, Zuo Si test set: the exact latent force variance is
+        ~190x the projected one on average, force z_rms 1.7 vs 3.1 with the noise
+        added). The form assessed is
         recorded in ``variance_source`` (``"dtc+noise"`` vs ``"projected+noise"``).
     frames : list of ase.Atoms
         The same frames, with reference energies (eV) and forces (eV/Å).
@@ -492,7 +493,7 @@ def fit_recalibration(model, pred, frames, *, method: str = "scale",
         (and written by ``model.save``).
     pred : gapkit.Prediction
         ``model.predict(frames)`` with variances, on frames *not* used for fitting.
-        For forces predict with ``force_variance="exact"``: the default projected form
+        For forces predict with ``force_variance="exact"`` (the default): the projected form
         leaves out what the sparse set cannot represent and is typically far too small
         (on the Zuo Si data ~190x on average in latent variance), which a recalibration
         can only partly repair. The form is recorded in the spec, and
@@ -721,9 +722,14 @@ class LOOResult:
         Mean ``frame_loo_z^2`` per observation kind (energy, forces, virial; nan where
         absent).
     frame_score : ndarray
-        Relative misfit: the largest over kinds of ``frame_misfit`` divided by its
-        median over frames (robust to a globally misjudged noise level; ~1 typical,
-        large = suspicious).
+        How surprising the frame's worst observation kind is: for each kind, the sum of
+        its ``frame_loo_z^2`` over a noise scale set by the median frame (robust to a
+        globally misjudged noise level), read as a chi-squared with one degree of
+        freedom per observation and turned into a standard-normal equivalent of its
+        upper tail; the largest over kinds. A few units for typical frames (force
+        components of one frame are correlated, so the tail is a little heavier than
+        chi-squared); a bad label stands far above the rest. One energy and 3N force
+        components are judged on the same scale.
     energy_loo_per_atom : ndarray
         Frame-LOO energy residual per atom (eV/atom; nan without an energy label).
     energy_loo_z : ndarray
@@ -839,11 +845,26 @@ def leave_one_out(model, frames) -> LOOResult:
             cnt = np.bincount(obs.frame[m], minlength=n_frames)
             with np.errstate(invalid="ignore", divide="ignore"):
                 misfit[:, k] = np.where(cnt > 0, sq / cnt, np.nan)
-    typical = np.nanmedian(misfit, axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rel = misfit / np.where(typical > 0, typical, np.nan)
-    score = np.nan_to_num(np.nanmax(np.where(np.isnan(rel), -np.inf, rel), axis=1),
-                          nan=0.0, neginf=0.0)
+    from scipy.stats import chi2 as chi2_dist
+
+    # per kind: the frame's sum of z^2 relative to the typical frame's, as the
+    # standard-normal equivalent of its chi-squared tail with as many degrees of freedom
+    # as the frame has observations of that kind, so that one energy and 3N force
+    # components are judged on the same scale (a mean over 3N components is far less
+    # noisy than one squared energy z)
+    score = np.full(n_frames, -np.inf)
+    for k in range(3):
+        col = misfit[:, k]
+        ok = ~np.isnan(col)
+        if not ok.any():  # this kind is absent (e.g. no virials for molecules)
+            continue
+        cnt = np.bincount(obs.frame[obs.kind == k], minlength=n_frames)[ok]
+        # the noise scale s^2 from the median frame: mean z^2 of a frame with n
+        # observations has median chi2.median(n) / n when the model is right
+        s2 = float(np.median(col[ok] / (chi2_dist.median(cnt) / cnt)))
+        if s2 > 0:
+            score[ok] = np.maximum(score[ok], _chi2_to_z(cnt * col[ok] / s2, cnt))
+    score = np.where(score == -np.inf, 0.0, score)  # frames with no observations
     n_at = np.array([len(a) for a in frames], dtype=float)
     e_loo = np.full(n_frames, np.nan)
     f_rmse = np.full(n_frames, np.nan)
@@ -873,7 +894,17 @@ def _chi2_to_z(chi2: np.ndarray, dof: np.ndarray) -> np.ndarray:
 
     out = np.full(chi2.shape, -np.inf)
     ok = dof > 0
-    logsf = chi2_dist.logsf(chi2[ok], dof[ok])
+    with np.errstate(divide="ignore"):
+        logsf = chi2_dist.logsf(chi2[ok], dof[ok])
+    # beyond double precision (logsf = -inf): the leading term of the upper incomplete
+    # gamma function, sf ~ (x/2)^(k/2-1) exp(-x/2) / Gamma(k/2) for x >> k
+    far = ~np.isfinite(logsf)
+    if far.any():
+        from scipy.special import gammaln
+
+        k = dof[ok][far].astype(float)
+        x = chi2[ok][far]
+        logsf[far] = (k / 2 - 1) * np.log(x / 2) - x / 2 - gammaln(k / 2)
     out[ok] = -ndtri_exp(logsf)
     return out
 

@@ -169,17 +169,21 @@ for row in loo.suspicious(4):
 # subtler errors the gap between the training residual and the LOO residual is what makes
 # LOO worth it: a flexible model fits a wrong label partly, and only the left-out
 # prediction shows what the rest of the data really implies. `LOOResult.ranking` orders the
-# frames by `frame_score`: for each observation kind (energy, forces) the frame's mean
-# squared LOO $z$, divided by its median over frames, and the larger of the two. Dividing by
-# the median makes the score robust to a noise model that is globally too small or too
-# large — here the energy noise (2 meV/atom) is smaller than the model's real error, so
-# every $|z|$ is inflated, but the ranking is not.
+# frames by `frame_score`: for each observation kind (energy, forces) the frame's sum of
+# squared LOO $z$, over a noise scale set by the median frame, is read as a chi-squared with
+# one degree of freedom per observation and converted to the standard-normal $z$ of its
+# tail probability; the larger of the two kinds is the score (a few units for a typical
+# frame — the force components of one frame are correlated, so the tail is somewhat heavier
+# than a true chi-squared — and far above the rest for a bad label). Taking the scale from the median makes the score robust to a
+# noise model that is globally too small or too large — here the energy noise (2 meV/atom)
+# is smaller than the model's real error, so every $|z|$ is inflated, but the ranking is
+# not — and the chi-squared tail puts one energy and $3N$ force components on one scale.
 #
-# The runners-up are worth a look too, although their scores are one to two orders of
-# magnitude smaller. In full mode (2026-11-21) the first of them was the highest-energy
-# geometry of the training set (0.95 eV above the lowest), with above-median leverage: a
-# rare but correct configuration that the rest of the data cannot predict. The next one
-# had low leverage and a modest residual. The printout below gives both numbers.
+# The runners-up are worth a look too, although their scores are much smaller. In full
+# mode (2026-11-21) the first of them was the highest-energy geometry of the training set
+# (0.95 eV above the lowest), with above-median leverage: a rare but correct configuration
+# that the rest of the data cannot predict. The next one had low leverage and a modest
+# residual. The printout below gives both numbers.
 
 # %%
 lev = loo.frame_leverage
@@ -203,9 +207,9 @@ for k in order[1:3]:
     axes[2].annotate(str(k), (lev[k], score[k]), fontsize=7, xytext=(4, 2),
                      textcoords="offset points")
 axes[2].axvline(np.median(lev), color="0.6", lw=0.8, ls=":", label="median leverage")
-axes[2].set_yscale("log")
+axes[2].axhline(5.0, color="C3", lw=0.8, ls="--", label="score 5")
 axes[2].set_xlabel(r"frame leverage tr $H_{ff}$ (dimensionless)")
-axes[2].set_ylabel("frame score (relative LOO misfit)")
+axes[2].set_ylabel("frame score (tail z of the LOO misfit)")
 axes[2].set_title("residual vs leverage", fontsize=9)
 axes[2].legend(fontsize=7, frameon=False)
 fig.tight_layout()
@@ -312,15 +316,12 @@ fig.savefig(OUT / "loo_forces_swapped.png")
 plt.close(fig)
 
 # %% [markdown]
-# The force column singles the frame out by an order of magnitude. The overall `frame_score`
-# ranks it among the first few but not necessarily first (with 120 training frames, full
-# mode, it ranked first; with the 50 frames of the fast version, third). The energy misfit
-# of a frame is a single squared $z$ (one observation, heavy-tailed), the force misfit a
-# mean over $3N = 27$ components (much tighter), and the score compares both with their
-# medians on the same footing, so a frame whose energy is merely hard to predict can
-# outrank one whose forces are plainly wrong. Read the per-kind columns of
-# `LOOResult.suspicious()` (`misfit_energy`, `misfit_forces`), or rank by each kind
-# separately, as above.
+# The force column singles the frame out by an order of magnitude, and so does the overall
+# `frame_score`. A mean of squared $z$ over $3N = 27$ force components is much tighter than
+# the single squared $z$ of an energy, so a force misfit six times the typical one is far
+# more surprising than an energy misfit six times the typical one; the chi-squared tail
+# behind `frame_score` accounts for that. The per-kind columns of `LOOResult.suspicious()`
+# (`misfit_energy`, `misfit_forces`) say which label to check.
 #
 # **Practical recipe.** After every fit on a new data set: run `uq.leave_one_out`, look at the
 # top of `suspicious()`, and for each flagged frame ask whether its leverage is high (a rare,
@@ -340,8 +341,8 @@ assert lev[BAD] < np.quantile(lev, 0.9), "the corrupted frame's configuration is
 assert errors["frame removed"][0] < errors["corrupted"][0], errors
 assert errors["its energy removed"][0] < errors["frame removed"][0], errors
 assert abs(errors["its energy removed"][1] / errors["original labels"][1] - 1) < 0.02, errors
-assert loo_clean.frame_score[BAD] < 0.25 * score[BAD], "with its true label it is unremarkable"
+assert loo_clean.frame_score[BAD] < 5.0 < score[BAD], "with its true label it is unremarkable"
 assert f_order[0] == BAD and misfit_f[BAD] > 5 * misfit_f[f_order[1]], (
     "the frame with swapped forces should have the largest force misfit by far")
-assert BAD in loo_swap.ranking[:5], loo_swap.suspicious(5)
+assert loo_swap.ranking[0] == BAD, loo_swap.suspicious(5)
 print(f"all checks passed in {time.perf_counter() - T_START:.0f} s")
