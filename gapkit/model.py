@@ -438,14 +438,17 @@ class GAP:
 
     def optimize_hyperparameters(self, frames, *, delta: bool = True, noise: bool = True,
                                  lengthscale: bool = False, max_iter: int = 100,
-                                 lengthscale_bounds=(0.05, 5.0), refit: bool = True) -> dict:
+                                 lengthscale_bounds=None, refit: bool = True) -> dict:
         """Maximise the DTC log marginal likelihood over the hyper-parameters (opt-in).
 
         Optimises each term's ``delta`` (eV) and one multiplier per observation
         kind on the noise model (``energy``, ``forces``, ``virial``: config_type
         and per-frame ratios are kept), by L-BFGS on M x M statistics (no N x N
-        matrix); with ``lengthscale=True`` also the two-body length scale (Å),
-        by a bounded scalar search with one pass over the data per evaluation.
+        matrix); with ``lengthscale=True`` also the length scale of the two-body
+        terms (Å; ``lengthscale_bounds`` default (0.05, 5)) or, without them, of the
+        ``SEKernel`` terms (default bounds: a factor 10 either side of the current
+        value), one value shared by those terms, by a bounded scalar search in its
+        logarithm with one pass over the data per evaluation.
         The sparse points stay those of the last fit. Updates the kernels and
         ``self.noise``, refits when ``refit`` and returns a report with the
         likelihood before and after.
@@ -471,11 +474,18 @@ class GAP:
             return start, ld, ls, value
 
         two_body = [t for t in self.terms_ if isinstance(t.kernel, TwoBodyKernel)]
+        if not two_body:  # the squared-exponential kernels of e.g. symmetry functions
+            two_body = [t for t in self.terms_ if isinstance(t.kernel, SEKernel)]
         theta0 = None
         if lengthscale:
             if not two_body:
-                raise ValueError("lengthscale=True needs a TwoBody term")
+                raise ValueError("lengthscale=True needs a term with a TwoBodyKernel or an "
+                                 "SEKernel")
             theta0 = float(two_body[0].kernel.lengthscale.detach().reshape(()))
+            if lengthscale_bounds is None:
+                lengthscale_bounds = ((0.05, 5.0) if isinstance(two_body[0].kernel,
+                                                                TwoBodyKernel)
+                                      else (theta0 / 10, theta0 * 10))
             cache = {}
 
             def objective(log_theta):

@@ -304,3 +304,24 @@ def test_gap_forces_are_minus_energy_gradients(descriptor, triclinic_two_species
     expected = _energy_fd_forces(model, probe)
     assert np.abs(predicted).max() > 1e-3
     np.testing.assert_allclose(predicted, expected, rtol=1e-6, atol=1e-8)
+
+
+def test_lengthscale_of_an_se_term_is_optimised_by_marginal_likelihood():
+    """optimize_hyperparameters(lengthscale=True) tunes the SEKernel length scale when
+    there is no two-body term; starting far too small, the likelihood rises."""
+    from gapkit import GAP, NoiseModel, SymmetryFunctions, Term
+    from gapkit.data import load_bundled
+
+    frames = load_bundled("Si_train.xyz")[::20]
+    sf = SymmetryFunctions(cutoff=4.0)
+    kernel = SEKernel.with_scales_from(sf.compute(frames), lengthscale=2.0)
+    model = GAP([Term(sf, kernel, n_sparse=40)],
+                noise=NoiseModel(energy=0.005, forces=0.1, virial=0.1),
+                progress=False).fit(frames)
+    report = model.optimize_hyperparameters(frames, delta=False, noise=False, lengthscale=True,
+                                            refit=True)
+    assert report["lengthscale_before"] == pytest.approx(2.0)
+    assert 2.0 < report["lengthscale"] <= 20.0 + 1e-9, report
+    assert report["log_marginal_likelihood_after"] > report["log_marginal_likelihood_before"]
+    assert model.log_marginal_likelihood_ == pytest.approx(
+        report["log_marginal_likelihood_after"], rel=1e-6)
