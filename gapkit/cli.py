@@ -83,6 +83,13 @@ def _build(registry, spec, where):
     kind = spec["type"]
     if kind not in registry:
         raise CLIError(f"{where}: unknown type {kind!r}; use one of {', '.join(registry)}")
+    # only the keywords the class names itself (a kernel would pass others on to
+    # GPyTorch, which ignores them: a typo must not be dropped silently)
+    import inspect
+
+    named = [p.name for p in inspect.signature(registry[kind].__init__).parameters.values()
+             if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    _check_keys(params, named, f"{where} ({kind})")
     try:
         return registry[kind](**params)
     except TypeError as err:
@@ -185,6 +192,10 @@ def model_to_config(model, *, train=None, output=None) -> dict:
     if output is not None:
         out["output"] = str(output)
     e0 = model.e0
+    # a loaded model holds its fitted e0 values; refit with the method that produced them
+    method = (getattr(model, "fit_info_", None) or {}).get("e0_method")
+    if method and method != "given":
+        e0 = method
     if isinstance(e0, dict):
         e0 = {(chemical_symbols[k] if isinstance(k, int) else str(k)): float(v)
               for k, v in e0.items()}
@@ -611,7 +622,15 @@ def cmd_predict(args) -> int:
     fv = None if args.force_variance == "none" else args.force_variance
     pred = model.predict(frames, force_variance=fv)
     off = pred.atom_offsets
+    ours = {"gap_energy", "gap_energy_variance", "gap_forces", "gap_forces_variance",
+            "gap_local_energy", "gap_local_energy_variance", "gap_virial",
+            "gap_virial_variance"}
     for k, atoms in enumerate(frames):
+        # results of an earlier prediction in the input are replaced, never mixed in
+        for key in ours & set(atoms.info):
+            del atoms.info[key]
+        for key in ours & set(atoms.arrays):
+            del atoms.arrays[key]
         a0, a1 = off[k], off[k + 1]
         atoms.info["gap_energy"] = float(pred.energy[k])
         atoms.info["gap_energy_variance"] = float(pred.energy_variance[k])
@@ -627,8 +646,8 @@ def cmd_predict(args) -> int:
     tmp = Path(str(args.output) + ".tmp")
     ase.io.write(tmp, frames, format="extxyz")
     tmp.replace(args.output)
-    _say(args, f"wrote {args.output}: {len(frames)} frames with gap_energy, gap_forces, "
-               "gap_local_energy and their variances")
+    written = sorted(ours & (set(frames[0].info) | set(frames[0].arrays))) if frames else []
+    _say(args, f"wrote {args.output}: {len(frames)} frames with {', '.join(written)}")
     return 0
 
 
@@ -769,17 +788,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"gapkit: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     """Entry point of the ``gapkit`` command; returns the exit status."""
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
-            PermissionError) as err:
-        msg = " ".join(str(err).split()) or type(err).__name__
-        print(f"gapkit: error: {msg}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        # library warnings as one line each, without the source path
+        warnings.showwarning = _show_warning
+        try:
+            return args.func(args)
+        except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
+                PermissionError) as err:
+            msg = " ".join(str(err).split()) or type(err).__name__
+            print(f"gapkit: error: {msg}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Fits on ``Si_train.xyz`` (214 DFT frames: energies, forces, virials), predicts
 ``Si_test.xyz`` with variances, prints MAE/RMSE, and writes a parity plot and a
 force-error-vs-predicted-sigma plot. Run as ``python -m gapkit.demo [--output DIR]
-[--quick]``; a few minutes on two cores (``--quick``: a fraction of the data).
+[--quick]``; the fit takes about 20 s on two idle cores (``--quick``: a quarter of the
+data).
 """
 
 from __future__ import annotations

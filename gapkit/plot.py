@@ -22,7 +22,7 @@ def _plt():
 
 def parity(reference, predicted, *, sigma=None, ax=None, label="", unit="eV",
            title=None, max_points: int = 20000, seed: int = 0):
-    """Predicted vs reference values with the y = x line, MAE and RMSE in the legend.
+    """Predicted vs reference values with the y = x line, MAE and RMSE in a corner.
 
     Parameters
     ----------
@@ -55,8 +55,12 @@ def parity(reference, predicted, *, sigma=None, ax=None, label="", unit="eV",
         s = np.asarray(sigma, dtype=float).ravel()
         ax.errorbar(ref[sel], pred[sel], yerr=s[sel], fmt="none", ecolor="0.6", elinewidth=0.5,
                     alpha=0.6, zorder=1)
-    ax.scatter(ref[sel], pred[sel], s=4, alpha=0.6, zorder=2,
-               label=f"MAE {mae:.3g} {unit}\nRMSE {rmse:.3g} {unit}")
+    ax.scatter(ref[sel], pred[sel], s=4, alpha=0.6, zorder=2)
+    # the error statistics in a readable unit: meV rather than 0.00315 eV
+    scale, err_unit = (1e3, "m" + unit) if unit.startswith("eV") and mae < 0.1 else (1, unit)
+    ax.text(0.04, 0.96, f"MAE {scale * mae:.3g} {err_unit}\nRMSE {scale * rmse:.3g} {err_unit}",
+            transform=ax.transAxes, ha="left", va="top", fontsize=7, zorder=4,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1.5})
     lo = min(ref.min(), pred.min())
     hi = max(ref.max(), pred.max())
     pad = 0.03 * (hi - lo if hi > lo else 1.0)
@@ -68,7 +72,6 @@ def parity(reference, predicted, *, sigma=None, ax=None, label="", unit="eV",
     ax.set_ylabel(f"predicted {label} ({unit})")
     if title:
         ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=7, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -104,7 +107,13 @@ def error_vs_sigma(errors, sigma, *, n_bins: int = 12, ax=None, label="force com
     ax.set_xlabel(f"predicted σ, {label} ({unit})")
     ax.set_ylabel(f"|error|, {label} ({unit})")
     ax.set_xlim(0, hi)
-    ax.set_ylim(0, max(np.quantile(e, 0.995), rmse.max()) * 1.1)
+    top = max(np.quantile(e, 0.995), rmse.max()) * 1.1
+    ax.set_ylim(0, top)
+    hidden = int(np.count_nonzero(e > top))
+    if hidden:  # say so, rather than hide the worst errors silently
+        ax.text(0.98, 0.98, f"{hidden} point{'s' if hidden > 1 else ''} above the axis "
+                f"(max {e.max():.3g} {unit})", transform=ax.transAxes, ha="right", va="top",
+                fontsize=6, color="0.3")
     if title:
         ax.set_title(title)
     ax.legend(fontsize=7, frameon=False)
