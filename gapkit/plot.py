@@ -110,10 +110,9 @@ def error_vs_sigma(errors, sigma, *, n_bins: int = 12, ax=None, label="force com
     top = max(np.quantile(e, 0.995), rmse.max()) * 1.1
     ax.set_ylim(0, top)
     hidden = int(np.count_nonzero(e > top))
-    if hidden:  # say so, rather than hide the worst errors silently
-        ax.text(0.98, 0.98, f"{hidden} point{'s' if hidden > 1 else ''} above the axis "
-                f"(max {e.max():.3g} {unit})", transform=ax.transAxes, ha="right", va="top",
-                fontsize=6, color="0.3")
+    if hidden:  # say so (in the legend), rather than hide the worst errors silently
+        ax.plot([], [], " ", label=f"{hidden} point{'s' if hidden > 1 else ''} above the "
+                f"axis (max {e.max():.3g} {unit})")
     if title:
         ax.set_title(title)
     ax.legend(fontsize=7, frameon=False)
@@ -152,8 +151,8 @@ def coverage(results, *, ax=None, title=None):
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_aspect("equal")
-    ax.set_xlabel("expected fraction in central interval (dimensionless)")
-    ax.set_ylabel("observed fraction (dimensionless)")
+    ax.set_xlabel("expected fraction in central interval")
+    ax.set_ylabel("observed fraction")
     if title:
         ax.set_title(title)
     ax.legend(fontsize=7, frameon=False, loc="upper left")
@@ -203,8 +202,8 @@ def z_histogram(z, *, ax=None, bins: int = 60, label="", title=None, zmax: float
             label=f"{label} z: mean {z.mean():.2f}, sd {z.std():.2f}".strip())
     x = np.linspace(-zmax, zmax, 400)
     ax.plot(x, np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi), "k-", lw=1.0, label="N(0, 1)")
-    ax.set_xlabel("z = error / σ (dimensionless; clipped at ±%g)" % zmax)
-    ax.set_ylabel("probability density (dimensionless)")
+    ax.set_xlabel("z = error / σ (clipped at ±%g)" % zmax)
+    ax.set_ylabel("probability density")
     if title:
         ax.set_title(title)
     ax.legend(fontsize=7, frameon=False)
@@ -290,7 +289,7 @@ def ntk_width_convergence(result, *, ax=None, title=None):
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("hidden width (units per layer)")
-    ax.set_ylabel(r"$\|\Theta_{emp}-\Theta\|_F\,/\,\|\Theta\|_F$ (dimensionless)")
+    ax.set_ylabel(r"$\|\Theta_{emp}-\Theta\|_F\,/\,\|\Theta\|_F$")
     if title:
         ax.set_title(title)
     ax.legend(fontsize=7, frameon=False)

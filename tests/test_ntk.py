@@ -415,7 +415,7 @@ def test_ntk_plots(tmp_path):
     fig = plot.ntk_width_convergence(res, title="Si")
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
-    assert "width" in ax.get_xlabel() and "dimensionless" in ax.get_ylabel()
+    assert "width" in ax.get_xlabel() and "Theta" in ax.get_ylabel()
     assert any("slope -0.50" in t.get_text() for t in ax.get_legend().get_texts())
     fig.savefig(tmp_path / "w.png")
     cmp = ModelComparison(0.99, 0.999, {"GAP(SOAP)": 0.01, "GAP(NTK)": 0.012,

@@ -120,7 +120,9 @@ for x, lj in fits.items():
     ax[0].plot([x], [dimer(x)[0] * 1e3], "o", color=line.get_color())
     ax[1].plot(r, (lj.pair_energy(r) - reference_curve[:, 0]) * 1e3, color=line.get_color())
     ax[1].plot([x], [0.0], "o", color=line.get_color())
-ax[0].set(xlabel="r (Å)", ylabel="U (meV)", ylim=(-14, 10), title="dimer curves")
+# a y-range that shows every well (the fit at 4.4 Å is the deepest)
+deepest = max([MORSE["epsilon"]] + [lj.epsilon for lj in fits.values()]) * 1e3  # meV
+ax[0].set(xlabel="r (Å)", ylabel="U (meV)", ylim=(-1.2 * deepest, 10), title="dimer curves")
 ax[0].legend()
 ax[1].axhline(0, color="k", lw=0.5)
 ax[1].set(xlabel="r (Å)", ylabel="U_LJ - U_ref (meV)", title="error of each two-point fit")
@@ -163,12 +165,12 @@ OFFSET = -2718.28  # eV: the arbitrary zero of our "DFT" (the same for every con
 n_configs = 8 if FAST else 40
 
 
-def make_config(k):
-    a = rng.uniform(5.15, 5.55)  # fcc lattice constant, Å (the Morse crystal has ~5.3)
+def make_config(k, gen=rng):
+    a = gen.uniform(5.15, 5.55)  # fcc lattice constant, Å (the Morse crystal has ~5.3)
     atoms = bulk("Ar", "fcc", a=a, cubic=True).repeat(2)  # 32 atoms
-    strain = rng.normal(scale=0.02, size=(3, 3))
+    strain = gen.normal(scale=0.02, size=(3, 3))
     atoms.set_cell(atoms.cell[:] @ (np.eye(3) + 0.5 * (strain + strain.T)), scale_atoms=True)
-    atoms.rattle(rng.uniform(0.03, 0.12), seed=k)  # thermal-like displacements, Å
+    atoms.rattle(gen.uniform(0.03, 0.12), seed=k)  # thermal-like displacements, Å
     label(atoms, reference_calculator())
     atoms.info["energy"] += OFFSET
     return atoms
@@ -210,8 +212,9 @@ fit = LennardJones.fit(train, cutoff=CUTOFF, energy_weight=1.0, force_weight=1.0
 lj, offset = fit
 print(f"by hand      : A = {by_hand[0]:.6g}, B = {by_hand[1]:.6g}, offset = {by_hand[2]:.6f} eV")
 print(f"LennardJones.fit: A = {lj.A:.6g}, B = {lj.B:.6g}, offset = {offset:.6f} eV")
-print(f"train RMSE: energy {fit.energy_rmse * 1e3:.3f} meV, "
-      f"forces {fit.force_rmse * 1e3:.3f} meV/Å")
+print(f"train RMSE: energy {fit.energy_rmse * 1e3:.3f} meV per configuration "
+      f"({fit.energy_rmse / len(train[0]) * 1e3:.3f} meV/atom), forces "
+      f"{fit.force_rmse * 1e3:.3f} meV/Å per component")
 assert np.allclose(by_hand, [lj.A, lj.B, offset], rtol=1e-8), "hand-built fit disagrees"
 # The least-squares residual is orthogonal to the offset column, so the fitted offset is
 # exactly the mean of E_ref - E_LJ over the training energies ...
@@ -255,39 +258,61 @@ assert B0 > 100 * lj.B, "without an offset the fit should be wrecked by the arbi
 # configuration competes with 96 force components; energies pin down the *absolute* depth of
 # the well (cohesion), forces its *shape*. Because the 12-6 form cannot match the reference
 # perfectly, improving one worsens the other. On the training set the weights trace an
-# exact trade-off curve (each point is the best force error for its energy error); errors on
-# held-out configurations follow it only roughly — with 3 parameters and a handful of test
-# configurations, their ups and downs are mostly noise.
+# exact trade-off curve (each point is the best force error for its energy error). Whether
+# held-out configurations follow it depends on which configurations they are, so besides
+# the 10 test configurations we draw a larger fresh set from the same recipe and split it
+# by density: cells at least as expanded as the test set, and more compressed ones. Density
+# is measured by $a_\mathrm{eff}$, the fcc lattice constant with the same volume per atom.
 
 # %%
-test_labels = get_all_labels(test, require=("energy", "forces"))
-f_ref_test = np.concatenate([lab.forces.ravel() for lab in test_labels])
-e_ref_test = np.array([lab.energy for lab in test_labels])
+def reference_labels(frames_):
+    labs = get_all_labels(frames_, require=("energy", "forces"))
+    return (np.array([lab.energy for lab in labs]),
+            np.concatenate([lab.forces.ravel() for lab in labs]))
 
 
-def test_errors(pot, off):
-    res = evaluate(pot, test, virial=False)
+def set_errors(frames_, refs, pot, off):
+    """Energy RMSE (meV/atom), force RMSE (meV/Å) and predicted forces (eV/Å) on frames_."""
+    res = evaluate(pot, frames_, virial=False)
     e = np.array([x.energy for x in res]) + off
     f = np.concatenate([x.forces.ravel() for x in res])
-    n_at = len(test[0])
-    return (np.sqrt(np.mean((e - e_ref_test) ** 2)) / n_at * 1e3,
-            np.sqrt(np.mean((f - f_ref_test) ** 2)) * 1e3, f)
+    return (np.sqrt(np.mean((e - refs[0]) ** 2)) / len(frames_[0]) * 1e3,
+            np.sqrt(np.mean((f - refs[1]) ** 2)) * 1e3, f)
 
+
+def a_eff(atoms):
+    """Lattice constant (Å) of the fcc crystal with the same volume per atom."""
+    return (4 * atoms.get_volume() / len(atoms)) ** (1 / 3)
+
+
+e_ref_test, f_ref_test = reference_labels(test)
+fresh_gen = np.random.default_rng(1)  # a separate random stream: new configurations
+fresh = [make_config(1000 + k, gen=fresh_gen) for k in range(40 if FAST else 150)]
+a_split = min(a_eff(a) for a in test)
+sets = {"training set": train, "test set": test,
+        f"fresh, a_eff ≥ {a_split:.2f} Å": [a for a in fresh if a_eff(a) >= a_split],
+        f"fresh, a_eff < {a_split:.2f} Å": [a for a in fresh if a_eff(a) < a_split]}
+refs = {name: reference_labels(fr) for name, fr in sets.items()}
+print(f"a_eff (Å): training {min(map(a_eff, train)):.2f}-{max(map(a_eff, train)):.2f}, test "
+      f"{a_split:.2f}-{max(map(a_eff, test)):.2f}; fresh: "
+      + ", ".join(f"{len(fr)} {name[7:]}" for name, fr in sets.items() if "fresh" in name))
 
 ratios = np.logspace(-3, 4, 5 if FAST else 12)  # w_E / w_F, (eV/Å)² / eV²
-tradeoff, tradeoff_train = [], []
+curves = {name: [] for name in sets}             # (energy meV/atom, forces meV/Å) per ratio
 for ratio in ratios:
     fit_r = LennardJones.fit(train, cutoff=CUTOFF, energy_weight=ratio, force_weight=1.0)
-    tradeoff.append(test_errors(*fit_r)[:2])
-    tradeoff_train.append((fit_r.energy_rmse / len(train[0]) * 1e3, fit_r.force_rmse * 1e3))
-tradeoff, tradeoff_train = np.array(tradeoff), np.array(tradeoff_train)
+    for name, fr in sets.items():
+        curves[name].append(set_errors(fr, refs[name], *fit_r)[:2])
+curves = {name: np.array(c) for name, c in curves.items()}
+tradeoff_train, tradeoff = curves["training set"], curves["test set"]
 # relative force errors (RMSE / RMS reference force) compare sets with different amplitudes
-f_rms_train = np.sqrt(np.mean(np.concatenate([lab.forces.ravel() for lab in labels]) ** 2)) * 1e3
-f_rms_test = np.sqrt(np.mean(f_ref_test**2)) * 1e3
-print("w_E/w_F, train and test RMSE (energy meV/atom, forces meV/Å):")
-for ratio, tr, te in zip(ratios, tradeoff_train, tradeoff):
-    print(f"  {ratio:8.1e}  train {tr[0]:7.3f} {tr[1]:6.3f}   test {te[0]:7.3f} {te[1]:6.3f}")
-e_rmse, f_rmse, f_pred = test_errors(lj, offset)
+f_rms = {name: np.sqrt(np.mean(refs[name][1] ** 2)) * 1e3 for name in sets}
+print("w_E/w_F, RMSE (energy meV/atom, forces meV/Å) of: "
+      + "; ".join(f"[{k}] {name}" for k, name in enumerate(sets)))
+for j, ratio in enumerate(ratios):
+    print(f"  {ratio:8.1e}" + "".join(f"  [{k}] {c[j, 0]:6.3f} {c[j, 1]:5.2f}"
+                                       for k, c in enumerate(curves.values())))
+e_rmse, f_rmse, f_pred = set_errors(test, (e_ref_test, f_ref_test), lj, offset)
 print(f"test RMSE (w_E = w_F): energy {e_rmse:.3f} meV/atom, forces {f_rmse:.3f} meV/Å "
       f"(force scale {np.std(f_ref_test) * 1e3:.1f} meV/Å)")
 assert f_rmse < 0.25 * np.std(f_ref_test) * 1e3, "force RMSE should be well below the force scale"
@@ -296,6 +321,11 @@ assert f_rmse < 0.25 * np.std(f_ref_test) * 1e3, "force RMSE should be well belo
 assert np.all(np.diff(tradeoff_train[:, 0]) < 1e-9), "energy error should fall with w_E/w_F"
 assert np.all(np.diff(tradeoff_train[:, 1]) > -1e-9), "force error should rise with w_E/w_F"
 assert tradeoff_train[0, 0] > 5 * tradeoff_train[-1, 0], "the trade-off should be visible"
+# off the training set: compressed cells lose force accuracy as w_E/w_F rises ...
+dense, expanded = curves[list(sets)[3]][:, 1], curves[list(sets)[2]][:, 1]
+assert dense[-1] > 1.5 * dense[0], dense
+if not FAST:  # ... while, in full mode, the others get it back at the energy-dominated end
+    assert expanded.max() > 1.2 * expanded[-1] and tradeoff[:, 1].max() > 1.2 * tradeoff[-1, 1]
 
 fig, ax = plt.subplots(1, 2, figsize=(10, 4.2))
 ax[0].plot(f_ref_test * 1e3, f_pred * 1e3, ".", ms=3, alpha=0.5)
@@ -303,19 +333,32 @@ lim = np.abs(f_ref_test).max() * 1e3 * 1.05
 ax[0].plot([-lim, lim], [-lim, lim], "k-", lw=0.5)
 ax[0].set(xlabel="reference force component (meV/Å)", ylabel="LJ force (meV/Å)",
           title=f"force parity (test), RMSE {f_rmse:.2f} meV/Å", aspect="equal")
-ax[1].plot(100 * tradeoff_train[:, 1] / f_rms_train, tradeoff_train[:, 0], "o-",
-           label="training set")
-ax[1].plot(100 * tradeoff[:, 1] / f_rms_test, tradeoff[:, 0], "s--", alpha=0.6,
-           label="test set")
+for (name, c), style in zip(curves.items(), ["o-", "s--", "^:", "v:"]):
+    ax[1].plot(100 * c[:, 1] / f_rms[name], c[:, 0], style, ms=4,
+               alpha=1.0 if name == "training set" else 0.7, label=name)
 for (e_tr, f_tr), ratio in list(zip(tradeoff_train, ratios))[::3]:
-    ax[1].annotate(f"{ratio:.0e}", (100 * f_tr / f_rms_train, e_tr), fontsize=7,
+    ax[1].annotate(f"{ratio:.0e}", (100 * f_tr / f_rms["training set"], e_tr), fontsize=7,
                    textcoords="offset points", xytext=(4, 2))
 ax[1].set(xlabel="force RMSE / RMS force (%)", ylabel="energy RMSE (meV/atom)",
           title="trade-off, labelled by w_E / w_F ((eV/Å)²/eV²)", yscale="log")
-ax[1].legend()
+ax[1].legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(OUT / "force_matching.png", dpi=120)
 plt.close(fig)
+
+# %% [markdown]
+# The test energies follow the training trend, but the test *forces* do not: in full mode
+# (2026-11-21) their RMSE rose from 1.4 to 2.9 meV/Å up to $w_E/w_F \approx 1$ and then fell
+# back to 2.0 meV/Å at the energy-dominated end — a C-shaped curve in the figure, which each
+# of the ten test configurations showed on its own, so it is not scatter between them. The
+# fresh configurations say where it comes from. Those at least as expanded as the test set
+# (118 of 150) do the same, 1.5 → 3.2 → 2.3 meV/Å, while the compressed ones, which the test
+# set lacks, keep getting worse as $w_E/w_F$ rises, 2.2 → 5.1 meV/Å. Force matching is
+# dominated by the compressed cells, whose forces and force errors are the largest; the
+# energies weigh every configuration alike, so beyond $w_E/w_F \approx 1$ more weight on them
+# trades force accuracy in the compressed cells for force accuracy elsewhere. A trade-off
+# measured on one set of configurations holds for configurations like them: a test set has to
+# sample what the potential will meet.
 
 # %% [markdown]
 # ## 3. From a pair potential to a GAP — and back as a baseline

@@ -443,8 +443,11 @@ axes[0].set_xlabel(r"SOAP distance to the crystal $|\hat{\mathbf{q}}_i - \hat{\m
 axes[0].set_ylabel("fraction of environments within")
 axes[0].legend(fontsize=7, title="Si training atoms", title_fontsize=7)
 axes[0].set_title("How novel is each environment?", fontsize=9)
-order = np.argsort(eps)
-axes[1].plot(100 * eps[order], d_uni[order], "o-", ms=4, label="DFT cells (mode 0)")
+# markers only (the strains are unevenly spaced: no line through gaps without data), and
+# the relaxed crystal itself as the point at zero strain
+axes[1].plot(100 * eps, d_uni, "o", ms=4, label="strained DFT cells (mode 0)")
+axes[1].plot([0.0], [np.linalg.norm(res.values - q_ref, axis=1).mean()], "s", ms=5,
+             color="C1", label="relaxed crystal")
 e_line = np.linspace(-0.1, 0.1, 41)
 axes[1].plot(100 * e_line, slope * np.abs(e_line), "k--", lw=0.8,
              label=r"$|\varepsilon|\,|\partial\hat{\mathbf{q}}/\partial\epsilon_{xx}|$")

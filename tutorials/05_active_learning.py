@@ -174,6 +174,8 @@ fig, axes = plt.subplots(1, 2, figsize=(9.2, 3.6), dpi=150)
 plot.learning_curves(named, ax=axes[0], title="Cu (EMT oracle): forces")
 plot.learning_curves(named, ax=axes[1], quantity="energy_mae", unit="eV/atom",
                      title="Cu (EMT oracle): energies")
+for ax in axes:
+    ax.set_xlabel("labelled frames")  # a count: no unit needed
 fig.tight_layout()
 fig.savefig(OUT / "learning_curves.png")
 plt.close(fig)
@@ -258,7 +260,7 @@ for j, name in enumerate(runs):
                 label=LABEL[name], color=f"C{j}")
 axes[0].plot(x, [np.mean([a.info["kind"] == k for a in pool]) for k in KINDS], "k_", ms=22,
              mew=2, label="pool fraction")
-axes[0].set_ylabel("fraction of selected frames (dimensionless)")
+axes[0].set_ylabel("fraction of selected frames")
 axes[0].set_ylim(0, 1.0)  # room for the legend
 axes[0].set_title("what each strategy labelled", fontsize=9)
 axes[1].set_ylabel("test force MAE (eV/Å)")
@@ -277,7 +279,7 @@ axes[2].set_xscale("log")
 axes[2].set_yscale("log")
 axes[2].xaxis.set_minor_formatter(NullFormatter())
 axes[2].set_xlabel("per-frame test force RMSE (eV/Å)")
-axes[2].set_ylabel("fraction of test frames ≥ x (dimensionless)")
+axes[2].set_ylabel("fraction of test frames ≥ x")
 axes[2].set_title("tail of the error distribution", fontsize=9)
 axes[2].legend(fontsize=7, frameon=False, loc="lower left")
 fig.tight_layout()

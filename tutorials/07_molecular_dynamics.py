@@ -92,8 +92,8 @@ T_START = time.perf_counter()
 # diamond cell at 300, 843, 1518, 2530 and 3374 K, strained crystals, vacancies, surfaces.
 # We train on the **crystal near room temperature** only — AIMD at 300 and 843 K plus the
 # strained crystals — so that we know where the model's knowledge ends: Si melts at
-# 1687 K, and the AIMD frames at 1518 and 2530 K, held back, tell us how wrong the model
-# is beyond its training temperatures.
+# 1687 K, and the AIMD frames of the hot crystal (1518 K) and of the liquid (2530 K), held
+# back, tell us how wrong the model is beyond its training temperatures.
 
 # %%
 frames = gapkit.data.load_bundled("Si_train.xyz")
@@ -156,8 +156,8 @@ print(f"Spearman rank correlation of predicted sigma and actual error over frame
 
 # %% [markdown]
 # The model is accurate at 300 K, where it was trained (in full mode, 2026-11-21, a force
-# RMSE of about 0.03 eV/Å), and its errors grow twentyfold for the molten configurations at
-# 2530 K (about 0.57 eV/Å); the predicted $\sigma$ grows with them. The variance is not a
+# RMSE of about 0.03 eV/Å), and its errors grow twentyfold for the liquid at 2530 K (about
+# 0.57 eV/Å); the predicted $\sigma$ grows with them. The variance is not a
 # precise error bar per frame: it is the posterior variance of the *latent* energy surface,
 # without the observation noise ($\sigma_F = 0.05$ eV/Å in this fit) that also stands for
 # the model's irreducible misfit, so it is smaller than the error near the training data —
@@ -371,9 +371,10 @@ plt.close(fig)
 #
 # ## Closing the loop
 #
-# The Zuo data set already holds what that DFT would give: AIMD frames of molten silicon at
-# 1518 and 2530 K. Adding a few of them (not the held-out ones) and refitting shows that the
-# uncertainty on the flagged trajectory is *epistemic* — it shrinks with data.
+# The Zuo data set already holds what that DFT would give: AIMD frames of the hot crystal
+# (1518 K, below the melting point) and of the liquid (2530 K). Adding a few of them (not
+# the held-out ones) and refitting shows that the uncertainty on the flagged trajectory is
+# *epistemic* — it shrinks with data.
 
 # %%
 n_add = 4 if FAST else 8
@@ -389,7 +390,8 @@ pred_hot = model2.predict(held[2530], force_variance="exact", virial=False)
 sigma_hot = float(force_sigma(pred_hot)[0].mean())
 rmse_hot = float(np.mean([np.sqrt(np.mean((pred_hot.frame_forces(k) - a.get_forces()) ** 2))
                           for k, a in enumerate(held[2530])]))
-print(f"refit with {len(extra)} molten-Si AIMD frames:")
+print(f"refit with {len(extra)} more AIMD frames ({n_add} hot crystal at 1518 K, {n_add} "
+      "liquid at 2530 K):")
 print(f"  held-out 2530 K DFT frames: force RMSE {val[2530][1].mean():.3f} -> {rmse_hot:.3f} "
       f"eV/Å, predicted sigma (RMS) {val[2530][0].mean():.3f} -> {sigma_hot:.3f} eV/Å")
 print(f"  the {len(flagged_frames)} flagged MD frames: max-atom force sigma, median "
@@ -398,16 +400,16 @@ print(f"  the {len(flagged_frames)} flagged MD frames: max-atom force sigma, med
 
 # %% [markdown]
 # Measured in full mode (2026-11-21): on the held-out 2530 K frames the force RMSE dropped
-# from about 0.57 to about 0.25 eV/Å after adding 16 molten frames, and the predicted
-# $\sigma$ fell with it (from about 0.44 to 0.09 eV/Å); on the flagged frames of our own
-# 64-atom trajectory the median max-atom $\sigma$ halved, from about 0.13 to 0.06 eV/Å —
-# still above the crystal-level threshold: one round of new data narrows the gap, and the
-# loop goes on until the flags stop. (The fast version of this script runs MD in an 8-atom
-# cell, whose hot configurations — every atom close to its own periodic images — are unlike
-# the 64-atom melt; there the new data does not lower their $\sigma$, a reminder that the
-# added frames must resemble the flagged ones.) In production this loop runs *on the fly*:
-# MD with `variance=False`, a variance check every few steps, DFT on the frames that trip
-# the flag, a refit, and the MD continues with the improved model (see tutorial 05 for
+# from about 0.57 to about 0.25 eV/Å after adding 16 frames (8 of the hot crystal, 8 of the
+# liquid), and the predicted $\sigma$ fell with it (from about 0.44 to 0.09 eV/Å); on the
+# flagged frames of our own 64-atom trajectory the median max-atom $\sigma$ halved, from about
+# 0.13 to 0.06 eV/Å — still above the crystal-level threshold: one round of new data narrows
+# the gap, and the loop goes on until the flags stop. (The fast version of this script runs MD
+# in an 8-atom cell, whose hot configurations — every atom close to its own periodic images —
+# are unlike the 64-atom liquid; there the new data does not lower their $\sigma$, a reminder
+# that the added frames must resemble the flagged ones.) In production this loop runs *on the
+# fly*: MD with `variance=False`, a variance check every few steps, DFT on the frames that
+# trip the flag, a refit, and the MD continues with the improved model (see tutorial 05 for
 # active learning and its pitfalls).
 #
 # ## Checks
@@ -421,9 +423,9 @@ assert runs[300]["flagged"].mean() <= 0.1, "in-distribution MD should be (almost
 late = runs[2500]["flagged"][len(runs[2500]["flagged"]) // 2:]
 assert late.mean() >= 0.7, "MD far above the training temperatures should be flagged"
 assert runs[2500]["sigma_f"].max() > 10 * runs[300]["sigma_f"].max()
-assert val[2530][1].mean() > 5 * val[300][1].mean(), "molten frames should be predicted worse"
+assert val[2530][1].mean() > 5 * val[300][1].mean(), "liquid frames should be predicted worse"
 assert val[2530][0].mean() > 5 * val[300][0].mean(), "... and with a larger predicted sigma"
 assert rho > 0.6, f"predicted sigma should rank the held-out errors (rho = {rho:.2f})"
 assert sigma_hot < 0.5 * val[2530][0].mean(), "new data should shrink the uncertainty"
-assert rmse_hot < 0.7 * val[2530][1].mean(), "new data should reduce the error on melt"
+assert rmse_hot < 0.7 * val[2530][1].mean(), "new data should reduce the error on the liquid"
 print(f"all checks passed in {time.perf_counter() - T_START:.0f} s")
