@@ -202,7 +202,8 @@ def _as_list(baselines: Baseline | Iterable[Baseline]) -> list[Baseline]:
     out = [baselines] if isinstance(baselines, Baseline) else list(baselines)
     for b in out:
         if not isinstance(b, Baseline):
-            raise TypeError(f"expected Baseline instances, got {type(b).__name__}")
+            raise TypeError(f"baselines must be gapkit.baselines.Baseline objects (e.g. "
+                            f"CoreRepulsion(), Ewald(charges=...)), got {type(b).__name__}")
     return out
 
 

@@ -328,9 +328,6 @@ class GAP:
             return labels
         from .baselines import evaluate
 
-        for k, atoms in enumerate(frames):
-            for b in self.baselines:
-                b.check(atoms, frame_index=k)
         out = []
         results = evaluate(self.baselines, frames,
                            forces=any(lab.forces is not None for lab in labels),
@@ -569,11 +566,13 @@ class GAP:
             raise ValueError("force_variance must be 'projected', 'exact' or None")
         frames = self._read(frames)
         self._check_species(frames)
-        for k, atoms in enumerate(frames):
-            for b in self.baselines:
-                b.check(atoms, frame_index=k)
         if virial is None:
             virial = all(bool(np.all(a.pbc)) for a in frames)
+        b_results = None
+        if self.baselines:  # first: evaluate checks every frame before the heavy work
+            from .baselines import evaluate
+
+            b_results = evaluate(self.baselines, frames, forces=forces, virial=virial)
         want_fvar = variance and force_variance is not None
         gradients = set()
         if forces:
@@ -651,12 +650,9 @@ class GAP:
                 v_var[start:stop] = _voigt_to_matrix(
                     self._projected_variance(vr).reshape(-1, 6))
         b_energy = None
-        if self.baselines:
-            from .baselines import evaluate
-
+        if b_results is not None:
             b_energy = np.empty(n_frames)
-            for k, res in enumerate(evaluate(self.baselines, frames, forces=forces,
-                                             virial=virial)):
+            for k, res in enumerate(b_results):
                 a0, a1 = offsets[k], offsets[k + 1]
                 b_energy[k] = res.energy
                 energy[k] += res.energy
@@ -886,17 +882,12 @@ class GAP:
 
 
 def _as_baselines(baselines) -> list:
-    """``baselines`` as a list of :class:`gapkit.baselines.Baseline` (checked)."""
+    """``baselines`` as a checked list of :class:`gapkit.baselines.Baseline`."""
     if baselines is None:
         return []
-    from .baselines import Baseline
+    from .baselines import _as_list
 
-    items = [baselines] if isinstance(baselines, Baseline) else list(baselines)
-    for b in items:
-        if not isinstance(b, Baseline):
-            raise TypeError(f"baselines must be gapkit.baselines.Baseline objects (e.g. "
-                            f"CoreRepulsion(), Ewald(charges=...)), got {type(b).__name__}")
-    return items
+    return _as_list(baselines)
 
 
 def _voigt_to_matrix(w: np.ndarray) -> np.ndarray:
