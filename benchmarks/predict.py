@@ -92,7 +92,7 @@ def gapkit_model(args, settings, train):
         model.progress = False
         return model, {"source": str(args.model), "fit_s": None,
                        "terms": [t.to_dict() for t in model.terms_],
-                       "n_sparse": [t.sparse_.n for t in model.terms_]}
+                       "n_sparse": [z.n for z in model.sparse_sets_]}
     model = fit_bench.build_gapkit(settings)
     t0 = time.perf_counter()
     model.fit(train)
@@ -100,7 +100,7 @@ def gapkit_model(args, settings, train):
                       f"(every {settings['stride']}th)",
             "fit_s": time.perf_counter() - t0,
             "terms": [t.to_dict() for t in model.terms_],
-            "n_sparse": [t.sparse_.n for t in model.terms_]}
+            "n_sparse": [z.n for z in model.sparse_sets_]}
     return model, info
 
 

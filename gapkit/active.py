@@ -24,9 +24,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .data import get_all_labels
+from .generate import label
+from .model import clone
+
 __all__ = ["LearningCurve", "active_learning", "compare_strategies", "labels_to_reach"]
 
 STRATEGIES = ("energy", "forces", "random")
+_UNSET = object()  # marks a deprecated keyword the caller did not pass
 
 
 @dataclass(frozen=True)
@@ -89,14 +94,8 @@ def _labeller(labeller) -> Callable:
     from ase.calculators.calculator import BaseCalculator
 
     if isinstance(labeller, BaseCalculator):
-        from .testing import label
-
-        def with_calc(atoms):
-            frame = atoms.copy()
-            for key in ("energy", "virial", "stress", "free_energy"):
-                frame.info.pop(key, None)
-            frame.arrays.pop("forces", None)
-            return label(frame, labeller)
+        def with_calc(atoms):  # generate.label copies the frame and drops its old labels
+            return label([atoms], labeller, progress=False)[0]
         return with_calc
     if callable(labeller):
         return labeller
@@ -152,9 +151,7 @@ def select_batch(scores: np.ndarray, fingerprints: np.ndarray | None, batch_size
 def _evaluate(model, test) -> tuple[float, float]:
     if not test:
         return float("nan"), float("nan")
-    from .data import get_all_labels
-
-    pred = model.predict(test, variance=False)
+    pred = model.predict(test, return_variance=False)
     labels = get_all_labels(test, **model.keys)
     f_ref = np.concatenate([lab.forces for lab in labels])
     e_ref = np.array([lab.energy for lab in labels])
@@ -165,7 +162,8 @@ def _evaluate(model, test) -> tuple[float, float]:
 def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | None = None,
                     strategy: str = "forces", n_initial: int = 5, batch_size: int = 5,
                     max_labels: int = 50, diversity: float = 1.0, seed: int = 0,
-                    force_variance: str = "exact", verbose: bool = False) -> LearningCurve:
+                    forces_variance: str = "exact", verbose: bool = False,
+                    force_variance=_UNSET) -> LearningCurve:
     """Run an active-learning loop and return its learning curve.
 
     Parameters
@@ -183,7 +181,7 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
         Labelled frames for the learning curve (force MAE eV/Å, energy MAE eV/atom).
     strategy : {"forces", "energy", "random"}
         Selection by the largest predicted force variance (max over atoms of the
-        mean component variance, eV^2/Å^2, in the form ``force_variance``), per-atom
+        mean component variance, eV^2/Å^2, in the form ``forces_variance``), per-atom
         energy variance
         (eV^2/atom^2, DTC form), or at random (the baseline).
     n_initial : int
@@ -199,7 +197,7 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
         and ``d0`` the median nearest-neighbour distance in the pool; 0 disables.
     seed : int
         Seeds the initial set, the random baseline and the sparse-point selection.
-    force_variance : {"exact", "projected"}
+    forces_variance : {"exact", "projected"}
         Form of the force variance for ``strategy="forces"`` (see
         :meth:`gapkit.GAP.predict`): ``"exact"`` (default; the calibrated one, its cost
         grows with the square of the neighbour count) or the cheaper ``"projected"``.
@@ -211,13 +209,17 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
         reached", "the pool is empty", "the pool is exhausted"). An empty pool is not an
         error: nothing is fitted and the curve is empty.
     """
-    from .uq import _blank_copy
-
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; use one of {list(STRATEGIES)}")
-    if force_variance not in ("exact", "projected"):
-        raise ValueError(f"force_variance must be 'exact' or 'projected', got "
-                         f"{force_variance!r}")
+    if force_variance is not _UNSET:
+        import warnings
+
+        warnings.warn("active_learning(force_variance=...) is now forces_variance=... (the "
+                      "old name goes in gapkit 0.3)", DeprecationWarning, stacklevel=2)
+        forces_variance = force_variance
+    if forces_variance not in ("exact", "projected"):
+        raise ValueError(f"forces_variance must be 'exact' or 'projected', got "
+                         f"{forces_variance!r}")
     if n_initial < 1 or batch_size < 1 or max_labels < 1:
         raise ValueError("n_initial, batch_size and max_labels must be >= 1")
     pool = list(pool)
@@ -255,7 +257,7 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
     fingerprints = d0 = None
     fitted = None
     while True:
-        fitted = _blank_copy(model)
+        fitted = clone(model)
         fitted.random_state = (model.random_state or 0) + seed
         fitted.fit(labelled)
         f_mae, e_mae = _evaluate(fitted, test)
@@ -276,11 +278,11 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
             sc = np.full(n_pick, np.nan)
         else:
             if strategy == "energy":
-                pred = fitted.predict(cands, forces=False, virial=False, force_variance=None)
+                pred = fitted.predict(cands, forces=False, virial=False, forces_variance=None)
                 score = pred.energy_variance / pred.n_atoms ** 2
             else:
                 pred = fitted.predict(cands, forces=True, virial=False,
-                                      force_variance=force_variance)
+                                      forces_variance=forces_variance)
                 per_atom = pred.forces_variance.mean(axis=1)
                 score = np.maximum.reduceat(per_atom, pred.atom_offsets[:-1])
             fp = None

@@ -56,6 +56,7 @@ __all__ = [
     "Ewald",
     "LennardJones",
     "LennardJonesFit",
+    "as_baseline_list",
     "evaluate",
     "from_dict",
     "zbl_screening",
@@ -198,7 +199,8 @@ def _registry() -> dict[str, type[Baseline]]:
     return out
 
 
-def _as_list(baselines: Baseline | Iterable[Baseline]) -> list[Baseline]:
+def as_baseline_list(baselines: Baseline | Iterable[Baseline]) -> list[Baseline]:
+    """``baselines`` (one or several) as a checked list; TypeError naming the bad item."""
     out = [baselines] if isinstance(baselines, Baseline) else list(baselines)
     for b in out:
         if not isinstance(b, Baseline):
@@ -226,7 +228,7 @@ def evaluate(baselines: Baseline | Iterable[Baseline], frames: Atoms | Sequence[
     list of BaselineResult
         One per frame (an empty list of baselines gives zeros).
     """
-    baselines = _as_list(baselines)
+    baselines = as_baseline_list(baselines)
     frames = [frames] if isinstance(frames, Atoms) else list(frames)
     for k, atoms in enumerate(frames):
         for b in baselines:
@@ -1075,7 +1077,7 @@ class BaselineCalculator(Calculator):
 
     def __init__(self, baselines: Baseline | Sequence[Baseline], **kwargs: Any):
         super().__init__(**kwargs)
-        self.baselines = _as_list(baselines)
+        self.baselines = as_baseline_list(baselines)
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",),
                   system_changes=all_changes) -> None:

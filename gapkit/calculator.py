@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from .data import virial_to_stress
 
 __all__ = ["GAPCalculator"]
+
+_UNSET = object()  # marks a deprecated keyword the caller did not pass
 
 
 class GAPCalculator(Calculator):
@@ -18,11 +24,14 @@ class GAPCalculator(Calculator):
 
     * ``energy_variance`` (eV^2): total energy, DTC form;
     * ``energies_variance`` (n_atoms,) eV^2: per-atom energies, DTC form;
-    * ``forces_variance`` (n_atoms, 3) eV^2/Å^2, per component: ``force_variance=
-      "exact"`` (default; DTC form with exact second derivatives, calibrated on the
-      Si test set), ``"projected"`` (cheaper, much smaller) or None. Each force
-      variance needs a full design-matrix row, about 3x the cost of the forces:
-      for long MD without uncertainty use ``GAPCalculator(model, variance=False)``.
+    * ``forces_variance`` (n_atoms, 3) eV^2/Å^2, per component: ``forces_variance=
+      "exact"`` (default; DTC form with exact second derivatives), ``"projected"``
+      (cheaper, much smaller) or None. Each force variance needs a full design-matrix
+      row, several times the cost of the forces: for long MD without uncertainty use
+      ``GAPCalculator(model, variance=False)``.
+
+    The two options are ASE calculator parameters (``calc.parameters``, shown by
+    ``calc.todict()``).
 
     Stress is ``-virial / volume`` with the virial ``W = -dE/d epsilon``. A model
     fitted with physics baselines (``GAP(..., baselines=...)``) includes them in every
@@ -30,14 +39,27 @@ class GAPCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    default_parameters = {"variance": True, "forces_variance": "exact"}
 
-    def __init__(self, model, *, variance: bool = True, force_variance: str | None = "exact",
-                 **kwargs):
-        super().__init__(**kwargs)
-        model._check_fitted()
+    def __init__(self, model, *, variance: bool = True, forces_variance: str | None = "exact",
+                 force_variance=_UNSET, **kwargs):
+        if force_variance is not _UNSET:
+            warnings.warn("GAPCalculator(force_variance=...) is now forces_variance=... (the "
+                          "old name goes in gapkit 0.3)", DeprecationWarning, stacklevel=2)
+            forces_variance = force_variance
+        if forces_variance not in ("exact", "projected", None):
+            raise ValueError("forces_variance must be 'exact', 'projected' or None")
+        super().__init__(variance=bool(variance), forces_variance=forces_variance, **kwargs)
+        model.check_fitted()
         self.model = model
-        self.variance = bool(variance)
-        self.force_variance = force_variance
+
+    @property
+    def variance(self) -> bool:
+        return bool(self.parameters["variance"])
+
+    @property
+    def forces_variance(self):
+        return self.parameters["forces_variance"]
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -45,11 +67,10 @@ class GAPCalculator(Calculator):
         periodic = bool(np.all(atoms.pbc))
         want_stress = "stress" in properties
         if want_stress and not periodic:
-            from ase.calculators.calculator import PropertyNotImplementedError
-
             raise PropertyNotImplementedError("stress needs a cell periodic in all directions")
         pred = self.model.predict([atoms], forces=True, virial=periodic,
-                                  variance=self.variance, force_variance=self.force_variance)
+                                  return_variance=self.variance,
+                                  forces_variance=self.forces_variance)
         self.results["energy"] = float(pred.energy[0])
         self.results["free_energy"] = float(pred.energy[0])
         self.results["energies"] = pred.local_energy.copy()
@@ -57,10 +78,7 @@ class GAPCalculator(Calculator):
         if pred.baseline_energy is not None:
             self.results["baseline_energy"] = float(pred.baseline_energy[0])
         if periodic:
-            w = pred.virial[0]
-            stress = -w / atoms.get_volume()
-            self.results["stress"] = np.array([stress[0, 0], stress[1, 1], stress[2, 2],
-                                               stress[1, 2], stress[0, 2], stress[0, 1]])
+            self.results["stress"] = virial_to_stress(pred.virial[0], atoms.get_volume())
         if self.variance:
             self.results["energy_variance"] = float(pred.energy_variance[0])
             self.results["energies_variance"] = pred.local_energy_variance.copy()

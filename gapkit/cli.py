@@ -5,7 +5,7 @@
     gapkit fit CONFIG.toml [key=value ...] [-o MODEL] [--force]
     gapkit fit at_file=train.xyz gp_file=model.gapkit soap_cutoff=5 n_sparse=500 ...
     gapkit eval MODEL DATA.xyz [--plot parity.png] [--json]
-    gapkit predict MODEL IN.xyz OUT.xyz [--force-variance {exact,projected,none}]
+    gapkit predict MODEL IN.xyz OUT.xyz [--forces-variance {exact,projected,none}]
     gapkit info MODEL [--config]
 
 Global options (before the command): ``--quiet`` (no progress bars or chatter).
@@ -48,184 +48,39 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
+from .io import ConfigError as CLIError
+from .io import dump_toml, load_toml
+
 __all__ = ["main", "config_to_model", "model_to_config", "parse_gap_fit_args", "dump_toml"]
 
-_TOP_KEYS = {"data", "terms", "noise", "e0", "jitter", "use", "random_state", "output",
-             "batch_atoms", "baselines"}
 _DATA_KEYS = {"train", "energy_key", "forces_key", "virial_key", "stress_key",
               "config_type_key"}
-_TERM_KEYS = {"descriptor", "kernel", "n_sparse", "sparse_method", "sparse_options"}
-_NOISE_KEYS = {"energy", "forces", "virial", "per_atom", "config_type"}
-
-
-class CLIError(ValueError):
-    """Bad input on the command line or in a config file."""
-
-
-def _check_keys(d, allowed, where):
-    if not isinstance(d, dict):
-        raise CLIError(f"{where} must be a table, got {type(d).__name__}")
-    unknown = sorted(set(d) - set(allowed))
-    if unknown:
-        raise CLIError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
-                       f"in {where}; expected some of {', '.join(sorted(allowed))}")
-
-
-def _build(registry, spec, where):
-    if not isinstance(spec, dict) or "type" not in spec:
-        raise CLIError(f"{where} must be a table with a 'type' key, e.g. "
-                       f"{{type = \"{next(iter(registry))}\", ...}}")
-    params = {k: v for k, v in spec.items() if k != "type"}
-    kind = spec["type"]
-    if kind not in registry:
-        raise CLIError(f"{where}: unknown type {kind!r}; use one of {', '.join(registry)}")
-    # only the keywords the class names itself (a kernel would pass others on to
-    # GPyTorch, which ignores them: a typo must not be dropped silently)
-    import inspect
-
-    named = [p.name for p in inspect.signature(registry[kind].__init__).parameters.values()
-             if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    _check_keys(params, named, f"{where} ({kind})")
-    try:
-        return registry[kind](**params)
-    except TypeError as err:
-        raise CLIError(f"{where} ({kind}): {err}") from None
-
-
-def _int_keys(d):
-    return {int(k) if isinstance(k, str) and k.lstrip("-").isdigit() else k: v
-            for k, v in d.items()}
 
 
 def config_to_model(config: dict, *, base_dir=None, progress: bool = True):
-    """Build an unfitted :class:`gapkit.GAP` from a config dict (the TOML layout).
+    """``(model, train_path, output_path)`` from a config dict: :meth:`gapkit.GAP.from_config`
+    (the config layout and its checks live in :mod:`gapkit.io`)."""
+    from .model import GAP
 
-    Returns ``(model, train_path, output_path)``; the paths are None when the
-    config lacks them, and relative ones are taken relative to ``base_dir``.
-    Raises ValueError naming the offending key.
-    """
-    from .gp.observations import NoiseModel
-    from .model import _DESCRIPTORS, _KERNELS, GAP, Term
+    return GAP.from_config(config, base_dir=base_dir, progress=progress)
 
-    _check_keys(config, _TOP_KEYS, "the config")
-    data = config.get("data", {})
-    _check_keys(data, _DATA_KEYS, "[data]")
-    terms_cfg = config.get("terms")
-    if not terms_cfg:
-        raise CLIError("the config has no [[terms]]: give at least one descriptor and kernel")
-    if not isinstance(terms_cfg, list):
-        raise CLIError("'terms' must be an array of tables ([[terms]])")
-    terms = []
-    for i, t in enumerate(terms_cfg):
-        where = f"[[terms]] #{i + 1}"
-        _check_keys(t, _TERM_KEYS, where)
-        for key in ("descriptor", "kernel"):
-            if key not in t:
-                raise CLIError(f"{where} lacks '{key}'")
-        n_sparse = t.get("n_sparse", 500)
-        if isinstance(n_sparse, dict):
-            n_sparse = _int_keys(n_sparse)
-        try:
-            terms.append(Term(_build(_DESCRIPTORS, t["descriptor"], f"{where} descriptor"),
-                              _build(_KERNELS, t["kernel"], f"{where} kernel"),
-                              n_sparse=n_sparse, sparse_method=t.get("sparse_method", "cur"),
-                              sparse_options=t.get("sparse_options")))
-        except TypeError as err:
-            raise CLIError(f"{where}: {err}") from None
-    noise_cfg = dict(config.get("noise", {}))
-    _check_keys(noise_cfg, _NOISE_KEYS, "[noise]")
-    for ct, over in noise_cfg.get("config_type", {}).items():
-        _check_keys(over, {"energy", "forces", "virial"}, f"[noise.config_type.{ct}]")
-    noise = NoiseModel(**noise_cfg)
-    e0 = config.get("e0", "least_squares")
-    if isinstance(e0, dict):
-        e0 = _int_keys(e0)
-    kwargs = {k: data[k] for k in _DATA_KEYS - {"train"} if k in data}
-    for key in ("jitter", "use", "random_state", "batch_atoms"):
-        if key in config:
-            kwargs[key] = config[key]
-    baselines_cfg = config.get("baselines", [])
-    if not isinstance(baselines_cfg, list):
-        raise CLIError("'baselines' must be an array of tables ([[baselines]])")
-    if baselines_cfg:
-        from .baselines import BASELINES
 
-        kwargs["baselines"] = [_build(BASELINES, b, f"[[baselines]] #{i + 1}")
-                               for i, b in enumerate(baselines_cfg)]
-    try:
-        model = GAP(terms, noise=noise, e0=e0, progress=progress, **kwargs)
-    except TypeError as err:
-        raise CLIError(f"the config: {err}") from None
-    base = Path(base_dir) if base_dir is not None else None
+def model_to_config(model, *, train=None, output=None) -> dict:
+    """A model's settings as a config dict: :func:`gapkit.io.to_config`."""
+    from .io import to_config
 
-    def resolve(p):
-        if p is None:
-            return None
-        p = Path(p)
-        return base / p if base is not None and not p.is_absolute() else p
-
-    return model, resolve(data.get("train")), resolve(config.get("output"))
+    return to_config(model, train=train, output=output)
 
 
 def _drop_none(d):
     return {k: v for k, v in d.items() if v is not None}
 
 
-def model_to_config(model, *, train=None, output=None) -> dict:
-    """The settings of ``model`` (fitted, loaded or not) as a config dict.
-
-    ``config_to_model(model_to_config(m))`` builds a model with the same settings.
-    A fitted or loaded model gives its fitted terms (species fixed) and, for a
-    loaded one, its fitted e0 as a table of eV per species.
-    """
-    from ase.data import chemical_symbols
-
-    terms = getattr(model, "terms_", None) or model.terms
-    out: dict = {}
-    if train is not None:
-        out["data"] = {"train": str(train)}
-    out.setdefault("data", {}).update(model.keys)
-    if output is not None:
-        out["output"] = str(output)
-    e0 = model.e0
-    # a loaded model holds its fitted e0 values; refit with the method that produced them
-    method = (getattr(model, "fit_info_", None) or {}).get("e0_method")
-    if method and method != "given":
-        e0 = method
-    if isinstance(e0, dict):
-        e0 = {(chemical_symbols[k] if isinstance(k, int) else str(k)): float(v)
-              for k, v in e0.items()}
-    out["e0"] = e0
-    out["jitter"] = model.jitter
-    out["use"] = list(model.use)
-    if model.random_state is not None:
-        out["random_state"] = model.random_state
-    out["batch_atoms"] = model.batch_atoms
-    out["terms"] = []
-    for t in terms:
-        td = t.to_dict()
-        desc = {"type": td["descriptor"]["type"], **_drop_none(td["descriptor"]["params"])}
-        kern = {"type": td["kernel"]["type"], **_drop_none(td["kernel"]["params"])}
-        term = {"descriptor": desc, "kernel": kern}
-        n_sparse = td["n_sparse"]
-        term["n_sparse"] = ({str(k): v for k, v in n_sparse.items()}
-                            if isinstance(n_sparse, dict) else n_sparse)
-        term["sparse_method"] = td["sparse_method"]
-        if td["sparse_options"]:
-            term["sparse_options"] = dict(td["sparse_options"])
-        out["terms"].append(term)
-    out["noise"] = model.noise.to_dict()
-    if not out["noise"]["config_type"]:
-        del out["noise"]["config_type"]
-    if model.baselines:
-        out["baselines"] = [{"type": d["type"], **_drop_none(d["params"])}
-                            for d in (b.to_dict() for b in model.baselines)]
-    return out
-
+def _load_config(path: Path) -> dict:
+    return load_toml(path)
 
 # ------------------------------------------------------------------ gap_fit-style arguments
 _GAP_FIT_KEYS = {
@@ -371,63 +226,6 @@ def _merge(config: dict, overrides: dict) -> dict:
     return out
 
 
-# ------------------------------------------------------------------ a small TOML writer
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise CLIError(f"cannot write {type(v).__name__} {v!r} to TOML")
-
-
-def _toml_key(k) -> str:
-    k = str(k)
-    return k if k and all(c.isalnum() or c in "_-" for c in k) else json.dumps(k)
-
-
-def dump_toml(config: dict) -> str:
-    """``config`` (the layout of :func:`model_to_config`) as TOML text."""
-    lines = []
-    tables = {k: v for k, v in config.items() if isinstance(v, dict) and k != "e0"}
-    arrays = {k: v for k, v in config.items()
-              if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)}
-    for k, v in config.items():
-        if k not in tables and k not in arrays:
-            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
-
-    def table(name, d):
-        lines.append(f"\n[{name}]")
-        subs = {k: v for k, v in d.items() if isinstance(v, dict) and
-                all(isinstance(x, dict) for x in v.values()) and v}
-        for k, v in d.items():
-            if k not in subs:
-                lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
-        for k, v in subs.items():
-            for kk, vv in v.items():
-                table(f"{name}.{_toml_key(k)}.{_toml_key(kk)}", vv)
-
-    for k, v in tables.items():
-        table(_toml_key(k), v)
-    for k, v in arrays.items():
-        for item in v:
-            lines.append(f"\n[[{_toml_key(k)}]]")
-            for kk, vv in item.items():
-                lines.append(f"{_toml_key(kk)} = {_toml_value(vv)}")
-    return "\n".join(lines) + "\n"
-
-
 # ------------------------------------------------------------------ commands
 def _say(args, *msg):
     if not args.quiet:
@@ -437,24 +235,6 @@ def _say(args, *msg):
 def _refuse_overwrite(path, args, what="output file"):
     if path is not None and Path(path).exists() and not args.force:
         raise FileExistsError(f"{path} exists; the {what} is never overwritten without --force")
-
-
-def _load_config(path: Path) -> dict:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        try:
-            import tomli as tomllib
-        except ImportError:
-            raise CLIError("reading a TOML config needs Python >= 3.11 or the 'tomli' "
-                           "package; or give key=value arguments") from None
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such config file")
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as err:
-        raise CLIError(f"{path}: not valid TOML: {err}") from None
 
 
 def _e0_star(model, frames):
@@ -553,7 +333,7 @@ def cmd_eval(args) -> int:
             keys[k] = getattr(args, k)
     _refuse_overwrite(args.plot, args, "plot")
     frames = read_extxyz(args.data, **keys)
-    pred = model.predict(frames, force_variance=None)  # the plot shows energy σ only
+    pred = model.predict(frames, forces_variance=None)  # the plot shows energy σ only
     err = errors(pred, frames, keys)
     if not any(k in err for k in ("energy_n", "forces_n", "virial_n")):
         raise CLIError(f"{args.data}: no energy, forces or virial labels under the keys "
@@ -619,8 +399,8 @@ def cmd_predict(args) -> int:
     _refuse_overwrite(args.output, args)
     model = _load_model(args.model, args)
     frames = read_extxyz(args.input)
-    fv = None if args.force_variance == "none" else args.force_variance
-    pred = model.predict(frames, force_variance=fv)
+    fv = None if args.forces_variance == "none" else args.forces_variance
+    pred = model.predict(frames, forces_variance=fv)
     off = pred.atom_offsets
     ours = {"gap_energy", "gap_energy_variance", "gap_forces", "gap_forces_variance",
             "gap_local_energy", "gap_local_energy_variance", "gap_virial",
@@ -674,7 +454,7 @@ def cmd_info(args) -> int:
         bd = b.to_dict()
         print(f"  baseline: {bd['type']}(" + ", ".join(
             f"{k}={v}" for k, v in _drop_none(bd["params"]).items()) + ")")
-    for i, t in enumerate(model.terms_):
+    for i, (t, sparse) in enumerate(zip(model.terms_, model.sparse_sets_)):
         td = t.to_dict()
         dp = ", ".join(f"{k}={v}" for k, v in _drop_none(td["descriptor"]["params"]).items()
                        if k != "species")
@@ -682,20 +462,23 @@ def cmd_info(args) -> int:
                        for k, v in td["kernel"]["params"].items())
         import numpy as np
 
-        types, counts = np.unique(t.sparse_.types.numpy(), return_counts=True)
+        types, counts = np.unique(sparse.types.numpy(), return_counts=True)
         per = ", ".join(f"{chemical_symbols[int(z)] if 0 < int(z) < len(chemical_symbols) else z}"
                         f" {c}" for z, c in zip(types, counts))
         print(f"  term {i}: {td['descriptor']['type']}({dp})")
         print(f"          {td['kernel']['type']}({kp})")
-        print(f"          {t.sparse_.n} sparse points ({td['sparse_method']}; {per})")
+        print(f"          {sparse.n} sparse points ({td['sparse_method']}; {per})")
     nz = model.noise
     print(f"  noise: energy {nz.energy} eV{'/atom' if nz.per_atom else ''}, forces {nz.forces} "
           f"eV/Å, virial {nz.virial} eV{'/atom' if nz.per_atom else ''}")
+    if nz.scale:
+        print("    learnt multipliers (applied to every sigma): "
+              + ", ".join(f"{k} x{v:.4g}" for k, v in nz.scale.items()))
     for ct, over in nz.config_type.items():
         print(f"    config_type {ct}: " + ", ".join(f"{k} {v}" for k, v in over.items()))
     print(f"  fitted on: {', '.join(model.use)}; keys " +
           ", ".join(f"{k}={v}" for k, v in model.keys.items()))
-    print(f"  jitter {model.jitter:g} (absolute {model.jitter_abs_:.3g})")
+    print(f"  jitter {model.jitter:g} (absolute {model.jitter_absolute_:.3g})")
     fi = model.fit_info_
     print(f"  fit: {fi.get('n_frames')} frames; observations {fi.get('n_observations')}; "
           f"{fi.get('wall_time_s', float('nan')):.1f} s wall"
@@ -772,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("input", metavar="IN.xyz")
     p.add_argument("output", metavar="OUT.xyz")
-    p.add_argument("--force-variance", choices=("projected", "exact", "none"),
+    p.add_argument("--forces-variance", "--force-variance", dest="forces_variance",
+                   choices=("projected", "exact", "none"),
                    default="exact", help="force variance form (default exact: the "
                    "calibrated DTC form; projected is cheaper and far too small)")
     p.add_argument("--force", action="store_true", help="overwrite an existing OUT.xyz")

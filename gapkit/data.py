@@ -45,7 +45,14 @@ __all__ = [
     "stress_to_virial",
     "validate_structure",
     "virial_to_stress",
+    "voigt_to_matrix",
+    "matrix_to_voigt",
+    "VOIGT",
 ]
+
+#: ASE's Voigt order of the six components of a symmetric 3x3 tensor: xx, yy, zz, yz, xz, xy.
+#: The one table every Voigt <-> matrix conversion in gapkit reads.
+VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 
 #: Label names accepted by ``require``.
 LABEL_NAMES = ("energy", "forces", "virial")
@@ -212,8 +219,7 @@ def _to_3x3(array: np.ndarray, *, what: str, frame_index: int | None) -> np.ndar
     if array.shape == (9,):
         return array.reshape(3, 3)
     if array.shape == (6,):
-        xx, yy, zz, yz, xz, xy = array
-        return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+        return voigt_to_matrix(array)
     raise ValueError(
         f"{_frame(frame_index)}{what} has shape {array.shape}; expected a 3x3 matrix, 9 numbers "
         "(row-major) or 6 numbers in ASE Voigt order (xx, yy, zz, yz, xz, xy)"
@@ -248,6 +254,46 @@ def _volume(atoms: ase.Atoms, *, what: str, frame_index: int | None) -> float:
             "or drop the stress"
         )
     return float(abs(np.linalg.det(cell)))
+
+
+def voigt_to_matrix(voigt: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Symmetric 3x3 tensors from their six components in ASE Voigt order.
+
+    Parameters
+    ----------
+    voigt : array_like of shape (..., 6)
+        xx, yy, zz, yz, xz, xy (see :data:`VOIGT`).
+
+    Returns
+    -------
+    ndarray of shape (..., 3, 3)
+    """
+    w = np.asarray(voigt, dtype=np.float64)
+    if w.shape[-1:] != (6,):
+        raise ValueError(f"expected six Voigt components in the last axis, got shape {w.shape}")
+    out = np.empty(w.shape[:-1] + (3, 3))
+    for i, (a, b) in enumerate(VOIGT):
+        out[..., a, b] = w[..., i]
+        out[..., b, a] = w[..., i]
+    return out
+
+
+def matrix_to_voigt(matrix: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """The six ASE-Voigt components of 3x3 tensors, symmetrised: ``(M + M^T) / 2``.
+
+    Parameters
+    ----------
+    matrix : array_like of shape (..., 3, 3)
+
+    Returns
+    -------
+    ndarray of shape (..., 6)
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape[-2:] != (3, 3):
+        raise ValueError(f"expected 3x3 tensors in the last two axes, got shape {m.shape}")
+    sym = 0.5 * (m + np.swapaxes(m, -1, -2))
+    return np.stack([sym[..., a, b] for a, b in VOIGT], axis=-1)
 
 
 def stress_to_virial(stress: npt.ArrayLike, volume: float) -> npt.NDArray[np.float64]:
@@ -289,8 +335,7 @@ def virial_to_stress(virial: npt.ArrayLike, volume: float) -> npt.NDArray[np.flo
     if not volume > 0.0:
         raise ValueError(f"volume must be positive to convert a virial to a stress, got {volume}")
     w = _to_3x3(np.array(virial, dtype=np.float64), what="virial", frame_index=None)
-    s = -0.5 * (w + w.T) / float(volume)
-    return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+    return -matrix_to_voigt(w) / float(volume)
 
 
 # --------------------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
           f"cond(R) = {info['condition_number_R']:.2g}")
     print(f"  e0 = {model.e0_} eV; log marginal likelihood {info['log_marginal_likelihood']:.1f}")
     t0 = time.perf_counter()
-    pred = model.predict(test, force_variance="exact")
+    pred = model.predict(test, forces_variance="exact")
     n_test = pred.atom_offsets[-1]
     print(f"  predicted {len(test)} test frames ({n_test} atoms) with variances in "
           f"{time.perf_counter() - t0:.1f} s")

@@ -73,6 +73,7 @@ from ase import units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import atomic_numbers, chemical_symbols
 
+from ._version import __version__
 from .data import stress_to_virial
 
 __all__ = [
@@ -115,10 +116,7 @@ class LabellingError(ValueError, RuntimeError):
 
 
 def _version() -> str:
-    # Imported lazily: gapkit/__init__ imports this module before it defines __version__.
-    import gapkit
-
-    return str(getattr(gapkit, "__version__", "unknown"))
+    return __version__
 
 
 def _stamp(function: str) -> str:

@@ -11,7 +11,7 @@ module turns a :class:`gapkit.Prediction` with variances and the reference label
   :class:`~gapkit.gp.NoiseModel`, per frame / config_type) against the GP posterior
   variance of the latent quantity, reported separately and added for predictive
   intervals (``include_noise=True``). For forces, judge the exact (DTC) variance,
-  ``model.predict(frames)`` (``force_variance="exact"``, the default): the projected form
+  ``model.predict(frames)`` (``forces_variance="exact"``, the default): the projected form
   is far too small on real data;
 * recalibration (:func:`fit_recalibration`, :func:`apply_recalibration`): a variance scale
   per quantity (closed-form maximum of the Gaussian likelihood on a validation set) or an
@@ -30,12 +30,15 @@ eV^2/atom^2), ``"forces"`` the Cartesian force components (eV/Å, variances eV^2
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
+
+from .data import Labels, get_all_labels
+from .gp.observations import ENERGY, FORCES, KINDS
+from .model import Prediction, clone
 
 __all__ = [
     "CalibrationResult", "LOOResult", "QUANTITIES", "apply_recalibration",
@@ -56,7 +59,8 @@ def _check_arrays(errors, variance, *, what: str = "") -> tuple[np.ndarray, np.n
     """Flatten and validate errors and variances (same shape, variances finite and > 0)."""
     if variance is None:
         raise ValueError(f"{what or 'the prediction'} has no variances; predict with "
-                         "variance=True (and force_variance='projected' or 'exact' for forces)")
+                         "return_variance=True (and forces_variance='projected' or 'exact' "
+                         "for forces)")
     e = np.asarray(errors, dtype=float)
     v = np.asarray(variance, dtype=float)
     if e.shape != v.shape:
@@ -283,7 +287,6 @@ def quantity_errors(pred, frames, quantity: str, *, model=None, include_noise: b
         prediction's variance already includes the noise (``variance_form`` ending in
         ``+noise``, as after :func:`apply_recalibration`), the aleatoric part is zero.
     """
-    from .data import get_all_labels
 
     if quantity not in QUANTITIES:
         raise ValueError(f"unknown quantity {quantity!r}; use one of {list(QUANTITIES)}")
@@ -343,10 +346,10 @@ def calibration_report(pred, frames, *, quantities: Sequence[str] = ("energy", "
     Parameters
     ----------
     pred : gapkit.Prediction
-        From ``model.predict(frames, force_variance="exact")`` with variances (or
+        From ``model.predict(frames, forces_variance="exact")`` with variances (or
         :func:`committee_predict`, or :func:`apply_recalibration`). This function makes
         no predictions itself: for forces, pass the *exact* (DTC) force variances (the
-        default of ``predict``). ``force_variance="projected"`` omits the part of the
+        default of ``predict``). ``forces_variance="projected"`` omits the part of the
         prior variance the sparse set cannot represent and is typically far too small
         (``benchmarks/uq.py``, Zuo Si test set: the exact latent force variance is
         ~190x the projected one on average, force z_rms 1.7 vs 3.1 with the noise
@@ -493,7 +496,7 @@ def fit_recalibration(model, pred, frames, *, method: str = "scale",
         (and written by ``model.save``).
     pred : gapkit.Prediction
         ``model.predict(frames)`` with variances, on frames *not* used for fitting.
-        For forces predict with ``force_variance="exact"`` (the default): the projected form
+        For forces predict with ``forces_variance="exact"`` (the default): the projected form
         leaves out what the sparse set cannot represent and is typically far too small
         (on the Zuo Si data ~190x on average in latent variance), which a recalibration
         can only partly repair. The form is recorded in the spec, and
@@ -556,7 +559,6 @@ def apply_recalibration(pred, model=None, recalibration: dict | None = None):
     recalibration : dict, optional
         From :func:`fit_recalibration`.
     """
-    from .data import Labels
 
     rec = recalibration if recalibration is not None else getattr(model, "recalibration_",
                                                                   None)
@@ -575,7 +577,7 @@ def apply_recalibration(pred, model=None, recalibration: dict | None = None):
 
             warnings.warn(f"the {q} recalibration was fitted on {fitted_on!r} variances but "
                           f"is applied to {forms[q]!r} ones (for forces, predict with the "
-                          "same force_variance= as on the validation set)", stacklevel=2)
+                          "same forces_variance= as on the validation set)", stacklevel=2)
     new = {}
     blank = Labels()
     if "energy" in rec and pred.energy_variance is not None:
@@ -587,7 +589,7 @@ def apply_recalibration(pred, model=None, recalibration: dict | None = None):
     if "forces" in rec and pred.forces_variance is not None:
         v = np.asarray(pred.forces_variance, dtype=float)
         if incl:
-            v = v + model.noise.forces ** 2
+            v = v + model.noise.sigma("forces") ** 2
         new["forces_variance"] = _apply_one(rec["forces"], v)
         forms["forces"] = f"recalibrated-{rec['forces']['method']}" + ("+noise" if incl else "")
     return replace(pred, variance_form=forms, **new)
@@ -622,7 +624,7 @@ def fit_committee(model, frames, *, n_models: int = 5, method: str = "subsample"
     n = min(len(frames), max(2, int(round(fraction * len(frames)))))
     n_subsets = math.comb(len(frames), n)
     for k in range(n_models):
-        member = _blank_copy(model)
+        member = clone(model)
         member.random_state = int(seed * 1000 + k)
         if method == "subsample":
             for _ in range(100):  # distinct subsets while there are enough of them
@@ -637,16 +639,6 @@ def fit_committee(model, frames, *, n_models: int = 5, method: str = "subsample"
     return members
 
 
-def _blank_copy(model):
-    """An unfitted copy of a GAP's settings (terms deep-copied)."""
-    from .model import GAP
-
-    new = GAP(copy.deepcopy(model.terms), noise=model.noise, e0=copy.deepcopy(model.e0),
-              jitter=model.jitter, use=model.use, batch_atoms=model.batch_atoms,
-              random_state=model.random_state, progress=model.progress, **model.keys)
-    return new
-
-
 def committee_predict(members, frames, *, forces: bool = True, virial: bool | None = False):
     """Committee mean and spread as a :class:`gapkit.Prediction`.
 
@@ -654,8 +646,8 @@ def committee_predict(members, frames, *, forces: bool = True, virial: bool | No
     variances are the sample variances across members (ddof=1, eV^2 and eV^2/Å^2): the
     committee's epistemic uncertainty, to compare with the GP posterior variance.
     """
-    preds = [m.predict(frames, forces=forces, virial=virial, variance=False) for m in members]
-    from .model import Prediction
+    preds = [m.predict(frames, forces=forces, virial=virial, return_variance=False)
+             for m in members]
 
     def stack(name):
         vals = [getattr(p, name) for p in preds]
@@ -795,8 +787,9 @@ def leave_one_out(model, frames) -> LOOResult:
     """
     import torch
 
-    model._check_fitted()
-    frames, obs, grads = model._training_setup(frames)
+    model.check_fitted()
+    data = model.training_data(frames)
+    frames, obs = data.frames, data.observations
     n_rows = obs.n_rows
     res = np.empty(n_rows)
     lev = np.empty(n_rows)
@@ -808,10 +801,11 @@ def leave_one_out(model, frames) -> LOOResult:
     f_dof = np.zeros(n_frames, dtype=int)
     e_z = np.full(n_frames, np.nan)
     rt = model.R_.T
-    for start, sel, block, rows in model._design_blocks(frames, obs, grads):
+    for start, sel, block, rows in model.design_blocks(data):
         with torch.no_grad():
             mu = (rows @ model.alpha_).numpy()
             sig = torch.as_tensor(block.sigma, dtype=rows.dtype)
+            # C = R^-T B^T with B = Sigma^-1/2 K_NM: h_n = |C[:, n]|^2, H_ff = C_f^T C_f
             c = torch.linalg.solve_triangular(rt, (rows / sig[:, None]).T, upper=False)
         c = c.numpy()
         r = block.y - mu
@@ -829,7 +823,7 @@ def leave_one_out(model, frames) -> LOOResult:
             floo[sel[loc]] = x * block.sigma[loc]
             fz[sel[loc]] = x / np.sqrt(np.diagonal(inv))
             g = start + int(f)
-            ie = np.nonzero(block.kind[loc] == 0)[0]
+            ie = np.nonzero(block.kind[loc] == ENERGY)[0]
             if ie.size:
                 e_z[g] = x[ie[0]] / math.sqrt(inv[ie[0], ie[0]])
             f_lev[g] = float(np.trace(hff))
@@ -838,7 +832,7 @@ def leave_one_out(model, frames) -> LOOResult:
     loo = res / (1.0 - lev)
     chi2_z = _chi2_to_z(f_chi2, f_dof)
     misfit = np.full((n_frames, 3), np.nan)
-    for k in range(3):
+    for k in range(len(KINDS)):
         m = obs.kind == k
         if m.any():
             sq = np.bincount(obs.frame[m], weights=fz[m] ** 2, minlength=n_frames)
@@ -853,7 +847,7 @@ def leave_one_out(model, frames) -> LOOResult:
     # components are judged on the same scale (a mean over 3N components is far less
     # noisy than one squared energy z)
     score = np.full(n_frames, -np.inf)
-    for k in range(3):
+    for k in range(len(KINDS)):
         col = misfit[:, k]
         ok = ~np.isnan(col)
         if not ok.any():  # this kind is absent (e.g. no virials for molecules)
@@ -868,11 +862,11 @@ def leave_one_out(model, frames) -> LOOResult:
     n_at = np.array([len(a) for a in frames], dtype=float)
     e_loo = np.full(n_frames, np.nan)
     f_rmse = np.full(n_frames, np.nan)
-    emask = obs.kind == 0
+    emask = obs.kind == ENERGY
     for n in np.nonzero(emask)[0]:
         f = obs.frame[n]
         e_loo[f] = floo[n] / n_at[f]
-    fmask = obs.kind == 1
+    fmask = obs.kind == FORCES
     if fmask.any():
         sq = np.bincount(obs.frame[fmask], weights=floo[fmask] ** 2, minlength=n_frames)
         cnt = np.bincount(obs.frame[fmask], minlength=n_frames)

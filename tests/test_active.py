@@ -72,7 +72,7 @@ def test_variance_selection_picks_the_unfamiliar_frames(pool, strategy, form):
                 if not set(np.random.default_rng(s).choice(20, 4, replace=False)) & set(WILD))
     curve = active_learning(_model(), pool, EMT(), strategy=strategy, n_initial=4,
                             batch_size=4, max_labels=8, seed=seed, diversity=0.0,
-                            force_variance=form)
+                            forces_variance=form)
     assert set(curve.selected[1]) == set(WILD), (strategy, form, curve.selected)
     assert np.all(np.diff(curve.scores[1]) <= 0)  # picked in order of variance
 
@@ -121,8 +121,8 @@ def test_bad_arguments():
         active_learning(_model(), [bulk("Cu")], EMT(), strategy="greedy")
     with pytest.raises(TypeError, match="labeller"):
         active_learning(_model(), [bulk("Cu")], labeller=42)
-    with pytest.raises(ValueError, match="force_variance"):
-        active_learning(_model(), [bulk("Cu")], EMT(), force_variance="dtc")
+    with pytest.raises(ValueError, match="forces_variance"):
+        active_learning(_model(), [bulk("Cu")], EMT(), forces_variance="dtc")
 
 
 def test_learning_curve_figure(pool, test_set):

@@ -22,6 +22,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term, uq
+from gapkit.gp.design import design_rows
 from gapkit.gp.sparse import IncrementalQR
 from gapkit.testing import label
 
@@ -193,9 +194,10 @@ def _refit_without(model, frames, leave_out):
     """Brute force: the DTC solve (same sparse points, e0, noise) on every observation
     except those in ``leave_out`` (a boolean mask over the model's observation rows);
     returns alpha and all rows (design matrix, in observation order)."""
-    frames, obs, grads = model._training_setup(frames)
-    rows = torch.cat([model._rows([a], _frame_obs(obs, k), grads)
-                      for k, a in enumerate(frames)])
+    data = model.training_data(frames)
+    frames, obs = data.frames, data.observations
+    rows = torch.cat([design_rows(model.terms_, model.sparse_sets_, [a], _frame_obs(obs, k),
+                                  set(data.gradients)) for k, a in enumerate(frames)])
     keep = ~leave_out
     qr = IncrementalQR(model.U_)
     qr.add(rows[torch.as_tensor(keep)], torch.as_tensor(obs.y[keep]),
@@ -296,7 +298,7 @@ def test_recalibration_lowers_heldout_nll_and_is_saved(cu, tmp_path):
     assert spec["forces"]["method"] == "isotonic"
     assert spec["forces"]["variance_form"] == "dtc"  # predict's default: exact
     with pytest.warns(UserWarning, match="fitted on 'dtc' variances"):
-        uq.apply_recalibration(model.predict(test, force_variance="projected"), model)
+        uq.apply_recalibration(model.predict(test, forces_variance="projected"), model)
     path = model.save(tmp_path / "m.gap")
     back = GAP.load(path)
     assert back.recalibration_ == model.recalibration_

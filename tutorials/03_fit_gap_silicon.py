@@ -346,18 +346,18 @@ assert held_err < (10.0 if FAST else 3.0), held_err
 # labels are fitted: its *mean* can be fitted through the sparse functions that reach it,
 # while the variance says, correctly, that the model's function space is thin there.
 #
-# We can compute the first part from the fitted model's public pieces — the sparse points
-# `terms_[0].sparse_.points` and the kernel — for the per-atom energy $E/N$ of each cell
-# (all atoms of a uniaxially strained diamond cell are equivalent, so $\mathbf k_*$ and
-# $k_{**}$ are means over the atoms), and, for each cell, the SOAP distance to its nearest
-# sparse point. The table splits σ in quadrature: "unrep." is
+# We can compute the first part from the fitted model's public pieces — the sparse
+# points `sparse_sets_[0].points` and the kernel of `terms_[0]` — for the per-atom
+# energy $E/N$ of each cell (all atoms of a uniaxially strained diamond cell are
+# equivalent, so $\mathbf k_*$ and $k_{**}$ are means over the atoms), and, for each
+# cell, the SOAP distance to its nearest sparse point. The table splits σ in quadrature: "unrep." is
 # $\sqrt{k_{**} - \mathbf k_*^T K_{MM}^{-1} \mathbf k_*}$, "data" the rest,
 # $\sqrt{\sigma^2 - \text{unrep.}^2}$, which is the $\|R^{-T}\mathbf k_*\|$ term.
 
 # %%
 term = loaded.terms_[0]
 with torch.no_grad():
-    z_sparse = term.sparse_.points                         # (M, D) unit SOAP vectors
+    z_sparse = loaded.sparse_sets_[0].points               # (M, D) unit SOAP vectors
     k_mm = term.kernel.value(z_sparse, z_sparse)
     chol = torch.linalg.cholesky(k_mm + 1e-8 * k_mm.diagonal().mean()
                                  * torch.eye(len(z_sparse), dtype=k_mm.dtype))

@@ -59,10 +59,10 @@ import torch
 
 import gapkit
 from gapkit import GAP, SOAP, NoiseModel, NTKKernel, SOAPKernel, Term, plot, uq
+from gapkit.kernels import nngp_and_ntk
 from gapkit.ntk import (
     AtomicMLP,
     compare_models,
-    kernels,
     ntk_width_convergence,
     training_vs_kernel_regression,
 )
@@ -80,7 +80,7 @@ T_START = time.perf_counter()
 # %% [markdown]
 # ## The analytic kernels of a ReLU network
 #
-# `gapkit.ntk.kernels(x1, x2, depth=..., activation=...)` returns the pair (NNGP, NTK) of a
+# `gapkit.kernels.nngp_and_ntk(x1, x2, depth=..., activation=...)` returns the pair (NNGP, NTK) of a
 # network with `depth` hidden layers, following the conventions of the neural-tangents
 # library (input covariance $\mathbf x\cdot\mathbf x'/d$). For inputs of equal length the
 # kernels depend only on the angle between them. Below: two-dimensional unit-norm inputs
@@ -92,7 +92,7 @@ x_angle = np.sqrt(2.0) * np.stack([np.cos(gamma), np.sin(gamma)], axis=1)
 DEPTHS = (1, 2, 3, 5)
 fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.4), dpi=150)
 for j, depth in enumerate(DEPTHS):
-    pair = kernels(x_angle[:1], x_angle, depth=depth, activation="relu", b_std=None)
+    pair = nngp_and_ntk(x_angle[:1], x_angle, depth=depth, activation="relu", b_std=None)
     nngp, ntk = pair.nngp.numpy()[0], pair.ntk.numpy()[0]
     axes[0].plot(np.degrees(gamma), nngp / nngp[0], color=f"C{j}", label=f"depth {depth}")
     axes[1].plot(np.degrees(gamma), ntk / ntk[0], color=f"C{j}", label=f"depth {depth}")
@@ -146,8 +146,8 @@ for seed in range(N_NETS):
         outs.append(net(q, torch.full((q.shape[0],), 14)).numpy())
 outs = np.array(outs)
 cov_mc = outs.T @ outs / N_NETS
-# AtomicMLP feeds x = sqrt(d) q to the network; kernels() assumes covariance x.x'/d
-pair = kernels(np.sqrt(d) * q, depth=2, activation="relu", b_std=0.1)
+# AtomicMLP feeds x = sqrt(d) q to the network; nngp_and_ntk() assumes covariance x.x'/d
+pair = nngp_and_ntk(np.sqrt(d) * q, depth=2, activation="relu", b_std=0.1)
 nngp = pair.nngp.numpy()
 mc_error = float(np.linalg.norm(cov_mc - nngp) / np.linalg.norm(nngp))
 print(f"{N_NETS} networks of width {WIDTH_MC}: |Cov_MC - K_NNGP|_F / |K_NNGP|_F = "
@@ -185,7 +185,7 @@ plt.close(fig)
 q_all = res_train.torch("values")
 psd = {}
 for act in ("relu", "erf"):
-    pair_all = kernels(np.sqrt(d) * q_all, depth=3, activation=act, b_std=0.1)
+    pair_all = nngp_and_ntk(np.sqrt(d) * q_all, depth=3, activation=act, b_std=0.1)
     for name, k in (("NNGP", pair_all.nngp), ("NTK", pair_all.ntk)):
         ev = torch.linalg.eigvalsh(k)
         psd[(act, name)] = float(ev.min() / ev.max())

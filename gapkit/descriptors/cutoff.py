@@ -6,7 +6,7 @@ import math
 
 import torch
 
-__all__ = ["CosineCutoff"]
+__all__ = ["CosineCutoff", "OwnsCutoff"]
 
 
 class CosineCutoff:
@@ -52,3 +52,21 @@ class CosineCutoff:
         deriv = torch.where(in_switch, -0.5 * math.pi / self.width * torch.sin(arg),
                             torch.zeros_like(r))
         return value, deriv
+
+
+class OwnsCutoff:
+    """Mixin of a descriptor whose smooth cutoff is a :class:`CosineCutoff` in
+    ``self.cutoff_fn``: ``cutoff`` and ``cutoff_width`` read it, so the value is held once
+    (and a kernel that needs it, such as the two-body kernel, takes ``cutoff_fn``)."""
+
+    cutoff_fn: CosineCutoff
+
+    @property
+    def cutoff(self) -> float:
+        """Radial cutoff, Å."""
+        return self.cutoff_fn.cutoff
+
+    @property
+    def cutoff_width(self) -> float:
+        """Width of the cutoff's smooth transition, Å."""
+        return self.cutoff_fn.width

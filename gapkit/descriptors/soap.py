@@ -12,7 +12,7 @@ from ..neighbors import build_neighbor_list
 from ._radial import RadialSpline
 from ._spherical import real_spherical_harmonics
 from .base import Descriptor, DescriptorResult
-from .cutoff import CosineCutoff
+from .cutoff import CosineCutoff, OwnsCutoff
 
 __all__ = ["SOAP"]
 
@@ -60,7 +60,7 @@ class _PositionGradientLayout:
         gatom = self.unique % self.n_atoms - self.atom_offsets[self.atom_structure[gcentre]]
         return torch.as_tensor(gcentre), torch.as_tensor(gatom)
 
-class SOAP(Descriptor):
+class SOAP(OwnsCutoff, Descriptor):
     """Smooth Overlap of Atomic Positions: the power spectrum of the neighbour density.
 
     For centre ``i`` the density of neighbours of species ``a`` is a sum of
@@ -139,8 +139,6 @@ class SOAP(Descriptor):
             raise ValueError(f"atom_sigma must be a finite number > 0 Å, got {atom_sigma!r}")
         if not math.isfinite(central_weight):
             raise ValueError(f"central_weight must be finite, got {central_weight!r}")
-        self.cutoff = float(cutoff)
-        self.cutoff_width = float(cutoff_width)
         self.n_max = int(n_max)
         self.l_max = int(l_max)
         self.atom_sigma = float(atom_sigma)

@@ -9,7 +9,7 @@ import torch
 
 from ..neighbors import build_neighbor_list
 from .base import Descriptor, DescriptorResult, fold_pair_gradients
-from .cutoff import CosineCutoff
+from .cutoff import CosineCutoff, OwnsCutoff
 
 __all__ = ["TwoBody", "species_pairs"]
 
@@ -47,7 +47,7 @@ def _canonical_order(nl) -> np.ndarray:
                        nl.neighbors, nl.centers))
 
 
-class TwoBody(Descriptor):
+class TwoBody(OwnsCutoff, Descriptor):
     """Pair distances as centres: the descriptor of GAP's ``distance_2b`` term.
 
     Every *ordered* pair ``(i, j + S)`` of the full neighbour list with
@@ -66,12 +66,12 @@ class TwoBody(Descriptor):
     (an isolated atom, or atoms farther apart than ``cutoff``) contributes no
     centres: its two-body energy is 0.
 
-    The smooth cutoff is **not** applied to the value: the result carries
-    ``info["cutoff"]`` and ``info["cutoff_width"]`` so that the kernel can
-    multiply by ``f_c(r) f_c(r')`` (GAP's covariance cutoff, see
-    :class:`~gapkit.descriptors.cutoff.CosineCutoff`, available as
-    :attr:`cutoff_fn`). The energy is then continuous when a pair crosses the
-    cutoff although the list of centres changes.
+    The smooth cutoff is **not** applied to the value: the
+    :class:`~gapkit.kernels.TwoBodyKernel` of the term multiplies by
+    ``f_c(r) f_c(r')`` (GAP's covariance cutoff, see
+    :class:`~gapkit.descriptors.cutoff.CosineCutoff`), with this descriptor's
+    :attr:`cutoff_fn`, which the term hands it. The energy is then continuous when a
+    pair crosses the cutoff although the list of centres changes.
 
     Gradients. With ``r_ij = r_j + S h - r_i`` and ``\\hat r = r_ij / r_ij``,
 
@@ -137,8 +137,6 @@ class TwoBody(Descriptor):
                  device=None, batch_atoms: int = 4096, progress: bool = False):
         self.cutoff_fn = CosineCutoff(cutoff, cutoff_width)
         self._set_runtime(species, dtype, device, batch_atoms, progress)
-        self.cutoff = float(cutoff)
-        self.cutoff_width = float(cutoff_width)
 
     # -- settings ---------------------------------------------------------
     def get_params(self) -> dict:

@@ -21,9 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .observations import VOIGT
+from ..data import VOIGT
+from ..descriptors.base import frame_batches
+from .observations import ENERGY, FORCES, VIRIAL
 
-__all__ = ["SparseSet", "functional_rows", "type_mask"]
+__all__ = ["SparseSet", "design_blocks", "design_rows", "functional_rows", "gather_rows",
+           "gradients_for", "type_mask"]
 
 #: gradient entries contracted at once (memory: entries x 3 x M floats)
 ENTRY_CHUNK = 1024
@@ -31,14 +34,31 @@ ENTRY_CHUNK = 1024
 
 @dataclass
 class SparseSet:
-    """Sparse (inducing) points of one term: descriptor rows and their kernel types."""
+    """Sparse (inducing) points of one term: descriptor rows, their kernel types and,
+    when they were chosen from training environments, the indices of those."""
 
     points: torch.Tensor  # (M, D)
     types: torch.Tensor  # (M,)
+    indices: np.ndarray | None = None  # (M,) rows of the candidate environments, -1: none
+
+    def __post_init__(self):
+        if not torch.is_tensor(self.points):
+            self.points = torch.as_tensor(np.asarray(self.points, dtype=np.float64))
+        if not torch.is_tensor(self.types):
+            self.types = torch.as_tensor(np.asarray(self.types, dtype=np.int64))
+        if self.indices is not None:
+            self.indices = np.asarray(self.indices, dtype=np.int64)
 
     @property
     def n(self) -> int:
+        """Number of sparse points M."""
         return int(self.points.shape[0])
+
+    def __iter__(self):
+        # ``points, types, indices = sparse_points(...)``, as before 0.2 (numpy arrays)
+        yield self.points.numpy()
+        yield self.types.numpy()
+        yield self.indices
 
 
 def type_mask(types1: torch.Tensor, types2: torch.Tensor, dtype) -> torch.Tensor:
@@ -115,16 +135,91 @@ def gather_rows(blocks: dict, obs, atom_offsets: np.ndarray) -> torch.Tensor:
     m = some.shape[-1]
     out = torch.empty((obs.n_rows, m), dtype=some.dtype)
     kinds = obs.kind
-    sel = np.nonzero(kinds == 0)[0]
+    sel = np.nonzero(kinds == ENERGY)[0]
     if sel.size:
         out[torch.as_tensor(sel)] = blocks["energy"][torch.as_tensor(obs.frame[sel])]
-    sel = np.nonzero(kinds == 1)[0]
+    sel = np.nonzero(kinds == FORCES)[0]
     if sel.size:
         atoms = atom_offsets[obs.frame[sel]] + obs.atom[sel]
         out[torch.as_tensor(sel)] = blocks["forces"][torch.as_tensor(atoms),
                                                      torch.as_tensor(obs.component[sel])]
-    sel = np.nonzero(kinds == 2)[0]
+    sel = np.nonzero(kinds == VIRIAL)[0]
     if sel.size:
         out[torch.as_tensor(sel)] = blocks["virial"][torch.as_tensor(obs.frame[sel]),
                                                      torch.as_tensor(obs.component[sel])]
     return out
+
+
+def gradients_for(observations) -> set:
+    """The descriptor gradients that the rows of ``observations`` need:
+    ``"positions"`` for forces, ``"strain"`` for virials."""
+    kinds = set(np.unique(observations.kind).tolist())
+    grads = set()
+    if FORCES in kinds:
+        grads.add("positions")
+    if VIRIAL in kinds:
+        grads.add("strain")
+    return grads
+
+
+def design_rows(terms, sparse_sets, frames, observations, gradients=None, *,
+                unit: bool = False) -> torch.Tensor:
+    """The design-matrix rows ``K_NM`` of ``observations`` of ``frames`` (one block).
+
+    Parameters
+    ----------
+    terms : sequence of objects with ``descriptor`` and ``kernel`` (e.g. gapkit.Term)
+    sparse_sets : sequence of SparseSet, one per term
+    frames : list of ase.Atoms
+    observations : Observations
+        Frame indices relative to ``frames``.
+    gradients : set, optional
+        Descriptor gradients to compute (default: what the observations need).
+    unit : bool
+        Unit kernels (``delta = 1``), for the hyper-parameter statistics.
+
+    Returns
+    -------
+    torch.Tensor, shape (n_rows, M)
+        Columns: the terms' sparse points, term after term.
+    """
+    if gradients is None:
+        gradients = gradients_for(observations)
+    kinds = set(np.unique(observations.kind).tolist())
+    offsets = np.concatenate([[0], np.cumsum([len(a) for a in frames])])
+    out = []
+    for term, sparse in zip(terms, sparse_sets):
+        res = term.descriptor.compute(frames, gradients=sorted(gradients) or False)
+        with torch.no_grad():
+            blocks = functional_rows(term.kernel, res, sparse, energy=ENERGY in kinds,
+                                     forces=FORCES in kinds, virial=VIRIAL in kinds,
+                                     local=False, unit=unit)
+        out.append(gather_rows(blocks, observations, offsets))
+    return torch.cat(out, dim=1)
+
+
+def design_blocks(terms, sparse_sets, frames, observations, gradients=None, *,
+                  batch_atoms: int, unit: bool = False, progress: bool = False,
+                  desc: str = "design matrix"):
+    """Stream the design matrix over blocks of about ``batch_atoms`` atoms.
+
+    Yields ``(start, sel, block_observations, rows)``: the first frame of the block,
+    the indices of its observations in ``observations``, those observations (frame
+    indices relative to the block) and their rows (:func:`design_rows`). Memory is
+    O(block x M). The fit, the hyper-parameter statistics and the leave-one-out pass
+    all iterate this one generator.
+    """
+    if gradients is None:
+        gradients = gradients_for(observations)
+    blocks = list(frame_batches(frames, batch_atoms))
+    if progress:
+        from tqdm.auto import tqdm
+
+        blocks = tqdm(blocks, desc=desc, leave=False)
+    for start, stop in blocks:
+        sel = np.nonzero((observations.frame >= start) & (observations.frame < stop))[0]
+        if sel.size == 0:
+            continue
+        sub = observations.select(sel).shifted(start)
+        yield start, sel, sub, design_rows(terms, sparse_sets, frames[start:stop], sub,
+                                           gradients, unit=unit)

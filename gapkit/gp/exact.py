@@ -51,9 +51,20 @@ import gpytorch
 import numpy as np
 import torch
 
-from ..data import get_all_labels
+from ..data import VOIGT, get_all_labels, voigt_to_matrix
 from ..kernels import DescriptorKernel
-from .observations import KINDS, VOIGT, NoiseModel, baseline_energies, build_observations, fit_e0
+from .observations import (
+    ENERGY,
+    FORCES,
+    KINDS,
+    VIRIAL,
+    NoiseModel,
+    baseline_energies,
+    build_observations,
+    fit_e0,
+)
+from .design import gradients_for
+from .posterior import Prediction
 
 __all__ = ["Derivatives", "ExactGP", "FunctionalKernel", "Functionals",
            "functional_covariance", "functional_variance"]
@@ -386,7 +397,7 @@ class ExactGP:
 
         gp = ExactGP(SOAP(n_max=3, l_max=2, cutoff=4.0), SOAPKernel(zeta=2)).fit(frames)
         pred = gp.predict(test_frames)
-        pred["energy"], pred["energy_variance"]     # eV, eV^2
+        pred.energy, pred.energy_variance           # eV, eV^2
         gp.kernel_.delta = 0.5                      # eV; then re-predict / re-evaluate
         gp.log_marginal_likelihood()
     """
@@ -406,6 +417,7 @@ class ExactGP:
         if not isinstance(e0, Mapping) and e0 not in ("least_squares", "isolated", "zero"):
             raise ValueError(f"unknown e0 {e0!r}; use 'least_squares', 'isolated', 'zero' or a "
                              "dict {symbol or Z: eV}")
+        kernel.bind(descriptor)  # the descriptor owns what both need (a two-body cutoff)
         self.descriptor = descriptor
         self.kernel = kernel
         self.noise = noise
@@ -431,15 +443,14 @@ class ExactGP:
         self.descriptor_ = descriptor
         self.kernel_ = copy.deepcopy(self.kernel).double()
 
-        gradients = [name for kind, name in ((1, "positions"), (2, "strain"))
-                     if (obs.kind == kind).any()]
+        gradients = sorted(gradients_for(obs))
         result = descriptor.compute(frames, gradients=gradients)
         n = obs.n_rows
         rows = np.arange(n)
         energy_rows = np.full(len(frames), -1)
         force_rows = np.full((int(result.n_atoms.sum()), 3), -1)
         virial_rows = np.full((len(frames), 6), -1)
-        e, f, v = obs.kind == 0, obs.kind == 1, obs.kind == 2
+        e, f, v = obs.kind == ENERGY, obs.kind == FORCES, obs.kind == VIRIAL
         energy_rows[obs.frame[e]] = rows[e]
         force_rows[result.atom_offsets[obs.frame[f]] + obs.atom[f], obs.component[f]] = rows[f]
         virial_rows[obs.frame[v], obs.component[v]] = rows[v]
@@ -490,7 +501,7 @@ class ExactGP:
             value = mll(output, model.train_targets) * self.observations_.n_rows
         return value if as_tensor else float(value.detach())
 
-    def predict(self, frames, *, prior: bool = False) -> dict:
+    def predict(self, frames, *, prior: bool = False) -> Prediction:
         """Posterior mean and variance of energies, forces, virials and local energies.
 
         Variances are those of the *latent* function, i.e. of the noise-free
@@ -507,37 +518,33 @@ class ExactGP:
 
         Returns
         -------
-        dict of ndarray
-            ``energy`` (n_frames,): total energy including e0, eV;
-            ``energy_variance`` (n_frames,), eV^2;
-            ``forces`` (n_atoms_total, 3): atoms of all frames concatenated, eV/Å;
-            ``forces_variance`` (n_atoms_total, 3), (eV/Å)^2;
-            ``virial`` (n_frames, 3, 3): ``-dE/d epsilon`` (symmetric), eV;
-            ``virial_variance`` (n_frames, 3, 3), eV^2;
-            ``local_energy`` (n_centres,): latent ``eps`` of each centre (an atom for
-            SOAP, an ordered pair for two-body), without e0, eV;
-            ``local_energy_variance`` (n_centres,), eV^2.
+        Prediction
+            The result type of :meth:`gapkit.GAP.predict`: ``energy`` (n_frames,) total
+            energy including e0, eV; ``forces`` (n_atoms_total, 3), eV/Å; ``virial``
+            (n_frames, 3, 3) ``-dE/d epsilon``, eV; ``local_energy`` (n_atoms_total,)
+            per-atom energies (the sum of the latent ``eps`` of the centres an atom
+            owns, plus its e0), eV; each with its ``*_variance`` (eV^2, eV^2/Å^2), and
+            ``variance_form`` ``"exact"`` (``"prior"`` with ``prior=True``).
         """
         self._check_fitted()
         frames = _as_frames(frames)
         result = self.descriptor_.compute(frames, gradients=True)
-        n_f, n_a, n_c = len(frames), int(result.n_atoms.sum()), result.n_centres
+        n_f, n_a = len(frames), int(result.n_atoms.sum())
         # test rows frame by frame: energy, forces (atom-major), 6 virials, local energies
         structure = np.asarray(result.centre_structure)
         atoms_per_frame = np.asarray(result.n_atoms)
-        centres_per_frame = np.bincount(structure, minlength=n_f)
+        # rows per frame: energy, 3 n forces, 6 virials, n per-atom energies
         offsets = np.concatenate([[0], np.cumsum(1 + 3 * atoms_per_frame + 6
-                                                  + centres_per_frame)])
+                                                  + atoms_per_frame)])
         n_test = int(offsets[-1])
         energy_rows = offsets[:-1]
         force_rows = np.concatenate([offsets[f] + 1 + np.arange(3 * n) for f, n in
                                      enumerate(atoms_per_frame)]).reshape(n_a, 3)
         virial_rows = (offsets[:-1] + 1 + 3 * atoms_per_frame)[:, None] + np.arange(6)
-        order = np.argsort(structure, kind="stable")
-        first = np.concatenate([[0], np.cumsum(centres_per_frame)])[:-1]
-        rank = np.empty(n_c, dtype=np.int64)
-        rank[order] = np.arange(n_c) - first[structure[order]]
-        local_rows = virial_rows[structure, 5] + 1 + rank
+        # each centre adds its eps to the row of the atom that owns it
+        local_rows = virial_rows[structure, 5] + 1 + np.asarray(result.centre_atom)
+        atom_local_rows = np.concatenate([virial_rows[f, 5] + 1 + np.arange(n) for f, n in
+                                          enumerate(atoms_per_frame)])
         test = Functionals.from_descriptor(result, energy_rows=energy_rows, force_rows=force_rows,
                                            virial_rows=virial_rows, local_rows=local_rows,
                                            n_rows=n_test)
@@ -576,16 +583,16 @@ class ExactGP:
         energy, energy_var = part(energy_rows, (n_f,))
         forces, forces_var = part(force_rows, (n_a, 3))
         voigt, voigt_var = part(virial_rows, (n_f, 6))
-        local, local_var = part(local_rows, (n_c,))
-        virial = np.empty((n_f, 3, 3))
-        virial_var = np.empty((n_f, 3, 3))
-        for v, (a, b) in enumerate(VOIGT):
-            virial[:, a, b] = virial[:, b, a] = voigt[:, v]
-            virial_var[:, a, b] = virial_var[:, b, a] = voigt_var[:, v]
-        return {"energy": energy + baseline_energies(frames, self.e0_),
-                "energy_variance": energy_var, "forces": forces, "forces_variance": forces_var,
-                "virial": virial, "virial_variance": virial_var, "local_energy": local,
-                "local_energy_variance": local_var}
+        local, local_var = part(atom_local_rows, (n_a,))
+        e0_atoms = np.array([self.e0_[int(z)] for a in frames for z in a.numbers])
+        form = "prior" if prior else "exact"
+        return Prediction(
+            energy=energy + baseline_energies(frames, self.e0_), forces=forces,
+            virial=voigt_to_matrix(voigt), local_energy=local + e0_atoms,
+            atom_offsets=np.concatenate([[0], np.cumsum(atoms_per_frame)]).astype(np.int64),
+            energy_variance=energy_var, forces_variance=forces_var,
+            virial_variance=voigt_to_matrix(voigt_var), local_energy_variance=local_var,
+            variance_form={k: form for k in ("energy", "forces", "virial", "local_energy")})
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):

@@ -27,9 +27,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .design import design_blocks, type_mask
+from .observations import KINDS
+from .sparse import IncrementalQR
+
 __all__ = ["Statistics", "collect_statistics", "lml_from_statistics", "optimize"]
 
-KIND_NAMES = ("energy", "forces", "virial")
+KIND_NAMES = KINDS  # the name before 0.2
 
 
 @dataclass
@@ -44,27 +48,38 @@ class Statistics:
     jitter: float
 
 
-def collect_statistics(model, frames, obs, gradients) -> Statistics:
-    """One pass: per-kind QR factors of the unit-kernel design matrix."""
-    from .design import type_mask
-    from .sparse import IncrementalQR
+def collect_statistics(terms, sparse_sets, frames, obs, gradients, *, batch_atoms: int,
+                       jitter: float) -> Statistics:
+    """One pass over ``frames``: per-kind QR factors of the unit-kernel design matrix.
 
-    dtype = model.dtype
-    m = sum(t.sparse_.n for t in model.terms_)
-    qrs = [IncrementalQR(torch.zeros((m, m), dtype=dtype)) for _ in range(3)]
-    yy = torch.zeros(3, dtype=dtype)
-    for _, _, sub, rows in model._design_blocks(frames, obs, gradients, unit=True):
+    Parameters
+    ----------
+    terms, sparse_sets
+        The fitted terms and their sparse points (``GAP.terms_``, ``GAP.sparse_sets_``).
+    frames, obs, gradients
+        The training frames, their observations and the descriptor gradients those
+        need (``GAP.training_data``).
+    batch_atoms : int
+        Atoms per streamed block.
+    jitter : float
+        The relative jitter of K_MM (``GAP.jitter``).
+    """
+    dtype = sparse_sets[0].points.dtype
+    m = sum(s.n for s in sparse_sets)
+    qrs = [IncrementalQR(torch.zeros((m, m), dtype=dtype)) for _ in KINDS]
+    yy = torch.zeros(len(KINDS), dtype=dtype)
+    for _, _, sub, rows in design_blocks(terms, sparse_sets, frames, obs, gradients,
+                                         batch_atoms=batch_atoms, unit=True):
         sigma = torch.as_tensor(sub.sigma)
         y = torch.as_tensor(sub.y)
-        for g in range(3):
+        for g in range(len(KINDS)):
             k = torch.as_tensor(np.nonzero(sub.kind == g)[0])
             if k.numel():
                 qrs[g].add(rows[k], y[k], sigma[k])
                 yy[g] += ((y[k] / sigma[k]) ** 2).sum()
     factors = [q.finish() for q in qrs]
     blocks, cols = [], []
-    for i, term in enumerate(model.terms_):
-        z = term.sparse_
+    for i, (term, z) in enumerate(zip(terms, sparse_sets)):
         with torch.no_grad():
             blocks.append(term.kernel.unit_value(z.points, z.points)
                           * type_mask(z.types, z.types, dtype))
@@ -73,7 +88,7 @@ def collect_statistics(model, frames, obs, gradients) -> Statistics:
         torch.block_diag(*blocks), torch.cat(cols), torch.stack([f[0] for f in factors]),
         torch.stack([f[1] for f in factors]), yy,
         torch.tensor([float(q.n_rows) for q in qrs], dtype=dtype),
-        torch.tensor([q.sum_log_sigma for q in qrs], dtype=dtype), model.jitter)
+        torch.tensor([q.sum_log_sigma for q in qrs], dtype=dtype), jitter)
 
 
 def lml_from_statistics(stats: Statistics, log_delta: torch.Tensor,
@@ -91,7 +106,7 @@ def lml_from_statistics(stats: Statistics, log_delta: torch.Tensor,
     present = stats.n > 0
     top = torch.cat([u, torch.zeros((m, 1), dtype=kmm.dtype)], dim=1)
     parts = [top]
-    for g in range(3):
+    for g in range(len(KINDS)):
         if bool(present[g]):
             parts.append(torch.cat([stats.R[g] * d2[None, :], stats.b[g][:, None]], dim=1)
                          * inv_s[g])

@@ -12,12 +12,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..data import Labels, get_all_labels
+from ..data import VOIGT, Labels, get_all_labels
 
-__all__ = ["NoiseModel", "Observations", "build_observations", "fit_e0", "VOIGT"]
+__all__ = ["ENERGY", "FORCES", "KINDS", "VIRIAL", "VOIGT", "NoiseModel", "Observations",
+           "build_observations", "fit_e0"]
 
-#: Voigt order of the six virial components (ASE's).
-VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+#: observation kinds: ``Observations.kind`` holds these codes, ``KINDS[code]`` their names
+ENERGY, FORCES, VIRIAL = 0, 1, 2
 KINDS = ("energy", "forces", "virial")
 
 
@@ -39,10 +40,18 @@ class NoiseModel:
     config_type : mapping of str to mapping
         Overrides per ``config_type``, e.g. ``{"Surface": {"energy": 0.005}}``
         (gap_fit's ``config_type_sigma``); keys ``energy``, ``forces``, ``virial``.
+    scale : mapping of str to float
+        A multiplier per kind (``energy``, ``forces``, ``virial``; 1 when absent)
+        applied to *every* source of sigma: the defaults above, the ``config_type``
+        overrides and the per-frame values. This is what
+        :meth:`gapkit.GAP.optimize_hyperparameters` learns, so that the ratios the
+        user gave (between config types, between frames) are kept and the refit uses
+        exactly the noise that was optimised.
 
     Per-frame values in ``atoms.info`` (``energy_sigma``, ``force_sigma``,
-    ``virial_sigma``, as gap_fit reads them) override both, with the same
-    per-atom interpretation.
+    ``virial_sigma``, as gap_fit reads them) override the defaults and the
+    ``config_type`` values, with the same per-atom interpretation; ``scale`` then
+    multiplies whichever was chosen. :meth:`sigmas` is the one place that does this.
     """
 
     energy: float = 0.001
@@ -50,6 +59,7 @@ class NoiseModel:
     virial: float = 0.01
     per_atom: bool = True
     config_type: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    scale: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         for name in KINDS:
@@ -65,22 +75,59 @@ class NoiseModel:
                 if not (np.isfinite(value) and value > 0):
                     raise ValueError(f"NoiseModel.config_type[{ct!r}][{name!r}] must be > 0, "
                                      f"got {value!r}")
+        unknown = set(self.scale) - set(KINDS)
+        if unknown:
+            raise ValueError(f"NoiseModel.scale: unknown keys {sorted(unknown)}; use "
+                             f"{list(KINDS)}")
+        for name, value in self.scale.items():
+            if isinstance(value, bool) or not (np.isfinite(value) and value > 0):
+                raise ValueError(f"NoiseModel.scale[{name!r}] must be a finite number > 0, "
+                                 f"got {value!r}")
+
+    def kind_scale(self, kind: str) -> float:
+        """The multiplier of ``kind`` (``"energy"``, ``"forces"`` or ``"virial"``)."""
+        return float(self.scale.get(kind, 1.0))
+
+    def sigma(self, kind: str, config_type: str | None = None) -> float:
+        """The sigma of ``kind`` for a frame without a per-frame value: the
+        ``config_type`` override or the default, times :attr:`scale` (eV/atom or eV
+        for energies and virials, as ``per_atom`` says; eV/Å for forces)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown observation kind {kind!r}; use {list(KINDS)}")
+        value = self.config_type.get(config_type, {}).get(kind, getattr(self, kind))
+        return float(value) * self.kind_scale(kind)
 
     def sigmas(self, labels: Labels, n_atoms: int) -> tuple[float, float, float]:
-        """(energy eV, force eV/Å, virial eV) standard deviations for one frame."""
+        """(energy eV, force eV/Å, virial eV) standard deviations for one frame.
+
+        Per-frame value, else ``config_type`` override, else default; times
+        :attr:`scale`; times ``sqrt(n_atoms)`` for energies and virials when
+        ``per_atom``."""
         over = self.config_type.get(labels.config_type, {})
         e = labels.energy_sigma or over.get("energy", self.energy)
         f = labels.forces_sigma or over.get("forces", self.forces)
         v = labels.virial_sigma or over.get("virial", self.virial)
+        e, f, v = (x * self.kind_scale(k) for x, k in zip((e, f, v), KINDS))
         if self.per_atom:
-            scale = float(np.sqrt(n_atoms))
-            e, v = e * scale, v * scale
+            root_n = float(np.sqrt(n_atoms))
+            e, v = e * root_n, v * root_n
         return float(e), float(f), float(v)
 
+    def rescaled(self, factors) -> "NoiseModel":
+        """A copy whose :attr:`scale` is multiplied by ``factors`` (energy, forces,
+        virial)."""
+        from dataclasses import replace
+
+        new = {k: self.kind_scale(k) * float(f) for k, f in zip(KINDS, factors)}
+        return replace(self, scale={k: v for k, v in new.items() if v != 1.0})
+
     def to_dict(self) -> dict:
-        return {"energy": self.energy, "forces": self.forces, "virial": self.virial,
-                "per_atom": self.per_atom,
-                "config_type": {k: dict(v) for k, v in self.config_type.items()}}
+        out = {"energy": self.energy, "forces": self.forces, "virial": self.virial,
+               "per_atom": self.per_atom,
+               "config_type": {k: dict(v) for k, v in self.config_type.items()}}
+        if self.scale:  # written only when set, so that older readers load the rest
+            out["scale"] = {k: float(v) for k, v in self.scale.items()}
+        return out
 
 
 @dataclass(frozen=True)
@@ -89,7 +136,7 @@ class Observations:
 
     Attributes (all ndarray of shape (n_rows,))
     ----------
-    frame : frame index; kind : 0 energy, 1 force, 2 virial; atom : atom index
+    frame : frame index; kind : :data:`ENERGY`, :data:`FORCES` or :data:`VIRIAL`; atom : atom index
     within the frame (forces) or -1; component : x/y/z (0-2) for forces, Voigt
     index (0-5) for virials, -1 for energies; y : the label, minus the e0
     baseline for energies (eV, eV/Å, eV); sigma : noise standard deviation.
@@ -112,6 +159,11 @@ class Observations:
 
     def counts(self) -> dict:
         return {name: int((self.kind == i).sum()) for i, name in enumerate(KINDS)}
+
+    def shifted(self, frame_offset: int) -> "Observations":
+        """The same rows with ``frame_offset`` subtracted from the frame indices."""
+        return Observations(self.frame - frame_offset, self.kind, self.atom, self.component,
+                            self.y, self.sigma)
 
 
 def baseline_energies(frames, e0: Mapping[int, float]) -> np.ndarray:
@@ -152,13 +204,13 @@ def build_observations(frames: Sequence, labels: Sequence[Labels], noise: NoiseM
         n = len(atoms)
         se, sf, sv = noise.sigmas(lab, n)
         if "energy" in use and lab.energy is not None:
-            add(k, 0, [-1], [-1], [lab.energy - base[k]], se)
+            add(k, ENERGY, [-1], [-1], [lab.energy - base[k]], se)
         if "forces" in use and lab.forces is not None:
-            add(k, 1, np.repeat(np.arange(n), 3), np.tile(np.arange(3), n),
+            add(k, FORCES, np.repeat(np.arange(n), 3), np.tile(np.arange(3), n),
                 np.asarray(lab.forces).reshape(-1), sf)
         if "virial" in use and lab.virial is not None:
             w = np.asarray(lab.virial)
-            add(k, 2, np.full(6, -1), np.arange(6), [w[a, b] for a, b in VOIGT], sv)
+            add(k, VIRIAL, np.full(6, -1), np.arange(6), [w[a, b] for a, b in VOIGT], sv)
     if not cols["y"]:
         raise ValueError(f"none of the {len(frames)} frames has a {'/'.join(use)} label to fit; "
                          "check the energy_key/forces_key/virial_key names")

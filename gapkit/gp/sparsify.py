@@ -51,6 +51,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .design import SparseSet
+
 __all__ = [
     "SPARSE_METHODS",
     "leverage_scores",
@@ -466,7 +468,7 @@ def _uniform(X, m, label, stacklevel):
 
 def sparse_points(X, n_sparse: int | Mapping[int, int], *, method: str = "cur", types=None,
                   random_state=0, duplicate_tol: float = 1e-8,
-                  **kw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  **kw) -> SparseSet:
     """Choose the sparse points of a descriptor: the main entry point.
 
     Parameters
@@ -480,13 +482,12 @@ def sparse_points(X, n_sparse: int | Mapping[int, int], *, method: str = "cur", 
 
     Returns
     -------
-    points : ndarray of shape (M, D)
-        The sparse points (descriptor units), copies of rows of X for row-based methods.
-    types : ndarray of int64, shape (M,)
-        Kernel type of each point (all 0 when ``types`` is None).
-    indices : ndarray of int64, shape (M,)
-        Row of X each point is (ascending), or -1 for the synthetic points of
-        ``"uniform"`` (ordered by type, then value).
+    SparseSet
+        ``points`` (M, D): the sparse points (descriptor units), copies of rows of X for
+        row-based methods; ``types`` (M,): kernel type of each point (all 0 when
+        ``types`` is None); ``indices`` (M,): row of X each point is (ascending), or -1
+        for the synthetic points of ``"uniform"`` (ordered by type, then value).
+        It unpacks as ``points, types, indices = sparse_points(...)`` (numpy arrays).
     """
     _check_method(method, kw, row_only=False)
     X = _check_X(X)
@@ -496,7 +497,7 @@ def sparse_points(X, n_sparse: int | Mapping[int, int], *, method: str = "cur", 
                                    random_state=random_state, duplicate_tol=duplicate_tol,
                                    **kw)
         t_out = np.zeros(idx.size, np.int64) if t_all is None else t_all[idx]
-        return X[idx].copy(), t_out, idx
+        return SparseSet(X[idx].copy(), t_out, idx)
     if X.shape[1] != 1:
         raise ValueError(f"method='uniform' needs 1-D descriptors (shape (n, 1)); got "
                          f"{X.shape[1]} features. Use method 'cur', 'fps' or 'random'")
@@ -508,6 +509,6 @@ def sparse_points(X, n_sparse: int | Mapping[int, int], *, method: str = "cur", 
         pts.append(g)
         tps.append(np.full(g.shape[0], 0 if t_all is None else t_all[rows[0]], np.int64))
     if not pts:
-        return np.zeros((0, 1)), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return SparseSet(np.zeros((0, 1)), np.zeros(0, np.int64), np.zeros(0, np.int64))
     points = np.concatenate(pts)
-    return points, np.concatenate(tps), np.full(points.shape[0], -1, np.int64)
+    return SparseSet(points, np.concatenate(tps), np.full(points.shape[0], -1, np.int64))

@@ -116,13 +116,13 @@ def test_interpolates_training_data_as_noise_goes_to_zero(data, request):
     pred = gp.predict(frames)
     prior = gp.predict(frames, prior=True)
     energy, forces, virial = _labels(frames)
-    np.testing.assert_allclose(pred["energy"], energy, atol=1e-6)
-    np.testing.assert_allclose(pred["forces"], forces, atol=1e-5)
-    assert pred["energy_variance"].max() < 1e-8 * prior["energy_variance"].max()
-    assert pred["forces_variance"].max() < 1e-8 * prior["forces_variance"].max()
+    np.testing.assert_allclose(pred.energy, energy, atol=1e-6)
+    np.testing.assert_allclose(pred.forces, forces, atol=1e-5)
+    assert pred.energy_variance.max() < 1e-8 * prior.energy_variance.max()
+    assert pred.forces_variance.max() < 1e-8 * prior.forces_variance.max()
     if data == "cells":
-        np.testing.assert_allclose(pred["virial"], virial, atol=1e-5)
-        assert pred["virial_variance"].max() < 1e-8 * prior["virial_variance"].max()
+        np.testing.assert_allclose(pred.virial, virial, atol=1e-5)
+        assert pred.virial_variance.max() < 1e-8 * prior.virial_variance.max()
 
 
 @pytest.mark.parametrize("data", ["clusters", "cells"])
@@ -130,21 +130,24 @@ def test_posterior_variance_never_exceeds_prior(data, request):
     gp = request.getfixturevalue(f"gp_{data}")
     frames = request.getfixturevalue(data)[:2] + [request.getfixturevalue(f"test_{data[:-1]}")]
     post, prior = gp.predict(frames), gp.predict(frames, prior=True)
-    for key in post:
+    prior_arrays = prior.as_dict()
+    for key, value in post.as_dict().items():
         if key.endswith("_variance"):
-            assert np.all(post[key] >= 0), key
-            assert np.all(post[key] <= prior[key] * (1 + 1e-12) + 1e-14), key
+            assert np.all(value >= 0), key
+            assert np.all(value <= prior_arrays[key] * (1 + 1e-12) + 1e-14), key
     # the prior: e0 baseline and zero latent means, k(q, q) = delta^2 for unit descriptors
-    assert np.all(prior["forces"] == 0) and np.all(prior["local_energy"] == 0)
-    np.testing.assert_allclose(prior["local_energy_variance"], DELTA**2, rtol=1e-12)
+    e0_atoms = np.array([gp.e0_[int(z)] for a in frames for z in a.numbers])
+    assert np.all(prior.forces == 0) and np.all(prior.local_energy == e0_atoms)
+    np.testing.assert_allclose(prior.local_energy_variance, DELTA**2, rtol=1e-12)
 
 
 def test_energy_is_the_sum_of_local_energies(gp_clusters, test_cluster):
     pred = gp_clusters.predict([test_cluster])
-    e0 = sum(gp_clusters.e0_[z] for z in test_cluster.numbers)
-    assert pred["energy"][0] == pytest.approx(pred["local_energy"].sum() + e0, abs=1e-10)
+    # per-atom energies carry their e0, as GAP.predict's do
+    assert pred.energy[0] == pytest.approx(pred.local_energy.sum(), abs=1e-10)
+    assert pred.local_energy.shape == (len(test_cluster),)
     # an isolated cluster feels no net force
-    np.testing.assert_allclose(pred["forces"].sum(axis=0), 0.0, atol=1e-10)
+    np.testing.assert_allclose(pred.forces.sum(axis=0), 0.0, atol=1e-10)
 
 
 def test_rotation_and_translation(gp_clusters, test_cluster, rng):
@@ -210,15 +213,16 @@ def test_two_body_model(clusters, test_cluster):
             displaced.append(atoms)
     energy = gp.predict(displaced)["energy"].reshape(3, 2)
     pred, prior = gp.predict([test_cluster]), gp.predict([test_cluster], prior=True)
-    np.testing.assert_allclose(pred["forces"][0], -(energy[:, 0] - energy[:, 1]) / (2 * h),
+    np.testing.assert_allclose(pred.forces[0], -(energy[:, 0] - energy[:, 1]) / (2 * h),
                                atol=FD_ATOL)
-    n_pairs = descriptor.compute(test_cluster).n_centres
-    assert pred["local_energy"].shape == (n_pairs,)
-    e0 = sum(gp.e0_[z] for z in test_cluster.numbers)
-    assert pred["energy"][0] == pytest.approx(pred["local_energy"].sum() + e0, abs=1e-10)
-    for key in pred:
+    # per-atom energies (each atom owns its pair centres), e0 included
+    assert descriptor.compute(test_cluster).n_centres > len(test_cluster)
+    assert pred.local_energy.shape == (len(test_cluster),)
+    assert pred.energy[0] == pytest.approx(pred.local_energy.sum(), abs=1e-10)
+    prior_arrays = prior.as_dict()
+    for key, value in pred.as_dict().items():
         if key.endswith("_variance"):
-            assert np.all(pred[key] <= prior[key] * (1 + 1e-12) + 1e-14), key
+            assert np.all(value <= prior_arrays[key] * (1 + 1e-12) + 1e-14), key
 
 
 # -- cross-check of the GPyTorch plumbing against dense numpy ------------------------------
@@ -313,7 +317,7 @@ def _dense_reference(train, test, e0, noise, use_virial):
 
 
 def _flatten(pred, frames):
-    """Prediction dict -> vector in the order of ``_dense_reference``'s test rows."""
+    """Prediction arrays (a dict) -> vector in the order of ``_dense_reference``'s test rows."""
     out_mean, out_var = [], []
     atom = 0
     for f, atoms in enumerate(frames):
@@ -339,7 +343,10 @@ def test_matches_dense_numpy_posterior(data, request):
                                            use_virial=data == "cells")
     pred = gp.predict(test)
     baseline = np.array([sum(gp.e0_[z] for z in a.numbers) for a in test])
-    pred = dict(pred, energy=pred["energy"] - baseline)
+    e0_atoms = np.array([gp.e0_[int(z)] for a in test for z in a.numbers])
+    # the dense reference has latent values: no e0 (SOAP: one centre per atom)
+    pred = dict(pred.as_dict(), energy=pred.energy - baseline,
+                local_energy=pred.local_energy - e0_atoms)
     got_mean, got_var = _flatten(pred, test)
     scale = np.abs(mean).max()
     np.testing.assert_allclose(got_mean, mean, rtol=RTOL_ALGEBRA, atol=RTOL_ALGEBRA * scale)

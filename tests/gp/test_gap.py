@@ -540,9 +540,9 @@ def test_save_load_bit_identical(models, name, tmp_path):
     loaded = GAP.load(path)
     for attr in ("alpha_", "R_", "U_"):
         assert torch.equal(getattr(loaded, attr), getattr(model, attr)), attr
-    for t0, t1 in zip(model.terms_, loaded.terms_):
-        assert torch.equal(t0.sparse_.points, t1.sparse_.points)
-        assert torch.equal(t0.sparse_.types, t1.sparse_.types)
+    for z0, z1 in zip(model.sparse_sets_, loaded.sparse_sets_):
+        assert torch.equal(z0.points, z1.points)
+        assert torch.equal(z0.types, z1.types)
     assert loaded.log_marginal_likelihood_ == model.log_marginal_likelihood_
     assert loaded.e0_ == model.e0_
     before, after = _all_outputs(model, frames), _all_outputs(loaded, frames)
@@ -717,8 +717,8 @@ def test_random_sparse_points_follow_the_seed(si_train):
 
     a, b, c = fit(3), fit(3), fit(4)
     assert torch.equal(a.alpha_, b.alpha_)
-    assert torch.equal(a.terms_[0].sparse_.points, b.terms_[0].sparse_.points)
-    assert not torch.equal(a.terms_[0].sparse_.points, c.terms_[0].sparse_.points)
+    assert torch.equal(a.sparse_sets_[0].points, b.sparse_sets_[0].points)
+    assert not torch.equal(a.sparse_sets_[0].points, c.sparse_sets_[0].points)
 
 
 # -------------------------------------------------------------- 8. bad input

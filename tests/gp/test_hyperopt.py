@@ -34,14 +34,18 @@ def model(frames):
 
 @pytest.fixture(scope="module")
 def stats(model, frames):
-    frames, obs, grads = model._training_setup(frames)
-    return collect_statistics(model, frames, obs, grads)
+    data = model.training_data(frames)
+    return collect_statistics(model.terms_, model.sparse_sets_, data.frames, data.observations,
+                              set(data.gradients), batch_atoms=model.batch_atoms,
+                              jitter=model.jitter)
 
 
 def test_statistics_reproduce_the_fitted_likelihood(model, stats):
     ld = torch.log(torch.tensor([0.5, 0.7], dtype=torch.float64))
     value = float(lml_from_statistics(stats, ld, torch.zeros(3, dtype=torch.float64)))
-    assert value == pytest.approx(model.log_marginal_likelihood_, rel=1e-10)
+    # 1e-9: the likelihood carries ~1e-8 relative rounding (cond(R) ~ 1e9, see below);
+    # the two paths differ by 3e-10 with numpy 2.4 / torch 2.13 wheels
+    assert value == pytest.approx(model.log_marginal_likelihood_, rel=1e-9)
 
 
 def test_statistics_equal_a_refit_at_other_hyperparameters(model, frames):
@@ -80,7 +84,7 @@ def test_optimiser_raises_the_likelihood(frames):
     model = GAP(_terms(), noise=NOISE, progress=False, batch_atoms=64).fit(frames)
     before = model.log_marginal_likelihood_
     report = model.optimize_hyperparameters(frames)
-    assert report["log_marginal_likelihood_before"] == pytest.approx(before, rel=1e-10)
+    assert report["log_marginal_likelihood_before"] == pytest.approx(before, rel=1e-9)
     assert report["log_marginal_likelihood_after"] > before + 1.0
     # the refit at the optimum reproduces the optimised value, and it is a maximum:
     assert report["log_marginal_likelihood_refit"] == pytest.approx(
@@ -89,7 +93,32 @@ def test_optimiser_raises_the_likelihood(frames):
     nudged = model.log_marginal_likelihood(frames, delta=[delta[0] * 1.05, delta[1]],
                                            noise_scale=[1.0, 1.0, 1.0])
     assert nudged < model.log_marginal_likelihood_
-    assert model.noise.forces == pytest.approx(0.1 * report["noise_scale"][1])
+    # the user's sigma stays; the learnt multiplier is the noise model's scale
+    assert model.noise.forces == 0.1
+    assert model.noise.sigma("forces") == pytest.approx(0.1 * report["noise_scale"][1])
+
+
+def test_refit_reproduces_the_optimum_with_per_frame_sigma(frames):
+    """The learnt noise scale multiplies per-frame sigmas too (force_sigma in atoms.info):
+    before 0.2 it was written to the defaults only, and the refit's likelihood (270.3)
+    fell short of the optimised one (293.3) on data like this."""
+    data = [a.copy() for a in frames]
+    for a, b in zip(data, frames):
+        a.calc = b.calc
+    for a in data[::2]:
+        a.info["force_sigma"] = 0.2
+    model = GAP(_terms(), noise=NOISE, progress=False, batch_atoms=64).fit(data)
+    report = model.optimize_hyperparameters(data)
+    assert abs(report["noise_scale"][1] - 1.0) > 0.05  # the scale did move
+    assert report["log_marginal_likelihood_refit"] == pytest.approx(
+        report["log_marginal_likelihood_after"], rel=1e-8)
+    # per-frame and default force sigmas keep their ratio after the fit
+    obs = model.training_data(data).observations
+    forces = obs.kind == 1
+    ratio = {float(round(s, 12)) for s in obs.sigma[forces]}
+    assert len(ratio) == 2
+    lo, hi = sorted(ratio)
+    assert hi / lo == pytest.approx(0.2 / 0.1)
 
 
 def test_lengthscale_search_raises_the_likelihood(frames):

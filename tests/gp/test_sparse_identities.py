@@ -137,8 +137,8 @@ def _rows(model: GAP, frames, *, gradients=True):
     res = term.descriptor.compute(frames, gradients=["positions", "strain"] if gradients
                                   else False)
     with torch.no_grad():
-        rows = functional_rows(term.kernel, res, term.sparse_, energy=True, forces=gradients,
-                               virial=gradients, local=True)
+        rows = functional_rows(term.kernel, res, model.sparse_sets_[0], energy=True,
+                               forces=gradients, virial=gradients, local=True)
     return res, {k: v.numpy() for k, v in rows.items()}
 
 
@@ -165,10 +165,10 @@ class Dense:
         self.k = np.concatenate(k)
         self.y = np.concatenate([np.asarray(v, dtype=float) for v in y])
         self.s2 = np.concatenate(sigma) ** 2
-        z = model.terms_[0].sparse_.points
+        z = model.sparse_sets_[0].points
         with torch.no_grad():
             kmm = model.terms_[0].kernel.value(z, z).numpy()
-        self.kmm = kmm + model.jitter_abs_ * np.eye(kmm.shape[0])
+        self.kmm = kmm + model.jitter_absolute_ * np.eye(kmm.shape[0])
         k_ext = self.k.astype(np.longdouble)
         self.a = (self.kmm + k_ext.T @ (k_ext / self.s2[:, None])).astype(np.float64)
         self.rhs = (k_ext.T @ (self.y / self.s2)).astype(np.float64)
@@ -300,7 +300,7 @@ def test_force_and_virial_variances_equal_dense_projected(model, train, test_fra
     dense = Dense(model, train)
     _, rows = _rows(model, test_frames)
     m = rows["forces"].shape[-1]
-    pred = model.predict(test_frames, force_variance="projected")
+    pred = model.predict(test_frames, forces_variance="projected")
     np.testing.assert_allclose(pred.forces_variance.reshape(-1),
                                dense.projected(rows["forces"].reshape(-1, m)), rtol=RTOL)
     voigt = dense.projected(rows["virial"].reshape(-1, m)).reshape(-1, 6)
@@ -324,10 +324,10 @@ def test_exact_force_variance_equals_dense_dtc(model, train, test_frames, index)
     kstar = rows["forces"].reshape(-1, rows["forces"].shape[-1])
     prior = _force_priors(model, atoms)
     expected = dense.dtc(kstar, prior.reshape(-1)).reshape(-1, 3)
-    exact = model.predict([atoms], force_variance="exact").forces_variance
+    exact = model.predict([atoms], forces_variance="exact").forces_variance
     np.testing.assert_allclose(exact, expected, rtol=0, atol=FD_RTOL * prior.max())
     # 0 <= projected <= exact <= prior: k** >= k*^T K_MM^-1 k* >= k*^T A^-1 k*
-    projected = model.predict([atoms], force_variance="projected").forces_variance
+    projected = model.predict([atoms], forces_variance="projected").forces_variance
     assert np.all(prior.reshape(-1) >= dense.nystrom(kstar) * (1 - RTOL))
     assert np.all(exact <= prior + FD_RTOL * prior.max())
     assert np.all(projected <= exact * (1 + RTOL))
@@ -350,8 +350,8 @@ def test_result_does_not_depend_on_block_size(model, train, test_frames, monkeyp
                                atol=BLOCK_RTOL * np.abs(model.R_.numpy()).max())
     assert other.log_marginal_likelihood_ == pytest.approx(model.log_marginal_likelihood_,
                                                            rel=BLOCK_RTOL)
-    p0 = model.predict(test_frames, force_variance="exact")
-    p1 = other.predict(test_frames, force_variance="exact")
+    p0 = model.predict(test_frames, forces_variance="exact")
+    p1 = other.predict(test_frames, forces_variance="exact")
     for name in ("energy", "forces", "virial", "energy_variance", "forces_variance",
                  "local_energy_variance"):
         v0, v1 = getattr(p0, name), getattr(p1, name)
@@ -408,12 +408,12 @@ def test_adding_observations_never_increases_variance(train, test_frames):
         "EFV": _fit(train),
         "half": _fit(train[:2] + [_strip(a) for a in train[2:]]),
     }
-    points = fits["EFV"].terms_[0].sparse_.points
+    points = fits["EFV"].sparse_sets_[0].points
     for name, fit in fits.items():
-        assert torch.equal(fit.terms_[0].sparse_.points, points), name
+        assert torch.equal(fit.sparse_sets_[0].points, points), name
     orders = [("E", "EF"), ("EF", "EFV"), ("half", "EFV"), ("E", "EFV")]
     for form in ("projected", "exact"):
-        preds = {k: f.predict(test_frames, force_variance=form) for k, f in fits.items()}
+        preds = {k: f.predict(test_frames, forces_variance=form) for k, f in fits.items()}
         for fewer, more in orders:
             for name in ("energy_variance", "local_energy_variance", "forces_variance",
                          "virial_variance"):

@@ -99,7 +99,8 @@ def test_fewer_sparse_points_differ_from_exact_gp(data):
     sparse = GAP([Term(_soap(), SOAPKernel(zeta=4, delta=1.3), n_sparse=8)], noise=noise,
                  e0="zero", progress=False).fit(train)
     exact = ExactGP(_soap(), SOAPKernel(zeta=4, delta=1.3), noise=noise, e0="zero").fit(train)
-    assert _rel(sparse.predict(test, variance=False).forces, exact.predict(test)["forces"]) > 1e-3
+    assert _rel(sparse.predict(test, return_variance=False).forces,
+                exact.predict(test).forces) > 1e-3
 
 
 def test_difference_to_exact_gp_is_proportional_to_the_jitter(data):

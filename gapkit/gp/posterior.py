@@ -1,0 +1,190 @@
+"""Posterior means and variances of linear functionals of the local energies, and the
+one result type that both the sparse (:class:`gapkit.GAP`) and the exact
+(:class:`gapkit.gp.ExactGP`) models return.
+
+With the fitted factors ``U^T U = K_MM`` (jitter included) and ``R^T R = K_MM +
+K_MN Sigma^-1 K_NM`` (the QR of :mod:`gapkit.gp.sparse`), the DTC posterior variance of a
+functional with cross-covariance row ``k*`` and prior variance ``k**`` is
+
+    var = k** - |U^-T k*|^2 + |R^-T k*|^2                                   (DTC)
+
+and its *projected* form keeps only the last term (``k**`` replaced by its Nyström
+projection ``k*^T K_MM^-1 k*``): cheaper, it ignores what the sparse set cannot
+represent. ``k**`` of a total energy sums the kernel over all pairs of the frame's
+centres; of a force component it needs the kernel's second derivatives
+(``force_prior_variance``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..data import VOIGT
+from .design import type_mask
+
+__all__ = ["Prediction", "derivative_means", "dtc_variance", "prior_energy_variances",
+           "prior_force_variances", "projected_variance"]
+
+
+@dataclass
+class Prediction:
+    """Posterior predictions for a list of frames (numpy arrays, ASE units).
+
+    Attributes
+    ----------
+    energy, energy_variance : (n_frames,)
+        Total energy (eV) and its posterior variance (eV^2).
+    forces, forces_variance : (n_atoms_total, 3)
+        Forces (eV/Å) and the variance of each component (eV^2/Å^2).
+    virial, virial_variance : (n_frames, 3, 3)
+        Virial ``-dE/d epsilon`` (eV) and its variance (eV^2), or None.
+    local_energy, local_energy_variance : (n_atoms_total,)
+        Per-atom energies (eV, e0 included) and their variances (eV^2).
+    atom_offsets : (n_frames + 1,)
+        Start of each frame in the per-atom arrays.
+    variance_form : dict
+        Which formula each variance used: ``"dtc"`` or ``"projected"`` (sparse GP, see
+        :mod:`gapkit.gp.posterior`), ``"exact"`` (dense GP), or a recalibrated form.
+    baseline_energy : (n_frames,) or None
+        The part of ``energy`` from the model's physics baselines (eV; included in
+        ``energy``, ``forces``, ``virial`` and ``local_energy``); None without baselines.
+    """
+
+    energy: np.ndarray
+    forces: np.ndarray | None
+    virial: np.ndarray | None
+    local_energy: np.ndarray
+    atom_offsets: np.ndarray
+    energy_variance: np.ndarray | None = None
+    forces_variance: np.ndarray | None = None
+    virial_variance: np.ndarray | None = None
+    local_energy_variance: np.ndarray | None = None
+    variance_form: dict = field(default_factory=dict)
+    baseline_energy: np.ndarray | None = None
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        """Atoms per frame."""
+        return np.diff(self.atom_offsets)
+
+    @property
+    def energy_per_atom(self) -> np.ndarray:
+        """eV/atom."""
+        return self.energy / self.n_atoms
+
+    def frame_forces(self, k: int) -> np.ndarray:
+        """Forces of frame ``k`` (n_atoms_k, 3), eV/Å."""
+        return self.forces[self.atom_offsets[k]:self.atom_offsets[k + 1]]
+
+    def as_dict(self) -> dict:
+        """The arrays by name (fields that are None left out), ``variance_form`` aside."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "variance_form" and getattr(self, f.name) is not None}
+
+    def __getitem__(self, key: str):
+        # the dict that ExactGP.predict returned before 0.2
+        warnings.warn("Prediction is a dataclass: use attributes (pred.energy), not "
+                      "pred['energy']; item access goes in gapkit 0.3", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(self, key)
+
+
+def projected_variance(rows: torch.Tensor, r_factor: torch.Tensor) -> np.ndarray:
+    """``|R^-T k*|^2`` for each row ``k*`` of ``rows`` (n, M): the projected form, eV^2."""
+    if rows.shape[0] == 0:
+        return np.zeros(0)
+    sol = torch.linalg.solve_triangular(r_factor.T, rows.T, upper=False)  # R^T x = k*^T
+    return (sol * sol).sum(0).numpy()
+
+
+def dtc_variance(rows: torch.Tensor, prior: torch.Tensor, r_factor: torch.Tensor,
+                 u_factor: torch.Tensor) -> np.ndarray:
+    """``k** - |U^-T k*|^2 + |R^-T k*|^2`` for each row, clipped at 0 (eV^2).
+
+    Round-off can make a variance slightly negative where the sparse set represents
+    the functional exactly; a clip larger than round-off (relative to the prior) warns,
+    as scikit-learn's GaussianProcessRegressor does, since it means the factors do not
+    belong to the kernel (a changed hyper-parameter without a refit, say).
+    """
+    if rows.shape[0] == 0:
+        return np.zeros(0)
+    a = torch.linalg.solve_triangular(u_factor.T, rows.T, upper=False)  # U^T a = k*^T
+    prior_np = prior.numpy()
+    var = prior_np - (a * a).sum(0).numpy() + projected_variance(rows, r_factor)
+    tol = 1e-8 * np.maximum(np.abs(prior_np), np.finfo(float).tiny)
+    if np.any(var < -tol):
+        worst = float(var.min())
+        warnings.warn(f"predicted variances below 0 (down to {worst:.3g} eV^2) were set to "
+                      "0; the fitted factors may not match the kernel (refit after changing "
+                      "hyper-parameters)", UserWarning, stacklevel=3)
+    return np.maximum(var, 0.0)
+
+
+def prior_energy_variances(terms, results, n_frames: int, n_atoms: int):
+    """Exact prior variances of the total energies (n_frames,) and the per-atom energies
+    (n_atoms,) of a block, summed over terms (eV^2): the kernel over all pairs of centres
+    of a frame, and over the pairs of centres owned by the same atom."""
+    dtype = torch.float64
+    e = torch.zeros(n_frames, dtype=dtype)
+    loc = torch.zeros(n_atoms, dtype=dtype)
+    for res, term in zip(results, terms):
+        q = res.torch("values", dtype=dtype)
+        types = torch.as_tensor(res.centre_types)
+        owner = torch.as_tensor(res.atom_offsets[res.centre_structure] + res.centre_atom)
+        structure = torch.as_tensor(res.centre_structure)
+        with torch.no_grad():
+            for k in range(n_frames):
+                idx = torch.nonzero(structure == k)[:, 0]
+                if idx.numel() == 0:
+                    continue
+                kk = term.kernel.value(q[idx], q[idx]) * type_mask(types[idx], types[idx], dtype)
+                e[k] += kk.sum()
+                same = owner[idx][:, None] == owner[idx][None, :]
+                loc.index_add_(0, owner[idx], (kk * same).sum(1))
+    return e, loc
+
+
+def prior_force_variances(terms, results, n_atoms: int) -> torch.Tensor:
+    """Exact prior variance of each force component (n_atoms, 3), eV^2/Å^2, summed over
+    terms (second kernel derivatives)."""
+    out = torch.zeros((n_atoms, 3), dtype=torch.float64)
+    for res, term in zip(results, terms):
+        with torch.no_grad():
+            out += term.kernel.force_prior_variance(
+                res.torch("values", dtype=torch.float64),
+                res.torch("gradients", dtype=torch.float64),
+                torch.as_tensor(res.gradient_centre), res.gradient_atom_global,
+                torch.as_tensor(res.centre_types), n_atoms)
+    return out
+
+
+def derivative_means(kernel, sparse, alpha: torch.Tensor, res, forces: bool, virial: bool):
+    """Forces (n_atoms, 3; eV/Å) and Voigt virials (n_frames, 6; eV) of the GP mean
+    ``eps(q) = sum_m alpha_m k(q, z_m)``: ``-sum dq/dr . grad eps(q)``, one weighted
+    kernel gradient per centre (two GEMMs) contracted with the descriptor gradients."""
+    dtype = sparse.points.dtype
+    q = res.torch("values", dtype=dtype)
+    with torch.no_grad():
+        w = type_mask(torch.as_tensor(res.centre_types), sparse.types, dtype) * alpha
+        grad = kernel.weighted_gradient(q, sparse.points, w)  # (n_c, D)
+        fm = vm = None
+        if forces:
+            g = res.torch("gradients", dtype=dtype)
+            centre = torch.as_tensor(res.gradient_centre)
+            per_entry = torch.einsum("ead,ed->ea", g, grad[centre])
+            fm = torch.zeros((int(res.n_atoms.sum()), 3), dtype=dtype).index_add_(
+                0, torch.as_tensor(res.gradient_atom_global), per_entry, alpha=-1.0)
+        if virial:
+            s = res.torch("strain_gradients", dtype=dtype)
+            w9 = torch.einsum("cabd,cd->cab", s, grad)
+            a_idx = [a for a, _ in VOIGT]
+            b_idx = [b for _, b in VOIGT]
+            w6 = 0.5 * (w9[:, a_idx, b_idx] + w9[:, b_idx, a_idx])
+            vm = torch.zeros((res.n_structures, 6), dtype=dtype).index_add_(
+                0, torch.as_tensor(res.centre_structure), w6, alpha=-1.0)
+    return fm, vm

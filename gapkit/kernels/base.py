@@ -1,0 +1,212 @@
+"""The base class of the descriptor kernels and the padded-entry helper they share.
+
+Every kernel is a :class:`gpytorch.kernels.Kernel` (its hyper-parameters carry
+GPyTorch constraints and optional priors) and adds operations in descriptor
+space that the GP layer contracts with descriptor gradients:
+
+``value(q1, q2)``
+    ``k(q1_i, q2_m)``, shape (n1, n2).
+``grad_contract(q1, q2, g, centre)``
+    ``sum_D dk(q1[centre[e]], q2_m)/dq1_D * g[e, r, D]`` for gradient entries ``e``
+    with ``r`` directions each, shape (n_entries, r, n2). Force rows are this with
+    ``g`` the descriptor position gradients; virial rows with the strain gradients.
+``hessian_contract(q1, q2, g1, c1, g2, c2)``
+    ``g1[e]^T d^2k/dq1 dq2 g2[f]``, shape (E, r1, F, r2): the force-force covariance
+    (exact GP, exact force variances).
+
+All values are in eV^2 (``delta`` is the prior standard deviation of a local
+energy, eV). Kernels between centres of different type (central species, species
+pair) are zero; the GP layer applies that mask, the kernels themselves do not.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import gpytorch
+import numpy as np
+import torch
+from gpytorch.constraints import Positive
+
+__all__ = ["DescriptorKernel", "padded_entries_by_atom"]
+
+
+class DescriptorKernel(gpytorch.kernels.Kernel, metaclass=abc.ABCMeta):
+    """Base class: a ``delta``-scaled kernel ``delta^2 * kappa(q1, q2)``.
+
+    Subclasses implement the unit kernel ``kappa`` and its derivatives; ``delta``
+    (eV) is a positive GPyTorch parameter with an optional prior.
+    """
+
+    is_stationary = False
+
+    def __init__(self, delta: float = 1.0, *, delta_prior=None, delta_constraint=None, **kwargs):
+        super().__init__(**kwargs)
+        if not (delta > 0 and math.isfinite(delta)):
+            raise ValueError(f"delta must be a finite number > 0 eV, got {delta!r}")
+        self.register_parameter(
+            "raw_delta", torch.nn.Parameter(torch.zeros(1, dtype=torch.float64)))
+        self.register_constraint("raw_delta", delta_constraint or Positive())
+        if delta_prior is not None:
+            # bound methods, not lambdas, so that the kernel pickles
+            self.register_prior("delta_prior", delta_prior, self._delta_param,
+                                self._delta_closure)
+        self._set_delta(delta)
+
+    @staticmethod
+    def _delta_param(module):
+        return module.delta
+
+    @staticmethod
+    def _delta_closure(module, value):
+        module._set_delta(value)
+
+    @property
+    def delta(self) -> torch.Tensor:
+        return self.raw_delta_constraint.transform(self.raw_delta)
+
+    @delta.setter
+    def delta(self, value) -> None:
+        self._set_delta(value)
+
+    def _set_delta(self, value) -> None:
+        value = torch.as_tensor(value, dtype=self.raw_delta.dtype).reshape(1)
+        self.initialize(raw_delta=self.raw_delta_constraint.inverse_transform(value))
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """delta^2, eV^2."""
+        return self.delta.squeeze() ** 2
+
+    # -- the unit kernel (delta = 1): what a subclass implements ------------
+    @abc.abstractmethod
+    def unit_value(self, q1, q2):
+        """``kappa(q1_i, q2_m)``, shape (n1, n2)."""
+
+    @abc.abstractmethod
+    def unit_grad_contract(self, q1, q2, g, centre):
+        """``sum_D d kappa(q1[centre[e]], q2_m)/dq1 * g[e, r, D]``, shape (E, r, n2)."""
+
+    @abc.abstractmethod
+    def unit_hessian_contract(self, q1, q2, g1, c1, g2, c2):
+        """``g1[e]^T d^2 kappa / dq1 dq2 g2[f]``, shape (E, r1, F, r2)."""
+
+    @abc.abstractmethod
+    def unit_weighted_gradient(self, q1, q2, w):
+        """``sum_m w[i, m] d kappa(q1_i, q2_m)/dq1_i``, shape (n1, D)."""
+
+    def unit_diag(self, q):
+        return torch.diagonal(self.unit_value(q, q))
+
+    # -- settings ------------------------------------------------------------
+    def get_params(self) -> dict:
+        """Constructor keywords (JSON-serialisable), ``delta`` (eV) included, so that
+        ``type(k)(**k.get_params())`` is the same kernel. Subclasses add theirs."""
+        return {"delta": float(self.delta.detach().reshape(()))}
+
+    def bind(self, descriptor) -> "DescriptorKernel":
+        """Check this kernel against the descriptor it will be used with (and take from
+        it any setting the descriptor owns); returns ``self``.
+
+        The descriptor owns its settings: a kernel never holds a second copy that could
+        disagree. The base kernel needs nothing from the descriptor;
+        :class:`~gapkit.kernels.TwoBodyKernel` takes its cutoff.
+
+        Raises
+        ------
+        ValueError
+            When the kernel's own setting contradicts the descriptor's.
+        """
+        return self
+
+    def weighted_gradient(self, q1, q2, w) -> torch.Tensor:
+        """``sum_m w[i, m] dk(q1_i, q2_m)/dq1_i``, shape (n1, D): the gradient of the
+        GP mean ``eps(q) = sum_m alpha_m k(q, z_m)`` when ``w = alpha`` (masked),
+        at the cost of two GEMMs instead of one per force component."""
+        return self.variance * self.unit_weighted_gradient(q1, q2, w)
+
+    def force_prior_variance(self, q, g, centre, atom, types, n_atoms) -> torch.Tensor:
+        """Prior variance of each force component, ``(n_atoms, 3)`` (eV^2/Å^2).
+
+        ``var F_ja = sum_{e,f in entries(j)} g_e[a]^T d^2k/dq dq' g_f[a]`` over the
+        gradient entries of atom j (same-type centres only). Generic version: one
+        ``hessian_contract`` per atom.
+        """
+        out = torch.zeros((n_atoms, 3), dtype=q.dtype)
+        atom = torch.as_tensor(atom)
+        order = torch.argsort(atom, stable=True)
+        bounds = torch.searchsorted(atom[order], torch.arange(n_atoms + 1))
+        for j in range(n_atoms):
+            ent = order[bounds[j]:bounds[j + 1]]
+            if ent.numel() == 0:
+                continue
+            c = centre[ent]
+            h = self.hessian_contract(q, q, g[ent], c, g[ent], c)  # (E, 3, E, 3)
+            mask = (types[c][:, None] == types[c][None, :]).to(q.dtype)
+            out[j] = (torch.einsum("eafa->efa", h) * mask[:, :, None]).sum((0, 1))
+        return out
+
+    # -- delta-scaled versions --------------------------------------------
+    def value(self, q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
+        return self.variance * self.unit_value(q1, q2)
+
+    def grad_contract(self, q1, q2, g, centre) -> torch.Tensor:
+        return self.variance * self.unit_grad_contract(q1, q2, g, centre)
+
+    def hessian_contract(self, q1, q2, g1, c1, g2, c2) -> torch.Tensor:
+        return self.variance * self.unit_hessian_contract(q1, q2, g1, c1, g2, c2)
+
+    def diag_value(self, q: torch.Tensor) -> torch.Tensor:
+        return self.variance * self.unit_diag(q)
+
+    def forward(self, x1, x2, diag: bool = False, last_dim_is_batch: bool = False, **params):
+        if last_dim_is_batch:
+            raise ValueError(f"{type(self).__name__} does not support last_dim_is_batch")
+        if diag:
+            if x1.shape != x2.shape or not torch.equal(x1, x2):
+                return self.variance * torch.stack(
+                    [self.unit_value(a[None], b[None])[0, 0] for a, b in zip(x1, x2)])
+            return self.diag_value(x1)
+        return self.value(x1, x2)
+
+
+def padded_entries_by_atom(q, g, centre, atom, types, n_atoms, *, target_slots: int = 4096):
+    """The gradient entries of each atom, padded to a common count ``J``, in chunks.
+
+    Yields ``(a0, a1, qa, ga, mask)`` for atoms ``a0..a1``: ``qa`` (na, J, D) the
+    descriptors of the entries' centres (padding repeats a real descriptor, so that
+    norms stay non-zero), ``ga`` (na, J, 3, D) the entries' gradients (zero padding),
+    and ``mask`` (na, J, J) true for pairs of real entries of the same kernel type.
+    The force prior variances of the kernels are batched GEMMs over these blocks.
+    """
+    centre = torch.as_tensor(centre)
+    atom = np.asarray(atom)
+    if atom.size == 0:
+        return
+    d = q.shape[1]
+    order = np.argsort(atom, kind="stable")
+    counts = np.bincount(atom, minlength=n_atoms)
+    width = max(int(counts.max()), 1)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    sorted_atoms = atom[order]
+    slot = torch.as_tensor(sorted_atoms * width + np.arange(order.size) - starts[sorted_atoms])
+    order_t = torch.as_tensor(order)
+    n_slots = n_atoms * width
+    g_pad = torch.zeros((n_slots, 3, d), dtype=q.dtype)
+    g_pad[slot] = g[order_t]
+    q_pad = q[centre[order_t[:1]]].expand(n_slots, d).clone()
+    q_pad[slot] = q[centre[order_t]]
+    t_pad = torch.full((n_slots,), -1, dtype=torch.long)
+    t_pad[slot] = torch.as_tensor(types)[centre[order_t]]
+    valid = torch.zeros(n_slots, dtype=torch.bool)
+    valid[slot] = True
+    chunk = max(1, target_slots // width)
+    for a0 in range(0, n_atoms, chunk):
+        a1 = min(n_atoms, a0 + chunk)
+        sl = slice(a0 * width, a1 * width)
+        na = a1 - a0
+        ta = t_pad[sl].view(na, width)
+        va = valid[sl].view(na, width)
+        mask = (ta[:, :, None] == ta[:, None, :]) & va[:, :, None] & va[:, None, :]
+        yield a0, a1, q_pad[sl].view(na, width, d), g_pad[sl].view(na, width, 3, d), mask

@@ -1,0 +1,94 @@
+"""GAP's dot-product SOAP kernel."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import DescriptorKernel, padded_entries_by_atom
+
+__all__ = ["SOAPKernel"]
+
+
+class SOAPKernel(DescriptorKernel):
+    """GAP's dot-product SOAP kernel ``k(q, q') = delta^2 (q . q')^zeta``.
+
+    With normalised descriptors (``SOAP(normalize=True)``, the default) ``q . q'``
+    is the cosine of the angle between environments, ``k(q, q) = delta^2`` is the
+    prior variance of a local energy, and ``zeta`` (an integer, usually 4) raises
+    the body order. Derivatives, with ``s = q1 . q2``:
+
+    .. math::
+
+        \\frac{\\partial k}{\\partial q_1} = \\delta^2 \\zeta s^{\\zeta-1} q_2, \\qquad
+        \\frac{\\partial^2 k}{\\partial q_1 \\partial q_2} = \\delta^2 \\zeta
+            \\left[(\\zeta - 1) s^{\\zeta-2} q_2 q_1^T + s^{\\zeta-1} I\\right].
+
+    Parameters
+    ----------
+    zeta : int
+        Exponent (>= 1).
+    delta : float
+        Prior standard deviation of a local energy, eV.
+    delta_prior : gpytorch.priors.Prior, optional
+    """
+
+    def __init__(self, zeta: int = 4, delta: float = 1.0, **kwargs):
+        if isinstance(zeta, bool) or int(zeta) != zeta or zeta < 1:
+            raise ValueError(f"zeta must be an integer >= 1, got {zeta!r}")
+        super().__init__(delta, **kwargs)
+        self.zeta = int(zeta)
+
+    def get_params(self) -> dict:
+        """Constructor keywords: ``zeta`` and ``delta`` (eV)."""
+        return {"zeta": self.zeta, **super().get_params()}
+
+    def unit_value(self, q1, q2):
+        return (q1 @ q2.T) ** self.zeta
+
+    def unit_diag(self, q):
+        return (q * q).sum(-1) ** self.zeta
+
+    def unit_weighted_gradient(self, q1, q2, w):
+        z = self.zeta
+        return (z * (q1 @ q2.T) ** (z - 1) * w) @ q2
+
+    def force_prior_variance(self, q, g, centre, atom, types, n_atoms) -> torch.Tensor:
+        """Batched over atoms: the entries of each atom are padded to a common count
+        and ``sum_{ef} [(zeta-1) s^(zeta-2) (g_e.q_f)(g_f.q_e) + s^(zeta-1) g_e.g_f]``
+        becomes a few batched GEMMs (see :meth:`DescriptorKernel.force_prior_variance`)."""
+        z = self.zeta
+        out = torch.zeros((n_atoms, 3), dtype=q.dtype)
+        for a0, a1, qa, ga, mask in padded_entries_by_atom(q, g, centre, atom, types, n_atoms):
+            mask = mask.to(q.dtype)
+            s = torch.bmm(qa, qa.transpose(1, 2))  # (na, J, J)
+            w1 = z * s ** (z - 1) * mask
+            w2 = z * (z - 1) * s ** (z - 2) * mask if z > 1 else None
+            for a in range(3):
+                gx = ga[:, :, a, :]
+                gg = torch.bmm(gx, gx.transpose(1, 2))
+                total = (w1 * gg).sum((1, 2))
+                if w2 is not None:
+                    gq = torch.bmm(gx, qa.transpose(1, 2))  # (g_e . q_f)
+                    total = total + (w2 * gq * gq.transpose(1, 2)).sum((1, 2))
+                out[a0:a1, a] = total
+        return self.variance * out
+
+    def unit_grad_contract(self, q1, q2, g, centre):
+        z = self.zeta
+        s = q1[centre] @ q2.T  # (E, n2)
+        w = z * s ** (z - 1)
+        proj = torch.matmul(g, q2.T)  # (E, r, n2): the GEMM of force rows
+        return w[:, None, :] * proj
+
+    def unit_hessian_contract(self, q1, q2, g1, c1, g2, c2):
+        z = self.zeta
+        s = (q1 @ q2.T)[c1][:, c2]  # (E, F)
+        a = torch.matmul(g1, q2[c2].T)  # (E, r1, F): g1 . q2_f
+        b = torch.matmul(g2, q1[c1].T)  # (F, r2, E): g2 . q1_e
+        gg = torch.einsum("erd,fsd->erfs", g1, g2)
+        out = (z * s ** (z - 1))[:, None, :, None] * gg
+        if z > 1:
+            out = out + (z * (z - 1) * s ** (z - 2))[:, None, :, None] * (
+                a[:, :, :, None] * b.permute(2, 0, 1)[:, None, :, :])
+        return out
+
