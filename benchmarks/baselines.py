@@ -75,7 +75,7 @@ def hot_md(model, temperature: float, steps: int, seed: int) -> dict:
                     "max_force_sigma": max_sigma, "trace": trace}
         closest = min(closest, min_distance(atoms))
         if step % every == 0:  # force variances on a sample of frames (they cost ~3x)
-            pred = model.predict([atoms], virial=False, force_variance="exact")
+            pred = model.predict([atoms], virial=False, forces_variance="exact")
             max_sigma = max(max_sigma, float(np.sqrt(pred.forces_variance.max())))
             trace.append({"step": step, "temperature_K": float(atoms.get_temperature()),
                           "min_distance": min_distance(atoms)})
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         model.fit(train)
         fit_s = time.perf_counter() - t0
-        err = errors_table(model.predict(test, variance=False), test)
+        err = errors_table(model.predict(test, return_variance=False), test)
         t0 = time.perf_counter()
         md = {f"{t:.0f}": hot_md(model, t, args.steps, seed=7) for t in args.temperature}
         md_s = time.perf_counter() - t0

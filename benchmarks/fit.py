@@ -146,9 +146,9 @@ def gapkit_worker(spec_path: str) -> int:
     out["n_train_frames"] = len(train)
     out["n_train_atoms"] = sum(len(a) for a in train)
 
-    model.predict(test[:1], virial=False, variance=False)  # warm-up (radial splines etc.)
+    model.predict(test[:1], virial=False, return_variance=False)  # warm-up (radial splines etc.)
     t0 = time.perf_counter()
-    pred = model.predict(test, virial=False, variance=False)
+    pred = model.predict(test, virial=False, return_variance=False)
     out["test_predict_s"] = time.perf_counter() - t0
     out["test_errors"] = errors(pred.energy, pred.forces, test)
     if spec.get("model_out"):

@@ -5,9 +5,9 @@ Times ``GAP.predict`` of a model with the published Zuo 2020 Si descriptor setti
 zeta 4) on rattled diamond silicon (64 and 1000 atoms) in four modes:
 
 (a) energy + forces, no variance (``variance=False``);
-(b) (a) + energy and local-energy variances (``variance=True, force_variance=None``);
-(c) (b) + projected force variances (``force_variance="projected"``);
-(d) (b) + exact force variances (``force_variance="exact"``; small systems only),
+(b) (a) + energy and local-energy variances (``variance=True, forces_variance=None``);
+(c) (b) + projected force variances (``forces_variance="projected"``);
+(d) (b) + exact force variances (``forces_variance="exact"``; small systems only),
 
 and, when quippy is installed, energy + forces of ``quippy.potential.Potential``
 with a gap_fit model trained on the same data with the same settings.
@@ -68,9 +68,9 @@ MODES = ("a", "b", "c", "d", "quip")
 MODE_TITLES = {"a": "(a) E+F", "b": "(b) +E var", "c": "(c) +F var proj",
                "d": "(d) +F var exact", "quip": "quippy E+F"}
 MODE_KWARGS = {"a": dict(variance=False),
-               "b": dict(variance=True, force_variance=None),
-               "c": dict(variance=True, force_variance="projected"),
-               "d": dict(variance=True, force_variance="exact")}
+               "b": dict(variance=True, forces_variance=None),
+               "c": dict(variance=True, forces_variance="projected"),
+               "d": dict(variance=True, forces_variance="exact")}
 
 
 def time_call(fn, repeats: int):

@@ -4,7 +4,7 @@
    variance (GP posterior + fitted noise) judged on ``Si_test`` for energies per atom and
    force components, raw and after recalibration (variance scale and isotonic) fitted on
    the held-out 20 % validation split. Force variances are the *exact* (DTC) ones,
-   ``predict(..., force_variance="exact")``; the default projected form is shown too, for
+   ``predict(..., forces_variance="exact")``; the default projected form is shown too, for
    comparison (it is far too small).
 2. GP variance vs a committee of 5 models (80 % sub-samples of the same training split),
    both judged on ``Si_test`` with the same metrics; rank correlation of the two sigmas.
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     machine["torch_threads"] = torch.get_num_threads()
     machine["load_average_start"] = load_average()
     out = {"machine": machine, "quick": bool(args.quick), "settings": s,
-           "force_variance": "exact", "active_learning": al, "targets": TARGETS,
+           "forces_variance": "exact", "active_learning": al, "targets": TARGETS,
            "n_train": len(train), "n_val": len(val), "n_test": len(test), "timings_s": {}}
     print(f"{machine.get('date')}  {machine.get('cpu')}  torch threads "
           f"{machine['torch_threads']}{'  (--quick)' if args.quick else ''}")
@@ -156,15 +156,15 @@ def main(argv=None) -> int:
     # 1. calibration, raw and recalibrated
     t0 = time.perf_counter()
     model = build_model(s).fit(train)
-    p_val = model.predict(val, force_variance="exact")
-    p_test = model.predict(test, force_variance="exact")
-    p_test_proj = model.predict(test, force_variance="projected")
+    p_val = model.predict(val, forces_variance="exact")
+    p_test = model.predict(test, forces_variance="exact")
+    p_test_proj = model.predict(test, forces_variance="projected")
     out["timings_s"]["fit_and_predict"] = time.perf_counter() - t0
     print(f"fit on {len(train)} frames + predict val/test: {time.perf_counter() - t0:.0f} s")
     raw = uq.calibration_report(p_test, test, model=model)
     raw_proj = uq.calibration_report(p_test_proj, test, model=model, quantities=("forces",))
     err_f, epi_f, alea_f = uq.quantity_errors(p_test, test, "forces", model=model)
-    err_e, epi_e, alea_e = uq.quantity_errors(p_test, test, "energy", model=model)
+    err_e, epi_e, alea_e = uq.quantity_errors(p_test, test, "energy_per_atom", model=model)
     _, epi_fp, _ = uq.quantity_errors(p_test_proj, test, "forces", model=model)
     zero = np.abs(err_f) < 1e-6  # numerically zero (eV/Å)
     out["raw"] = {q: r.summary() for q, r in raw.items()}
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
                                 within(err_f[~zero], (epi_f + alea_f)[~zero])}
     out["forces_zero_error_fraction"] = float(zero.mean())
     out["forces_mean_variance_ratio_exact_over_projected"] = float(epi_f.mean() / epi_fp.mean())
-    print("Raw (GP posterior + noise) on Si_test, force_variance='exact':")
+    print("Raw (GP posterior + noise) on Si_test, forces_variance='exact':")
     for r in raw.values():
         print("  " + fmt(r))
     print("  forces, projected form (for comparison):\n  " + fmt(raw_proj["forces"]))
@@ -199,10 +199,10 @@ def main(argv=None) -> int:
         recal[method] = rep
         out[f"recalibrated_{method}"] = {q: r.summary() for q, r in rep.items()}
         if method == "scale":
-            out["variance_scale"] = {q: spec[q]["scale"] for q in ("energy", "forces")}
+            out["variance_scale"] = {q: spec[q]["scale"] for q in ("energy_per_atom", "forces")}
         else:
             out["isotonic_floored_bins"] = {q: [spec[q]["n_floored"], len(spec[q]["counts"])]
-                                            for q in ("energy", "forces")}
+                                            for q in ("energy_per_atom", "forces")}
         print(f"Recalibrated ({method}, fitted on {len(val)} validation frames):")
         for r in rep.values():
             print("  " + fmt(r))
@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     com = uq.calibration_report(p_com, test, model=model)
     # latent (noise-free) comparison: components with zero variance (symmetry) excluded
     latent = {}
-    for q in ("energy", "forces"):
+    for q in ("energy_per_atom", "forces"):
         e_g, v_g, _ = uq.quantity_errors(p_test, test, q, model=model, include_noise=False)
         e_c, v_c, _ = uq.quantity_errors(p_com, test, q, model=model, include_noise=False)
         ok = (v_g > 0) & (v_c > 0)
@@ -247,9 +247,9 @@ def main(argv=None) -> int:
     for r in com.values():
         print("  " + fmt(r))
     print("Latent only (no noise; zero-variance components excluded): GP (exact) vs committee")
-    for q in ("energy", "forces"):
+    for q in ("energy_per_atom", "forces"):
         g, c = latent[q]["gp"], latent[q]["committee"]
-        print(f"  {q:7s} GP: sharp {g.sharpness:.3g} z_rms {g.z_rms:.2f} area "
+        print(f"  {q:15s} GP: sharp {g.sharpness:.3g} z_rms {g.z_rms:.2f} area "
               f"{g.miscalibration_area:.3f} rho {g.spearman:.2f} | committee: sharp "
               f"{c.sharpness:.3g} z_rms {c.z_rms:.2f} area {c.miscalibration_area:.3f} rho "
               f"{c.spearman:.2f} | Spearman(sigma_com, sigma_GP) "
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
                                   strategies=("forces", "random"), seeds=al["seeds"],
                                   n_initial=al["n_initial"], batch_size=al["batch_size"],
                                   max_labels=al["max_labels"], diversity=al["diversity"],
-                                  force_variance="exact")
+                                  forces_variance="exact")
         out["timings_s"]["active_learning"] = time.perf_counter() - t0
         print(f"active learning: {time.perf_counter() - t0:.0f} s")
         out["al"] = {k: [c.to_dict() for c in v] for k, v in runs.items()}

@@ -917,8 +917,8 @@ class Ewald(_PointCharges):
     ``parameters(atoms)`` returns the (α, r_cut, k_cut) used for a frame. The ``cutoff``
     attribute is ``np.inf`` (long-ranged); the real-space cutoff depends on the cell. The
     real-space pairs are held in one full neighbour list (~ N · 4π r_cut³ N/(3V) pairs: 0.3 M
-    pairs for 512 ions of NaCl at ε = 1e-8), the reciprocal sum is chunked over k-vectors.
-    A 512-ion NaCl cell (energy, forces and virial, ε = 1e-8) takes ~0.1–0.3 s on one core.
+    pairs for 512 ions of NaCl at ε = 1e-8), the reciprocal sum is chunked over k-vectors
+    (timings: benchmarks/README.md).
     """
 
     cutoff = np.inf

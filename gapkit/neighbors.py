@@ -15,7 +15,7 @@ neighbour several times (several images), including images of the centre itself.
 
 The search itself is delegated to `vesin <https://github.com/Luthaf/vesin>`_ (a
 small, well-tested C++ library that agrees pair for pair with
-``ase.neighborlist.neighbor_list`` and is about 15x faster on a 1000-atom Si cell);
+``ase.neighborlist.neighbor_list`` and much faster: benchmarks/README.md);
 ASE's implementation is used when vesin is not importable.
 """
 

@@ -24,8 +24,10 @@ module turns a :class:`gapkit.Prediction` with variances and the reference label
   of the fitted sparse GP from its R factor (no refits), per observation and per frame,
   with a ranking of suspicious training frames.
 
-Quantities and units: ``"energy"`` is the energy per atom (eV/atom, variances
+Quantities and units: ``"energy_per_atom"`` is the energy per atom (eV/atom, variances
 eV^2/atom^2), ``"forces"`` the Cartesian force components (eV/Å, variances eV^2/Å^2).
+(``"energy"``, the name before 0.2, is read as ``"energy_per_atom"`` with a warning: in
+:class:`gapkit.Prediction` ``energy`` is the total.)
 """
 
 from __future__ import annotations
@@ -49,7 +51,36 @@ __all__ = [
 ]
 
 #: quantities understood by :func:`calibration_report`, with their units
-QUANTITIES = {"energy": "eV/atom", "forces": "eV/Å"}
+QUANTITIES = {"energy_per_atom": "eV/atom", "forces": "eV/Å"}
+# the Prediction field each quantity's variance comes from (its ``variance_form`` key)
+_FIELD = {"energy_per_atom": "energy", "forces": "forces"}
+
+
+def _quantity(name: str) -> str:
+    """``name`` checked; the pre-0.2 ``"energy"`` (per atom) warns and maps to
+    ``"energy_per_atom"``."""
+    if name == "energy":
+        import warnings
+
+        warnings.warn('the uq quantity "energy" (per atom) is now "energy_per_atom"; the old '
+                      "name goes in gapkit 0.3", DeprecationWarning, stacklevel=3)
+        return "energy_per_atom"
+    if name not in QUANTITIES:
+        raise ValueError(f"unknown quantity {name!r}; use one of {list(QUANTITIES)}")
+    return name
+
+
+class _ByQuantity(dict):
+    """A dict keyed by quantity that still answers the pre-0.2 key ``"energy"``."""
+
+    def __missing__(self, key):
+        if key == "energy" and "energy_per_atom" in self:
+            return self[_quantity(key)]
+        raise KeyError(key)
+
+    def __contains__(self, key):
+        return dict.__contains__(self, key) or (key == "energy"
+                                                and dict.__contains__(self, "energy_per_atom"))
 #: default central-interval levels of the coverage curve
 DEFAULT_LEVELS = np.linspace(0.01, 0.99, 99)
 
@@ -259,7 +290,7 @@ def calibration_metrics(errors, variance, *, quantity: str = "value", unit: str 
 
 # ------------------------------------------------------------ predictions vs labels
 def _noise_included(pred, quantity: str) -> bool:
-    return "+noise" in str(pred.variance_form.get(quantity, ""))
+    return "+noise" in str(pred.variance_form.get(_FIELD[quantity], ""))
 
 
 def quantity_errors(pred, frames, quantity: str, *, model=None, include_noise: bool = True,
@@ -272,7 +303,7 @@ def quantity_errors(pred, frames, quantity: str, *, model=None, include_noise: b
         With variances.
     frames : list of ase.Atoms
         The predicted frames, with reference labels.
-    quantity : {"energy", "forces"}
+    quantity : {"energy_per_atom", "forces"}
         Energy per atom (eV/atom) or force components (eV/Å).
     model : gapkit.GAP, optional
         Supplies the noise model (needed when ``include_noise``) and the extxyz keys.
@@ -288,8 +319,7 @@ def quantity_errors(pred, frames, quantity: str, *, model=None, include_noise: b
         ``+noise``, as after :func:`apply_recalibration`), the aleatoric part is zero.
     """
 
-    if quantity not in QUANTITIES:
-        raise ValueError(f"unknown quantity {quantity!r}; use one of {list(QUANTITIES)}")
+    quantity = _quantity(quantity)
     frames = list(frames)
     if len(frames) != len(pred.energy):
         raise ValueError(f"the prediction has {len(pred.energy)} frames but {len(frames)} "
@@ -304,7 +334,7 @@ def quantity_errors(pred, frames, quantity: str, *, model=None, include_noise: b
             raise ValueError("include_noise=True needs model=... (for its noise model); "
                              "pass include_noise=False to assess the latent variance alone")
         noise = model.noise
-    if quantity == "energy":
+    if quantity == "energy_per_atom":
         missing = [k for k, lab in enumerate(labels) if lab.energy is None]
         if missing:
             raise ValueError(f"frames {missing[:5]} have no energy label")
@@ -338,7 +368,8 @@ def quantity_errors(pred, frames, quantity: str, *, model=None, include_noise: b
     return err, var, alea
 
 
-def calibration_report(pred, frames, *, quantities: Sequence[str] = ("energy", "forces"),
+def calibration_report(pred, frames, *,
+                       quantities: Sequence[str] = ("energy_per_atom", "forces"),
                        include_noise: bool = True, model=None, n_bins: int = 10,
                        levels=None) -> dict[str, CalibrationResult]:
     """Calibration of a prediction's uncertainty against the labels of ``frames``.
@@ -351,13 +382,11 @@ def calibration_report(pred, frames, *, quantities: Sequence[str] = ("energy", "
         no predictions itself: for forces, pass the *exact* (DTC) force variances (the
         default of ``predict``). ``forces_variance="projected"`` omits the part of the
         prior variance the sparse set cannot represent and is typically far too small
-        (``benchmarks/uq.py``, Zuo Si test set: the exact latent force variance is
-        ~190x the projected one on average, force z_rms 1.7 vs 3.1 with the noise
-        added). The form assessed is
+        (figures in benchmarks/README.md, ``benchmarks/uq.py``). The form assessed is
         recorded in ``variance_source`` (``"dtc+noise"`` vs ``"projected+noise"``).
     frames : list of ase.Atoms
         The same frames, with reference energies (eV) and forces (eV/Å).
-    quantities : sequence of {"energy", "forces"}
+    quantities : sequence of {"energy_per_atom", "forces"}
         Energy per atom (eV/atom) and/or force components (eV/Å).
     include_noise : bool
         Assess the predictive variance ``posterior + noise`` (the interval a new
@@ -371,15 +400,16 @@ def calibration_report(pred, frames, *, quantities: Sequence[str] = ("energy", "
     dict ``{quantity: CalibrationResult}``, with the epistemic (posterior) and aleatoric
     (noise) RMS sigma reported separately.
     """
-    out = {}
+    out = _ByQuantity()
     for q in quantities:
+        q = _quantity(q)
         err, epi, alea = quantity_errors(pred, frames, q, model=model,
                                          include_noise=include_noise)
+        form = pred.variance_form.get(_FIELD[q])
         if _noise_included(pred, q):
-            source, epi_r, alea_r = str(pred.variance_form[q]), None, None
+            source, epi_r, alea_r = str(form), None, None
         else:
-            source = str(pred.variance_form.get(q, "posterior")) + ("+noise" if include_noise
-                                                                    else "")
+            source = str(form or "posterior") + ("+noise" if include_noise else "")
             epi_r, alea_r = epi, (alea if include_noise else None)
         out[q] = calibration_metrics(err, epi + alea, quantity=q, unit=QUANTITIES[q],
                                      n_bins=n_bins, levels=levels, epistemic_variance=epi_r,
@@ -483,7 +513,7 @@ def _apply_one(spec: dict, variance: np.ndarray) -> np.ndarray:
 
 
 def fit_recalibration(model, pred, frames, *, method: str = "scale",
-                      quantities: Sequence[str] = ("energy", "forces"),
+                      quantities: Sequence[str] = ("energy_per_atom", "forces"),
                       include_noise: bool = True, n_knots: int = 20,
                       min_count: int = 20, floor: float | None = 0.1,
                       store: bool = True) -> dict:
@@ -498,8 +528,7 @@ def fit_recalibration(model, pred, frames, *, method: str = "scale",
         ``model.predict(frames)`` with variances, on frames *not* used for fitting.
         For forces predict with ``forces_variance="exact"`` (the default): the projected form
         leaves out what the sparse set cannot represent and is typically far too small
-        (on the Zuo Si data ~190x on average in latent variance), which a recalibration
-        can only partly repair. The form is recorded in the spec, and
+        (benchmarks/README.md), which a recalibration can only partly repair. The form is recorded in the spec, and
         :func:`apply_recalibration` warns when it is applied to predictions of another
         form.
     frames : list of ase.Atoms
@@ -530,13 +559,14 @@ def fit_recalibration(model, pred, frames, *, method: str = "scale",
     dict ``{quantity: spec, "include_noise": bool}``, JSON-serialisable. Energy specs act on
     per-atom variances (eV^2/atom^2), force specs on component variances (eV^2/Å^2).
     """
-    out = {"include_noise": bool(include_noise)}
+    out = _ByQuantity(include_noise=bool(include_noise))
     for q in quantities:
+        q = _quantity(q)
         err, epi, alea = quantity_errors(pred, frames, q, model=model,
                                          include_noise=include_noise)
         out[q] = _fit_one(err, epi + alea, method, n_knots, min_count=min_count,
                           floor=floor)
-        out[q]["variance_form"] = str(pred.variance_form.get(q, ""))
+        out[q]["variance_form"] = str(pred.variance_form.get(_FIELD[q], ""))
     if store:
         model.recalibration_ = out
     return out
@@ -570,22 +600,27 @@ def apply_recalibration(pred, model=None, recalibration: dict | None = None):
         raise ValueError("this recalibration includes the observation noise: pass model=...")
     n_at = np.asarray(pred.n_atoms, dtype=float)
     forms = dict(pred.variance_form)
-    for q in ("energy", "forces"):
-        fitted_on = rec.get(q, {}).get("variance_form") if isinstance(rec.get(q), dict) else None
-        if fitted_on and forms.get(q) and forms[q] != fitted_on:
+    # model files written before 0.2 key the per-atom energy spec "energy"
+    specs = {"energy_per_atom": rec.get("energy_per_atom", rec.get("energy")),
+             "forces": rec.get("forces")}
+    for q, spec in specs.items():
+        fitted_on = spec.get("variance_form") if isinstance(spec, dict) else None
+        field = _FIELD[q]
+        if fitted_on and forms.get(field) and forms[field] != fitted_on:
             import warnings
 
             warnings.warn(f"the {q} recalibration was fitted on {fitted_on!r} variances but "
-                          f"is applied to {forms[q]!r} ones (for forces, predict with the "
+                          f"is applied to {forms[field]!r} ones (for forces, predict with the "
                           "same forces_variance= as on the validation set)", stacklevel=2)
     new = {}
     blank = Labels()
-    if "energy" in rec and pred.energy_variance is not None:
+    spec = specs["energy_per_atom"]
+    if spec and pred.energy_variance is not None:
         v = np.asarray(pred.energy_variance) / n_at**2
         if incl:
             v = v + np.array([model.noise.sigmas(blank, int(n))[0] ** 2 for n in n_at]) / n_at**2
-        new["energy_variance"] = _apply_one(rec["energy"], v) * n_at**2
-        forms["energy"] = f"recalibrated-{rec['energy']['method']}" + ("+noise" if incl else "")
+        new["energy_variance"] = _apply_one(spec, v) * n_at**2
+        forms["energy"] = f"recalibrated-{spec['method']}" + ("+noise" if incl else "")
     if "forces" in rec and pred.forces_variance is not None:
         v = np.asarray(pred.forces_variance, dtype=float)
         if incl:

@@ -77,11 +77,11 @@ def test_two_body_energy_goes_smoothly_to_zero_at_the_descriptor_cutoff():
 # ------------------------------------------------------- get_params / clone / baselines
 def _model(**kw):
     soap = SOAP(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2, atom_sigma=0.5)
-    return GAP([Term(soap, SOAPKernel(zeta=2), n_sparse=20)],
-               noise=NoiseModel(energy=0.003, forces=0.05, virial=0.05,
-                                config_type={"bulk": {"forces": 0.08}}),
-               e0={"Si": -158.5}, progress=False, baselines=[CoreRepulsion()],
-               energy_key="REF_energy", batch_atoms=128, random_state=7, **kw)
+    settings = dict(noise=NoiseModel(energy=0.003, forces=0.05, virial=0.05,
+                                     config_type={"bulk": {"forces": 0.08}}),
+                    e0={"Si": -158.5}, progress=False, baselines=[CoreRepulsion()],
+                    energy_key="REF_energy", batch_atoms=128, random_state=7)
+    return GAP([Term(soap, SOAPKernel(zeta=2), n_sparse=20)], **{**settings, **kw})
 
 
 def test_get_params_returns_every_constructor_argument():
@@ -155,3 +155,19 @@ def test_import_gapkit_is_lazy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.startswith("[]"), out
+
+
+def test_uq_energy_quantity_is_per_atom_by_name():
+    from gapkit import uq
+
+    frames = [a for a in load_bundled("Si_train.xyz") if len(a) <= 64][:4]
+    m = _model(energy_key="energy").fit(frames[:3])
+    pred = m.predict(frames[3:], forces_variance="projected")
+    rep = uq.calibration_report(pred, frames[3:], model=m)
+    assert set(rep) == {"energy_per_atom", "forces"}
+    assert rep["energy_per_atom"].unit == "eV/atom"
+    with pytest.warns(DeprecationWarning, match="energy_per_atom"):
+        old = uq.calibration_report(pred, frames[3:], model=m, quantities=("energy",))
+    assert old["energy_per_atom"].rmse == rep["energy_per_atom"].rmse
+    with pytest.warns(DeprecationWarning):
+        assert rep["energy"] is rep["energy_per_atom"]

@@ -51,8 +51,8 @@ def test_gap_on_a_baseline_equals_gap_on_the_residual_plus_the_baseline(si_frame
     with_base = _model([lj]).fit(si_frames)
     on_residual = _model().fit(_subtracted(si_frames, [lj]))
     test = load_bundled("Si_test.xyz")[:4]
-    p1 = with_base.predict(test, force_variance="exact")
-    p0 = on_residual.predict(test, force_variance="exact")
+    p1 = with_base.predict(test, forces_variance="exact")
+    p0 = on_residual.predict(test, forces_variance="exact")
     res = evaluate([lj], test)
     b_energy = np.array([r.energy for r in res])
     assert np.abs(b_energy).max() > 1.0  # the baseline matters
@@ -200,7 +200,7 @@ def test_ewald_baseline_leaves_the_gap_only_the_short_range_part():
                     n_sparse=20, sparse_method="uniform")
         model = GAP([term], noise=NoiseModel(energy=0.001, forces=0.01, virial=0.01),
                     progress=False, baselines=baselines).fit(train)
-        pred = model.predict(test, variance=False)
+        pred = model.predict(test, return_variance=False)
         errors[name] = (np.sqrt(((pred.forces - f_ref) ** 2).mean()),
                         np.abs(pred.energy - e_ref).max() / 64)
     # measured: forces 0.020 vs 0.114 eV/Å (|F| rms 2.5), energies 0.2 vs 3.5 meV/atom

@@ -263,20 +263,20 @@ def test_report_separates_aleatoric_and_epistemic(cu):
     _, _, test, model = cu
     pred = model.predict(test)
     rep = uq.calibration_report(pred, test, model=model)
-    assert set(rep) == {"energy", "forces"}
+    assert set(rep) == {"energy_per_atom", "forces"}
     f = rep["forces"]
     assert f.unit == "eV/Å" and f.n == 3 * sum(len(a) for a in test)
     assert f.aleatoric_rms == pytest.approx(0.05)
     epi = np.sqrt(np.mean(pred.forces_variance))
     assert f.epistemic_rms == pytest.approx(epi)
     assert f.sharpness == pytest.approx(np.sqrt(epi**2 + 0.05**2))
-    assert rep["energy"].aleatoric_rms == pytest.approx(0.002 / np.sqrt(4))  # per atom
+    assert rep["energy_per_atom"].aleatoric_rms == pytest.approx(0.002 / np.sqrt(4))  # per atom
     latent = uq.calibration_report(pred, test, include_noise=False)
     assert latent["forces"].sharpness == pytest.approx(epi)
     with pytest.raises(ValueError, match="needs model"):
         uq.calibration_report(pred, test)
     with pytest.raises(ValueError, match="no variances"):
-        uq.calibration_report(model.predict(test, variance=False), test, model=model)
+        uq.calibration_report(model.predict(test, return_variance=False), test, model=model)
     with pytest.raises(ValueError, match="6 frames but 5"):
         uq.calibration_report(pred, test[:5], model=model)
 
@@ -317,7 +317,7 @@ def test_committee_spread_is_a_prediction(cu):
     pred = uq.committee_predict(members, test)
     assert pred.forces.shape == (sum(len(a) for a in test), 3)
     assert np.all(pred.forces_variance > 0) and np.all(pred.energy_variance > 0)
-    mean = np.mean([m.predict(test, variance=False).forces for m in members], axis=0)
+    mean = np.mean([m.predict(test, return_variance=False).forces for m in members], axis=0)
     np.testing.assert_allclose(pred.forces, mean)
     rep = uq.calibration_report(pred, test, model=model)
     assert rep["forces"].variance_source == "committee+noise"

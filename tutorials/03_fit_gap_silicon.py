@@ -157,7 +157,7 @@ print(f"e0 = {model.e0_[14]:.4f} eV; cond(R) = {info['condition_number_R']:.2g};
 # errors per `config_type` of the test set.
 
 # %%
-pred = model.predict(test, variance=False)
+pred = model.predict(test, return_variance=False)
 labels = get_all_labels(test)
 n_at = pred.n_atoms
 e_ref = np.array([lab.energy for lab in labels])
@@ -211,7 +211,7 @@ with tempfile.TemporaryDirectory() as tmp:               # use a permanent path 
         print(f"second save refused: {type(err).__name__}: {err}")
     size_mb = path.stat().st_size / 1e6
     loaded = GAP.load(path)
-pred_loaded = loaded.predict(test[:3], variance=False)
+pred_loaded = loaded.predict(test[:3], return_variance=False)
 same = np.abs(pred_loaded.forces - pred.forces[: pred_loaded.atom_offsets[-1]]).max()
 print(f"wrote {path.name} ({size_mb:.1f} MB); reloaded model's forces differ by {same:.1e} eV/Å")
 assert same < 1e-10
@@ -451,7 +451,7 @@ for method in ["cur", "random"]:
         gap_m = GAP([Term(SOAP(cutoff=5.0, cutoff_width=1.0, n_max=6, l_max=4, atom_sigma=0.5),
                           SOAPKernel(zeta=4, delta=1.0), n_sparse=m, sparse_method=method)],
                     noise=noise, progress=False).fit(lc_train)
-        p_m = gap_m.predict(test, variance=False, virial=False)
+        p_m = gap_m.predict(test, return_variance=False, virial=False)
         curve[method, m] = (np.abs((p_m.energy - e_ref) / n_at).mean() * 1e3,
                             np.abs(p_m.forces - f_ref).mean())
         print(f"{method:6s} M = {m:3d}: E MAE {curve[method, m][0]:6.2f} meV/atom, "

@@ -96,20 +96,20 @@ print(f"fitted on {len(fit_frames)} frames ({sum(len(a) for a in fit_frames)} at
 # `predict` returns the variances of every predicted quantity next to the means:
 # `energy_variance` (total energy, eV²), `local_energy_variance` (per atom, eV²),
 # `forces_variance` (per component, eV²/Å²) and `virial_variance`. `variance_form` records
-# which formula each used. For forces there are two. The default, `force_variance="exact"`,
+# which formula each used. For forces there are two. The default, `forces_variance="exact"`,
 # evaluates $k_{**}$ from second derivatives of the kernel: the full DTC form above, the one
-# that comes out roughly calibrated (below). `force_variance="projected"` keeps only the last
+# that comes out roughly calibrated (below). `forces_variance="projected"` keeps only the last
 # term, with $k_{**}$ replaced by its projection on the sparse set: somewhat cheaper, but it
-# ignores everything the sparse set cannot represent. (`force_variance=None` skips force
+# ignores everything the sparse set cannot represent. (`forces_variance=None` skips force
 # variances; virial variances always use the projected form.) We pass the form explicitly
 # below to compare the two. All of these are latent variances: the noise is not included.
 
 # %%
 t0 = time.perf_counter()
-pred = model.predict(test, force_variance="exact")
+pred = model.predict(test, forces_variance="exact")
 t_exact = time.perf_counter() - t0
 t0 = time.perf_counter()
-pred_proj = model.predict(test, force_variance="projected")
+pred_proj = model.predict(test, forces_variance="projected")
 t_proj = time.perf_counter() - t0
 print("variance forms:", pred.variance_form)
 print(f"prediction with exact force variances {t_exact:.1f} s, projected {t_proj:.1f} s")
@@ -189,7 +189,7 @@ def show(name, r):
 
 print(f"force MAE {report['forces'].mae:.3f} eV/Å; RMS sigma: epistemic "
       f"{report['forces'].epistemic_rms:.3f}, aleatoric {report['forces'].aleatoric_rms:.3f} eV/Å")
-show("energy/atom (exact)", report["energy"])
+show("energy/atom (exact)", report["energy_per_atom"])
 cov_exact = show("forces, exact variance", report["forces"])
 cov_proj = show("forces, projected variance", report_proj["forces"])
 assert report["forces"].spearman > 0.3, report["forces"].spearman
@@ -213,9 +213,9 @@ assert report["forces"].nll < report_proj["forces"].nll
 # the test set.
 
 # %%
-pred_cal = model.predict(cal, force_variance="exact")
+pred_cal = model.predict(cal, forces_variance="exact")
 recal = uq.fit_recalibration(model, pred_cal, cal, method="scale")
-print(f"variance scales: energy {recal['energy']['scale']:.2f}, "
+print(f"variance scales: energy {recal['energy_per_atom']['scale']:.2f}, "
       f"forces {recal['forces']['scale']:.2f}")
 report_recal = uq.calibration_report(uq.apply_recalibration(pred, model), test, model=model)
 show("forces, recalibrated", report_recal["forces"])

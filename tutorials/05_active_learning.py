@@ -230,7 +230,7 @@ print("pool fraction non-thermal: "
 # %%
 def error_breakdown(model, frames):
     """Force MAE per kind, and per-frame force RMSE (eV/Å), of a fitted model."""
-    pred = model.predict(frames, variance=False)
+    pred = model.predict(frames, return_variance=False)
     errors = [pred.frame_forces(i) - a.arrays["forces"] for i, a in enumerate(frames)]
     per_kind = {k: float(np.mean(np.concatenate(
         [np.abs(e).ravel() for e, a in zip(errors, frames) if a.info["kind"] == k])))

@@ -218,11 +218,11 @@ def fit_and_test(kernel, descriptor=desc):
     pred = model.predict(test, virial=False)            # exact (DTC) force variances
     e_ref = np.array([a.get_potential_energy() for a in test])
     f_ref = np.concatenate([a.get_forces() for a in test])
-    train_pred = model.predict(train, virial=False, variance=False)
+    train_pred = model.predict(train, virial=False, return_variance=False)
     f_train = np.concatenate([a.get_forces() for a in train])
     cal = uq.calibration_report(pred, test, model=model)["forces"]
     # the projected form leaves out the part of the prior the sparse set cannot represent
-    pred_proj = model.predict(test, virial=False, force_variance="projected")
+    pred_proj = model.predict(test, virial=False, forces_variance="projected")
     return {"E": float(np.sqrt(np.mean(((pred.energy - e_ref) / pred.n_atoms) ** 2))),
             "F": float(np.sqrt(np.mean((pred.forces - f_ref) ** 2))),
             "F_train": float(np.sqrt(np.mean((train_pred.forces - f_train) ** 2))),

@@ -128,7 +128,7 @@ print(f"fit in {time.perf_counter() - t0:.1f} s")
 #
 # Before trusting $\sigma$ along a trajectory, check it where DFT answers are known: the
 # held-out AIMD frames. For each frame we take the predicted standard deviation of the
-# force components (exact DTC form, `force_variance="exact"`, the calibrated one; RMS over
+# force components (exact DTC form, `forces_variance="exact"`, the calibrated one; RMS over
 # the frame) and the actual force RMSE against DFT.
 
 # %%
@@ -142,7 +142,7 @@ def force_sigma(pred):
 
 val = {}
 for temp, fr in held.items():
-    pred = model.predict(fr, force_variance="exact")
+    pred = model.predict(fr, forces_variance="exact")
     ref = [a.get_forces() for a in fr]
     rmse = np.array([np.sqrt(np.mean((pred.frame_forces(k) - f) ** 2))
                      for k, f in enumerate(ref)])
@@ -280,7 +280,7 @@ plt.close(fig)
 
 # %%
 train_md = [a for a in train if a.info["config_type"] == "AIMD-NVT"]
-_, train_max = force_sigma(model.predict(train_md, force_variance="exact"))
+_, train_max = force_sigma(model.predict(train_md, forces_variance="exact"))
 reference = float(np.median(train_max))
 THRESHOLD = 3.0 * reference
 print(f"training MD frames: median max-atom force sigma {reference:.4f} eV/Å -> flag above "
@@ -302,7 +302,7 @@ for temp in (300, 2500):
         if dyn.nsteps == 0:  # the perfect crystal: zero forces and force variance by symmetry
             return
         frame = atoms.copy()
-        pred = model.predict([frame], force_variance="exact")
+        pred = model.predict([frame], forces_variance="exact")
         log["t"].append(dyn.nsteps * 2.0)
         log["T"].append(atoms.get_temperature())
         log["epot"].append(pred.energy[0] / len(frame))
@@ -384,9 +384,9 @@ model2 = GAP([Term(soap, SOAPKernel(zeta=4, delta=1.0), n_sparse=100 if FAST els
              progress=False).fit(train + extra)
 hot = runs[2500]
 flagged_frames = [f for f, flag in zip(hot["frames"], hot["flagged"]) if flag]
-_, before = force_sigma(model.predict(flagged_frames, force_variance="exact"))
-_, after = force_sigma(model2.predict(flagged_frames, force_variance="exact"))
-pred_hot = model2.predict(held[2530], force_variance="exact", virial=False)
+_, before = force_sigma(model.predict(flagged_frames, forces_variance="exact"))
+_, after = force_sigma(model2.predict(flagged_frames, forces_variance="exact"))
+pred_hot = model2.predict(held[2530], forces_variance="exact", virial=False)
 sigma_hot = float(force_sigma(pred_hot)[0].mean())
 rmse_hot = float(np.mean([np.sqrt(np.mean((pred_hot.frame_forces(k) - a.get_forces()) ** 2))
                           for k, a in enumerate(held[2530])]))

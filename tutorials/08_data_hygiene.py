@@ -122,7 +122,7 @@ F_TEST = np.concatenate([a.get_forces() for a in test])
 
 def test_errors(model):
     """Test energy MAE (meV/atom) and force MAE (eV/Å)."""
-    pred = model.predict(test, variance=False)
+    pred = model.predict(test, return_variance=False)
     return (1e3 * float(np.mean(np.abs(pred.energy - E_TEST) / pred.n_atoms)),
             float(np.mean(np.abs(pred.forces - F_TEST))))
 
@@ -147,7 +147,7 @@ loo = uq.leave_one_out(model_bad, corrupted)
 t_loo = time.perf_counter() - t0
 print(f"fit {t_fit:.1f} s; leave-one-out for all {len(corrupted)} frames {t_loo:.1f} s "
       "(no refits)")
-pred_train = model_bad.predict([corrupted[BAD]], forces=False, variance=False)
+pred_train = model_bad.predict([corrupted[BAD]], forces=False, return_variance=False)
 print(f"frame {BAD} in the fit that contains it: residual "
       f"{1e3 * (corrupted[BAD].get_potential_energy() - pred_train.energy[0]) / 9:.1f} "
       f"meV/atom; left out: {1e3 * loo.energy_loo_per_atom[BAD]:.1f} meV/atom "

@@ -148,10 +148,8 @@ class SEKernel(DescriptorKernel):
             ``ℓ``; default ``lengthscale_factor`` times the median distance between
             the scaled environments ``q / s`` (over at most ``max_points`` evenly
             spaced rows; deterministic). A few median distances puts the kernel in its
-            smooth, nearly quadratic regime: on 20 frames of the bundled Si data with
-            the default :class:`~gapkit.descriptors.SymmetryFunctions`, held-out force
-            errors were within 10% of the best over a scan of ℓ from 1 to 48, while
-            ``ℓ = 1`` was 6x worse (the kernel between distinct environments vanishes).
+            smooth, nearly quadratic regime; much smaller ``ℓ`` makes the kernel between
+            distinct environments vanish (the scan is in benchmarks/README.md).
         lengthscale_factor : float
             Multiple of the median distance for the default ``ℓ``.
         max_points : int
