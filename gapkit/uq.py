@@ -526,11 +526,11 @@ def fit_recalibration(model, pred, frames, *, method: str = "scale",
         (and written by ``model.save``).
     pred : gapkit.Prediction
         ``model.predict(frames)`` with variances, on frames *not* used for fitting.
-        For forces predict with ``forces_variance="exact"`` (the default): the projected form
-        leaves out what the sparse set cannot represent and is typically far too small
-        (benchmarks/README.md), which a recalibration can only partly repair. The form is recorded in the spec, and
-        :func:`apply_recalibration` warns when it is applied to predictions of another
-        form.
+        For forces predict with ``forces_variance="exact"`` (the default): the projected
+        form leaves out what the sparse set cannot represent and is typically far too
+        small (benchmarks/README.md), which a recalibration can only partly repair. The
+        form is recorded in the spec, and :func:`apply_recalibration` warns when it is
+        applied to predictions of another form.
     frames : list of ase.Atoms
         Validation frames with reference labels.
     method : {"scale", "isotonic"}
