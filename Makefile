@@ -10,7 +10,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 BENCH_SCRIPTS := benchmarks/soap.py benchmarks/fit.py benchmarks/predict.py benchmarks/ntk.py benchmarks/uq.py \
 	benchmarks/baselines.py
 
-.PHONY: venv test demo bench clean distclean
+.PHONY: venv test test-fast lint demo bench clean distclean
 
 venv: $(STAMP)
 
@@ -24,8 +24,18 @@ $(STAMP): pyproject.toml | $(VPY)
 	$(PIP) install -e ".[dev]"
 	touch $@
 
+# the whole suite, slow tests included (what .ci/run runs)
 test: venv
 	$(VPY) -m pytest -q -ra tests
+
+# the inner loop: everything not marked slow (tutorials, MD runs, tests over ~5 s)
+test-fast: venv
+	$(VPY) -m pytest -q -ra -m "not slow" tests
+
+# ruff on all Python code; mypy on the typed public modules ([tool.mypy] in pyproject.toml)
+lint: venv
+	$(VENV)/bin/ruff check gapkit tests benchmarks tutorials
+	$(VENV)/bin/mypy
 
 demo: venv
 	$(VPY) -m gapkit.demo

@@ -801,10 +801,10 @@ def composition(frames: Iterable[ase.Atoms], species: Sequence[str | int]) -> np
                 raise ValueError(f"unknown chemical symbol {s!r} in species")
             numbers.append(atomic_numbers[s])
         else:
-            z = int(s)
-            if not 0 < z < len(chemical_symbols):
+            number = int(s)
+            if not 0 < number < len(chemical_symbols):
                 raise ValueError(f"invalid atomic number {s!r} in species")
-            numbers.append(z)
+            numbers.append(number)
     if len(set(numbers)) != len(numbers):
         raise ValueError(f"species {list(species)} has repeated entries")
     column = {z: i for i, z in enumerate(numbers)}

@@ -876,7 +876,18 @@ def labeller_record(calculator: Any) -> tuple[str, str]:
             settings = None
     if settings is None:
         settings = dict(getattr(calculator, "parameters", None) or {})
-    return type(calculator).__name__, json.dumps(settings, sort_keys=True, default=_jsonable)
+    return type(calculator).__name__, json.dumps(_str_keys(settings), sort_keys=True,
+                                                 default=_jsonable)
+
+
+def _str_keys(value: Any) -> Any:
+    """``value`` with every mapping key a string (JSON allows no others; e.g. a pair
+    potential keyed by species pairs ``("Cu", "Ag")`` becomes ``"('Cu', 'Ag')"``)."""
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): _str_keys(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_str_keys(v) for v in value]
+    return value
 
 
 def _normalise_properties(properties: Sequence[str] | None) -> tuple[tuple[str, ...], bool]:
@@ -918,6 +929,7 @@ def label(
     properties: Sequence[str] | None = None,
     energy_property: str = "energy",
     progress: bool = True,
+    store: str = "calculator",
 ) -> list[ase.Atoms]:
     """Label frames with one calculator: energy, forces and virial under gap_fit's keys.
 
@@ -952,11 +964,17 @@ def label(
         smeared DFT, the one the forces are the derivative of (the force-consistent choice).
     progress : bool, default True
         Show a tqdm progress bar.
+    store : {"calculator", "info"}, default "calculator"
+        Where energy and forces go: a ``SinglePointCalculator`` (above), or, with
+        ``"info"``, ``atoms.info["energy"]`` and ``atoms.arrays["forces"]`` with no
+        calculator attached (the layout of an extxyz file written by gap_fit users, and
+        handy in tests that then edit a label). The virial is in ``info["virial"]``
+        either way; ``"info"`` stores no stress.
 
     Returns
     -------
     list of ase.Atoms
-        The labelled copies, in order.
+        The labelled copies, in order (the input frames are never modified).
 
     Raises
     ------
@@ -986,6 +1004,8 @@ def label(
                 f"fully periodic (pbc={frame.pbc.tolist()}), so it has no virial; drop 'virial' "
                 "from properties (or leave properties=None) or give it a periodic cell"
             )
+    if store not in ("calculator", "info"):
+        raise ValueError(f"store must be 'calculator' or 'info', got {store!r}")
     name, settings = labeller_record(calculator)
     out = []
     for k, frame in enumerate(tqdm(frames, desc=f"labelling with {name}",
@@ -1014,7 +1034,13 @@ def label(
         atoms.calc = None
         if "stress" in results:
             atoms.info["virial"] = stress_to_virial(results["stress"], atoms.get_volume())
-        atoms.calc = SinglePointCalculator(atoms, **results)
+        if store == "info":
+            if "energy" in results:
+                atoms.info["energy"] = results["energy"]
+            if "forces" in results:
+                atoms.arrays["forces"] = results["forces"]
+        else:
+            atoms.calc = SinglePointCalculator(atoms, **results)
         atoms.info["labeller"] = name
         atoms.info["labeller_settings"] = settings
         atoms.info["energy_property"] = energy_property

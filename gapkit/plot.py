@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Union
+
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from .active import LearningCurve
+    from .ntk import ModelComparison, WidthConvergence
+    from .uq import CalibrationResult
+
+    #: one calibration result, several (labelled by their variance source) or a dict
+    CalibrationResults = Union[CalibrationResult, Sequence[CalibrationResult],
+                               Mapping[str, CalibrationResult]]
 
 __all__ = ["coverage", "error_vs_sigma", "learning_curves", "parity", "reliability", "z_histogram"]
 
 
-def _plt():
+def _plt() -> ModuleType:
     import matplotlib
 
     if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo"):
@@ -20,8 +37,10 @@ def _plt():
     return plt
 
 
-def parity(reference, predicted, *, sigma=None, ax=None, label="", unit="eV",
-           title=None, max_points: int = 20000, seed: int = 0):
+def parity(reference: npt.ArrayLike, predicted: npt.ArrayLike, *,
+           sigma: npt.ArrayLike | None = None, ax: Axes | None = None, label: str = "",
+           unit: str = "eV", title: str | None = None, max_points: int = 20000,
+           seed: int = 0) -> Figure:
     """Predicted vs reference values with the y = x line, MAE and RMSE in a corner.
 
     Parameters
@@ -76,8 +95,9 @@ def parity(reference, predicted, *, sigma=None, ax=None, label="", unit="eV",
     return fig
 
 
-def error_vs_sigma(errors, sigma, *, n_bins: int = 12, ax=None, label="force component",
-                   unit="eV/Å", title=None):
+def error_vs_sigma(errors: npt.ArrayLike, sigma: npt.ArrayLike, *, n_bins: int = 12,
+                   ax: Axes | None = None, label: str = "force component",
+                   unit: str = "eV/Å", title: str | None = None) -> Figure:
     """Observed error against predicted standard deviation.
 
     Scatter of |error| vs sigma, the binned RMSE of the errors against the root
@@ -120,16 +140,17 @@ def error_vs_sigma(errors, sigma, *, n_bins: int = 12, ax=None, label="force com
     return fig
 
 
-def _results(results):
+def _results(results: CalibrationResults) -> list[tuple[str, CalibrationResult]]:
     """A list of (label, CalibrationResult) from one result, a list or a dict."""
-    if isinstance(results, dict):
+    if isinstance(results, Mapping):
         return list(results.items())
-    if isinstance(results, (list, tuple)):
+    if isinstance(results, Sequence):
         return [(r.variance_source, r) for r in results]
     return [(results.variance_source, results)]
 
 
-def coverage(results, *, ax=None, title=None):
+def coverage(results: CalibrationResults, *, ax: Axes | None = None,
+             title: str | None = None) -> Figure:
     """Coverage (calibration) curve: observed vs expected fraction of errors inside the
     central Gaussian intervals, with the diagonal of a calibrated model.
 
@@ -160,7 +181,8 @@ def coverage(results, *, ax=None, title=None):
     return fig
 
 
-def reliability(results, *, ax=None, title=None):
+def reliability(results: CalibrationResults, *, ax: Axes | None = None,
+                title: str | None = None) -> Figure:
     """Reliability diagram: binned RMSE against RMV (root mean predicted variance), in
     the quantity's unit, with the ideal line RMSE = RMV; the legend gives the ENCE."""
     plt = _plt()
@@ -187,7 +209,8 @@ def reliability(results, *, ax=None, title=None):
     return fig
 
 
-def z_histogram(z, *, ax=None, bins: int = 60, label="", title=None, zmax: float = 6.0):
+def z_histogram(z: npt.ArrayLike, *, ax: Axes | None = None, bins: int = 60, label: str = "",
+                title: str | None = None, zmax: float = 6.0) -> Figure:
     """Histogram of z-scores (error / predicted sigma, dimensionless) against the
     standard normal density N(0, 1)."""
     plt = _plt()
@@ -198,7 +221,7 @@ def z_histogram(z, *, ax=None, bins: int = 60, label="", title=None, zmax: float
         fig = ax.figure
     edges = np.linspace(-zmax, zmax, bins + 1)
     clipped = np.clip(z, -zmax, zmax)
-    ax.hist(clipped, bins=edges, density=True, alpha=0.6,
+    ax.hist(clipped, bins=edges.tolist(), density=True, alpha=0.6,
             label=f"{label} z: mean {z.mean():.2f}, sd {z.std():.2f}".strip())
     x = np.linspace(-zmax, zmax, 400)
     ax.plot(x, np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi), "k-", lw=1.0, label="N(0, 1)")
@@ -211,8 +234,9 @@ def z_histogram(z, *, ax=None, bins: int = 60, label="", title=None, zmax: float
     return fig
 
 
-def learning_curves(curves, *, ax=None, quantity: str = "force_mae", unit="eV/Å",
-                    title=None, log: bool = True):
+def learning_curves(curves: Mapping[str, Sequence[LearningCurve]], *, ax: Axes | None = None,
+                    quantity: str = "force_mae", unit: str = "eV/Å", title: str | None = None,
+                    log: bool = True) -> Figure:
     """Learning curves with seed bands: mean over seeds and min-max band, per strategy.
 
     Parameters
@@ -255,7 +279,8 @@ def learning_curves(curves, *, ax=None, quantity: str = "force_mae", unit="eV/Å
 __all__ += ["kernel_comparison", "ntk_width_convergence"]
 
 
-def ntk_width_convergence(result, *, ax=None, title=None):
+def ntk_width_convergence(result: WidthConvergence, *, ax: Axes | None = None,
+                          title: str | None = None) -> Figure:
     """Empirical → analytic NTK: relative Frobenius distance against hidden width, log-log.
 
     Parameters
@@ -297,7 +322,7 @@ def ntk_width_convergence(result, *, ax=None, title=None):
     return fig
 
 
-def kernel_comparison(comparison, *, title=None):
+def kernel_comparison(comparison: ModelComparison, *, title: str | None = None) -> Figure:
     """Test errors of GAP(SOAP), GAP(NTK) and finite networks side by side (two panels).
 
     Parameters

@@ -2,6 +2,9 @@
 
 Every structure fixture returns a fresh ``ase.Atoms`` (function scope), so a test may
 move atoms or change the cell without affecting another test. Lengths are in Å.
+Tolerances come from ``gapkit.testing.TOLERANCES``. Markers (pyproject.toml): ``slow``
+(deselected by ``make test-fast``) and ``gpu`` (skipped here when torch sees no CUDA
+device).
 """
 
 from __future__ import annotations
@@ -9,16 +12,25 @@ from __future__ import annotations
 import ase.io
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.build import bulk, molecule
-
-import torch
 
 from gapkit.data import bundled_path
 
 # The test systems are small: one thread avoids OpenMP threads spin-waiting for a core
 # that another process holds (10-45x slowdowns seen on a loaded 2-core machine).
 torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``gpu`` when there is no CUDA device, saying so."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture

@@ -17,13 +17,14 @@ from ase.calculators.emt import EMT
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 from ase.cluster import Icosahedron
 
-from gapkit.testing import label
 from gapkit import GAP, SOAP, GAPCalculator, NoiseModel, SOAPKernel, Term
+from gapkit.testing import TOLERANCES, label
 
-FD_STEP = 1e-4  # Å for forces; strain for the stress
-FD_RTOL = 1e-6  # relative to the largest component
-ALGEBRA_RTOL = 1e-12
-SUM_RTOL = 1e-9  # sums of large, cancelling alpha_m k_m terms
+TOL = TOLERANCES[np.float64]
+FD_STEP = TOL["force_step"]  # Å for forces; strain for the stress
+FD_RTOL = TOL["finite_difference"]  # relative to the largest component
+ALGEBRA_RTOL = TOL["algebra"]
+SUM_RTOL = TOL["solve"]  # sums of large, cancelling alpha_m k_m terms
 
 
 def _label(atoms: Atoms) -> Atoms:
@@ -73,11 +74,11 @@ def _max_rel(a, b) -> float:
 
 
 def test_results_match_model_predict(model, atoms):
-    atoms.calc = GAPCalculator(model, force_variance="projected")
+    atoms.calc = GAPCalculator(model, forces_variance="projected")
     energy = atoms.get_potential_energy()
     forces = atoms.get_forces()
     energies = atoms.get_potential_energies()
-    pred = model.predict([atoms.copy()], force_variance="projected")
+    pred = model.predict([atoms.copy()], forces_variance="projected")
     assert energy == pred.energy[0]
     assert atoms.get_potential_energy(force_consistent=True) == pred.energy[0]
     np.testing.assert_array_equal(forces, pred.forces)
@@ -96,7 +97,7 @@ def test_results_match_model_predict(model, atoms):
 
 def test_variances_in_results(model, atoms):
     """energy, per-atom and (exact, DTC) force variances by default; projected force
-    variances on request; none with variance=False or force_variance=None."""
+    variances on request; none with variance=False or forces_variance=None."""
     n = len(atoms)
     default = GAPCalculator(model)
     default.get_forces(atoms)
@@ -105,15 +106,15 @@ def test_variances_in_results(model, atoms):
     assert default.results["energies_variance"].shape == (n,)
     assert np.all(default.results["energies_variance"] >= 0)
     assert default.results["forces_variance"].shape == (n, 3)
-    no_forces = GAPCalculator(model, force_variance=None)
+    no_forces = GAPCalculator(model, forces_variance=None)
     no_forces.get_forces(atoms)
     assert "forces_variance" not in no_forces.results
-    projected = GAPCalculator(model, force_variance="projected")
+    projected = GAPCalculator(model, forces_variance="projected")
     projected.get_forces(atoms)
     res = projected.results
     assert res["energy_variance"] == default.results["energy_variance"]
     assert res["forces_variance"].shape == (n, 3) and np.all(res["forces_variance"] >= 0)
-    exact = GAPCalculator(model, force_variance="exact")
+    exact = GAPCalculator(model, forces_variance="exact")
     exact.get_forces(atoms)
     np.testing.assert_array_equal(exact.results["forces_variance"],
                                   default.results["forces_variance"])

@@ -159,6 +159,7 @@ def test_rattle_cell_strain_scales_positions_and_records_strain():
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 4-15 s (machine load): Langevin MD at two temperatures
 def test_langevin_samples_have_target_kinetic_temperature_and_energy_rises():
     atoms = cu(2)  # 32 atoms, 96 thermostatted degrees of freedom (no centre-of-mass constraint)
     temps = (300.0, 900.0)
@@ -418,3 +419,25 @@ def test_generated_data_fit_a_gap_that_predicts_held_out_frames():
     mae = float(np.mean(np.abs(predicted - reference)))
     spread = float(np.std(reference))
     assert mae < 0.3 * spread, (mae, spread)
+
+
+def test_one_label_copies_and_can_store_in_info():
+    """testing.label is generate.label with store="info": both copy, neither modifies."""
+    from ase.build import bulk as _bulk
+
+    from gapkit.testing import label as test_label
+
+    atoms = _bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.rattle(0.05, seed=1)
+    atoms.info["config_type"] = "bulk"
+    a = label([atoms], EMT(), progress=False)[0]
+    b = label([atoms], EMT(), progress=False, store="info")[0]
+    c = test_label(atoms, EMT())
+    assert atoms.calc is None and "energy" not in atoms.info and "forces" not in atoms.arrays
+    assert b.calc is None and c.calc is None
+    assert b.info["energy"] == c.info["energy"] == a.get_potential_energy()
+    np.testing.assert_array_equal(b.arrays["forces"], a.get_forces())
+    np.testing.assert_array_equal(b.info["virial"], a.info["virial"])
+    assert b.info["config_type"] == "bulk" and b.info["labeller"] == "EMT"
+    with pytest.raises(ValueError, match="store must be"):
+        label([atoms], EMT(), progress=False, store="file")

@@ -1,30 +1,45 @@
 """Tests of the public test helpers in ``gapkit.testing``.
 
-They run on two toy descriptors defined here, with exact analytic gradients, so that they
-do not depend on gapkit's SOAP implementation: a per-atom radial descriptor (one centre
-per atom) and a two-body descriptor (one centre per ordered neighbour pair).
+They run on toys defined here, so that they do not depend on gapkit's own descriptors,
+kernels and models: two descriptors with exact analytic gradients (a per-atom radial
+descriptor, one centre per atom, and a two-body descriptor, one centre per ordered
+neighbour pair), a polynomial kernel with its derivatives written out, and ASE's EMT
+behind the three kinds of model ``check_forces`` takes. Each helper must pass the
+correct toy and fail each deliberately broken one, naming what broke.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.build import bulk, molecule
+from ase.calculators.emt import EMT
+from ase.calculators.lj import LennardJones
 from ase.neighborlist import neighbor_list
 
 from gapkit.descriptors.base import DescriptorResult
+from gapkit.kernels import DescriptorKernel
 from gapkit.testing import (
+    FINITE_DIFFERENCE_STEP,
     GRADIENT_RTOL,
+    INVARIANCE_ATOL,
+    KERNEL_CHECKS,
+    TOLERANCES,
     TRANSFORMS,
     assert_invariant,
+    check_forces,
     check_gradients,
+    check_kernel,
     dense_position_gradients,
     numerical_gradients,
     per_atom_values,
     random_rotation,
+    tolerances_for,
 )
 
 
@@ -341,3 +356,456 @@ def test_changing_neighbour_list_is_reported():
     dimer = Atoms("Si2", positions=[[0, 0, 0], [cutoff - 0.5 * h, 0, 0]])
     with pytest.raises(ValueError, match="centres changed"):
         numerical_gradients(TOYS["pair"], dimer, h=h)
+
+
+# --------------------------------------------------------------------------------------
+# the tolerance table
+# --------------------------------------------------------------------------------------
+def test_tolerances_are_keyed_by_dtype_and_read_only():
+    f64 = TOLERANCES[torch.float64]
+    assert TOLERANCES[np.dtype("float64")] is f64 and TOLERANCES[np.float64] is f64
+    assert TOLERANCES[torch.float32] is TOLERANCES[np.float32]
+    assert tolerances_for(torch.zeros(2, dtype=torch.float64)) is f64
+    assert tolerances_for(np.zeros(2, dtype=np.float32)) is TOLERANCES[torch.float32]
+    assert tolerances_for("float64") is f64
+    # the module constants are the float64 entries
+    assert INVARIANCE_ATOL == f64["invariance"]
+    assert GRADIENT_RTOL == f64["finite_difference"]
+    assert FINITE_DIFFERENCE_STEP == f64["descriptor_step"]
+    # float32 is looser everywhere, and both tables name the same things
+    f32 = TOLERANCES[torch.float32]
+    assert set(f32) == set(f64)
+    assert all(f32[name] > f64[name] for name in f64)
+    with pytest.raises(TypeError):
+        f64["algebra"] = 1.0  # type: ignore[index]
+    with pytest.raises(KeyError, match="float64 and float32"):
+        tolerances_for(torch.int64)
+
+
+# --------------------------------------------------------------------------------------
+# check_kernel on a toy kernel, correct and broken
+# --------------------------------------------------------------------------------------
+class PolyToy(DescriptorKernel):
+    r"""Toy kernel :math:`k = \delta^2 (c + q \cdot q')^2`, derivatives written out:
+    :math:`\partial k / \partial q_1 = 2 \delta^2 (c + s) q_2` and
+    :math:`\partial^2 k / \partial q_1 \partial q_2 = 2 \delta^2 [q_2 q_1^T + (c + s) I]`."""
+
+    def __init__(self, offset: float = 1.0, delta: float = 1.0, **kwargs):
+        super().__init__(delta, **kwargs)
+        self.offset = float(offset)
+
+    def get_params(self) -> dict:
+        return {"offset": self.offset, **super().get_params()}
+
+    def unit_value(self, q1, q2):
+        return (self.offset + q1 @ q2.T) ** 2
+
+    def unit_grad_contract(self, q1, q2, g, centre):
+        w = 2 * (self.offset + q1[centre] @ q2.T)  # (E, n2)
+        return w[:, None, :] * torch.matmul(g, q2.T)
+
+    def unit_hessian_contract(self, q1, q2, g1, c1, g2, c2):
+        s = (q1 @ q2.T)[c1][:, c2]  # (E, F)
+        a = torch.matmul(g1, q2[c2].T)  # (E, r1, F): g1 . q2_f
+        b = torch.matmul(g2, q1[c1].T)  # (F, r2, E): g2 . q1_e
+        gg = torch.einsum("erd,fsd->erfs", g1, g2)
+        return (2 * (self.offset + s))[:, None, :, None] * gg \
+            + 2 * a[:, :, :, None] * b.permute(2, 0, 1)[:, None, :, :]
+
+    def unit_weighted_gradient(self, q1, q2, w):
+        return (2 * (self.offset + q1 @ q2.T) * w) @ q2
+
+
+class WrongGradient(PolyToy):
+    def unit_grad_contract(self, q1, q2, g, centre):
+        return 1.001 * super().unit_grad_contract(q1, q2, g, centre)
+
+
+class WrongHessian(PolyToy):
+    def unit_hessian_contract(self, q1, q2, g1, c1, g2, c2):
+        return 1.001 * super().unit_hessian_contract(q1, q2, g1, c1, g2, c2)
+
+
+class OneSidedHessian(PolyToy):
+    """Forgets the q2 q1^T term: wrong, and no longer symmetric under swapping sides."""
+
+    def unit_hessian_contract(self, q1, q2, g1, c1, g2, c2):
+        s = (q1 @ q2.T)[c1][:, c2]
+        a = torch.matmul(g1, q2[c2].T)
+        return (2 * (self.offset + s))[:, None, :, None] \
+            * torch.einsum("erd,fsd->erfs", g1, g2) + a[:, :, :, None] * 0.1
+
+
+class WrongWeightedGradient(PolyToy):
+    def unit_weighted_gradient(self, q1, q2, w):
+        return (2 * (self.offset + q1 @ q2.T) * w.flip(1)) @ q2
+
+
+class NonlinearInDirections(PolyToy):
+    def unit_grad_contract(self, q1, q2, g, centre):
+        out = super().unit_grad_contract(q1, q2, g, centre)
+        return out + 1e-3 * out**2
+
+
+class Asymmetric(PolyToy):
+    """Adds 0.01 (q1_0 - q2_0), derivatives included: consistent, but not symmetric."""
+
+    def unit_value(self, q1, q2):
+        return super().unit_value(q1, q2) + 0.01 * (q1[:, :1] - q2[:, :1].T)
+
+    def unit_grad_contract(self, q1, q2, g, centre):
+        return super().unit_grad_contract(q1, q2, g, centre) + 0.01 * g[:, :, :1]
+
+    def unit_weighted_gradient(self, q1, q2, w):
+        out = super().unit_weighted_gradient(q1, q2, w)
+        out[:, 0] += 0.01 * w.sum(1)
+        return out
+
+
+class NotPositive(PolyToy):
+    """A symmetric kernel with negative eigenvalues, f(s) = 2 s - s^2 of s = c + q.q',
+    derivatives included: f'(s) q2, and f'(s) I + f''(s) q2 q1^T."""
+
+    def unit_value(self, q1, q2):
+        s = self.offset + q1 @ q2.T
+        return 2 * s - s**2
+
+    def unit_diag(self, q):
+        return torch.diagonal(self.unit_value(q, q))
+
+    def unit_grad_contract(self, q1, q2, g, centre):
+        w = 2 - 2 * (self.offset + q1[centre] @ q2.T)
+        return w[:, None, :] * torch.matmul(g, q2.T)
+
+    def unit_hessian_contract(self, q1, q2, g1, c1, g2, c2):
+        s = self.offset + (q1 @ q2.T)[c1][:, c2]
+        a = torch.matmul(g1, q2[c2].T)
+        b = torch.matmul(g2, q1[c1].T)
+        gg = torch.einsum("erd,fsd->erfs", g1, g2)
+        return (2 - 2 * s)[:, None, :, None] * gg \
+            - 2 * a[:, :, :, None] * b.permute(2, 0, 1)[:, None, :, :]
+
+    def unit_weighted_gradient(self, q1, q2, w):
+        return ((2 - 2 * (self.offset + q1 @ q2.T)) * w) @ q2
+
+
+class WrongDiag(PolyToy):
+    def unit_diag(self, q):
+        return 1.01 * super().unit_diag(q)
+
+
+class WrongForward(PolyToy):
+    def forward(self, x1, x2, diag=False, last_dim_is_batch=False, **params):
+        return self.unit_value(x1, x2) if not diag else self.unit_diag(x1)
+
+
+class Unscaled(PolyToy):
+    """value ignores delta (everything else is scaled)."""
+
+    def value(self, q1, q2):
+        return self.unit_value(q1, q2)
+
+
+class FrozenDelta(PolyToy):
+    """Remembers delta^2 at construction: setting delta changes nothing."""
+
+    def __init__(self, offset: float = 1.0, delta: float = 1.0, **kwargs):
+        super().__init__(offset, delta, **kwargs)
+        self._frozen = float(delta) ** 2
+
+    @property
+    def variance(self):
+        return torch.tensor(self._frozen, dtype=torch.float64)
+
+
+class DetachedDelta(PolyToy):
+    @property
+    def variance(self):
+        return self.delta.detach().squeeze() ** 2
+
+
+class WrongFastForceVariance(PolyToy):
+    def force_prior_variance(self, q, g, centre, atom, types, n_atoms):
+        # forgets the type mask of the generic version
+        return super().force_prior_variance(q, g, centre, atom, torch.zeros_like(types),
+                                            n_atoms)
+
+
+class ForgetfulParams(PolyToy):
+    def get_params(self) -> dict:
+        return DescriptorKernel.get_params(self)  # forgets offset
+
+
+class ArrayParams(PolyToy):
+    def get_params(self) -> dict:
+        return {"offset": np.float32(self.offset), "delta": np.array(1.3)}
+
+
+class LosesStateInCopies(PolyToy):
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["offset"] = 0.0
+        return state
+
+
+class Float32Values(PolyToy):
+    def unit_value(self, q1, q2):
+        return super().unit_value(q1, q2).float()
+
+
+def unit_vectors(rng, n):
+    q = rng.normal(size=(n, 5))
+    return torch.as_tensor(q / np.linalg.norm(q, axis=1, keepdims=True))
+
+
+#: broken kernel -> the checks it fails (a broken derivative also breaks the checks that
+#: build on it: grad_contract is the reference of hessian_contract and weighted_gradient)
+BROKEN = {
+    WrongGradient: {"grad_contract", "hessian_contract", "weighted_gradient"},
+    WrongHessian: {"hessian_contract"},
+    OneSidedHessian: {"hessian_contract", "hessian_swap"},
+    WrongWeightedGradient: {"weighted_gradient"},
+    NonlinearInDirections: {"grad_contract", "grad_contract_linearity", "hessian_contract",
+                            "weighted_gradient"},
+    Asymmetric: {"symmetry"},
+    NotPositive: {"positive_semidefinite", "force_prior_variance"},  # negative variances
+    WrongDiag: {"diag"},
+    WrongForward: {"forward", "delta_setter"},
+    Unscaled: {"delta_scaling", "delta_setter", "delta_parameter", "diag", "forward",
+               "grad_contract", "weighted_gradient"},
+    FrozenDelta: {"delta_setter", "delta_parameter"},
+    DetachedDelta: {"delta_parameter"},
+    WrongFastForceVariance: {"force_prior_variance"},
+    ForgetfulParams: {"get_params"},
+    ArrayParams: {"get_params"},
+    LosesStateInCopies: {"copy"},
+    Float32Values: {"dtype", "grad_contract", "weighted_gradient"},
+}
+
+
+def test_check_kernel_passes_a_correct_kernel():
+    for seed in (0, 1, 2):
+        check_kernel(lambda: PolyToy(offset=0.7, delta=1.3), unit_vectors, seed=seed)
+
+
+def test_every_check_can_fail():
+    assert set().union(*BROKEN.values()) == set(KERNEL_CHECKS)
+
+
+@pytest.mark.parametrize("kind", BROKEN, ids=[k.__name__ for k in BROKEN])
+def test_check_kernel_names_the_broken_checks(kind):
+    with pytest.raises(AssertionError) as info:
+        check_kernel(lambda: kind(offset=0.7, delta=1.3), unit_vectors)
+    message = str(info.value)
+    assert set(re.findall(r"check '(\w+)'", message)) == BROKEN[kind], message
+    assert message.startswith(f"{kind.__name__} (from make_kernel()) fails")
+    if not BROKEN[kind] & {"positive_semidefinite", "get_params", "copy", "delta_parameter",
+                           "dtype"}:
+        assert "worst entry" in message and "rtol" in message, message
+    # the checks it fails may be skipped (say why at the call site)
+    check_kernel(lambda: kind(offset=0.7, delta=1.3), unit_vectors, skip=BROKEN[kind])
+
+
+def test_check_kernel_message_names_entry_and_tolerance():
+    with pytest.raises(AssertionError) as info:
+        check_kernel(lambda: WrongHessian(offset=0.7, delta=1.3), unit_vectors)
+    message = str(info.value)
+    assert "check 'hessian_contract': hessian_contract vs central differences of " \
+           "grad_contract in its second argument (step 1e-06)" in message
+    assert "worst entry (" in message and "atol 1.0e-09 + rtol 1.0e-06" in message
+    with pytest.raises(AssertionError, match=r"smallest eigenvalue .* < -psd 1.0e-10"):
+        check_kernel(lambda: NotPositive(offset=0.7, delta=1.3), unit_vectors)
+    with pytest.raises(AssertionError, match=r"get_params\(\) is not JSON-serialisable"):
+        check_kernel(lambda: ArrayParams(offset=0.7, delta=1.3), unit_vectors)
+    with pytest.raises(AssertionError, match=r"value of ForgetfulParams\(\*\*get_params\(\)\) "
+                                             r"vs the original"):
+        check_kernel(lambda: ForgetfulParams(offset=0.7, delta=1.3), unit_vectors)
+
+
+class NotDifferentiable(PolyToy):
+    def unit_hessian_contract(self, q1, q2, g1, c1, g2, c2):
+        raise ValueError("not differentiable here")
+
+
+def test_an_exception_in_a_check_is_reported_as_its_failure():
+    with pytest.raises(AssertionError) as info:
+        check_kernel(lambda: NotDifferentiable(offset=0.7, delta=1.3), unit_vectors)
+    message = str(info.value)
+    assert "check 'hessian_contract': raised ValueError: not differentiable here" in message
+    assert isinstance(info.value.__cause__, ValueError)
+    # every check that calls hessian_contract fails; the others still run and pass
+    assert set(re.findall(r"check '(\w+)'", message)) == {
+        "dtype", "delta_scaling", "delta_setter", "hessian_contract", "force_prior_variance",
+        "get_params", "copy"}
+
+
+def test_check_kernel_tolerance_override_and_bad_arguments():
+    # a 0.1 % error passes a 1 % tolerance
+    check_kernel(lambda: WrongHessian(offset=0.7, delta=1.3), unit_vectors,
+                 tolerances={"finite_difference": 1e-2})
+    with pytest.raises(KeyError, match="unknown tolerance"):
+        check_kernel(PolyToy, unit_vectors, tolerances={"fd": 1e-2})
+    with pytest.raises(ValueError, match="unknown check"):
+        check_kernel(PolyToy, unit_vectors, skip=("hessian",))
+    with pytest.raises(TypeError, match="shape"):
+        check_kernel(PolyToy, lambda rng, n: torch.zeros(n))
+    with pytest.raises(TypeError, match="gradients"):
+        check_kernel(PolyToy, unit_vectors,
+                     gradients=lambda rng, e, r: torch.zeros(e, r, 2, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------------------
+# check_forces on toy models, correct and broken
+# --------------------------------------------------------------------------------------
+@pytest.fixture
+def copper():
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.set_cell(atoms.cell @ np.array([[1.0, 0.02, 0.0], [0.0, 0.98, 0.01],
+                                          [0.0, 0.0, 1.01]]), scale_atoms=True)
+    atoms.rattle(0.05, seed=4)
+    return atoms
+
+
+def _emt(atoms):
+    """(energy, forces, virial) of EMT, ASE's virial -stress * volume (eV)."""
+    frame = atoms.copy()
+    frame.calc = EMT()
+    virial = (-frame.get_stress(voigt=False) * frame.get_volume()
+              if frame.pbc.all() else None)
+    return frame.get_potential_energy(), frame.get_forces(), virial
+
+
+@dataclasses.dataclass
+class ToyPrediction:
+    energy: np.ndarray
+    forces: np.ndarray | None
+    virial: np.ndarray | None
+
+
+class ToyModel:
+    """GAP-like ``predict`` around EMT, recording the keywords it was given."""
+
+    def __init__(self, *, force_scale=1.0, virial_sign=1.0, as_dict=False):
+        self.force_scale, self.virial_sign, self.as_dict = force_scale, virial_sign, as_dict
+        self.calls: list[dict] = []
+
+    def predict(self, frames, *, forces=True, virial=None, return_variance=True):
+        self.calls.append({"n": len(frames), "forces": forces, "virial": virial,
+                           "return_variance": return_variance})
+        out = [_emt(a) for a in frames]
+        result = ToyPrediction(
+            energy=np.array([e for e, _, _ in out]),
+            forces=np.concatenate([f for _, f, _ in out]) * self.force_scale if forces else None,
+            virial=(self.virial_sign * np.array([w for _, _, w in out])) if virial else None)
+        return dataclasses.asdict(result) if self.as_dict else result
+
+
+class OnlyFrames:
+    """``predict(frames)`` without keywords (like ExactGP): returns everything."""
+
+    def predict(self, frames):
+        return ToyModel().predict(frames, virial=True)
+
+
+class ScaledForcesEMT(EMT):
+    def calculate(self, *args, **kwargs):
+        super().calculate(*args, **kwargs)
+        self.results["forces"] = self.results["forces"] * 1.001
+
+
+class FlippedStressEMT(EMT):
+    """Stress with the wrong sign: virial = +stress * volume."""
+
+    def calculate(self, *args, **kwargs):
+        super().calculate(*args, **kwargs)
+        self.results["stress"] = -self.results["stress"]
+
+
+@pytest.mark.parametrize("model", ["calculator", "predict", "predict-dict", "only-frames",
+                                   "function"])
+def test_check_forces_passes_correct_models(model, copper):
+    make = {"calculator": EMT, "predict": ToyModel,
+            "predict-dict": lambda: ToyModel(as_dict=True), "only-frames": OnlyFrames,
+            "function": lambda: _emt}[model]
+    errors = check_forces(make(), copper)
+    assert set(errors) == {"forces", "virial"}
+    assert max(errors.values()) < GRADIENT_RTOL
+
+
+def test_check_forces_batches_energies_and_asks_for_no_variance(copper):
+    toy = ToyModel()
+    check_forces(toy, copper)
+    first, *rest = toy.calls
+    assert first == {"n": 1, "forces": True, "virial": True, "return_variance": False}
+    assert sum(c["n"] for c in rest) == 6 * len(copper) + 18
+    assert all(not c["forces"] and not c["virial"] and not c["return_variance"] for c in rest)
+    assert all(c["n"] <= 64 for c in rest)
+
+
+def test_check_forces_agrees_with_ase_numerical_forces_and_stress(copper):
+    """ASE's own central differences (same step; symmetric strains for the stress) pass
+    as the "analytic" forces and virial of EMT's energy."""
+    from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+
+    copper.calc = EMT()
+    forces = calculate_numerical_forces(copper, eps=1e-4)
+    stress = calculate_numerical_stress(copper, eps=1e-4)  # Voigt: xx yy zz yz xz xy
+    virial = -stress[[0, 5, 4, 5, 1, 3, 4, 3, 2]].reshape(3, 3) * copper.get_volume()
+    errors = check_forces(lambda atoms: (_emt(atoms)[0], forces, virial), copper, rtol=1e-5)
+    assert errors["forces"] < 1e-9 and errors["virial"] < 1e-5
+
+
+def test_check_forces_fails_wrong_forces(copper):
+    with pytest.raises(AssertionError, match="forces: max") as info:
+        check_forces(ToyModel(force_scale=1.001), copper)
+    message = str(info.value)
+    assert "worst: atom" in message and "(Cu), direction" in message
+    assert "analytic" in message and "numerical" in message and "rtol 1.0e-06" in message
+    assert "virial:" not in message
+    with pytest.raises(AssertionError, match="worst: atom"):
+        check_forces(ScaledForcesEMT(), copper)
+
+
+def test_check_forces_fails_the_wrong_virial_sign(copper):
+    with pytest.raises(AssertionError, match="virial: max") as info:
+        check_forces(FlippedStressEMT(), copper)
+    assert "forces:" not in str(info.value) and "-stress * volume" in str(info.value)
+    with pytest.raises(AssertionError, match="worst: component"):
+        check_forces(ToyModel(virial_sign=-1.0), copper)
+    # without the virial the same models pass
+    check_forces(FlippedStressEMT(), copper, virial=False)
+
+
+def test_check_forces_needs_the_virial_it_checks(copper):
+    def no_virial(atoms):
+        energy, forces, _ = _emt(atoms)
+        return energy, forces, None
+
+    with pytest.raises(AssertionError, match="virial=False"):
+        check_forces(no_virial, copper)
+    assert set(check_forces(no_virial, copper, virial=False)) == {"forces"}
+    with pytest.raises(AssertionError, match="shape"):
+        check_forces(lambda a: (0.0, np.zeros((2, 3)), None), copper, virial=False)
+    with pytest.raises(TypeError, match="ASE calculator"):
+        check_forces(42, copper)
+
+
+def test_check_forces_of_a_molecule_virial_only_on_request(ethanol):
+    """Not periodic: no virial by default; virial=True deforms the positions only."""
+    def lj(atoms):
+        frame = atoms.copy()
+        frame.calc = LennardJones(sigma=1.2, epsilon=0.01, rc=4.0, smooth=True)
+        energy, forces = frame.get_potential_energy(), frame.get_forces()
+        # the pair virial sum_ij r_ij (x) f_ij = sum_i r_i (x) F_i (no images)
+        return energy, forces, np.einsum("ia,ib->ab", frame.positions, forces)
+
+    assert set(check_forces(lj, ethanol)) == {"forces"}
+    assert set(check_forces(lj, ethanol, virial=True)) == {"forces", "virial"}
+
+
+def test_check_forces_extrapolation_removes_the_step_error(copper):
+    """With a coarse step the O(h^2) error fails the check (virial: 6e-5 of it, measured);
+    Richardson extrapolation removes it (3e-8)."""
+    with pytest.raises(AssertionError, match="virial: max"):
+        check_forces(EMT(), copper, step=1e-3)
+    check_forces(EMT(), copper, step=1e-3, extrapolate=True)

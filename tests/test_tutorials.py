@@ -22,6 +22,7 @@ def test_tutorials_exist():
     assert len(TUTORIALS) >= 8, [t.name for t in TUTORIALS]
 
 
+@pytest.mark.slow  # 5-13 s each (16-63 s on a loaded machine): half the suite's time
 @pytest.mark.parametrize("script", TUTORIALS, ids=[t.stem for t in TUTORIALS])
 def test_tutorial_runs_in_fast_mode(script, tmp_path):
     # this checkout's gapkit, whether or not it is installed

@@ -171,7 +171,7 @@ def _cells(n: int, seed: int, shift: dict | None = None):
         eps = rng.normal(scale=0.02, size=(3, 3))
         atoms.set_cell(atoms.cell @ (np.eye(3) + 0.5 * (eps + eps.T)), scale_atoms=True)
         atoms.rattle(0.1, seed=int(rng.integers(1 << 30)))
-        label(atoms, EMT())
+        atoms = label(atoms, EMT())
         if shift and k in shift:
             atoms.info["energy"] += shift[k]
         out.append(atoms)

@@ -171,7 +171,7 @@ def make_config(k, gen=rng):
     strain = gen.normal(scale=0.02, size=(3, 3))
     atoms.set_cell(atoms.cell[:] @ (np.eye(3) + 0.5 * (strain + strain.T)), scale_atoms=True)
     atoms.rattle(gen.uniform(0.03, 0.12), seed=k)  # thermal-like displacements, Å
-    label(atoms, reference_calculator())
+    atoms = label(atoms, reference_calculator())
     atoms.info["energy"] += OFFSET
     return atoms
 

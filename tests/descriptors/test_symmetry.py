@@ -433,7 +433,7 @@ def si_split():
 
 
 def _force_errors(model, test):
-    prediction = model.predict(test, variance=False)
+    prediction = model.predict(test, return_variance=False)
     reference = np.concatenate([a.get_forces() for a in test])
     assert np.all(np.isfinite(prediction.forces)) and np.all(np.isfinite(prediction.energy))
     return np.abs(prediction.forces - reference).mean(), np.abs(reference).mean()

@@ -19,11 +19,14 @@ import gapkit
 from gapkit.gp.exact import ExactGP, Functionals, functional_covariance
 from gapkit.gp.observations import VOIGT, NoiseModel
 from gapkit.kernels import SOAPKernel, TwoBodyKernel
+from gapkit.testing import TOLERANCES, check_forces
 
 SPECIES = (13, 29)  # Al, Cu
 DELTA, ZETA = 1.5, 2
-#: float64 algebraic identities; finite differences (eV/Å, eV)
+TOL = TOLERANCES[torch.float64]
+#: the GPyTorch posterior against a dense numpy one: two different solves
 RTOL_ALGEBRA = 1e-8
+#: finite differences of the energy, absolute (eV/Å for forces, eV for the virial)
 FD_ATOL = 1e-6
 
 
@@ -75,12 +78,14 @@ def cells():
 
 
 @pytest.fixture(scope="module")
-def test_cluster():
+def probe_cluster():
+    """A cluster that is not in the training set."""
     return _cluster(100)
 
 
 @pytest.fixture(scope="module")
-def test_cell():
+def probe_cell():
+    """A periodic cell that is not in the training set."""
     return _cell(100)
 
 
@@ -128,101 +133,72 @@ def test_interpolates_training_data_as_noise_goes_to_zero(data, request):
 @pytest.mark.parametrize("data", ["clusters", "cells"])
 def test_posterior_variance_never_exceeds_prior(data, request):
     gp = request.getfixturevalue(f"gp_{data}")
-    frames = request.getfixturevalue(data)[:2] + [request.getfixturevalue(f"test_{data[:-1]}")]
+    frames = request.getfixturevalue(data)[:2] + [request.getfixturevalue(f"probe_{data[:-1]}")]
     post, prior = gp.predict(frames), gp.predict(frames, prior=True)
     prior_arrays = prior.as_dict()
     for key, value in post.as_dict().items():
         if key.endswith("_variance"):
             assert np.all(value >= 0), key
-            assert np.all(value <= prior_arrays[key] * (1 + 1e-12) + 1e-14), key
+            assert np.all(value <= prior_arrays[key] * (1 + TOL["algebra"])
+                          + TOL["algebra_atol"]), key
     # the prior: e0 baseline and zero latent means, k(q, q) = delta^2 for unit descriptors
     e0_atoms = np.array([gp.e0_[int(z)] for a in frames for z in a.numbers])
     assert np.all(prior.forces == 0) and np.all(prior.local_energy == e0_atoms)
-    np.testing.assert_allclose(prior.local_energy_variance, DELTA**2, rtol=1e-12)
+    np.testing.assert_allclose(prior.local_energy_variance, DELTA**2, rtol=TOL["algebra"])
 
 
-def test_energy_is_the_sum_of_local_energies(gp_clusters, test_cluster):
-    pred = gp_clusters.predict([test_cluster])
+def test_energy_is_the_sum_of_local_energies(gp_clusters, probe_cluster):
+    pred = gp_clusters.predict([probe_cluster])
     # per-atom energies carry their e0, as GAP.predict's do
     assert pred.energy[0] == pytest.approx(pred.local_energy.sum(), abs=1e-10)
-    assert pred.local_energy.shape == (len(test_cluster),)
+    assert pred.local_energy.shape == (len(probe_cluster),)
     # an isolated cluster feels no net force
     np.testing.assert_allclose(pred.forces.sum(axis=0), 0.0, atol=1e-10)
 
 
-def test_rotation_and_translation(gp_clusters, test_cluster, rng):
+def test_rotation_and_translation(gp_clusters, probe_cluster, rng):
     rot, _ = np.linalg.qr(rng.normal(size=(3, 3)))  # random orthogonal, maybe improper
-    moved = test_cluster.copy()
-    moved.positions = test_cluster.positions @ rot.T + rng.normal(size=3)
-    a, b = gp_clusters.predict([test_cluster]), gp_clusters.predict([moved])
+    moved = probe_cluster.copy()
+    moved.positions = probe_cluster.positions @ rot.T + rng.normal(size=3)
+    a, b = gp_clusters.predict([probe_cluster]), gp_clusters.predict([moved])
     transform = f"rotation {rot.tolist()}"
-    np.testing.assert_allclose(b["energy"], a["energy"], rtol=1e-10, err_msg=transform)
-    np.testing.assert_allclose(b["energy_variance"], a["energy_variance"], rtol=1e-8,
+    np.testing.assert_allclose(b.energy, a.energy, rtol=1e-10, err_msg=transform)
+    np.testing.assert_allclose(b.energy_variance, a.energy_variance, rtol=1e-8,
                                err_msg=transform)
-    np.testing.assert_allclose(b["local_energy"], a["local_energy"], atol=1e-10,
+    np.testing.assert_allclose(b.local_energy, a.local_energy, atol=1e-10,
                                err_msg=transform)
-    np.testing.assert_allclose(b["forces"], a["forces"] @ rot.T, atol=1e-9, err_msg=transform)
+    np.testing.assert_allclose(b.forces, a.forces @ rot.T, atol=1e-9, err_msg=transform)
     # the trace of each atom's force covariance is invariant
-    np.testing.assert_allclose(b["forces_variance"].sum(1), a["forces_variance"].sum(1),
+    np.testing.assert_allclose(b.forces_variance.sum(1), a.forces_variance.sum(1),
                                rtol=1e-8, atol=1e-12, err_msg=transform)
 
 
-def test_forces_are_minus_the_energy_gradient(gp_clusters, test_cluster):
-    h = 1e-4
-    displaced = []
-    for k in range(len(test_cluster)):
-        for a in range(3):
-            for sign in (1, -1):
-                atoms = test_cluster.copy()
-                atoms.positions[k, a] += sign * h
-                displaced.append(atoms)
-    energy = gp_clusters.predict(displaced)["energy"].reshape(len(test_cluster), 3, 2)
-    fd = -(energy[..., 0] - energy[..., 1]) / (2 * h)
-    forces = gp_clusters.predict([test_cluster])["forces"]
-    np.testing.assert_allclose(forces, fd, atol=FD_ATOL)
+def test_forces_are_minus_the_energy_gradient(gp_clusters, probe_cluster):
+    check_forces(gp_clusters, probe_cluster, rtol=0.0, atol=FD_ATOL)
 
 
-def test_virial_is_minus_the_strain_derivative(gp_cells, test_cell):
-    h = 1e-5
-    strained = []
-    for a, b in VOIGT:
-        for sign in (1, -1):
-            eps = np.zeros((3, 3))
-            eps[a, b] += 0.5 * sign * h
-            eps[b, a] += 0.5 * sign * h
-            atoms = test_cell.copy()
-            atoms.set_cell(test_cell.cell[:] @ (np.eye(3) + eps).T, scale_atoms=True)
-            strained.append(atoms)
-    energy = gp_cells.predict(strained)["energy"].reshape(6, 2)
-    fd = -(energy[:, 0] - energy[:, 1]) / (2 * h)
-    virial = gp_cells.predict([test_cell])["virial"][0]
-    np.testing.assert_allclose([virial[a, b] for a, b in VOIGT], fd, atol=FD_ATOL)
+def test_virial_is_minus_the_strain_derivative(gp_cells, probe_cell):
+    """All nine strain components (and the forces of the cell), step 1e-5."""
+    errors = check_forces(gp_cells, probe_cell, step=1e-5, rtol=0.0, atol=FD_ATOL)
+    assert set(errors) == {"forces", "virial"}
 
 
-def test_two_body_model(clusters, test_cluster):
+def test_two_body_model(clusters, probe_cluster):
     """Pair centres (two per pair, typed by species pair) go through the same functionals."""
     descriptor = gapkit.TwoBody(cutoff=4.0, cutoff_width=1.0)
     kernel = TwoBodyKernel(cutoff=4.0, cutoff_width=1.0, lengthscale=0.5, delta=0.2)
     gp = ExactGP(descriptor, kernel, noise=NOISE).fit(clusters)
-    h = 1e-4
-    displaced = []
-    for a in range(3):
-        for sign in (1, -1):
-            atoms = test_cluster.copy()
-            atoms.positions[0, a] += sign * h
-            displaced.append(atoms)
-    energy = gp.predict(displaced)["energy"].reshape(3, 2)
-    pred, prior = gp.predict([test_cluster]), gp.predict([test_cluster], prior=True)
-    np.testing.assert_allclose(pred.forces[0], -(energy[:, 0] - energy[:, 1]) / (2 * h),
-                               atol=FD_ATOL)
+    check_forces(gp, probe_cluster, rtol=0.0, atol=FD_ATOL)
+    pred, prior = gp.predict([probe_cluster]), gp.predict([probe_cluster], prior=True)
     # per-atom energies (each atom owns its pair centres), e0 included
-    assert descriptor.compute(test_cluster).n_centres > len(test_cluster)
-    assert pred.local_energy.shape == (len(test_cluster),)
+    assert descriptor.compute(probe_cluster).n_centres > len(probe_cluster)
+    assert pred.local_energy.shape == (len(probe_cluster),)
     assert pred.energy[0] == pytest.approx(pred.local_energy.sum(), abs=1e-10)
     prior_arrays = prior.as_dict()
     for key, value in pred.as_dict().items():
         if key.endswith("_variance"):
-            assert np.all(value <= prior_arrays[key] * (1 + 1e-12) + 1e-14), key
+            assert np.all(value <= prior_arrays[key] * (1 + TOL["algebra"])
+                          + TOL["algebra_atol"]), key
 
 
 # -- cross-check of the GPyTorch plumbing against dense numpy ------------------------------
@@ -338,7 +314,7 @@ def _flatten(pred, frames):
 def test_matches_dense_numpy_posterior(data, request):
     gp = request.getfixturevalue(f"gp_{data}")
     train = request.getfixturevalue(data)
-    test = [request.getfixturevalue(f"test_{data[:-1]}"), train[1]]
+    test = [request.getfixturevalue(f"probe_{data[:-1]}"), train[1]]
     mean, variance, lml = _dense_reference(train, test, gp.e0_, NOISE,
                                            use_virial=data == "cells")
     pred = gp.predict(test)
@@ -400,7 +376,7 @@ def test_log_marginal_likelihood_gradient_and_delta(gp_clusters):
         doubled = gp.predict([_cluster(100)])
         kernel.delta = original
         back = gp.predict([_cluster(100)])
-        assert not np.allclose(doubled["energy_variance"], back["energy_variance"])
+        assert not np.allclose(doubled.energy_variance, back.energy_variance)
     finally:
         kernel.delta = original
 

@@ -105,7 +105,7 @@ def train():
 
 
 @pytest.fixture(scope="module")
-def test_frames():
+def probe_frames():
     frames = _si_frames(2, seed=9, rattle=0.1, strain=0.02)
     far = bulk("Si", "diamond", a=5.43 * 1.1, cubic=True)
     far.rattle(0.1, seed=4)
@@ -282,29 +282,29 @@ def test_log_marginal_likelihood_equals_dense_gaussian(model, train):
     assert model.log_marginal_likelihood_ == pytest.approx(reference, rel=RTOL)
 
 
-def test_energy_variances_equal_dense_dtc(model, train, test_frames):
+def test_energy_variances_equal_dense_dtc(model, train, probe_frames):
     dense = Dense(model, train)
-    _, rows = _rows(model, test_frames, gradients=False)
-    total_prior, local_prior = _energy_priors(model, test_frames)
-    pred = model.predict(test_frames, forces=False, virial=False)
+    _, rows = _rows(model, probe_frames, gradients=False)
+    total_prior, local_prior = _energy_priors(model, probe_frames)
+    pred = model.predict(probe_frames, forces=False, virial=False)
     np.testing.assert_allclose(pred.energy_variance, dense.dtc(rows["energy"], total_prior),
                                rtol=RTOL)
     np.testing.assert_allclose(pred.local_energy_variance,
                                dense.dtc(rows["local"], local_prior), rtol=RTOL)
     # the means too: E = e0 + K_*M alpha
-    e0 = np.array([sum(model.e0_[int(z)] for z in a.numbers) for a in test_frames])
+    e0 = np.array([sum(model.e0_[int(z)] for z in a.numbers) for a in probe_frames])
     np.testing.assert_allclose(pred.energy, e0 + rows["energy"] @ dense.alpha(), rtol=RTOL)
 
 
-def test_force_and_virial_variances_equal_dense_projected(model, train, test_frames):
+def test_force_and_virial_variances_equal_dense_projected(model, train, probe_frames):
     dense = Dense(model, train)
-    _, rows = _rows(model, test_frames)
+    _, rows = _rows(model, probe_frames)
     m = rows["forces"].shape[-1]
-    pred = model.predict(test_frames, forces_variance="projected")
+    pred = model.predict(probe_frames, forces_variance="projected")
     np.testing.assert_allclose(pred.forces_variance.reshape(-1),
                                dense.projected(rows["forces"].reshape(-1, m)), rtol=RTOL)
     voigt = dense.projected(rows["virial"].reshape(-1, m)).reshape(-1, 6)
-    expected = np.empty((len(test_frames), 3, 3))
+    expected = np.empty((len(probe_frames), 3, 3))
     for i, (a, b) in enumerate(VOIGT):
         expected[:, a, b] = expected[:, b, a] = voigt[:, i]
     np.testing.assert_allclose(pred.virial_variance, expected, rtol=RTOL)
@@ -315,10 +315,10 @@ def test_force_and_virial_variances_equal_dense_projected(model, train, test_fra
 
 
 @pytest.mark.parametrize("index", [0, 2])
-def test_exact_force_variance_equals_dense_dtc(model, train, test_frames, index):
+def test_exact_force_variance_equals_dense_dtc(model, train, probe_frames, index):
     """var = k** - k*^T K_MM^-1 k* + k*^T A^-1 k*, with k** from finite differences of
     the energy kernel (independent of the analytic second derivatives gapkit uses)."""
-    atoms = test_frames[index]
+    atoms = probe_frames[index]
     dense = Dense(model, train)
     _, rows = _rows(model, [atoms])
     kstar = rows["forces"].reshape(-1, rows["forces"].shape[-1])
@@ -336,7 +336,7 @@ def test_exact_force_variance_equals_dense_dtc(model, train, test_frames, index)
 # ------------------------------------------------------------- block independence
 
 @pytest.mark.parametrize("batch_atoms, block_rows", [(8, 16), (8, None), (16, 1), (10_000, 7)])
-def test_result_does_not_depend_on_block_size(model, train, test_frames, monkeypatch,
+def test_result_does_not_depend_on_block_size(model, train, probe_frames, monkeypatch,
                                               batch_atoms, block_rows):
     """batch_atoms: frames per design-matrix block (8 atoms = one frame per block);
     block_rows: rows buffered per QR update (default max(2M, 2048) = one update here)."""
@@ -350,8 +350,8 @@ def test_result_does_not_depend_on_block_size(model, train, test_frames, monkeyp
                                atol=BLOCK_RTOL * np.abs(model.R_.numpy()).max())
     assert other.log_marginal_likelihood_ == pytest.approx(model.log_marginal_likelihood_,
                                                            rel=BLOCK_RTOL)
-    p0 = model.predict(test_frames, forces_variance="exact")
-    p1 = other.predict(test_frames, forces_variance="exact")
+    p0 = model.predict(probe_frames, forces_variance="exact")
+    p1 = other.predict(probe_frames, forces_variance="exact")
     for name in ("energy", "forces", "virial", "energy_variance", "forces_variance",
                  "local_energy_variance"):
         v0, v1 = getattr(p0, name), getattr(p1, name)
@@ -398,7 +398,7 @@ def _strip(atoms: Atoms) -> Atoms:
     return atoms
 
 
-def test_adding_observations_never_increases_variance(train, test_frames):
+def test_adding_observations_never_increases_variance(train, probe_frames):
     """Same frames (so the same environments and sparse points), more observations:
     energies < + forces < + virials, and frames with labels removed < all labelled.
     Every posterior variance at every test point may only go down."""
@@ -413,7 +413,7 @@ def test_adding_observations_never_increases_variance(train, test_frames):
         assert torch.equal(fit.sparse_sets_[0].points, points), name
     orders = [("E", "EF"), ("EF", "EFV"), ("half", "EFV"), ("E", "EFV")]
     for form in ("projected", "exact"):
-        preds = {k: f.predict(test_frames, forces_variance=form) for k, f in fits.items()}
+        preds = {k: f.predict(probe_frames, forces_variance=form) for k, f in fits.items()}
         for fewer, more in orders:
             for name in ("energy_variance", "local_energy_variance", "forces_variance",
                          "virial_variance"):

@@ -28,13 +28,21 @@ RTOL = 1e-8
 
 
 def _clusters(n_frames, seed):
+    """``n_frames`` EMT-labelled Cu4Al4 clusters: uniform positions in a 4.2 Å box, kept
+    when no two atoms are closer than 2.1 Å (about 1 draw in 30 000 is kept).
+
+    The candidates are drawn in batches from one generator, which gives the same
+    sequence (and the same clusters) as drawing them one at a time, 10x faster.
+    """
     rng = np.random.default_rng(seed)
+    first, second = np.triu_indices(8, 1)
+    positions = []
+    while len(positions) < n_frames:
+        candidates = rng.uniform(0.0, 4.2, size=(20_000, 8, 3))
+        closest = np.linalg.norm(candidates[:, first] - candidates[:, second], axis=-1)
+        positions.extend(candidates[closest.min(axis=1) >= 2.1])
     frames = []
-    while len(frames) < n_frames:
-        pos = rng.uniform(0.0, 4.2, size=(8, 3))
-        d = np.linalg.norm(pos[:, None] - pos[None], axis=-1) + 10 * np.eye(8)
-        if d.min() < 2.1:
-            continue
+    for pos in positions[:n_frames]:
         atoms = Atoms("Cu4Al4", positions=pos)
         atoms.calc = EMT()
         e, f = atoms.get_potential_energy(), atoms.get_forces()
@@ -82,13 +90,13 @@ def test_training_environments_span_the_linear_feature_space(data):
 def test_sparse_gp_with_all_environments_equals_exact_gp(data, use, zeta):
     train, test = data
     sparse, exact = _pair(train, use, zeta, jitter=1e-14 if zeta == 1 else 1e-12)
-    p = sparse.predict(test, force_variance="exact", virial=False)
+    p = sparse.predict(test, forces_variance="exact", virial=False)
     q = exact.predict(test)
-    assert _rel(p.energy, q["energy"]) < RTOL
-    assert _rel(p.forces, q["forces"]) < RTOL
-    assert _rel(p.energy_variance, q["energy_variance"]) < RTOL
-    assert _rel(p.forces_variance, q["forces_variance"]) < RTOL
-    local = q["local_energy_variance"]
+    assert _rel(p.energy, q.energy) < RTOL
+    assert _rel(p.forces, q.forces) < RTOL
+    assert _rel(p.energy_variance, q.energy_variance) < RTOL
+    assert _rel(p.forces_variance, q.forces_variance) < RTOL
+    local = q.local_energy_variance
     assert _rel(p.local_energy_variance, local) < RTOL
 
 
@@ -108,9 +116,9 @@ def test_difference_to_exact_gp_is_proportional_to_the_jitter(data):
     errors = []
     for jitter in (1e-9, 1e-11):
         sparse, exact = _pair(train, ("energy", "forces"), 1, jitter)
-        p = sparse.predict(test, force_variance="exact", virial=False)
+        p = sparse.predict(test, forces_variance="exact", virial=False)
         q = exact.predict(test)
-        errors.append([_rel(p.forces, q["forces"]),
-                       _rel(p.forces_variance, q["forces_variance"])])
+        errors.append([_rel(p.forces, q.forces),
+                       _rel(p.forces_variance, q.forces_variance)])
     ratio = np.array(errors[0]) / np.array(errors[1])
     assert np.all((ratio > 30) & (ratio < 300)), ratio
