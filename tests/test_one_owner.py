@@ -171,3 +171,20 @@ def test_uq_energy_quantity_is_per_atom_by_name():
     assert old["energy_per_atom"].rmse == rep["energy_per_atom"].rmse
     with pytest.warns(DeprecationWarning):
         assert rep["energy"] is rep["energy_per_atom"]
+
+
+def test_negative_variances_warn_only_beyond_round_off():
+    """Clipped DTC variances warn (as ExactGP and scikit-learn do) when they are clearly
+    negative, e.g. after a hyper-parameter change without a refit, and stay silent for
+    round-off (force components that vanish by symmetry)."""
+    import warnings
+
+    frames = [a for a in load_bundled("Si_train.xyz") if len(a) <= 64][:4]
+    m = _model(energy_key="energy", baselines=None).fit(frames)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        m.predict(frames[:2])  # the fitted factors: no warning
+    m.terms_[0].kernel.delta = 3.0 * float(m.terms_[0].kernel.delta)
+    with pytest.warns(UserWarning, match="variances below 0"):
+        pred = m.predict(frames[:2])
+    assert np.all(pred.energy_variance >= 0)

@@ -388,3 +388,25 @@ def test_label_consistency_finds_swapped_virial_components_and_flipped_forces():
     report = uq.label_consistency(model, flipped, kind="forces", warn=False)
     assert {row["flag"] for row in report.flagged} == {"sign flipped"}
     assert {row["config_type"] for row in report.flagged} == {"strained"}
+
+
+@pytest.mark.slow
+def test_bundled_si_virials_are_consistent_and_the_old_swap_is_found():
+    """The bundled Zuo Si virials (corrected 2026-12-03) agree with a model fitted on energies
+    and forces; re-swapping yz and xz on the AIMD-NVT frames, as the old files had them, is
+    found there and nowhere else."""
+    from gapkit.data import load_bundled
+
+    frames = load_bundled("Si_train.xyz")
+    model = GAP([Term(SOAP(cutoff=5.0, cutoff_width=1.0, n_max=4, l_max=3), SOAPKernel(zeta=4),
+                      n_sparse=200)], noise=NoiseModel(energy=0.003, forces=0.05, virial=0.05),
+                progress=False)
+    assert uq.label_consistency(model, frames).ok
+    for atoms in frames:
+        if atoms.info["config_type"] == "AIMD-NVT":
+            w = atoms.info["virial"].copy()
+            w[[1, 2, 0, 2], [2, 1, 2, 0]] = w[[0, 2, 1, 2], [2, 0, 2, 1]]
+            atoms.info["virial"] = w
+    report = uq.label_consistency(model, frames, warn=False)
+    assert {(r["config_type"], r["component"]) for r in report.flagged} == {
+        ("AIMD-NVT", "yz"), ("AIMD-NVT", "xz")}

@@ -116,7 +116,9 @@ def dtc_variance(rows: torch.Tensor, prior: torch.Tensor, r_factor: torch.Tensor
     a = torch.linalg.solve_triangular(u_factor.T, rows.T, upper=False)  # U^T a = k*^T
     prior_np = prior.numpy()
     var = prior_np - (a * a).sum(0).numpy() + projected_variance(rows, r_factor)
-    tol = 1e-8 * np.maximum(np.abs(prior_np), np.finfo(float).tiny)
+    # round-off scale: the largest prior variance of the batch (a component that vanishes
+    # by symmetry has a zero prior and a round-off-sized negative variance)
+    tol = 1e-8 * max(float(np.abs(prior_np).max(initial=0.0)), np.finfo(float).tiny)
     if np.any(var < -tol):
         worst = float(var.min())
         warnings.warn(f"predicted variances below 0 (down to {worst:.3g} eV^2) were set to "
