@@ -13,7 +13,8 @@ This module turns them into data and back:
   :func:`load_toml`): the layout of ``gapkit fit CONFIG.toml`` (see :mod:`gapkit.cli`).
 
 File format versions: 1 (terms, noise, e0, arrays), 2 adds physics baselines
-(``"baselines"``), 3 adds the learnt noise multipliers (``noise.scale``). A file is
+(``"baselines"``), 3 adds the learnt noise multipliers (``noise.scale``,
+``noise.config_type_scale``). A file is
 written in the lowest version that holds its content, so older gapkit versions still
 read what they can represent.
 
@@ -63,7 +64,8 @@ def write_model(path, params: dict, state: dict, *, overwrite: bool = False) -> 
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     noise = params["noise"].to_dict()
-    version = 3 if "scale" in noise else 2 if params["baselines"] else 1
+    version = (3 if "scale" in noise or "config_type_scale" in noise
+               else 2 if params["baselines"] else 1)
     terms = params["terms"]
     meta = {
         "format": _FORMAT, "format_version": version, "gapkit_version": __version__,
@@ -183,7 +185,8 @@ _TOP_KEYS = {"data", "terms", "noise", "e0", "jitter", "use", "random_state", "o
 _DATA_KEYS = {"train", "energy_key", "forces_key", "virial_key", "stress_key",
               "config_type_key"}
 _TERM_KEYS = {"descriptor", "kernel", "n_sparse", "sparse_method", "sparse_options"}
-_NOISE_KEYS = {"energy", "forces", "virial", "per_atom", "config_type", "scale"}
+_NOISE_KEYS = {"energy", "forces", "virial", "per_atom", "config_type", "scale",
+               "config_type_scale"}
 
 
 def _check_keys(d, allowed, where):

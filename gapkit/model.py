@@ -338,12 +338,37 @@ class GAP:
                              set(data.gradients), batch_atoms=self.batch_atoms, unit=unit,
                              progress=bool(desc) and self.progress, desc=desc or "")
 
-    def _statistics(self, data: TrainingData):
+    def _statistics(self, data: TrainingData, groups=None, n_groups=None):
         from .gp.hyperopt import collect_statistics
 
         return collect_statistics(self.terms_, self.sparse_sets_, data.frames,
                                   data.observations, set(data.gradients),
-                                  batch_atoms=self.batch_atoms, jitter=self.jitter)
+                                  batch_atoms=self.batch_atoms, jitter=self.jitter,
+                                  groups=groups, n_groups=n_groups)
+
+    def _noise_groups(self, data: TrainingData, min_frames: int):
+        """Observation rows grouped by kind and config_type for the noise multipliers.
+
+        A (kind, config_type) with observations from fewer than ``min_frames`` frames
+        joins its kind's shared group (its sigma cannot be learnt on its own). Returns
+        ``(groups, names)``: the group of every row, and ``(kind, config_type or None)``
+        per group (None: the shared group of the kind).
+        """
+        obs = data.observations
+        labels = get_all_labels(data.frames, **self.keys)
+        cts = np.array([str(labels[f].config_type) for f in obs.frame], dtype=object)
+        names, index = [], {}
+        groups = np.empty(obs.n_rows, dtype=np.int64)
+        for g, kind in enumerate(KINDS):
+            rows = obs.kind == g
+            for ct in sorted(set(cts[rows])):
+                sel = rows & (cts == ct)
+                key = (kind, ct) if len(np.unique(obs.frame[sel])) >= min_frames else (kind, None)
+                if key not in index:
+                    index[key] = len(names)
+                    names.append(key)
+                groups[sel] = index[key]
+        return groups, names
 
     def log_marginal_likelihood(self, frames=None, *, delta=None, noise_scale=None) -> float:
         """DTC log marginal likelihood (nats) of the training data.
@@ -380,7 +405,8 @@ class GAP:
 
     def optimize_hyperparameters(self, frames, *, delta: bool = True, noise: bool = True,
                                  lengthscale: bool = False, max_iter: int = 100,
-                                 lengthscale_bounds=None, refit: bool = True) -> dict:
+                                 lengthscale_bounds=None, refit: bool = True,
+                                 noise_groups: str = "kind", min_frames: int = 5) -> dict:
         """Maximise the DTC log marginal likelihood over the hyper-parameters (opt-in).
 
         By L-BFGS on M x M statistics (no N x N matrix; :mod:`gapkit.gp.hyperopt`).
@@ -397,6 +423,13 @@ class GAP:
             stored as ``self.noise.scale`` and so multiplies every source of sigma
             (defaults, config_type and per-frame values): their ratios are kept, and the
             refit uses exactly the optimised noise.
+        noise_groups : {"kind", "config_type"}
+            ``"config_type"``: one multiplier per kind *and* config_type (stored in
+            ``self.noise.config_type_scale``), for data whose config types are labelled
+            with different accuracy; a config_type with observations of a kind from
+            fewer than ``min_frames`` frames shares its kind's multiplier.
+        min_frames : int
+            See ``noise_groups``.
         lengthscale : bool
             Also the length scale (Å) of the two-body terms or, without them, of the
             ``SEKernel`` terms, one value shared by those terms, by a bounded scalar
@@ -415,19 +448,26 @@ class GAP:
             ``log_marginal_likelihood_before``/``_after`` (and ``_refit``), ``delta``,
             ``noise`` (the new noise model as a dict), ``noise_scale`` (the multipliers
             this call found) and, with ``lengthscale``, ``lengthscale`` and
-            ``lengthscale_before``.
+            ``lengthscale_before``; with ``noise_groups="config_type"`` also
+            ``config_type_scale`` and ``noise_groups`` (the groups and their frames).
         """
         from scipy.optimize import minimize_scalar
 
         from .gp.hyperopt import lml_from_statistics, optimize
 
         self.check_fitted()
+        if noise_groups not in ("kind", "config_type"):
+            raise ValueError(f"noise_groups must be 'kind' or 'config_type', got "
+                             f"{noise_groups!r}")
         data = self.training_data(frames)
         ld0 = np.log([float(t.kernel.delta.detach()) for t in self.terms_])
-        ls0 = np.zeros(3)
+        groups, group_names = None, [(kind, None) for kind in KINDS]
+        if noise_groups == "config_type":
+            groups, group_names = self._noise_groups(data, min_frames)
+        ls0 = np.zeros(len(group_names))
 
         def inner():
-            stats = self._statistics(data)
+            stats = self._statistics(data, groups, len(group_names))
             with torch.no_grad():
                 start = float(lml_from_statistics(stats, torch.as_tensor(ld0),
                                                   torch.as_tensor(ls0)))
@@ -469,11 +509,26 @@ class GAP:
             t.kernel.delta = float(np.exp(v))
         for t_user, t in zip(self.terms, self.terms_):
             t_user.kernel = t.kernel
-        factors = np.exp(ls)
-        self.noise = self.noise.rescaled(factors)  # the one place the noise scale lives
+        per_group = np.exp(ls)
+        kind_factor = {kind: 1.0 for kind in KINDS}
+        for (kind, ct), f in zip(group_names, per_group):
+            if ct is None:
+                kind_factor[kind] = float(f)
+        ct_factor: dict = {}
+        for (kind, ct), f in zip(group_names, per_group):
+            if ct is not None:
+                ct_factor.setdefault(ct, {})[kind] = float(f) / kind_factor[kind]
+        factors = np.array([kind_factor[kind] for kind in KINDS])
+        # the one place the noise multipliers live: NoiseModel.sigmas applies them
+        self.noise = self.noise.rescaled(factors).rescaled_config_types(ct_factor)
         report = {"log_marginal_likelihood_before": start, "log_marginal_likelihood_after": value,
                   "delta": [float(np.exp(v)) for v in ld], "noise": self.noise.to_dict(),
                   "noise_scale": factors.tolist()}
+        if noise_groups == "config_type":
+            report["config_type_scale"] = ct_factor
+            report["noise_groups"] = [{"kind": kind, "config_type": ct,
+                                       "factor": float(f)}
+                                      for (kind, ct), f in zip(group_names, per_group)]
         if lengthscale:
             report["lengthscale"] = float(scaled[0].kernel.lengthscale.detach().reshape(()))
             report["lengthscale_before"] = theta0

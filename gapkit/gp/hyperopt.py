@@ -40,17 +40,21 @@ KIND_NAMES = KINDS  # the name before 0.2
 class Statistics:
     kmm_unit: torch.Tensor  # (M, M) block-diagonal, delta = 1
     column_term: torch.Tensor  # (M,) term index of each column
-    R: torch.Tensor  # (3, M, M) per-kind triangular factors
-    b: torch.Tensor  # (3, M)
-    yy: torch.Tensor  # (3,) y^T W y per kind
-    n: torch.Tensor  # (3,) observation counts
-    sum_log_base: torch.Tensor  # (3,) sum of log b_n
+    R: torch.Tensor  # (G, M, M) per-group triangular factors (groups: kinds by default)
+    b: torch.Tensor  # (G, M)
+    yy: torch.Tensor  # (G,) y^T W y per group
+    n: torch.Tensor  # (G,) observation counts
+    sum_log_base: torch.Tensor  # (G,) sum of log b_n
     jitter: float
 
 
 def collect_statistics(terms, sparse_sets, frames, obs, gradients, *, batch_atoms: int,
-                       jitter: float) -> Statistics:
-    """One pass over ``frames``: per-kind QR factors of the unit-kernel design matrix.
+                       jitter: float, groups=None, n_groups: int | None = None) -> Statistics:
+    """One pass over ``frames``: per-group QR factors of the unit-kernel design matrix.
+
+    A *group* is a set of observation rows that share one noise multiplier: by default
+    the observation kind (energy, forces, virial); with ``groups`` any partition, e.g.
+    kind x config_type.
 
     Parameters
     ----------
@@ -63,17 +67,29 @@ def collect_statistics(terms, sparse_sets, frames, obs, gradients, *, batch_atom
         Atoms per streamed block.
     jitter : float
         The relative jitter of K_MM (``GAP.jitter``).
+    groups : ndarray of int, shape (n_rows,), optional
+        Group of each observation row of ``obs`` (default: ``obs.kind``).
+    n_groups : int, optional
+        Number of groups (default ``groups.max() + 1``, or 3 for kinds).
     """
     dtype = sparse_sets[0].points.dtype
     m = sum(s.n for s in sparse_sets)
-    qrs = [IncrementalQR(torch.zeros((m, m), dtype=dtype)) for _ in KINDS]
-    yy = torch.zeros(len(KINDS), dtype=dtype)
-    for _, _, sub, rows in design_blocks(terms, sparse_sets, frames, obs, gradients,
-                                         batch_atoms=batch_atoms, unit=True):
+    if groups is None:
+        groups, n_groups = obs.kind, len(KINDS)
+    groups = np.asarray(groups, dtype=np.int64)
+    if groups.shape != (obs.n_rows,):
+        raise ValueError(f"groups must have one entry per observation ({obs.n_rows}), got "
+                         f"shape {groups.shape}")
+    n_groups = int(groups.max()) + 1 if n_groups is None else int(n_groups)
+    qrs = [IncrementalQR(torch.zeros((m, m), dtype=dtype)) for _ in range(n_groups)]
+    yy = torch.zeros(n_groups, dtype=dtype)
+    for _, sel, sub, rows in design_blocks(terms, sparse_sets, frames, obs, gradients,
+                                           batch_atoms=batch_atoms, unit=True):
         sigma = torch.as_tensor(sub.sigma)
         y = torch.as_tensor(sub.y)
-        for g in range(len(KINDS)):
-            k = torch.as_tensor(np.nonzero(sub.kind == g)[0])
+        block_groups = groups[sel]
+        for g in np.unique(block_groups).tolist():
+            k = torch.as_tensor(np.nonzero(block_groups == g)[0])
             if k.numel():
                 qrs[g].add(rows[k], y[k], sigma[k])
                 yy[g] += ((y[k] / sigma[k]) ** 2).sum()
@@ -94,7 +110,7 @@ def collect_statistics(terms, sparse_sets, frames, obs, gradients, *, batch_atom
 def lml_from_statistics(stats: Statistics, log_delta: torch.Tensor,
                         log_scale: torch.Tensor) -> torch.Tensor:
     """DTC log marginal likelihood for ``delta = exp(log_delta)`` (per term) and noise
-    multipliers ``exp(log_scale)`` (energy, forces, virial)."""
+    multipliers ``exp(log_scale)`` (one per group: energy, forces, virial by default)."""
     dv = torch.exp(log_delta)[stats.column_term]  # delta per column
     d2 = dv * dv
     kmm = dv[:, None] * stats.kmm_unit * dv[None, :]
@@ -106,7 +122,7 @@ def lml_from_statistics(stats: Statistics, log_delta: torch.Tensor,
     present = stats.n > 0
     top = torch.cat([u, torch.zeros((m, 1), dtype=kmm.dtype)], dim=1)
     parts = [top]
-    for g in range(len(KINDS)):
+    for g in range(stats.n.shape[0]):
         if bool(present[g]):
             parts.append(torch.cat([stats.R[g] * d2[None, :], stats.b[g][:, None]], dim=1)
                          * inv_s[g])

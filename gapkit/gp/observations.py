@@ -47,6 +47,11 @@ class NoiseModel:
         :meth:`gapkit.GAP.optimize_hyperparameters` learns, so that the ratios the
         user gave (between config types, between frames) are kept and the refit uses
         exactly the noise that was optimised.
+    config_type_scale : mapping of str to mapping
+        Further multipliers per ``config_type`` and kind, e.g. ``{"Surface": {"energy":
+        2.1}}`` (what ``optimize_hyperparameters(noise_groups="config_type")`` learns),
+        applied on top of ``scale`` to every sigma of that config_type, per-frame values
+        included.
 
     Per-frame values in ``atoms.info`` (``energy_sigma``, ``force_sigma``,
     ``virial_sigma``, as gap_fit reads them) override the defaults and the
@@ -60,6 +65,7 @@ class NoiseModel:
     per_atom: bool = True
     config_type: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     scale: Mapping[str, float] = field(default_factory=dict)
+    config_type_scale: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def __post_init__(self):
         for name in KINDS:
@@ -83,10 +89,21 @@ class NoiseModel:
             if isinstance(value, bool) or not (np.isfinite(value) and value > 0):
                 raise ValueError(f"NoiseModel.scale[{name!r}] must be a finite number > 0, "
                                  f"got {value!r}")
+        for ct, over in self.config_type_scale.items():
+            unknown = set(over) - set(KINDS)
+            if unknown:
+                raise ValueError(f"NoiseModel.config_type_scale[{ct!r}]: unknown keys "
+                                 f"{sorted(unknown)}; use {list(KINDS)}")
+            for name, value in over.items():
+                if isinstance(value, bool) or not (np.isfinite(value) and value > 0):
+                    raise ValueError(f"NoiseModel.config_type_scale[{ct!r}][{name!r}] must "
+                                     f"be a finite number > 0, got {value!r}")
 
-    def kind_scale(self, kind: str) -> float:
-        """The multiplier of ``kind`` (``"energy"``, ``"forces"`` or ``"virial"``)."""
-        return float(self.scale.get(kind, 1.0))
+    def kind_scale(self, kind: str, config_type: str | None = None) -> float:
+        """The multiplier of ``kind`` (``"energy"``, ``"forces"`` or ``"virial"``), for
+        ``config_type`` when given (``scale`` times ``config_type_scale``)."""
+        over = self.config_type_scale.get(config_type, {}) if config_type is not None else {}
+        return float(self.scale.get(kind, 1.0)) * float(over.get(kind, 1.0))
 
     def sigma(self, kind: str, config_type: str | None = None) -> float:
         """The sigma of ``kind`` for a frame without a per-frame value: the
@@ -95,7 +112,7 @@ class NoiseModel:
         if kind not in KINDS:
             raise ValueError(f"unknown observation kind {kind!r}; use {list(KINDS)}")
         value = self.config_type.get(config_type, {}).get(kind, getattr(self, kind))
-        return float(value) * self.kind_scale(kind)
+        return float(value) * self.kind_scale(kind, config_type)
 
     def sigmas(self, labels: Labels, n_atoms: int) -> tuple[float, float, float]:
         """(energy eV, force eV/Å, virial eV) standard deviations for one frame.
@@ -107,7 +124,8 @@ class NoiseModel:
         e = labels.energy_sigma or over.get("energy", self.energy)
         f = labels.forces_sigma or over.get("forces", self.forces)
         v = labels.virial_sigma or over.get("virial", self.virial)
-        e, f, v = (x * self.kind_scale(k) for x, k in zip((e, f, v), KINDS))
+        ct = labels.config_type
+        e, f, v = (x * self.kind_scale(k, ct) for x, k in zip((e, f, v), KINDS))
         if self.per_atom:
             root_n = float(np.sqrt(n_atoms))
             e, v = e * root_n, v * root_n
@@ -121,12 +139,27 @@ class NoiseModel:
         new = {k: self.kind_scale(k) * float(f) for k, f in zip(KINDS, factors)}
         return replace(self, scale={k: v for k, v in new.items() if v != 1.0})
 
+    def rescaled_config_types(self, factors: Mapping[str, Mapping[str, float]]) -> "NoiseModel":
+        """A copy whose ``config_type_scale`` is multiplied by ``factors``
+        (``{config_type: {kind: factor}}``)."""
+        from dataclasses import replace
+
+        new = {ct: dict(over) for ct, over in self.config_type_scale.items()}
+        for ct, over in factors.items():
+            for kind, f in over.items():
+                new.setdefault(ct, {})[kind] = new.get(ct, {}).get(kind, 1.0) * float(f)
+        new = {ct: {k: v for k, v in over.items() if v != 1.0} for ct, over in new.items()}
+        return replace(self, config_type_scale={ct: o for ct, o in new.items() if o})
+
     def to_dict(self) -> dict:
         out = {"energy": self.energy, "forces": self.forces, "virial": self.virial,
                "per_atom": self.per_atom,
                "config_type": {k: dict(v) for k, v in self.config_type.items()}}
         if self.scale:  # written only when set, so that older readers load the rest
             out["scale"] = {k: float(v) for k, v in self.scale.items()}
+        if self.config_type_scale:
+            out["config_type_scale"] = {ct: {k: float(v) for k, v in over.items()}
+                                        for ct, over in self.config_type_scale.items()}
         return out
 
 
