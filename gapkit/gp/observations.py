@@ -22,6 +22,16 @@ ENERGY, FORCES, VIRIAL = 0, 1, 2
 KINDS = ("energy", "forces", "virial")
 
 
+def _check_per_kind(values: Mapping[str, float], where: str) -> None:
+    """``values`` maps kinds to finite numbers > 0; ValueError naming ``where`` otherwise."""
+    unknown = set(values) - set(KINDS)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; use {list(KINDS)}")
+    for name, value in values.items():
+        if isinstance(value, bool) or not (np.isfinite(value) and value > 0):
+            raise ValueError(f"{where}[{name!r}] must be a finite number > 0, got {value!r}")
+
+
 @dataclass(frozen=True)
 class NoiseModel:
     """Observation noise (standard deviations), as gap_fit's ``default_sigma``.
@@ -72,32 +82,10 @@ class NoiseModel:
             value = getattr(self, name)
             if not (np.isfinite(value) and value > 0):
                 raise ValueError(f"NoiseModel.{name} must be a finite number > 0, got {value!r}")
-        for ct, over in self.config_type.items():
-            unknown = set(over) - set(KINDS)
-            if unknown:
-                raise ValueError(f"NoiseModel.config_type[{ct!r}]: unknown keys {sorted(unknown)};"
-                                 f" use {list(KINDS)}")
-            for name, value in over.items():
-                if not (np.isfinite(value) and value > 0):
-                    raise ValueError(f"NoiseModel.config_type[{ct!r}][{name!r}] must be > 0, "
-                                     f"got {value!r}")
-        unknown = set(self.scale) - set(KINDS)
-        if unknown:
-            raise ValueError(f"NoiseModel.scale: unknown keys {sorted(unknown)}; use "
-                             f"{list(KINDS)}")
-        for name, value in self.scale.items():
-            if isinstance(value, bool) or not (np.isfinite(value) and value > 0):
-                raise ValueError(f"NoiseModel.scale[{name!r}] must be a finite number > 0, "
-                                 f"got {value!r}")
-        for ct, over in self.config_type_scale.items():
-            unknown = set(over) - set(KINDS)
-            if unknown:
-                raise ValueError(f"NoiseModel.config_type_scale[{ct!r}]: unknown keys "
-                                 f"{sorted(unknown)}; use {list(KINDS)}")
-            for name, value in over.items():
-                if isinstance(value, bool) or not (np.isfinite(value) and value > 0):
-                    raise ValueError(f"NoiseModel.config_type_scale[{ct!r}][{name!r}] must "
-                                     f"be a finite number > 0, got {value!r}")
+        _check_per_kind(self.scale, "NoiseModel.scale")
+        for field_name in ("config_type", "config_type_scale"):
+            for ct, over in getattr(self, field_name).items():
+                _check_per_kind(over, f"NoiseModel.{field_name}[{ct!r}]")
 
     def kind_scale(self, kind: str, config_type: str | None = None) -> float:
         """The multiplier of ``kind`` (``"energy"``, ``"forces"`` or ``"virial"``), for
