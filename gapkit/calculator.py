@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
@@ -41,8 +43,9 @@ class GAPCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
     default_parameters = {"variance": True, "forces_variance": "exact"}
 
-    def __init__(self, model, *, variance: bool = True, forces_variance: str | None = "exact",
-                 force_variance=_UNSET, **kwargs):
+    def __init__(self, model: Any, *, variance: bool = True,
+                 forces_variance: str | None = "exact", force_variance: Any = _UNSET,
+                 **kwargs: Any) -> None:
         if force_variance is not _UNSET:
             warnings.warn("GAPCalculator(force_variance=...) is now forces_variance=... (the "
                           "old name goes in gapkit 0.3)", DeprecationWarning, stacklevel=2)
@@ -58,10 +61,11 @@ class GAPCalculator(Calculator):
         return bool(self.parameters["variance"])
 
     @property
-    def forces_variance(self):
+    def forces_variance(self) -> str | None:
         return self.parameters["forces_variance"]
 
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+    def calculate(self, atoms: Any = None, properties: Sequence[str] = ("energy",),
+                  system_changes: Sequence[str] = all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         periodic = bool(np.all(atoms.pbc))

@@ -28,9 +28,11 @@ from __future__ import annotations
 import io as _io
 import json
 import math
+import sys
 import zipfile
 from pathlib import Path
-from typing import NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -57,7 +59,8 @@ class ConfigError(ValueError):
 
 
 # ------------------------------------------------------------------ model files
-def write_model(path, params: dict, state: dict, *, overwrite: bool = False) -> Path:
+def write_model(path: str | Path, params: dict, state: dict, *,
+                overwrite: bool = False) -> Path:
     """Write a fitted model: ``params`` its constructor arguments (fitted terms), ``state``
     its fitted arrays and metadata (see :meth:`gapkit.GAP.save`)."""
     path = Path(path)
@@ -102,7 +105,7 @@ def write_model(path, params: dict, state: dict, *, overwrite: bool = False) -> 
 KEY_NAMES = ("energy_key", "forces_key", "virial_key", "stress_key", "config_type_key")
 
 
-def read_model(path) -> tuple[dict, dict]:
+def read_model(path: str | Path) -> tuple[dict, dict]:
     """Read a model file: ``(params, state)`` as :func:`write_model` takes them.
 
     A corrupted, truncated or newer file raises ValueError with the reason. Only JSON
@@ -189,7 +192,7 @@ _NOISE_KEYS = {"energy", "forces", "virial", "per_atom", "config_type", "scale",
                "config_type_scale"}
 
 
-def _check_keys(d, allowed, where):
+def _check_keys(d: Any, allowed: Iterable[str], where: str) -> None:
     if not isinstance(d, dict):
         raise ConfigError(f"{where} must be a table, got {type(d).__name__}")
     unknown = sorted(set(d) - set(allowed))
@@ -198,7 +201,7 @@ def _check_keys(d, allowed, where):
                        f"in {where}; expected some of {', '.join(sorted(allowed))}")
 
 
-def _build(registry, spec, where):
+def _build(registry: Mapping[str, Any], spec: Any, where: str) -> Any:
     if not isinstance(spec, dict) or "type" not in spec:
         raise ConfigError(f"{where} must be a table with a 'type' key, e.g. "
                        f"{{type = \"{next(iter(registry))}\", ...}}")
@@ -219,12 +222,12 @@ def _build(registry, spec, where):
         raise ConfigError(f"{where} ({kind}): {err}") from None
 
 
-def _int_keys(d):
+def _int_keys(d: Mapping) -> dict:
     return {int(k) if isinstance(k, str) and k.lstrip("-").isdigit() else k: v
             for k, v in d.items()}
 
 
-def from_config(config: dict, *, base_dir=None) -> ModelConfig:
+def from_config(config: dict, *, base_dir: str | Path | None = None) -> ModelConfig:
     """A GAP's constructor arguments from a config dict (the TOML layout).
 
     ``GAP(**from_config(config).params)`` is the unfitted model
@@ -277,7 +280,7 @@ def from_config(config: dict, *, base_dir=None) -> ModelConfig:
     params = {"terms": terms, "noise": noise, "e0": e0, **kwargs}
     base = Path(base_dir) if base_dir is not None else None
 
-    def resolve(p):
+    def resolve(p: str | Path | None) -> Path | None:
         if p is None:
             return None
         p = Path(p)
@@ -286,11 +289,12 @@ def from_config(config: dict, *, base_dir=None) -> ModelConfig:
     return ModelConfig(params, resolve(data.get("train")), resolve(config.get("output")))
 
 
-def _drop_none(d):
+def _drop_none(d: Mapping) -> dict:
     return {k: v for k, v in d.items() if v is not None}
 
 
-def to_config(model, *, train=None, output=None) -> dict:
+def to_config(model: Any, *, train: str | Path | None = None,
+              output: str | Path | None = None) -> dict:
     """The settings of ``model`` (a GAP, fitted, loaded or not) as a config dict.
 
     ``GAP.from_config(to_config(m))`` builds a model with the same settings.
@@ -345,7 +349,7 @@ def to_config(model, *, train=None, output=None) -> dict:
 
 
 # ------------------------------------------------------------------ a small TOML writer
-def _toml_value(v) -> str:
+def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -365,7 +369,7 @@ def _toml_value(v) -> str:
     raise ConfigError(f"cannot write {type(v).__name__} {v!r} to TOML")
 
 
-def _toml_key(k) -> str:
+def _toml_key(k: Any) -> str:
     k = str(k)
     return k if k and all(c.isalnum() or c in "_-" for c in k) else json.dumps(k)
 
@@ -380,7 +384,7 @@ def dump_toml(config: dict) -> str:
         if k not in tables and k not in arrays:
             lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
 
-    def table(name, d):
+    def table(name: str, d: dict) -> None:
         lines.append(f"\n[{name}]")
         subs = {k: v for k, v in d.items() if isinstance(v, dict) and
                 all(isinstance(x, dict) for x in v.values()) and v}
@@ -402,17 +406,17 @@ def dump_toml(config: dict) -> str:
 
 
 
-def load_toml(path) -> dict:
+def load_toml(path: str | Path) -> dict:
     """Read a TOML config file (``tomllib``; ``tomli`` on Python 3.10)."""
     path = Path(path)
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ImportError:  # Python 3.10
+    else:  # Python 3.10: tomli, a dependency there (pyproject.toml)
         try:
             import tomli as tomllib
         except ImportError:
             raise ConfigError("reading a TOML config needs Python >= 3.11 or the 'tomli' "
-                           "package; or give key=value arguments") from None
+                              "package; or give key=value arguments") from None
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such config file")
     try:

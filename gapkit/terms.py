@@ -4,6 +4,7 @@ settings of its sparse points."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .descriptors import SOAP
 from .kernels import DESCRIPTORS, KERNELS, SOAPKernel, make_kernel
@@ -38,13 +39,13 @@ class Term:
         (benchmarks/README.md compares it with ``cur_mode="deterministic"``).
     """
 
-    descriptor: object
-    kernel: object
+    descriptor: Any
+    kernel: Any
     n_sparse: int | dict | str = 500
     sparse_method: str = "cur"
     sparse_options: dict | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if isinstance(self.kernel, str):  # a kernel by name, with default settings
             self.kernel = make_kernel(self.kernel)
         if not hasattr(self.kernel, "bind"):
@@ -52,7 +53,7 @@ class Term:
                             f"{type(self.kernel).__name__}")
         self.kernel.bind(self.descriptor)
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         if name == "sparse_":  # fitted state moved to the model in 0.2
             raise AttributeError("Term.sparse_ is gone: a term holds settings only; the "
                                  "fitted sparse points of term i are GAP.sparse_sets_[i]")
