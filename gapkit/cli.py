@@ -277,6 +277,17 @@ def cmd_fit(args) -> int:
     _say(args, f"gapkit fit: {len(frames)} frames, {sum(len(a) for a in frames)} atoms "
                f"from {train}")
     model.fit(frames)
+    if args.learn_noise:
+        report = model.optimize_hyperparameters(frames, noise_groups=args.learn_noise)
+        _say(args, f"  learnt noise ({args.learn_noise}): log marginal likelihood "
+                   f"{report['log_marginal_likelihood_before']:.1f} -> "
+                   f"{report['log_marginal_likelihood_refit']:.1f}")
+        for kind in ("energy", "forces", "virial"):
+            if model.fit_info_["n_observations"].get(kind):
+                cts = sorted({str(ct) for ct in model.noise.config_type_scale})
+                per_ct = "".join(f", {ct} {model.noise.sigma(kind, ct):.3g}" for ct in cts
+                                 if kind in model.noise.config_type_scale[ct])
+                _say(args, f"    sigma {kind}: {model.noise.sigma(kind):.3g}{per_ct}")
     model.save(output, overwrite=args.force)
     info = model.fit_info_
     _say(args, f"  {info['wall_time_s']:.1f} s; sparse points {info['n_sparse']}; "
@@ -527,6 +538,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="model file to write (overrides the config's "
                    "'output'/gp_file; default model.gapkit)")
     p.add_argument("--force", action="store_true", help="overwrite an existing model file")
+    p.add_argument("--learn-noise", choices=("kind", "config_type"), default=None,
+                   help="after the fit, learn the noise (and each term's delta) from the data "
+                   "by maximising the marginal likelihood, one multiplier per label kind "
+                   "('kind') or per kind and config_type ('config_type'), and refit")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("eval", parents=[quiet],

@@ -262,3 +262,17 @@ def test_python_m_gapkit(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().startswith("gapkit: error: no model file")
+
+
+def test_fit_learn_noise_writes_the_learnt_multipliers(workdir, capsys):
+    out = workdir / "learnt.gapkit"
+    assert main(["fit", str(workdir / "config.toml"), "-o", str(out),
+                 "--learn-noise", "kind"]) == 0
+    text = capsys.readouterr().out
+    assert "learnt noise (kind): log marginal likelihood" in text
+    assert "sigma forces:" in text
+    learnt = GAP.load(out)
+    assert learnt.noise.scale  # the multipliers are in the model file (format 3)
+    assert learnt.noise.forces == GAP.load(workdir / "model.gapkit").noise.forces
+    assert learnt.log_marginal_likelihood_ > GAP.load(workdir / "model.gapkit") \
+        .log_marginal_likelihood_
