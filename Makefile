@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 BENCH_SCRIPTS := benchmarks/soap.py benchmarks/fit.py benchmarks/predict.py benchmarks/ntk.py benchmarks/uq.py \
-	benchmarks/baselines.py
+	benchmarks/baselines.py benchmarks/noise.py
 
 .PHONY: venv test test-fast lint demo bench clean distclean
 
