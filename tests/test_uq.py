@@ -162,15 +162,17 @@ def test_bad_variances_raise(bad, match):
 
 
 # --------------------------------------------------------------- a small GAP
-def _cells(n: int, seed: int, shift: dict | None = None):
-    """``n`` EMT-labelled 4-atom fcc Cu cells, strained ±2 % and rattled 0.1 Å."""
+def _cells(n: int, seed: int, shift: dict | None = None, *, strain: float = 0.02,
+           rattle: float = 0.1):
+    """``n`` EMT-labelled 4-atom fcc Cu cells, strained (standard deviation ``strain``,
+    default ±2 %) and rattled (``rattle`` Å)."""
     rng = np.random.default_rng(seed)
     out = []
     for k in range(n):
         atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
-        eps = rng.normal(scale=0.02, size=(3, 3))
+        eps = rng.normal(scale=strain, size=(3, 3))
         atoms.set_cell(atoms.cell @ (np.eye(3) + 0.5 * (eps + eps.T)), scale_atoms=True)
-        atoms.rattle(0.1, seed=int(rng.integers(1 << 30)))
+        atoms.rattle(rattle, seed=int(rng.integers(1 << 30)))
         atoms = label(atoms, EMT())
         if shift and k in shift:
             atoms.info["energy"] += shift[k]
@@ -350,17 +352,11 @@ def test_calibration_figures_have_units(cu):
 
 # -- label consistency ------------------------------------------------------------------
 def _strained_cells(n, seed):
-    """EMT Cu cells with strains large enough to give every virial component a spread."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for k in range(n):
-        atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
-        eps = rng.normal(scale=0.03, size=(3, 3))
-        atoms.set_cell(atoms.cell @ (np.eye(3) + 0.5 * (eps + eps.T)), scale_atoms=True)
-        atoms.rattle(0.05, seed=int(rng.integers(1 << 30)))
-        atoms = label(atoms, EMT())
+    """EMT Cu cells with strains large enough to give every virial component a spread,
+    alternately of config_type "strained" and "bulk"."""
+    out = _cells(n, seed, strain=0.03, rattle=0.05)
+    for k, atoms in enumerate(out):
         atoms.info["config_type"] = "bulk" if k % 2 else "strained"
-        out.append(atoms)
     return out
 
 
