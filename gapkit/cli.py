@@ -485,6 +485,9 @@ def cmd_info(args) -> int:
     if nz.scale:
         print("    learnt multipliers (applied to every sigma): "
               + ", ".join(f"{k} x{v:.4g}" for k, v in nz.scale.items()))
+    for ct, over in nz.config_type_scale.items():
+        print(f"    learnt for config_type {ct}: "
+              + ", ".join(f"{k} x{v:.4g} (sigma {nz.sigma(k, ct):.3g})" for k, v in over.items()))
     for ct, over in nz.config_type.items():
         print(f"    config_type {ct}: " + ", ".join(f"{k} {v}" for k, v in over.items()))
     print(f"  fitted on: {', '.join(model.use)}; keys " +

@@ -276,3 +276,5 @@ def test_fit_learn_noise_writes_the_learnt_multipliers(workdir, capsys):
     assert learnt.noise.forces == GAP.load(workdir / "model.gapkit").noise.forces
     assert learnt.log_marginal_likelihood_ > GAP.load(workdir / "model.gapkit") \
         .log_marginal_likelihood_
+    assert main(["info", str(out)]) == 0
+    assert "learnt multipliers (applied to every sigma)" in capsys.readouterr().out
