@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ._compat import UNSET, renamed
 from .data import get_all_labels
 from .generate import label
 from .model import clone
@@ -31,7 +32,7 @@ from .model import clone
 __all__ = ["LearningCurve", "active_learning", "compare_strategies", "labels_to_reach"]
 
 STRATEGIES = ("energy", "forces", "random")
-_UNSET = object()  # marks a deprecated keyword the caller did not pass
+
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
                     strategy: str = "forces", n_initial: int = 5, batch_size: int = 5,
                     max_labels: int = 50, diversity: float = 1.0, seed: int = 0,
                     forces_variance: str = "exact", verbose: bool = False,
-                    force_variance=_UNSET) -> LearningCurve:
+                    force_variance=UNSET) -> LearningCurve:
     """Run an active-learning loop and return its learning curve.
 
     Parameters
@@ -211,12 +212,8 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; use one of {list(STRATEGIES)}")
-    if force_variance is not _UNSET:
-        import warnings
-
-        warnings.warn("active_learning(force_variance=...) is now forces_variance=... (the "
-                      "old name goes in gapkit 0.3)", DeprecationWarning, stacklevel=2)
-        forces_variance = force_variance
+    forces_variance = renamed(force_variance, forces_variance, "force_variance",
+                              "forces_variance", "active_learning")
     if forces_variance not in ("exact", "projected"):
         raise ValueError(f"forces_variance must be 'exact' or 'projected', got "
                          f"{forces_variance!r}")

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from ._compat import UNSET, renamed
 from .data import virial_to_stress
 
 __all__ = ["GAPCalculator"]
 
-_UNSET = object()  # marks a deprecated keyword the caller did not pass
 
 
 class GAPCalculator(Calculator):
@@ -44,12 +43,10 @@ class GAPCalculator(Calculator):
     default_parameters = {"variance": True, "forces_variance": "exact"}
 
     def __init__(self, model: Any, *, variance: bool = True,
-                 forces_variance: str | None = "exact", force_variance: Any = _UNSET,
+                 forces_variance: str | None = "exact", force_variance: Any = UNSET,
                  **kwargs: Any) -> None:
-        if force_variance is not _UNSET:
-            warnings.warn("GAPCalculator(force_variance=...) is now forces_variance=... (the "
-                          "old name goes in gapkit 0.3)", DeprecationWarning, stacklevel=2)
-            forces_variance = force_variance
+        forces_variance = renamed(force_variance, forces_variance, "force_variance",
+                                  "forces_variance", "GAPCalculator")
         if forces_variance not in ("exact", "projected", None):
             raise ValueError("forces_variance must be 'exact', 'projected' or None")
         super().__init__(variance=bool(variance), forces_variance=forces_variance, **kwargs)

@@ -56,10 +56,6 @@ from .io import dump_toml, load_toml
 
 __all__ = ["main", "config_to_model", "model_to_config", "parse_gap_fit_args", "dump_toml"]
 
-_DATA_KEYS = {"train", "energy_key", "forces_key", "virial_key", "stress_key",
-              "config_type_key"}
-
-
 def config_to_model(config: dict, *, base_dir=None, progress: bool = True):
     """``(model, train_path, output_path)`` from a config dict: :meth:`gapkit.GAP.from_config`
     (the config layout and its checks live in :mod:`gapkit.io`)."""
@@ -78,9 +74,6 @@ def model_to_config(model, *, train=None, output=None) -> dict:
 def _drop_none(d):
     return {k: v for k, v in d.items() if v is not None}
 
-
-def _load_config(path: Path) -> dict:
-    return load_toml(path)
 
 # ------------------------------------------------------------------ gap_fit-style arguments
 _GAP_FIT_KEYS = {
@@ -252,7 +245,7 @@ def cmd_fit(args) -> int:
     kv = list(args.settings)
     if kv and "=" not in kv[0]:
         path = Path(kv.pop(0))
-        config, base = _load_config(path), path.parent
+        config, base = load_toml(path), path.parent
     if not kv and not config:
         raise CLIError("give a CONFIG.toml or gap_fit-style key=value arguments "
                        "(see gapkit fit --help)")

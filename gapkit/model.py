@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from . import io as _io
+from ._compat import UNSET, renamed
 from .baselines import as_baseline_list
 from .baselines import evaluate as _evaluate_baselines
 from .data import get_all_labels, read_extxyz, voigt_to_matrix
@@ -38,8 +39,6 @@ from .kernels import SEKernel, TwoBodyKernel
 from .terms import Term, default_terms
 
 __all__ = ["FORMAT_VERSION", "GAP", "Prediction", "Term", "TrainingData", "clone"]
-
-_UNSET = object()  # marks a deprecated keyword the caller did not pass
 
 
 def clone(estimator):
@@ -547,7 +546,7 @@ class GAP:
 
     def predict(self, frames, *, forces: bool = True, virial: bool | None = None,
                 return_variance: bool = True, forces_variance: str | None = "exact",
-                variance=_UNSET, force_variance=_UNSET) -> Prediction:
+                variance=UNSET, force_variance=UNSET) -> Prediction:
         """Posterior mean and variance of energies, forces, virials and local energies.
 
         Means: forces and virials are the exact derivatives of the predicted
@@ -587,14 +586,10 @@ class GAP:
         -------
         Prediction
         """
-        if variance is not _UNSET:
-            warnings.warn("GAP.predict(variance=...) is now return_variance=... (the old "
-                          "name goes in gapkit 0.3)", DeprecationWarning, stacklevel=2)
-            return_variance = variance
-        if force_variance is not _UNSET:
-            warnings.warn("GAP.predict(force_variance=...) is now forces_variance=... (the "
-                          "old name goes in gapkit 0.3)", DeprecationWarning, stacklevel=2)
-            forces_variance = force_variance
+        return_variance = renamed(variance, return_variance, "variance", "return_variance",
+                                  "GAP.predict")
+        forces_variance = renamed(force_variance, forces_variance, "force_variance",
+                                  "forces_variance", "GAP.predict")
         self.check_fitted()
         if forces_variance not in ("projected", "exact", None):
             raise ValueError("forces_variance must be 'projected', 'exact' or None")
