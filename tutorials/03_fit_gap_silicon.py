@@ -490,9 +490,10 @@ plt.close(fig)
 # %% [markdown]
 # ## Summary
 #
-# * With GAP's usual settings the model reaches test errors of about 3.1 meV/atom and
-#   0.075 eV/Å (full mode, measured 2026-11-21), in line with the published GAP for these
-#   data (2.9 meV/atom, 0.07 eV/Å). Surfaces and the liquid are the hardest; the strained
+# * With GAP's usual settings the model reaches test errors of about 2.9 meV/atom and
+#   0.074 eV/Å, virials 19 meV/atom (full mode, measured 2026-12-03 on the Si data with
+#   corrected virials), in line with the published GAP for these data (2.9 meV/atom,
+#   0.07 eV/Å). Surfaces and the liquid are the hardest; the strained
 #   crystals are reproduced to about 0.1 meV/atom.
 # * The lattice constant (about 5.469 Å against 5.469 Å), $C_{11}$ (about 153 against
 #   153 GPa), $C_{12}$ (57 against 57 GPa) and bulk modulus (87–89 against 89 GPa) of the
