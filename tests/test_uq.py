@@ -58,10 +58,10 @@ def test_overconfident_sigma_is_detected_and_recalibrated():
     assert abs(raw.z_rms - 2) < 0.05 and raw.miscalibration_area > 0.2, raw
     assert raw.ence > 0.8, raw
     for method in ("scale", "isotonic"):
-        spec = uq._fit_one(e_val, v_val, method, 20)
+        spec = uq.recalibration._fit_one(e_val, v_val, method, 20)
         if method == "scale":
             assert spec["scale"] == pytest.approx(4.0, rel=0.05)
-        v_new = uq._apply_one(spec, v_test)
+        v_new = uq.recalibration._apply_one(spec, v_test)
         new = uq.calibration_metrics(e_test, v_new)
         assert new.miscalibration_area < 0.02, (method, new)
         assert new.nll < raw.nll - 0.3, (method, raw.nll, new.nll)
@@ -81,8 +81,8 @@ def test_isotonic_fixes_a_nonlinear_miscalibration_that_a_scale_cannot():
     e_test, v_test = draw(4)
     out = {}
     for method in ("scale", "isotonic"):
-        spec = uq._fit_one(e_val, v_val, method, 20)
-        out[method] = uq.calibration_metrics(e_test, uq._apply_one(spec, v_test))
+        spec = uq.recalibration._fit_one(e_val, v_val, method, 20)
+        out[method] = uq.calibration_metrics(e_test, uq.recalibration._apply_one(spec, v_test))
     assert out["isotonic"].ence < 0.1 < out["scale"].ence, out
     assert out["isotonic"].nll < out["scale"].nll - 0.05, out
 
@@ -109,8 +109,8 @@ def test_isotonic_stays_finite_with_symmetry_zeros_and_heavy_tails():
     out = {}
     for name, method, floor in (("scale", "scale", 0.1), ("isotonic", "isotonic", 0.1),
                                 ("unprotected", "isotonic", 0.0)):
-        spec = uq._fit_one(e_val, v_val, method, 20, floor=floor)
-        v_new = uq._apply_one(spec, v_test)
+        spec = uq.recalibration._fit_one(e_val, v_val, method, 20, floor=floor)
+        v_new = uq.recalibration._apply_one(spec, v_test)
         assert np.all(np.isfinite(v_new) & (v_new > 0))
         out[name] = (uq.calibration_metrics(e_test, v_new),
                      float(np.abs(e_test / np.sqrt(v_new)).max()))
@@ -119,7 +119,7 @@ def test_isotonic_stays_finite_with_symmetry_zeros_and_heavy_tails():
     assert bad.nll > 100 and bad_zmax > 100, bad  # the failure being guarded against
     assert np.isfinite(iso.nll) and iso.nll < out["scale"][0].nll + 0.5, (iso, out["scale"])
     assert iso_zmax < 100, iso_zmax
-    spec = uq._fit_one(e_val, v_val, "isotonic", 20)
+    spec = uq.recalibration._fit_one(e_val, v_val, "isotonic", 20)
     assert spec["n_floored"] >= 1 and min(spec["counts"]) >= 20
     assert np.all(np.diff(spec["log_variance"]) > 0)  # tied variances share one bin
     assert np.all(np.diff(spec["log_calibrated"]) >= 0)

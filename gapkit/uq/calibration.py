@@ -1,0 +1,140 @@
+"""A model's prediction against reference labels: errors, predicted variances (latent
+and noise) and the calibration report per quantity."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..data import get_all_labels
+from ._quantities import QUANTITIES, _FIELD, _ByQuantity, _check_arrays, _quantity
+from .metrics import CalibrationResult, calibration_metrics
+
+
+def _noise_included(pred, quantity: str) -> bool:
+    return "+noise" in str(pred.variance_form.get(_FIELD[quantity], ""))
+
+
+def quantity_errors(pred, frames, quantity: str, *, model=None, include_noise: bool = True,
+                    keys: dict | None = None):
+    """Errors, latent (epistemic) and noise (aleatoric) variances of one quantity.
+
+    Parameters
+    ----------
+    pred : gapkit.Prediction
+        With variances.
+    frames : list of ase.Atoms
+        The predicted frames, with reference labels.
+    quantity : {"energy_per_atom", "forces"}
+        Energy per atom (eV/atom) or force components (eV/Å).
+    model : gapkit.GAP, optional
+        Supplies the noise model (needed when ``include_noise``) and the extxyz keys.
+    include_noise : bool
+        Return the noise variance of each value (else zeros).
+
+    Returns
+    -------
+    errors, epistemic_variance, aleatoric_variance : ndarray (flat)
+        The epistemic variance is the prediction's (GP posterior, or whatever the
+        prediction holds: committee spread, recalibrated predictive variance). If the
+        prediction's variance already includes the noise (``variance_form`` ending in
+        ``+noise``, as after :func:`apply_recalibration`), the aleatoric part is zero.
+    """
+
+    quantity = _quantity(quantity)
+    frames = list(frames)
+    if len(frames) != len(pred.energy):
+        raise ValueError(f"the prediction has {len(pred.energy)} frames but {len(frames)} "
+                         "frames with labels were given")
+    if keys is None:
+        keys = dict(model.keys) if model is not None else {}
+    labels = get_all_labels(frames, **keys)
+    n_at = np.asarray(pred.n_atoms, dtype=float)
+    noise = None
+    if include_noise and not _noise_included(pred, quantity):
+        if model is None:
+            raise ValueError("include_noise=True needs model=... (for its noise model); "
+                             "pass include_noise=False to assess the latent variance alone")
+        noise = model.noise
+    if quantity == "energy_per_atom":
+        missing = [k for k, lab in enumerate(labels) if lab.energy is None]
+        if missing:
+            raise ValueError(f"frames {missing[:5]} have no energy label")
+        ref = np.array([lab.energy for lab in labels])
+        if pred.energy_variance is None:
+            _check_arrays(pred.energy, None, what="energy")
+        err = (pred.energy - ref) / n_at
+        var = np.asarray(pred.energy_variance, dtype=float) / n_at**2
+        alea = np.zeros_like(err)
+        if noise is not None:
+            alea = np.array([noise.sigmas(lab, int(n))[0] ** 2 for lab, n in zip(labels, n_at)])
+            alea = alea / n_at**2
+        return err, var, alea
+    if pred.forces is None:
+        raise ValueError("the prediction has no forces; predict with forces=True")
+    missing = [k for k, lab in enumerate(labels) if lab.forces is None]
+    if missing:
+        raise ValueError(f"frames {missing[:5]} have no force labels")
+    ref = np.concatenate([lab.forces for lab in labels])
+    if ref.shape != pred.forces.shape:
+        raise ValueError(f"predicted forces have shape {pred.forces.shape} but the reference "
+                         f"forces have shape {ref.shape}")
+    if pred.forces_variance is None:
+        _check_arrays(pred.forces, None, what="forces")
+    err = (pred.forces - ref).ravel()
+    var = np.asarray(pred.forces_variance, dtype=float).ravel()
+    alea = np.zeros_like(err)
+    if noise is not None:
+        alea = np.concatenate([np.full(3 * len(a), noise.sigmas(lab, len(a))[1] ** 2)
+                               for a, lab in zip(frames, labels)])
+    return err, var, alea
+
+
+def calibration_report(pred, frames, *,
+                       quantities: Sequence[str] = ("energy_per_atom", "forces"),
+                       include_noise: bool = True, model=None, n_bins: int = 10,
+                       levels=None) -> dict[str, CalibrationResult]:
+    """Calibration of a prediction's uncertainty against the labels of ``frames``.
+
+    Parameters
+    ----------
+    pred : gapkit.Prediction
+        From ``model.predict(frames, forces_variance="exact")`` with variances (or
+        :func:`committee_predict`, or :func:`apply_recalibration`). This function makes
+        no predictions itself: for forces, pass the *exact* (DTC) force variances (the
+        default of ``predict``). ``forces_variance="projected"`` omits the part of the
+        prior variance the sparse set cannot represent and is typically far too small
+        (figures in benchmarks/README.md, ``benchmarks/uq.py``). The form assessed is
+        recorded in ``variance_source`` (``"dtc+noise"`` vs ``"projected+noise"``).
+    frames : list of ase.Atoms
+        The same frames, with reference energies (eV) and forces (eV/Å).
+    quantities : sequence of {"energy_per_atom", "forces"}
+        Energy per atom (eV/atom) and/or force components (eV/Å).
+    include_noise : bool
+        Assess the predictive variance ``posterior + noise`` (the interval a new
+        reference calculation should fall in; needs ``model``); else the latent
+        posterior variance alone.
+    model : gapkit.GAP, optional
+        The fitted model (noise model, extxyz keys).
+
+    Returns
+    -------
+    dict ``{quantity: CalibrationResult}``, with the epistemic (posterior) and aleatoric
+    (noise) RMS sigma reported separately.
+    """
+    out = _ByQuantity()
+    for q in quantities:
+        q = _quantity(q)
+        err, epi, alea = quantity_errors(pred, frames, q, model=model,
+                                         include_noise=include_noise)
+        form = pred.variance_form.get(_FIELD[q])
+        if _noise_included(pred, q):
+            source, epi_r, alea_r = str(form), None, None
+        else:
+            source = str(form or "posterior") + ("+noise" if include_noise else "")
+            epi_r, alea_r = epi, (alea if include_noise else None)
+        out[q] = calibration_metrics(err, epi + alea, quantity=q, unit=QUANTITIES[q],
+                                     n_bins=n_bins, levels=levels, epistemic_variance=epi_r,
+                                     aleatoric_variance=alea_r, variance_source=source)
+    return out
