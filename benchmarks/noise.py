@@ -81,7 +81,7 @@ def main() -> None:
         row = _score(model, test)
         row["cpu_s"] = time.process_time() - cpu
         row["wall_s"] = time.perf_counter() - wall
-        row["sigma"] = {kind: {ct: model.noise.sigma(kind, ct) for ct in cts}
+        row["sigma"] = {kind: {ct: model.noise_.sigma(kind, ct) for ct in cts}
                         for kind in args.use}
         row["delta"] = float(model.terms_[0].kernel.delta.detach().reshape(()))
         rows[name] = row

@@ -277,10 +277,10 @@ def cmd_fit(args) -> int:
                    f"{report['log_marginal_likelihood_refit']:.1f}")
         for kind in ("energy", "forces", "virial"):
             if model.fit_info_["n_observations"].get(kind):
-                cts = sorted({str(ct) for ct in model.noise.config_type_scale})
-                per_ct = "".join(f", {ct} {model.noise.sigma(kind, ct):.3g}" for ct in cts
-                                 if kind in model.noise.config_type_scale[ct])
-                _say(args, f"    sigma {kind}: {model.noise.sigma(kind):.3g}{per_ct}")
+                cts = sorted({str(ct) for ct in model.noise_.config_type_scale})
+                per_ct = "".join(f", {ct} {model.noise_.sigma(kind, ct):.3g}" for ct in cts
+                                 if kind in model.noise_.config_type_scale[ct])
+                _say(args, f"    sigma {kind}: {model.noise_.sigma(kind):.3g}{per_ct}")
     model.save(output, overwrite=args.force)
     info = model.fit_info_
     _say(args, f"  {info['wall_time_s']:.1f} s; sparse points {info['n_sparse']}; "
@@ -472,7 +472,7 @@ def cmd_info(args) -> int:
         print(f"  term {i}: {td['descriptor']['type']}({dp})")
         print(f"          {td['kernel']['type']}({kp})")
         print(f"          {sparse.n} sparse points ({td['sparse_method']}; {per})")
-    nz = model.noise
+    nz = model.noise_
     print(f"  noise: energy {nz.energy} eV{'/atom' if nz.per_atom else ''}, forces {nz.forces} "
           f"eV/Å, virial {nz.virial} eV{'/atom' if nz.per_atom else ''}")
     if nz.scale:

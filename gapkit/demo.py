@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     fig.tight_layout()
     path = output / "parity.png"
     fig.savefig(path)
-    sigma_f = np.sqrt(pred.forces_variance + model.noise.forces**2)
+    sigma_f = np.sqrt(pred.forces_variance + model.noise_.sigma("forces") ** 2)
     fig = plot.error_vs_sigma(pred.forces - f_ref, sigma_f,
                               title="Si test forces: error vs predicted σ\n"
                                     "(posterior + noise σ_F)")

@@ -338,7 +338,8 @@ def to_config(model: Any, *, train: str | Path | None = None,
         if td["sparse_options"]:
             term["sparse_options"] = dict(td["sparse_options"])
         out["terms"].append(term)
-    out["noise"] = params["noise"].to_dict()
+    # a fitted model: the noise of its fit (learnt multipliers included), as its terms_
+    out["noise"] = (getattr(model, "noise_", None) or params["noise"]).to_dict()
     if not out["noise"]["config_type"]:
         del out["noise"]["config_type"]
     if params["baselines"]:

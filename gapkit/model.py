@@ -26,10 +26,10 @@ from . import io as _io
 from ._compat import UNSET, renamed
 from .baselines import as_baseline_list
 from .baselines import evaluate as _evaluate_baselines
-from .data import get_all_labels, read_extxyz, voigt_to_matrix
+from .data import get_all_labels, read_extxyz
 from .descriptors.base import frame_batches
 from .gp import posterior
-from .gp.design import SparseSet, design_blocks, functional_rows, gradients_for, type_mask
+from .gp.design import SparseSet, design_blocks, gradients_for, type_mask
 from .gp.observations import KINDS, NoiseModel, baseline_energies, build_observations, fit_e0
 from .gp.posterior import Prediction
 from .gp.sparse import IncrementalQR, cholesky_upper, dtc_log_marginal_likelihood
@@ -77,9 +77,13 @@ class GAP:
 
     The constructor only checks and stores its arguments (:meth:`get_params` returns
     them, :func:`clone` copies them); :meth:`fit` sets the fitted attributes, whose
-    names end in ``_``: ``terms_`` (the terms with the training species fixed),
+    names end in ``_``: ``terms_`` (the terms with the training species fixed and
+    their own copies of the kernels), ``noise_`` (the noise of the fit),
     ``sparse_sets_``, ``e0_``, ``species_``, ``alpha_``, ``R_``, ``U_``,
     ``jitter_absolute_``, ``log_marginal_likelihood_``, ``fit_info_``.
+    :meth:`optimize_hyperparameters` changes ``terms_`` and ``noise_`` only: the
+    ``terms`` and ``noise`` given here are never modified, and a later :meth:`fit`
+    starts from them again.
 
     Parameters
     ----------
@@ -203,17 +207,26 @@ class GAP:
 
         Frames may lack some labels: whatever energies, forces and virials are
         present (and in ``use``) are fitted. Raises ValueError if nothing is.
+        The fit uses copies of the terms' kernels and ``noise`` as given
+        (``terms_``, ``noise_``).
         """
+        return self._fit(self._read(frames))
+
+    def _fit(self, frames, *, kernels=None, noise: NoiseModel | None = None) -> "GAP":
+        """The fit, with ``kernels`` (one per term) and ``noise`` instead of copies of
+        the user's: the refit of :meth:`optimize_hyperparameters`."""
         t_start = time.perf_counter()
         cpu_start = time.process_time()
-        frames = self._read(frames)
         self.__dict__.pop("recalibration_", None)  # a recalibration belongs to one fit
         labels = self._labels(frames)
         species = sorted({int(z) for a in frames for z in np.unique(a.numbers)})
         self.species_ = species
-        self.terms_ = [self._fixed_term(t, species) for t in self.terms]
+        if kernels is None:
+            kernels = [copy.deepcopy(t.kernel) for t in self.terms]
+        self.terms_ = [self._fixed_term(t, species, k) for t, k in zip(self.terms, kernels)]
+        self.noise_ = self.noise if noise is None else noise
         self.e0_ = fit_e0(frames, labels, self.e0, species)
-        obs = build_observations(frames, labels, self.noise, self.e0_, self.use)
+        obs = build_observations(frames, labels, self.noise_, self.e0_, self.use)
         grads = gradients_for(obs)
         self.sparse_sets_ = [self._choose_sparse(i, term, frames)
                              for i, term in enumerate(self.terms_)]
@@ -295,8 +308,9 @@ class GAP:
                 virial=None if lab.virial is None else lab.virial - res.virial))
         return out
 
-    def _fixed_term(self, term: Term, species) -> Term:
-        """A copy of ``term`` whose descriptor knows the training species."""
+    def _fixed_term(self, term: Term, species, kernel) -> Term:
+        """A copy of ``term`` whose descriptor knows the training species, with
+        ``kernel``."""
         desc = term.descriptor
         params = desc.get_params()
         if params.get("species") is None:
@@ -308,8 +322,7 @@ class GAP:
                                  f"descriptor's fixed species {params['species']} lacks")
         new_desc = type(desc)(**params)
         new_desc.progress = bool(self.progress)  # a bar only when a call spans several batches
-        return Term(new_desc, term.kernel, term.n_sparse, term.sparse_method,
-                    term.sparse_options)
+        return Term(new_desc, kernel, term.n_sparse, term.sparse_method, term.sparse_options)
 
     def _kmm(self) -> torch.Tensor:
         blocks = []
@@ -327,7 +340,7 @@ class GAP:
         self.check_fitted()
         frames = self._read(frames)
         labels = self._labels(frames)
-        obs = build_observations(frames, labels, self.noise, self.e0_, self.use)
+        obs = build_observations(frames, labels, self.noise_, self.e0_, self.use)
         return TrainingData(frames, obs, frozenset(gradients_for(obs)))
 
     def design_blocks(self, data: TrainingData, *, unit: bool = False, desc=None):
@@ -344,30 +357,6 @@ class GAP:
                                   data.observations, set(data.gradients),
                                   batch_atoms=self.batch_atoms, jitter=self.jitter,
                                   groups=groups, n_groups=n_groups)
-
-    def _noise_groups(self, data: TrainingData, min_frames: int):
-        """Observation rows grouped by kind and config_type for the noise multipliers.
-
-        A (kind, config_type) with observations from fewer than ``min_frames`` frames
-        joins its kind's shared group (its sigma cannot be learnt on its own). Returns
-        ``(groups, names)``: the group of every row, and ``(kind, config_type or None)``
-        per group (None: the shared group of the kind).
-        """
-        obs = data.observations
-        labels = get_all_labels(data.frames, **self.keys)
-        cts = np.array([str(labels[f].config_type) for f in obs.frame], dtype=object)
-        names, index = [], {}
-        groups = np.empty(obs.n_rows, dtype=np.int64)
-        for g, kind in enumerate(KINDS):
-            rows = obs.kind == g
-            for ct in sorted(set(cts[rows])):
-                sel = rows & (cts == ct)
-                key = (kind, ct) if len(np.unique(obs.frame[sel])) >= min_frames else (kind, None)
-                if key not in index:
-                    index[key] = len(names)
-                    names.append(key)
-                groups[sel] = index[key]
-        return groups, names
 
     def log_marginal_likelihood(self, frames=None, *, delta=None, noise_scale=None) -> float:
         """DTC log marginal likelihood (nats) of the training data.
@@ -416,15 +405,16 @@ class GAP:
         frames : list of ase.Atoms or path
             The training frames.
         delta : bool
-            Optimise each term's ``delta`` (eV); the kernels are updated in place.
+            Optimise each term's ``delta`` (eV), in the fitted kernels (``terms_``);
+            the kernels of ``terms`` are not touched.
         noise : bool
             Optimise one multiplier per observation kind (energy, forces, virial). It is
-            stored as ``self.noise.scale`` and so multiplies every source of sigma
-            (defaults, config_type and per-frame values): their ratios are kept, and the
-            refit uses exactly the optimised noise.
+            stored as ``self.noise_.scale`` (``noise`` as given stays) and so multiplies
+            every source of sigma (defaults, config_type and per-frame values): their
+            ratios are kept, and the refit uses exactly the optimised noise.
         noise_groups : {"kind", "config_type"}
             ``"config_type"``: one multiplier per kind *and* config_type (stored in
-            ``self.noise.config_type_scale``), for data whose config types are labelled
+            ``self.noise_.config_type_scale``), for data whose config types are labelled
             with different accuracy; a config_type with observations of a kind from
             fewer than ``min_frames`` frames shares its kind's multiplier.
         min_frames : int
@@ -452,7 +442,8 @@ class GAP:
         """
         from scipy.optimize import minimize_scalar
 
-        from .gp.hyperopt import lml_from_statistics, optimize
+        from .gp.hyperopt import lml_from_statistics, noise_groups as group_rows, optimize
+        from .gp.hyperopt import split_factors
 
         self.check_fitted()
         if noise_groups not in ("kind", "config_type"):
@@ -462,7 +453,7 @@ class GAP:
         ld0 = np.log([float(t.kernel.delta.detach()) for t in self.terms_])
         groups, group_names = None, [(kind, None) for kind in KINDS]
         if noise_groups == "config_type":
-            groups, group_names = self._noise_groups(data, min_frames)
+            groups, group_names = group_rows(data.observations, min_frames)
         ls0 = np.zeros(len(group_names))
 
         def inner():
@@ -506,22 +497,12 @@ class GAP:
             start, ld, ls, value = inner()
         for t, v in zip(self.terms_, ld):
             t.kernel.delta = float(np.exp(v))
-        for t_user, t in zip(self.terms, self.terms_):
-            t_user.kernel = t.kernel
         per_group = np.exp(ls)
-        kind_factor = {kind: 1.0 for kind in KINDS}
-        for (kind, ct), f in zip(group_names, per_group):
-            if ct is None:
-                kind_factor[kind] = float(f)
-        ct_factor: dict = {}
-        for (kind, ct), f in zip(group_names, per_group):
-            if ct is not None:
-                ct_factor.setdefault(ct, {})[kind] = float(f) / kind_factor[kind]
-        factors = np.array([kind_factor[kind] for kind in KINDS])
+        factors, ct_factor = split_factors(group_names, per_group)
         # the one place the noise multipliers live: NoiseModel.sigmas applies them
-        self.noise = self.noise.rescaled(factors).rescaled_config_types(ct_factor)
+        self.noise_ = self.noise_.rescaled(factors).rescaled_config_types(ct_factor)
         report = {"log_marginal_likelihood_before": start, "log_marginal_likelihood_after": value,
-                  "delta": [float(np.exp(v)) for v in ld], "noise": self.noise.to_dict(),
+                  "delta": [float(np.exp(v)) for v in ld], "noise": self.noise_.to_dict(),
                   "noise_scale": factors.tolist()}
         if noise_groups == "config_type":
             report["config_type_scale"] = ct_factor
@@ -532,7 +513,7 @@ class GAP:
             report["lengthscale"] = float(scaled[0].kernel.lengthscale.detach().reshape(()))
             report["lengthscale_before"] = theta0
         if refit:
-            self.fit(data.frames)
+            self._fit(data.frames, kernels=[t.kernel for t in self.terms_], noise=self.noise_)
             report["log_marginal_likelihood_refit"] = self.log_marginal_likelihood_
         return report
 
@@ -601,83 +582,33 @@ class GAP:
         if self.baselines:  # first: evaluate checks every frame before the heavy work
             b_results = _evaluate_baselines(self.baselines, frames, forces=forces, virial=virial)
         want_fvar = return_variance and forces_variance is not None
-        gradients = set()
-        if forces:
-            gradients.add("positions")
-        if virial:
-            gradients.add("strain")
         n_frames = len(frames)
         offsets = np.concatenate([[0], np.cumsum([len(a) for a in frames])]).astype(np.int64)
-        energy = np.empty(n_frames)
-        local = np.empty(offsets[-1])
-        f_out = np.empty((offsets[-1], 3)) if forces else None
-        v_out = np.empty((n_frames, 3, 3)) if virial else None
-        e_var = np.empty(n_frames) if return_variance else None
-        l_var = np.empty(offsets[-1]) if return_variance else None
-        f_var = np.empty((offsets[-1], 3)) if (want_fvar and forces) else None
-        v_var = np.empty((n_frames, 3, 3)) if (want_fvar and virial) else None
-        base = baseline_energies(frames, self.e0_)
-        e0_atoms = np.array([self.e0_[int(z)] for a in frames for z in a.numbers])
-        alphas = torch.split(self.alpha_, [s.n for s in self.sparse_sets_])
+        out: dict = {"energy": [], "local_energy": [], "forces": [], "virial": [],
+                     "energy_variance": [], "local_energy_variance": [], "forces_variance": [],
+                     "virial_variance": []}
         blocks = list(frame_batches(frames, self.batch_atoms))
         for start, stop in self._progress(blocks, "GAP predict", total=len(blocks)):
-            sub = frames[start:stop]
-            a0, a1 = offsets[start], offsets[stop]
-            n_sub = a1 - a0
-            e_rows, l_rows, f_rows, v_rows, results = [], [], [], [], []
-            f_mean = torch.zeros((n_sub, 3), dtype=self.dtype)
-            v_mean = torch.zeros((stop - start, 6), dtype=self.dtype)
-            for term, sparse, alpha in zip(self.terms_, self.sparse_sets_, alphas):
-                res = term.descriptor.compute(sub, gradients=sorted(gradients) or False)
-                results.append(res)
-                with torch.no_grad():
-                    rows = functional_rows(term.kernel, res, sparse, energy=True,
-                                           forces=forces and want_fvar,
-                                           virial=virial and want_fvar, local=True)
-                    owner = torch.as_tensor(res.atom_offsets[res.centre_structure]
-                                            + res.centre_atom)
-                    l_rows.append(torch.zeros((n_sub, sparse.n), dtype=self.dtype)
-                                  .index_add_(0, owner, rows["local"]))
-                    e_rows.append(rows["energy"])
-                    if forces and want_fvar:
-                        f_rows.append(rows["forces"])
-                    if virial and want_fvar:
-                        v_rows.append(rows["virial"])
-                    if forces or virial:
-                        fm, vm = posterior.derivative_means(term.kernel, sparse, alpha, res,
-                                                            forces, virial)
-                        if forces:
-                            f_mean += fm
-                        if virial:
-                            v_mean += vm
-            erow = torch.cat(e_rows, dim=1)
-            lrow = torch.cat(l_rows, dim=1)
-            energy[start:stop] = (erow @ self.alpha_).numpy() + base[start:stop]
-            local[a0:a1] = (lrow @ self.alpha_).numpy() + e0_atoms[a0:a1]
-            if forces:
-                f_out[a0:a1] = f_mean.numpy()
-            if virial:
-                v_out[start:stop] = voigt_to_matrix(v_mean.numpy())
-            if not return_variance:
-                continue
-            prior_e, prior_l = posterior.prior_energy_variances(self.terms_, results,
-                                                                stop - start, n_sub)
-            e_var[start:stop] = posterior.dtc_variance(erow, prior_e, self.R_, self.U_)
-            l_var[a0:a1] = posterior.dtc_variance(lrow, prior_l, self.R_, self.U_)
-            if forces and want_fvar:
-                fr = torch.cat(f_rows, dim=-1)
-                fr = fr.reshape(-1, fr.shape[-1])
-                if forces_variance == "exact":
-                    prior_f = posterior.prior_force_variances(self.terms_, results, n_sub)
-                    f_var[a0:a1] = posterior.dtc_variance(
-                        fr, prior_f.reshape(-1), self.R_, self.U_).reshape(-1, 3)
-                else:
-                    f_var[a0:a1] = posterior.projected_variance(fr, self.R_).reshape(-1, 3)
-            if virial and want_fvar:
-                vr = torch.cat(v_rows, dim=-1)
-                vr = vr.reshape(-1, vr.shape[-1])
-                v_var[start:stop] = voigt_to_matrix(
-                    posterior.projected_variance(vr, self.R_).reshape(-1, 6))
+            block = posterior.predict_block(
+                self.terms_, self.sparse_sets_, self.alpha_, self.R_, self.U_,
+                frames[start:stop], forces=forces, virial=virial,
+                return_variance=return_variance, forces_variance=forces_variance)
+            for name, value in block.items():
+                out[name].append(value)
+        if not blocks:  # no frames: empty arrays of the shapes asked for
+            wanted = {"forces": forces, "virial": virial, "forces_variance": want_fvar and forces,
+                      "virial_variance": want_fvar and virial,
+                      "energy_variance": return_variance,
+                      "local_energy_variance": return_variance}
+            out = {name: [np.zeros((0, 3, 3) if "virial" in name else (0, 3) if "forces" in name
+                                   else 0)] if wanted.get(name, True) else [None]
+                   for name in out}
+        arrays = {name: None if parts[0] is None else np.concatenate(parts)
+                  for name, parts in out.items()}
+        energy = arrays["energy"] + baseline_energies(frames, self.e0_)
+        local = arrays["local_energy"] + np.array([self.e0_[int(z)] for a in frames
+                                                   for z in a.numbers])
+        f_out, v_out = arrays["forces"], arrays["virial"]
         b_energy = None
         if b_results is not None:
             b_energy = np.empty(n_frames)
@@ -697,8 +628,10 @@ class GAP:
                 forms["forces"] = "dtc" if forces_variance == "exact" else "projected"
                 forms["virial"] = "projected"
         return Prediction(energy=energy, forces=f_out, virial=v_out, local_energy=local,
-                          atom_offsets=offsets, energy_variance=e_var, forces_variance=f_var,
-                          virial_variance=v_var, local_energy_variance=l_var,
+                          atom_offsets=offsets, energy_variance=arrays["energy_variance"],
+                          forces_variance=arrays["forces_variance"],
+                          virial_variance=arrays["virial_variance"],
+                          local_energy_variance=arrays["local_energy_variance"],
                           variance_form=forms, baseline_energy=b_energy)
 
     def _check_species(self, frames):
@@ -720,7 +653,8 @@ class GAP:
         metadata and .npy arrays, pickle-free). Refuses to overwrite an existing file
         unless asked."""
         self.check_fitted()
-        return _io.write_model(path, {**self.get_params(), "terms": self.terms_},
+        return _io.write_model(path, {**self.get_params(), "terms": self.terms_,
+                                      "noise": self.noise_},
                                self._fitted_state(), overwrite=overwrite)
 
     def _fitted_state(self) -> dict:
@@ -738,6 +672,7 @@ class GAP:
         model = cls(**{**params, "terms": [copy.copy(t) for t in params["terms"]]},
                     progress=False)
         model.terms_ = params["terms"]
+        model.noise_ = params["noise"]
         model.sparse_sets_ = state["sparse_sets"]
         model.species_ = state["species"]
         model.e0_ = state["e0"]

@@ -287,7 +287,7 @@ def test_recalibration_lowers_heldout_nll_and_is_saved(cu, tmp_path):
     train, val, test, model = cu
     model = _model().fit(train)
     # an overconfident noise model makes the predictive sigma too small
-    model.noise = NoiseModel(energy=0.0005, forces=0.01, virial=0.02)
+    model.noise_ = NoiseModel(energy=0.0005, forces=0.01, virial=0.02)  # the fit's noise
     p_val, p_test = model.predict(val), model.predict(test)
     raw = uq.calibration_report(p_test, test, model=model)
     for method in ("scale", "isotonic"):

@@ -31,7 +31,8 @@ from .design import design_blocks, type_mask
 from .observations import KINDS
 from .sparse import IncrementalQR
 
-__all__ = ["Statistics", "collect_statistics", "lml_from_statistics", "optimize"]
+__all__ = ["Statistics", "collect_statistics", "lml_from_statistics", "noise_groups", "optimize",
+           "split_factors"]
 
 KIND_NAMES = KINDS  # the name before 0.2
 
@@ -162,3 +163,45 @@ def optimize(stats: Statistics, log_delta0, log_scale0, *, fit_delta=True, fit_n
     with torch.no_grad():
         value = float(lml_from_statistics(stats, ld, scales()))
     return ld.detach().numpy(), scales().detach().numpy(), value
+
+
+def noise_groups(obs, min_frames: int):
+    """Observation rows grouped by kind and config_type, for the noise multipliers.
+
+    A (kind, config_type) with observations from fewer than ``min_frames`` frames joins
+    its kind's shared group (its sigma cannot be learnt on its own). ``obs`` is an
+    :class:`~gapkit.gp.observations.Observations` (its ``config_type`` column). Returns
+    ``(groups, names)``: the group of every row, and ``(kind, config_type or None)`` per
+    group (None: the shared group of the kind).
+    """
+    cts = np.asarray(obs.config_type, dtype=object)
+    names: list = []
+    index: dict = {}
+    groups = np.empty(obs.n_rows, dtype=np.int64)
+    for g, kind in enumerate(KINDS):
+        rows = obs.kind == g
+        for ct in sorted(set(cts[rows])):
+            sel = rows & (cts == ct)
+            key = (kind, ct) if len(np.unique(obs.frame[sel])) >= min_frames else (kind, None)
+            if key not in index:
+                index[key] = len(names)
+                names.append(key)
+            groups[sel] = index[key]
+    return groups, names
+
+
+def split_factors(names, factors):
+    """The learnt multiplier of each group (:func:`noise_groups`'s ``names``) as a
+    :class:`~gapkit.gp.observations.NoiseModel` stores them: ``(per_kind, per_config_type)``
+    with ``per_kind`` (3,) for energy, forces, virial (1 for a kind without a shared group)
+    and ``per_config_type`` ``{config_type: {kind: factor relative to its kind's}}``."""
+    kind_factor = {kind: 1.0 for kind in KINDS}
+    for (kind, ct), f in zip(names, factors):
+        if ct is None:
+            kind_factor[kind] = float(f)
+    ct_factor: dict = {}
+    for (kind, ct), f in zip(names, factors):
+        if ct is not None:
+            ct_factor.setdefault(ct, {})[kind] = float(f) / kind_factor[kind]
+    return np.array([kind_factor[kind] for kind in KINDS]), ct_factor
+

@@ -7,6 +7,7 @@ x y z), then the six virial components in ASE's Voigt order (xx, yy, zz, yz, xz,
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -160,7 +161,10 @@ class Observations:
     frame : frame index; kind : :data:`ENERGY`, :data:`FORCES` or :data:`VIRIAL`; atom : atom index
     within the frame (forces) or -1; component : x/y/z (0-2) for forces, Voigt
     index (0-5) for virials, -1 for energies; y : the label, minus the e0
-    baseline for energies (eV, eV/Å, eV); sigma : noise standard deviation.
+    baseline for energies (eV, eV/Å, eV); sigma : noise standard deviation;
+    config_type : the frame's config_type (str, object array; ``"default"`` when the
+    frame has none or the rows were made without it), so that the noise can be grouped
+    without reading the frames again.
     """
 
     frame: np.ndarray
@@ -169,22 +173,26 @@ class Observations:
     component: np.ndarray
     y: np.ndarray
     sigma: np.ndarray
+    config_type: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.config_type is None:  # rows built without one (before 0.2): "default"
+            object.__setattr__(self, "config_type",
+                               np.full(self.y.shape[0], "default", dtype=object))
 
     @property
     def n_rows(self) -> int:
         return int(self.y.shape[0])
 
     def select(self, rows) -> "Observations":
-        return Observations(*(getattr(self, f)[rows] for f in
-                              ("frame", "kind", "atom", "component", "y", "sigma")))
+        return Observations(*(getattr(self, f.name)[rows] for f in dataclasses.fields(self)))
 
     def counts(self) -> dict:
         return {name: int((self.kind == i).sum()) for i, name in enumerate(KINDS)}
 
     def shifted(self, frame_offset: int) -> "Observations":
         """The same rows with ``frame_offset`` subtracted from the frame indices."""
-        return Observations(self.frame - frame_offset, self.kind, self.atom, self.component,
-                            self.y, self.sigma)
+        return dataclasses.replace(self, frame=self.frame - frame_offset)
 
 
 def baseline_energies(frames, e0: Mapping[int, float]) -> np.ndarray:
@@ -210,10 +218,12 @@ def build_observations(frames: Sequence, labels: Sequence[Labels], noise: NoiseM
     if unknown:
         raise ValueError(f"unknown observation kinds {sorted(unknown)}; use {list(KINDS)}")
     base = baseline_energies(frames, e0)
-    cols = {f: [] for f in ("frame", "kind", "atom", "component", "y", "sigma")}
+    names = [f.name for f in dataclasses.fields(Observations)]
+    cols: dict[str, list] = {f: [] for f in names}
 
     def add(frame, kind, atom, comp, y, sigma):
         n = len(y)
+        cols["config_type"].append(np.full(n, labels[frame].config_type, dtype=object))
         cols["frame"].append(np.full(n, frame))
         cols["kind"].append(np.full(n, kind))
         cols["atom"].append(np.asarray(atom))
@@ -235,8 +245,7 @@ def build_observations(frames: Sequence, labels: Sequence[Labels], noise: NoiseM
     if not cols["y"]:
         raise ValueError(f"none of the {len(frames)} frames has a {'/'.join(use)} label to fit; "
                          "check the energy_key/forces_key/virial_key names")
-    return Observations(*(np.concatenate(cols[f]) for f in
-                          ("frame", "kind", "atom", "component", "y", "sigma")))
+    return Observations(*(np.concatenate(cols[f]) for f in names))
 
 
 def fit_e0(frames: Sequence, labels: Sequence[Labels] | None = None, method="least_squares",

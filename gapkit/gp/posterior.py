@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..data import VOIGT
-from .design import type_mask
+from ..data import VOIGT, voigt_to_matrix
+from .design import functional_rows, type_mask
 
-__all__ = ["Prediction", "derivative_means", "dtc_variance", "prior_energy_variances",
-           "prior_force_variances", "projected_variance"]
+__all__ = ["Prediction", "derivative_means", "dtc_variance", "predict_block",
+           "prior_energy_variances", "prior_force_variances", "projected_variance"]
 
 
 @dataclass
@@ -190,3 +190,80 @@ def derivative_means(kernel, sparse, alpha: torch.Tensor, res, forces: bool, vir
             vm = torch.zeros((res.n_structures, 6), dtype=dtype).index_add_(
                 0, torch.as_tensor(res.centre_structure), w6, alpha=-1.0)
     return fm, vm
+
+
+def predict_block(terms, sparse_sets, alpha: torch.Tensor, r_factor: torch.Tensor,
+                  u_factor: torch.Tensor, frames, *, forces: bool, virial: bool,
+                  return_variance: bool, forces_variance: str | None) -> dict:
+    """GP means and variances of one block of frames (the model's e0 and baselines not
+    included), from the fitted weights ``alpha`` (all terms' columns) and factors.
+
+    Energies and per-atom energies are the rows of each term (``functional_rows``)
+    times ``alpha``; forces and virials the derivatives of the mean
+    (:func:`derivative_means`). Variances (with ``return_variance``): the DTC form for
+    energies and per-atom energies; for force components the DTC form with the exact
+    prior (``forces_variance="exact"``) or the projected form (``"projected"``), none
+    with None; virials the projected form (with force variances).
+
+    Returns a dict of numpy arrays: ``energy`` (n_frames,) eV, ``local_energy``
+    (n_atoms,), ``forces`` (n_atoms, 3) and ``virial`` (n_frames, 3, 3) or None, and
+    ``energy_variance``, ``local_energy_variance``, ``forces_variance``,
+    ``virial_variance`` (same shapes, squared units) or None.
+    """
+    dtype = torch.float64
+    want_fvar = return_variance and forces_variance is not None
+    gradients = [g for g, want in (("positions", forces), ("strain", virial)) if want]
+    n_frames = len(frames)
+    n_atoms = sum(len(a) for a in frames)
+    alphas = torch.split(alpha, [s.n for s in sparse_sets])
+    e_rows, l_rows, f_rows, v_rows, results = [], [], [], [], []
+    f_mean = torch.zeros((n_atoms, 3), dtype=dtype)
+    v_mean = torch.zeros((n_frames, 6), dtype=dtype)
+    for term, sparse, a in zip(terms, sparse_sets, alphas):
+        res = term.descriptor.compute(frames, gradients=gradients or False)
+        results.append(res)
+        with torch.no_grad():
+            rows = functional_rows(term.kernel, res, sparse, energy=True,
+                                   forces=forces and want_fvar, virial=virial and want_fvar,
+                                   local=True)
+            owner = torch.as_tensor(res.atom_offsets[res.centre_structure] + res.centre_atom)
+            l_rows.append(torch.zeros((n_atoms, sparse.n), dtype=dtype)
+                          .index_add_(0, owner, rows["local"]))
+            e_rows.append(rows["energy"])
+            if forces and want_fvar:
+                f_rows.append(rows["forces"])
+            if virial and want_fvar:
+                v_rows.append(rows["virial"])
+            if forces or virial:
+                fm, vm = derivative_means(term.kernel, sparse, a, res, forces, virial)
+                if forces:
+                    f_mean += fm
+                if virial:
+                    v_mean += vm
+    erow = torch.cat(e_rows, dim=1)
+    lrow = torch.cat(l_rows, dim=1)
+    out = {"energy": (erow @ alpha).numpy(), "local_energy": (lrow @ alpha).numpy(),
+           "forces": f_mean.numpy() if forces else None,
+           "virial": voigt_to_matrix(v_mean.numpy()) if virial else None,
+           "energy_variance": None, "local_energy_variance": None,
+           "forces_variance": None, "virial_variance": None}
+    if not return_variance:
+        return out
+    prior_e, prior_l = prior_energy_variances(terms, results, n_frames, n_atoms)
+    out["energy_variance"] = dtc_variance(erow, prior_e, r_factor, u_factor)
+    out["local_energy_variance"] = dtc_variance(lrow, prior_l, r_factor, u_factor)
+    if forces and want_fvar:
+        fr = torch.cat(f_rows, dim=-1)
+        fr = fr.reshape(-1, fr.shape[-1])
+        if forces_variance == "exact":
+            prior_f = prior_force_variances(terms, results, n_atoms)
+            var = dtc_variance(fr, prior_f.reshape(-1), r_factor, u_factor)
+        else:
+            var = projected_variance(fr, r_factor)
+        out["forces_variance"] = var.reshape(-1, 3)
+    if virial and want_fvar:
+        vr = torch.cat(v_rows, dim=-1)
+        vr = vr.reshape(-1, vr.shape[-1])
+        out["virial_variance"] = voigt_to_matrix(projected_variance(vr, r_factor).reshape(-1, 6))
+    return out
+

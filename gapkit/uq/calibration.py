@@ -56,7 +56,7 @@ def quantity_errors(pred, frames, quantity: str, *, model=None, include_noise: b
         if model is None:
             raise ValueError("include_noise=True needs model=... (for its noise model); "
                              "pass include_noise=False to assess the latent variance alone")
-        noise = model.noise
+        noise = getattr(model, "noise_", model.noise)  # the fitted noise (GAP), or ExactGP's
     if quantity == "energy_per_atom":
         missing = [k for k, lab in enumerate(labels) if lab.energy is None]
         if missing:

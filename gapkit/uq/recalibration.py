@@ -214,13 +214,19 @@ def apply_recalibration(pred, model=None, recalibration: dict | None = None):
     if spec and pred.energy_variance is not None:
         v = np.asarray(pred.energy_variance) / n_at**2
         if incl:
-            v = v + np.array([model.noise.sigmas(blank, int(n))[0] ** 2 for n in n_at]) / n_at**2
+            noise = _fitted_noise(model)
+            v = v + np.array([noise.sigmas(blank, int(n))[0] ** 2 for n in n_at]) / n_at**2
         new["energy_variance"] = _apply_one(spec, v) * n_at**2
         forms["energy"] = f"recalibrated-{spec['method']}" + ("+noise" if incl else "")
     if "forces" in rec and pred.forces_variance is not None:
         v = np.asarray(pred.forces_variance, dtype=float)
         if incl:
-            v = v + model.noise.sigma("forces") ** 2
+            v = v + _fitted_noise(model).sigma("forces") ** 2
         new["forces_variance"] = _apply_one(rec["forces"], v)
         forms["forces"] = f"recalibrated-{rec['forces']['method']}" + ("+noise" if incl else "")
     return replace(pred, variance_form=forms, **new)
+
+
+def _fitted_noise(model):
+    """The noise a model was fitted with: ``noise_`` of a GAP, ``noise`` of an ExactGP."""
+    return getattr(model, "noise_", model.noise)

@@ -93,9 +93,9 @@ def test_optimiser_raises_the_likelihood(frames):
     nudged = model.log_marginal_likelihood(frames, delta=[delta[0] * 1.05, delta[1]],
                                            noise_scale=[1.0, 1.0, 1.0])
     assert nudged < model.log_marginal_likelihood_
-    # the user's sigma stays; the learnt multiplier is the noise model's scale
+    # the user's sigma stays; the learnt multiplier is the fitted noise model's scale
     assert model.noise.forces == 0.1
-    assert model.noise.sigma("forces") == pytest.approx(0.1 * report["noise_scale"][1])
+    assert model.noise_.sigma("forces") == pytest.approx(0.1 * report["noise_scale"][1])
 
 
 def test_refit_reproduces_the_optimum_with_per_frame_sigma(frames):
@@ -127,6 +127,28 @@ def test_lengthscale_search_raises_the_likelihood(frames):
     report = model.optimize_hyperparameters(frames, lengthscale=True, noise=False)
     assert report["lengthscale"] != pytest.approx(0.2)
     assert report["log_marginal_likelihood_after"] > report["log_marginal_likelihood_before"]
+
+
+def test_the_users_kernels_and_noise_are_not_modified(frames):
+    """Learnt values live in the fitted attributes (``terms_``, ``noise_``), as
+    scikit-learn's ``kernel_``; the objects passed in keep their values, and a new fit
+    starts from them again."""
+    terms = _terms(lengthscale=0.2)
+    deltas = [float(t.kernel.delta.detach()) for t in terms]
+    model = GAP(terms, noise=NOISE, progress=False, batch_atoms=64).fit(frames)
+    first = model.log_marginal_likelihood_
+    report = model.optimize_hyperparameters(frames, lengthscale=True)
+    assert [float(t.kernel.delta.detach()) for t in model.terms_] == pytest.approx(
+        report["delta"])
+    assert report["delta"] != pytest.approx(deltas)
+    assert [float(t.kernel.delta.detach()) for t in terms] == deltas
+    assert float(terms[0].kernel.lengthscale.detach().reshape(())) == 0.2
+    assert model.terms is not None and model.terms[0] is terms[0]
+    assert model.noise is NOISE and model.noise_ != NOISE
+    assert all(t.kernel is not u.kernel for t, u in zip(model.terms_, terms))
+    model.fit(frames)  # from the user's settings again
+    assert model.noise_ is NOISE
+    assert model.log_marginal_likelihood_ == pytest.approx(first, rel=1e-10)
 
 
 def test_lengthscale_needs_a_two_body_term(frames):
@@ -166,16 +188,16 @@ def test_learned_noise_per_config_type_recovers_injected_noise(tmp_path):
                 noise=NoiseModel(energy=0.01, forces=0.1), use=("energy", "forces"),
                 progress=False).fit(frames)
     report = model.optimize_hyperparameters(frames, noise_groups="config_type")
-    assert model.noise.sigma("forces", "clean") == pytest.approx(0.2, rel=0.1)
-    assert model.noise.sigma("forces", "noisy") == pytest.approx(0.5, rel=0.1)
-    assert model.noise.forces == 0.1  # the user's value stays; the multipliers are learnt
+    assert model.noise_.sigma("forces", "clean") == pytest.approx(0.2, rel=0.1)
+    assert model.noise_.sigma("forces", "noisy") == pytest.approx(0.5, rel=0.1)
+    assert model.noise_.forces == 0.1  # the user's value stays; the multipliers are learnt
     assert report["log_marginal_likelihood_refit"] == pytest.approx(
         report["log_marginal_likelihood_after"], rel=1e-8)
     assert {(g["kind"], g["config_type"]) for g in report["noise_groups"]} == {
         ("energy", "clean"), ("energy", "noisy"), ("forces", "clean"), ("forces", "noisy"),
         ("energy", None), ("forces", None)}
-    assert "rare" not in model.noise.config_type_scale
+    assert "rare" not in model.noise_.config_type_scale
     # the new noise survives a save/load round trip (model format 3)
     path = model.save(tmp_path / "noise.gapkit")
     loaded = GAP.load(path)
-    assert loaded.noise == model.noise
+    assert loaded.noise_ == model.noise_
