@@ -42,10 +42,11 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.data import atomic_numbers, chemical_symbols, covalent_radii
 from scipy.special import erfc
 
-from .data import get_all_labels, validate_structure, virial_to_stress
+from .data import as_frames, get_all_labels, validate_structure, virial_to_stress
 from .neighbors import MIN_DISTANCE, build_neighbor_list
 
 __all__ = [
+    "subtract",
     "BASELINES",
     "COULOMB_CONSTANT",
     "Baseline",
@@ -229,7 +230,7 @@ def evaluate(baselines: Baseline | Iterable[Baseline], frames: Atoms | Sequence[
         One per frame (an empty list of baselines gives zeros).
     """
     baselines = as_baseline_list(baselines)
-    frames = [frames] if isinstance(frames, Atoms) else list(frames)
+    frames = as_frames(frames)
     for k, atoms in enumerate(frames):
         for b in baselines:
             b.check(atoms, frame_index=k)
@@ -240,6 +241,26 @@ def evaluate(baselines: Baseline | Iterable[Baseline], frames: Atoms | Sequence[
             total = total + b.compute(atoms, forces=forces, virial=virial)
         out.append(total)
     return out
+
+
+def subtract(baselines: Baseline | Iterable[Baseline], frames: Sequence[Atoms],
+             labels: Sequence) -> list:
+    """``labels`` (:class:`gapkit.data.Labels`, one per frame) minus the baselines'
+    energies, forces and virials: what a GAP fitted on top of the baselines learns.
+    Absent labels stay absent; no baselines returns ``labels`` as they are."""
+    import dataclasses
+
+    baselines = as_baseline_list(baselines)
+    if not baselines:
+        return list(labels)
+    results = evaluate(baselines, frames,
+                       forces=any(lab.forces is not None for lab in labels),
+                       virial=any(lab.virial is not None for lab in labels))
+    return [dataclasses.replace(
+        lab, energy=None if lab.energy is None else lab.energy - res.energy,
+        forces=None if lab.forces is None else lab.forces - res.forces,
+        virial=None if lab.virial is None else lab.virial - res.virial)
+        for lab, res in zip(labels, results)]
 
 
 # --------------------------------------------------------------------------------------------

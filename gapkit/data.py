@@ -36,6 +36,7 @@ from ase.data import atomic_numbers, chemical_symbols
 
 __all__ = [
     "Labels",
+    "as_frames",
     "bundled_path",
     "composition",
     "get_all_labels",
@@ -822,3 +823,20 @@ def composition(frames: Iterable[ase.Atoms], species: Sequence[str | int]) -> np
         row[[column[int(x)] for x in z]] = counts
         rows.append(row)
     return np.array(rows, dtype=np.int64).reshape(len(rows), len(numbers))
+
+
+def as_frames(frames: Any, *, require: str | None = None, **read_kwargs: Any) -> list:
+    """``frames`` as a list of ase.Atoms: an extended-XYZ path (read by
+    :func:`read_extxyz` with ``read_kwargs``, e.g. the label keys), one Atoms, or any
+    iterable of them. ``require``: the name of the caller, and an empty list raises
+    ValueError ("no frames given to ...") instead of being returned."""
+    if isinstance(frames, (str, Path)):
+        out = read_extxyz(frames, **read_kwargs)
+    elif isinstance(frames, ase.Atoms):
+        out = [frames]
+    else:
+        out = list(frames)
+    if require and not out:
+        raise ValueError(f"no frames given to {require}")
+    return out
+

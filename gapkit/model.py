@@ -11,7 +11,6 @@ fitted state and runs the passes.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import inspect
 import math
 import time
@@ -25,17 +24,17 @@ import torch
 from . import io as _io
 from ._compat import UNSET, renamed
 from .baselines import as_baseline_list
+from .baselines import subtract as subtract_baselines
 from .baselines import evaluate as _evaluate_baselines
-from .data import get_all_labels, read_extxyz
+from .data import as_frames, get_all_labels
 from .descriptors.base import frame_batches
 from .gp import posterior
-from .gp.design import SparseSet, design_blocks, gradients_for, type_mask
+from .gp.design import TrainingData, design_blocks, gradients_for
 from .gp.observations import KINDS, NoiseModel, baseline_energies, build_observations, fit_e0
 from .gp.posterior import Prediction
-from .gp.sparse import IncrementalQR, cholesky_upper, dtc_log_marginal_likelihood
-from .gp.sparsify import sparse_points
+from .gp.sparse import solve_dtc
+from .gp.sparsify import term_sparse_set
 from .io import FORMAT_VERSION
-from .kernels import SEKernel, TwoBodyKernel
 from .terms import Term, default_terms
 
 __all__ = ["FORMAT_VERSION", "GAP", "Prediction", "Term", "TrainingData", "clone"]
@@ -52,17 +51,6 @@ def clone(estimator):
     if not hasattr(estimator, "get_params"):
         raise TypeError(f"cannot clone {type(estimator).__name__}: it has no get_params()")
     return type(estimator)(**copy.deepcopy(estimator.get_params()))
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingData:
-    """The training frames of a fitted GAP as its passes see them: frames, observation
-    rows (labels minus baselines and e0, with their noise) and the descriptor gradients
-    those rows need."""
-
-    frames: list
-    observations: object
-    gradients: frozenset
 
 
 class GAP:
@@ -210,7 +198,7 @@ class GAP:
         The fit uses copies of the terms' kernels and ``noise`` as given
         (``terms_``, ``noise_``).
         """
-        return self._fit(self._read(frames))
+        return self._fit(as_frames(frames))
 
     def _fit(self, frames, *, kernels=None, noise: NoiseModel | None = None) -> "GAP":
         """The fit, with ``kernels`` (one per term) and ``noise`` instead of copies of
@@ -223,35 +211,24 @@ class GAP:
         self.species_ = species
         if kernels is None:
             kernels = [copy.deepcopy(t.kernel) for t in self.terms]
-        self.terms_ = [self._fixed_term(t, species, k) for t, k in zip(self.terms, kernels)]
+        self.terms_ = [t.for_species(species, k, progress=self.progress)
+                       for t, k in zip(self.terms, kernels)]
         self.noise_ = self.noise if noise is None else noise
         self.e0_ = fit_e0(frames, labels, self.e0, species)
         obs = build_observations(frames, labels, self.noise_, self.e0_, self.use)
-        grads = gradients_for(obs)
-        self.sparse_sets_ = [self._choose_sparse(i, term, frames)
+        seed = self.random_state
+        self.sparse_sets_ = [term_sparse_set(term, frames, None if seed is None else seed + i)
                              for i, term in enumerate(self.terms_)]
-        u, self.jitter_absolute_ = cholesky_upper(self._kmm(), self.jitter)
-
-        qr = IncrementalQR(u)
-        for _, _, block_obs, rows in design_blocks(
-                self.terms_, self.sparse_sets_, frames, obs, grads,
-                batch_atoms=self.batch_atoms, progress=self.progress,
-                desc="GAP design matrix"):
-            qr.add(rows, torch.as_tensor(block_obs.y), torch.as_tensor(block_obs.sigma))
-        r, b, resid = qr.finish()
-        # alpha = R^-1 Q^T [Sigma^-1/2 y; 0]  (DESIGN.md section 3: A = QR)
-        self.alpha_ = torch.linalg.solve_triangular(r, b[:, None], upper=True)[:, 0]
-        self.R_, self.U_ = r, u
-        self.log_marginal_likelihood_ = dtc_log_marginal_likelihood(
-            r, u, resid, qr.sum_log_sigma, qr.n_rows)
-        sv = torch.linalg.svdvals(r)
-        svu = torch.linalg.svdvals(u)
+        sol = solve_dtc(self.terms_, self.sparse_sets_, frames, obs, jitter=self.jitter,
+                        batch_atoms=self.batch_atoms, progress=self.progress)
+        self.alpha_, self.R_, self.U_ = sol.alpha, sol.R, sol.U
+        self.jitter_absolute_ = sol.jitter_absolute
+        self.log_marginal_likelihood_ = sol.log_marginal_likelihood
         self.fit_info_ = {
             "n_frames": len(frames), "n_observations": obs.counts(),
             "n_sparse": [s.n for s in self.sparse_sets_],
-            # what the triangular solves see: cond(R), and cond(K_MM + jitter) = cond(U)^2
-            "condition_number_R": float(sv[0] / sv[-1]),
-            "condition_number_kmm_jitter": float((svu[0] / svu[-1]) ** 2),
+            "condition_number_R": sol.condition_number_R,
+            "condition_number_kmm_jitter": sol.condition_number_kmm_jitter,
             "wall_time_s": time.perf_counter() - t_start,
             "cpu_time_s": time.process_time() - cpu_start,
             "log_marginal_likelihood": self.log_marginal_likelihood_,
@@ -261,75 +238,9 @@ class GAP:
         }
         return self
 
-    def _choose_sparse(self, i: int, term: Term, frames) -> SparseSet:
-        """The sparse points of term ``i``, from the descriptors of every environment."""
-        res = term.descriptor.compute(frames)
-        n_sparse = term.n_sparse
-        if n_sparse == "all":
-            types_, counts = np.unique(res.centre_types, return_counts=True)
-            n_sparse = {int(t): int(c) for t, c in zip(types_, counts)}
-        elif isinstance(n_sparse, str):
-            raise ValueError(f"n_sparse must be an int, a dict or 'all', got {n_sparse!r}")
-        with warnings.catch_warnings():
-            if term.n_sparse == "all":  # duplicates are dropped, silently here
-                warnings.simplefilter("ignore", UserWarning)
-            options = dict(term.sparse_options or {})
-            if term.sparse_method == "cur":
-                options.setdefault("cur_mode", "sample")
-            chosen = sparse_points(
-                res.values, n_sparse, method=term.sparse_method, types=res.centre_types,
-                random_state=None if self.random_state is None else self.random_state + i,
-                **options)
-        return SparseSet(chosen.points.to(self.dtype), chosen.types, chosen.indices)
-
-    def _read(self, frames):
-        from ase import Atoms
-
-        if isinstance(frames, (str, Path)):
-            return read_extxyz(frames)
-        if isinstance(frames, Atoms):
-            return [frames]
-        return list(frames)
-
     def _labels(self, frames):
         """The labels the GP fits: the reference labels minus the baselines."""
-        labels = get_all_labels(frames, **self.keys)
-        if not self.baselines:
-            return labels
-        out = []
-        results = _evaluate_baselines(self.baselines, frames,
-                                      forces=any(lab.forces is not None for lab in labels),
-                                      virial=any(lab.virial is not None for lab in labels))
-        for lab, res in zip(labels, results):
-            out.append(dataclasses.replace(
-                lab,
-                energy=None if lab.energy is None else lab.energy - res.energy,
-                forces=None if lab.forces is None else lab.forces - res.forces,
-                virial=None if lab.virial is None else lab.virial - res.virial))
-        return out
-
-    def _fixed_term(self, term: Term, species, kernel) -> Term:
-        """A copy of ``term`` whose descriptor knows the training species, with
-        ``kernel``."""
-        desc = term.descriptor
-        params = desc.get_params()
-        if params.get("species") is None:
-            params["species"] = list(species)
-        else:
-            missing = sorted(set(species) - set(params["species"]))
-            if missing:
-                raise ValueError(f"the training data contains species {missing} that the "
-                                 f"descriptor's fixed species {params['species']} lacks")
-        new_desc = type(desc)(**params)
-        new_desc.progress = bool(self.progress)  # a bar only when a call spans several batches
-        return Term(new_desc, kernel, term.n_sparse, term.sparse_method, term.sparse_options)
-
-    def _kmm(self) -> torch.Tensor:
-        blocks = []
-        for term, z in zip(self.terms_, self.sparse_sets_):
-            k = term.kernel.value(z.points, z.points) * type_mask(z.types, z.types, self.dtype)
-            blocks.append(k.detach())
-        return torch.block_diag(*blocks)
+        return subtract_baselines(self.baselines, frames, get_all_labels(frames, **self.keys))
 
     # ------------------------------------------------------- hyper-parameters
     def training_data(self, frames) -> TrainingData:
@@ -338,7 +249,7 @@ class GAP:
         :func:`gapkit.gp.design.design_blocks`, the hyper-parameter statistics and
         :func:`gapkit.uq.leave_one_out` iterate."""
         self.check_fitted()
-        frames = self._read(frames)
+        frames = as_frames(frames)
         labels = self._labels(frames)
         obs = build_observations(frames, labels, self.noise_, self.e0_, self.use)
         return TrainingData(frames, obs, frozenset(gradients_for(obs)))
@@ -440,10 +351,9 @@ class GAP:
             ``lengthscale_before``; with ``noise_groups="config_type"`` also
             ``config_type_scale`` and ``noise_groups`` (the groups and their frames).
         """
-        from scipy.optimize import minimize_scalar
-
-        from .gp.hyperopt import lml_from_statistics, noise_groups as group_rows, optimize
-        from .gp.hyperopt import split_factors
+        from .gp.hyperopt import lengthscale_kernels, lml_from_statistics, optimize
+        from .gp.hyperopt import noise_groups as group_rows
+        from .gp.hyperopt import search_lengthscale, split_factors
 
         self.check_fitted()
         if noise_groups not in ("kind", "config_type"):
@@ -465,34 +375,12 @@ class GAP:
                                      max_iter=max_iter)
             return start, ld, ls, value
 
-        scaled = [t for t in self.terms_ if isinstance(t.kernel, TwoBodyKernel)]
-        if not scaled:  # the squared-exponential kernels of e.g. symmetry functions
-            scaled = [t for t in self.terms_ if isinstance(t.kernel, SEKernel)]
+        scaled = lengthscale_kernels([t.kernel for t in self.terms_])
         theta0 = None
         if lengthscale:
-            if not scaled:
-                raise ValueError("lengthscale=True needs a term with a TwoBodyKernel or an "
-                                 "SEKernel")
-            theta0 = float(scaled[0].kernel.lengthscale.detach().reshape(()))
-            if lengthscale_bounds is None:
-                lengthscale_bounds = ((0.05, 5.0) if isinstance(scaled[0].kernel, TwoBodyKernel)
-                                      else (theta0 / 10, theta0 * 10))
-            cache = {}
-
-            def objective(log_theta):
-                for t in scaled:
-                    t.kernel.lengthscale = torch.tensor(math.exp(log_theta), dtype=self.dtype)
-                cache[log_theta] = inner()
-                return -cache[log_theta][3]
-
-            first = objective(math.log(theta0))
-            res = minimize_scalar(objective, bounds=tuple(np.log(lengthscale_bounds)),
-                                  method="bounded", options={"xatol": 1e-2, "maxiter": 20})
-            best = res.x if -res.fun > -first else math.log(theta0)
-            for t in scaled:
-                t.kernel.lengthscale = torch.tensor(math.exp(best), dtype=self.dtype)
-            start = cache[math.log(theta0)][0]
-            _, ld, ls, value = cache[best]
+            theta0, first, (_, ld, ls, value) = search_lengthscale(scaled, inner,
+                                                                   lengthscale_bounds)
+            start = first[0]
         else:
             start, ld, ls, value = inner()
         for t, v in zip(self.terms_, ld):
@@ -510,7 +398,7 @@ class GAP:
                                        "factor": float(f)}
                                       for (kind, ct), f in zip(group_names, per_group)]
         if lengthscale:
-            report["lengthscale"] = float(scaled[0].kernel.lengthscale.detach().reshape(()))
+            report["lengthscale"] = float(scaled[0].lengthscale.detach().reshape(()))
             report["lengthscale_before"] = theta0
         if refit:
             self._fit(data.frames, kernels=[t.kernel for t in self.terms_], noise=self.noise_)
@@ -574,7 +462,7 @@ class GAP:
         self.check_fitted()
         if forces_variance not in ("projected", "exact", None):
             raise ValueError("forces_variance must be 'projected', 'exact' or None")
-        frames = self._read(frames)
+        frames = as_frames(frames)
         self._check_species(frames)
         if virial is None:
             virial = all(bool(np.all(a.pbc)) for a in frames)
@@ -582,7 +470,6 @@ class GAP:
         if self.baselines:  # first: evaluate checks every frame before the heavy work
             b_results = _evaluate_baselines(self.baselines, frames, forces=forces, virial=virial)
         want_fvar = return_variance and forces_variance is not None
-        n_frames = len(frames)
         offsets = np.concatenate([[0], np.cumsum([len(a) for a in frames])]).astype(np.int64)
         out: dict = {"energy": [], "local_energy": [], "forces": [], "virial": [],
                      "energy_variance": [], "local_energy_variance": [], "forces_variance": [],
@@ -609,18 +496,14 @@ class GAP:
         local = arrays["local_energy"] + np.array([self.e0_[int(z)] for a in frames
                                                    for z in a.numbers])
         f_out, v_out = arrays["forces"], arrays["virial"]
-        b_energy = None
-        if b_results is not None:
-            b_energy = np.empty(n_frames)
-            for k, res in enumerate(b_results):
-                a0, a1 = offsets[k], offsets[k + 1]
-                b_energy[k] = res.energy
-                energy[k] += res.energy
-                local[a0:a1] += res.energies
-                if forces:
-                    f_out[a0:a1] += res.forces
-                if virial:
-                    v_out[k] += res.virial
+        b_energy = None if b_results is None else np.array([r.energy for r in b_results])
+        if b_results:  # the baselines' share, added to every mean
+            energy += b_energy
+            local += np.concatenate([res.energies for res in b_results])
+            if forces:
+                f_out += np.concatenate([res.forces for res in b_results])
+            if virial:
+                v_out += np.stack([res.virial for res in b_results])
         forms = {}
         if return_variance:
             forms = {"energy": "dtc", "local_energy": "dtc"}

@@ -34,6 +34,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
+from .data import as_frames
 from .gp.observations import NoiseModel
 from .kernels import SOAPKernel
 from .kernels.base import DescriptorKernel
@@ -88,11 +89,7 @@ def _descriptor_values(frames, descriptor, gradients=False):
         return frames
     if descriptor is None:
         raise ValueError("pass a descriptor (e.g. gapkit.SOAP(...)) to compute from frames")
-    from ase import Atoms
-
-    if isinstance(frames, Atoms):
-        frames = [frames]
-    return descriptor.compute(list(frames), gradients=gradients)
+    return descriptor.compute(as_frames(frames), gradients=gradients)
 
 
 def structure_kernel(frames_a, frames_b=None, descriptor=None, kernel: DescriptorKernel | None

@@ -59,6 +59,24 @@ class Term:
                                  "fitted sparse points of term i are GAP.sparse_sets_[i]")
         raise AttributeError(f"'Term' object has no attribute {name!r}")
 
+    def for_species(self, species: Any, kernel: Any = None, *,
+                    progress: bool = False) -> "Term":
+        """A copy whose descriptor knows the training ``species`` (atomic numbers), with
+        ``kernel`` (default: this term's own kernel object). A descriptor with fixed
+        species that lacks one of them raises ValueError."""
+        params = self.descriptor.get_params()
+        if params.get("species") is None:
+            params["species"] = list(species)
+        else:
+            missing = sorted(set(species) - set(params["species"]))
+            if missing:
+                raise ValueError(f"the training data contains species {missing} that the "
+                                 f"descriptor's fixed species {params['species']} lacks")
+        desc = type(self.descriptor)(**params)
+        desc.progress = bool(progress)  # a bar only when a call spans several batches
+        return Term(desc, self.kernel if kernel is None else kernel, self.n_sparse,
+                    self.sparse_method, self.sparse_options)
+
     def get_params(self) -> dict:
         """Constructor arguments (the descriptor and kernel objects themselves)."""
         return {"descriptor": self.descriptor, "kernel": self.kernel, "n_sparse": self.n_sparse,

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..data import as_frames
+
 __all__ = ["Descriptor", "DescriptorResult", "fold_pair_gradients", "resolve_species"]
 
 
@@ -297,13 +299,7 @@ class Descriptor:
         ``["positions", "strain"]``. Frames are processed in batches of about
         ``batch_atoms`` atoms, with a progress bar when ``progress`` is set.
         """
-        from ase import Atoms
-
-        if isinstance(frames, Atoms):
-            frames = [frames]
-        frames = list(frames)
-        if not frames:
-            raise ValueError(f"no frames given to {type(self).__name__}.compute")
+        frames = as_frames(frames, require=f"{type(self).__name__}.compute")
         want_pos, want_strain = parse_gradients(gradients)
         species = resolve_species(frames, self.species)
         batches = list(frame_batches(frames, self.batch_atoms))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..data import as_frames
 from ..neighbors import build_neighbor_list
 from .base import Descriptor, DescriptorResult, fold_pair_gradients
 from .cutoff import CosineCutoff, OwnsCutoff
@@ -203,11 +204,7 @@ class TwoBody(OwnsCutoff, Descriptor):
             of shape (n_pairs,), and ``shift`` (n_pairs, 3): the integer cell shift
             ``S`` of the image of ``j``, so that ``r_ij = r_j + S h - r_i``.
         """
-        from ase import Atoms
-
-        if isinstance(frames, Atoms):
-            frames = [frames]
-        nl = build_neighbor_list(list(frames), self.cutoff)
+        nl = build_neighbor_list(as_frames(frames), self.cutoff)
         order = _canonical_order(nl)
         start = nl.atom_offsets[nl.pair_structure[order]]
         return {"structure": nl.pair_structure[order], "i": nl.centers[order] - start,

@@ -25,8 +25,8 @@ from ..data import VOIGT
 from ..descriptors.base import frame_batches
 from .observations import ENERGY, FORCES, VIRIAL
 
-__all__ = ["SparseSet", "design_blocks", "design_rows", "functional_rows", "gather_rows",
-           "gradients_for", "type_mask"]
+__all__ = ["SparseSet", "TrainingData", "design_blocks", "design_rows", "functional_rows",
+           "gather_rows", "gradients_for", "kmm", "type_mask"]
 
 #: gradient entries contracted at once (memory: entries x 3 x M floats)
 ENTRY_CHUNK = 1024
@@ -223,3 +223,24 @@ def design_blocks(terms, sparse_sets, frames, observations, gradients=None, *,
         sub = observations.select(sel).shifted(start)
         yield start, sel, sub, design_rows(terms, sparse_sets, frames[start:stop], sub,
                                            gradients, unit=unit)
+
+
+def kmm(terms, sparse_sets) -> torch.Tensor:
+    """K_MM: the kernel between the sparse points of each term (zero between different
+    kernel types), block-diagonal over terms (M x M, eV^2)."""
+    blocks = []
+    for term, z in zip(terms, sparse_sets):
+        k = term.kernel.value(z.points, z.points) * type_mask(z.types, z.types, z.points.dtype)
+        blocks.append(k.detach())
+    return torch.block_diag(*blocks)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The training frames of a fitted GAP as its passes see them: frames, observation
+    rows (labels minus baselines and e0, with their noise) and the descriptor gradients
+    those rows need."""
+
+    frames: list
+    observations: object
+    gradients: frozenset

@@ -51,7 +51,7 @@ import gpytorch
 import numpy as np
 import torch
 
-from ..data import VOIGT, get_all_labels, voigt_to_matrix
+from ..data import VOIGT, as_frames, get_all_labels, voigt_to_matrix
 from ..kernels import DescriptorKernel
 from .observations import (
     ENERGY,
@@ -613,14 +613,7 @@ def _chunks(offsets: np.ndarray, size: int):
 
 
 def _as_frames(frames) -> list:
-    from ase import Atoms
-
-    if isinstance(frames, Atoms):
-        return [frames]
-    frames = list(frames)
-    if not frames:
-        raise ValueError("no frames given")
-    return frames
+    return as_frames(frames, require="ExactGP")
 
 
 def _clip_variance(variance: np.ndarray) -> np.ndarray:

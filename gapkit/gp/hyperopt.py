@@ -31,8 +31,8 @@ from .design import design_blocks, type_mask
 from .observations import KINDS
 from .sparse import IncrementalQR
 
-__all__ = ["Statistics", "collect_statistics", "lml_from_statistics", "noise_groups", "optimize",
-           "split_factors"]
+__all__ = ["Statistics", "collect_statistics", "lengthscale_kernels", "lml_from_statistics",
+           "noise_groups", "optimize", "search_lengthscale", "split_factors"]
 
 KIND_NAMES = KINDS  # the name before 0.2
 
@@ -204,4 +204,54 @@ def split_factors(names, factors):
         if ct is not None:
             ct_factor.setdefault(ct, {})[kind] = float(f) / kind_factor[kind]
     return np.array([kind_factor[kind] for kind in KINDS]), ct_factor
+
+
+def lengthscale_kernels(kernels) -> list:
+    """The kernels whose one shared length scale :func:`search_lengthscale` tunes: the
+    two-body kernels or, without them, the squared-exponential kernels (of symmetry
+    functions, say)."""
+    from ..kernels import SEKernel, TwoBodyKernel
+
+    found = [k for k in kernels if isinstance(k, TwoBodyKernel)]
+    return found or [k for k in kernels if isinstance(k, SEKernel)]
+
+
+def search_lengthscale(kernels, evaluate, bounds=None):
+    """A bounded scalar search, in its logarithm, of one length scale (Å) shared by
+    ``kernels`` (:func:`lengthscale_kernels`).
+
+    ``evaluate()`` optimises the other hyper-parameters at the kernels' current length
+    scale (one pass over the data) and returns ``(start, log_delta, log_scale, value)``;
+    the search maximises ``value``. ``bounds`` default to (0.05, 5) Å for two-body
+    kernels and a factor 10 either side of the current value otherwise. The best length
+    scale (or the starting one, if nothing beats it) is left set on the kernels.
+    Returns ``(theta0, evaluate() at theta0, evaluate() at the best)``.
+    """
+    from scipy.optimize import minimize_scalar
+
+    from ..kernels import TwoBodyKernel
+
+    if not kernels:
+        raise ValueError("lengthscale=True needs a term with a TwoBodyKernel or an SEKernel")
+    theta0 = float(kernels[0].lengthscale.detach().reshape(()))
+    if bounds is None:
+        bounds = ((0.05, 5.0) if isinstance(kernels[0], TwoBodyKernel)
+                  else (theta0 / 10, theta0 * 10))
+    cache = {}
+
+    def set_lengthscale(log_theta):
+        for k in kernels:
+            k.lengthscale = torch.tensor(math.exp(log_theta), dtype=torch.float64)
+
+    def objective(log_theta):
+        set_lengthscale(log_theta)
+        cache[log_theta] = evaluate()
+        return -cache[log_theta][3]
+
+    first = objective(math.log(theta0))
+    res = minimize_scalar(objective, bounds=tuple(np.log(bounds)), method="bounded",
+                          options={"xatol": 1e-2, "maxiter": 20})
+    best = res.x if -res.fun > -first else math.log(theta0)
+    set_lengthscale(best)
+    return theta0, cache[math.log(theta0)], cache[best]
 

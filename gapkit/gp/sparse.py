@@ -25,10 +25,11 @@ since ``y^T (Q_NN + Sigma)^{-1} y = |Sigma^{-1/2} y|^2 - |b|^2 = r^2`` (Woodbury
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["IncrementalQR", "cholesky_upper"]
+__all__ = ["DTCSolution", "IncrementalQR", "cholesky_upper", "solve_dtc"]
 
 
 def cholesky_upper(kmm: torch.Tensor, jitter: float) -> tuple[torch.Tensor, float]:
@@ -111,3 +112,42 @@ def dtc_log_marginal_likelihood(r_factor, u_factor, residual, sum_log_sigma, n_r
                  - torch.log(torch.abs(torch.diagonal(r_factor))).sum()
                  + torch.log(torch.diagonal(u_factor)).sum()
                  - sum_log_sigma - 0.5 * n_rows * math.log(2.0 * math.pi))
+
+
+@dataclass(frozen=True)
+class DTCSolution:
+    """The fitted factors of a DTC solve (:func:`solve_dtc`): weights ``alpha`` (M,),
+    ``R`` (``R^T R = K_MM + K_MN Sigma^-1 K_NM``), ``U`` (``U^T U = K_MM`` + jitter), the
+    absolute jitter, the log marginal likelihood (nats), the rows fitted and the
+    condition numbers the triangular solves see: cond(R) and cond(K_MM + jitter)."""
+
+    alpha: torch.Tensor
+    R: torch.Tensor
+    U: torch.Tensor
+    jitter_absolute: float
+    log_marginal_likelihood: float
+    condition_number_R: float
+    condition_number_kmm_jitter: float
+
+
+def solve_dtc(terms, sparse_sets, frames, observations, *, jitter: float, batch_atoms: int,
+              progress: bool = False) -> DTCSolution:
+    """The projected-process (DTC) fit: the streaming QR of ``[Sigma^-1/2 K_NM; U]`` over
+    blocks of design rows (:func:`gapkit.gp.design.design_blocks`), then
+    ``alpha = R^-1 Q^T [Sigma^-1/2 y; 0]`` (DESIGN.md section 3: A = QR). Memory is
+    O(M^2 + one block) whatever the number of observations."""
+    from .design import design_blocks, gradients_for, kmm
+
+    u, jitter_absolute = cholesky_upper(kmm(terms, sparse_sets), jitter)
+    qr = IncrementalQR(u)
+    for _, _, block_obs, rows in design_blocks(
+            terms, sparse_sets, frames, observations, gradients_for(observations),
+            batch_atoms=batch_atoms, progress=progress, desc="GAP design matrix"):
+        qr.add(rows, torch.as_tensor(block_obs.y), torch.as_tensor(block_obs.sigma))
+    r, b, resid = qr.finish()
+    alpha = torch.linalg.solve_triangular(r, b[:, None], upper=True)[:, 0]
+    sv, svu = torch.linalg.svdvals(r), torch.linalg.svdvals(u)
+    return DTCSolution(alpha, r, u, jitter_absolute,
+                       dtc_log_marginal_likelihood(r, u, resid, qr.sum_log_sigma, qr.n_rows),
+                       float(sv[0] / sv[-1]), float((svu[0] / svu[-1]) ** 2))
+

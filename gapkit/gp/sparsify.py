@@ -59,6 +59,7 @@ __all__ = [
     "select_sparse_points",
     "sparse_points",
     "split_budget",
+    "term_sparse_set",
     "uniform_grid",
 ]
 
@@ -512,3 +513,30 @@ def sparse_points(X, n_sparse: int | Mapping[int, int], *, method: str = "cur", 
         return SparseSet(np.zeros((0, 1)), np.zeros(0, np.int64), np.zeros(0, np.int64))
     points = np.concatenate(pts)
     return SparseSet(points, np.concatenate(tps), np.full(points.shape[0], -1, np.int64))
+
+
+def term_sparse_set(term, frames, random_state) -> SparseSet:
+    """The sparse points of a fitted term (a :class:`gapkit.Term` whose descriptor knows
+    the species) from the descriptors of every environment of ``frames``, by the term's
+    ``n_sparse`` (an int, a per-species dict or ``"all"``), ``sparse_method`` and
+    ``sparse_options`` (CUR samples by leverage, as gap_fit's ``cur_points``, unless
+    ``cur_mode`` says otherwise). float64 points."""
+    import torch
+
+    res = term.descriptor.compute(frames)
+    n_sparse = term.n_sparse
+    if n_sparse == "all":
+        types_, counts = np.unique(res.centre_types, return_counts=True)
+        n_sparse = {int(t): int(c) for t, c in zip(types_, counts)}
+    elif isinstance(n_sparse, str):
+        raise ValueError(f"n_sparse must be an int, a dict or 'all', got {n_sparse!r}")
+    with warnings.catch_warnings():
+        if term.n_sparse == "all":  # duplicates are dropped, silently here
+            warnings.simplefilter("ignore", UserWarning)
+        options = dict(term.sparse_options or {})
+        if term.sparse_method == "cur":
+            options.setdefault("cur_mode", "sample")
+        chosen = sparse_points(res.values, n_sparse, method=term.sparse_method,
+                               types=res.centre_types, random_state=random_state, **options)
+    return SparseSet(chosen.points.to(torch.float64), chosen.types, chosen.indices)
+

@@ -4,12 +4,11 @@ components, flipped signs, wrong units)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ..data import VOIGT as _VOIGT
-from ..data import get_all_labels, read_extxyz
+from ..data import as_frames, get_all_labels
 from ..model import clone
 
 
@@ -100,9 +99,7 @@ def label_consistency(model, frames, *, kind: str = "virial", min_values: int = 
 
     if kind not in _COMPONENTS:
         raise ValueError(f"kind must be 'virial' or 'forces', got {kind!r}")
-    if isinstance(frames, (str, Path)):
-        frames = read_extxyz(frames, **model.keys)
-    frames = list(frames)
+    frames = as_frames(frames, **model.keys)
     others = tuple(k for k in model.use if k != kind)
     if not others:
         raise ValueError(f"model.use={model.use!r} leaves nothing to fit besides {kind}")

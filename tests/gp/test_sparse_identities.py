@@ -30,7 +30,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.tersoff import Tersoff, TersoffParameters
 
-import gapkit.model
+import gapkit.gp.sparse
 from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term
 from gapkit.gp.design import functional_rows
 from gapkit.gp.observations import VOIGT
@@ -341,7 +341,7 @@ def test_result_does_not_depend_on_block_size(model, train, probe_frames, monkey
     """batch_atoms: frames per design-matrix block (8 atoms = one frame per block);
     block_rows: rows buffered per QR update (default max(2M, 2048) = one update here)."""
     if block_rows is not None:
-        monkeypatch.setattr(gapkit.model, "IncrementalQR",
+        monkeypatch.setattr(gapkit.gp.sparse, "IncrementalQR",
                             functools.partial(IncrementalQR, block_rows=block_rows))
     other = _fit(train, batch_atoms=batch_atoms)
     a0, a1 = model.alpha_.numpy(), other.alpha_.numpy()
