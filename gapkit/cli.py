@@ -51,6 +51,7 @@ import json
 import sys
 from pathlib import Path
 
+from .data import LABEL_NAMES
 from .io import ConfigError as CLIError
 from .io import dump_toml, load_toml
 
@@ -155,7 +156,7 @@ def parse_gap_fit_args(args) -> dict:
             if len(parts) not in (3, 4):
                 raise CLIError(f"default_sigma={value}: expected {{E F V}} or {{E F V H}}")
             noise = cfg.setdefault("noise", {})
-            for name_, v in zip(("energy", "forces", "virial"), parts):
+            for name_, v in zip(LABEL_NAMES, parts):  # gap_fit's order is ours
                 noise[name_] = float(_number(v, key))
         elif target == "noise.per_atom":
             cfg.setdefault("noise", {})["per_atom"] = _bool(value, key)
@@ -167,7 +168,7 @@ def parse_gap_fit_args(args) -> dict:
             ct = cfg.setdefault("noise", {}).setdefault("config_type", {})
             for i in range(0, len(parts), 5):
                 ct[parts[i]] = {n: float(_number(v, key)) for n, v in
-                                zip(("energy", "forces", "virial"), parts[i + 1:i + 4])}
+                                zip(LABEL_NAMES, parts[i + 1:i + 4])}
         elif target == "e0":
             if key == "e0_method":
                 cfg["e0"] = {"average": "least_squares"}.get(value, value)
@@ -275,7 +276,7 @@ def cmd_fit(args) -> int:
         _say(args, f"  learnt noise ({args.learn_noise}): log marginal likelihood "
                    f"{report['log_marginal_likelihood_before']:.1f} -> "
                    f"{report['log_marginal_likelihood_refit']:.1f}")
-        for kind in ("energy", "forces", "virial"):
+        for kind in LABEL_NAMES:
             if model.fit_info_["n_observations"].get(kind):
                 cts = sorted({str(ct) for ct in model.noise_.config_type_scale})
                 per_ct = "".join(f", {ct} {model.noise_.sigma(kind, ct):.3g}" for ct in cts

@@ -37,6 +37,7 @@ from ase.data import atomic_numbers, chemical_symbols
 __all__ = [
     "Labels",
     "as_frames",
+    "voigt_symmetrised",
     "bundled_path",
     "composition",
     "get_all_labels",
@@ -55,7 +56,8 @@ __all__ = [
 #: The one table every Voigt <-> matrix conversion in gapkit reads.
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 
-#: Label names accepted by ``require``.
+#: The label kinds, in observation-row order: the one spelling every module reads
+#: (``gapkit.gp.KINDS`` is this tuple; also the names ``require`` accepts).
 LABEL_NAMES = ("energy", "forces", "virial")
 
 #: ``atoms.info`` keys read as per-configuration noise overrides (as in ``gap_fit``).
@@ -839,4 +841,14 @@ def as_frames(frames: Any, *, require: str | None = None, **read_kwargs: Any) ->
     if require and not out:
         raise ValueError(f"no frames given to {require}")
     return out
+
+
+def voigt_symmetrised(s: Any) -> Any:
+    """The symmetric part ``(s_ab + s_ba) / 2`` of the 3 x 3 axes 1 and 2 of ``s`` (shape
+    ``(n, 3, 3, ...)``, a numpy array or torch tensor) in ASE's Voigt order
+    (:data:`VOIGT`: xx yy zz yz xz xy), shape ``(n, 6, ...)``: how a strain derivative
+    becomes the six virial components."""
+    a_idx = [a for a, _ in VOIGT]
+    b_idx = [b for _, b in VOIGT]
+    return 0.5 * (s[:, a_idx, b_idx] + s[:, b_idx, a_idx])
 

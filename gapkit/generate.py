@@ -74,7 +74,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import atomic_numbers, chemical_symbols
 
 from ._version import __version__
-from .data import stress_to_virial
+from .data import LABEL_NAMES, stress_to_virial
 
 __all__ = [
     "LabellingError",
@@ -96,7 +96,7 @@ LABELLER_KEYS = ("labeller", "labeller_settings", "energy_property")
 # Labels and labeller records that must not travel from a parent structure to a perturbed copy.
 _LABEL_INFO_KEYS = ("energy", "free_energy", "virial", "stress", "forces") + LABELLER_KEYS
 _LABEL_ARRAY_KEYS = ("forces", "momenta")
-_PROPERTIES = ("energy", "forces", "virial")
+_PROPERTIES = LABEL_NAMES
 _SHEAR_AXES = {"yz": (1, 2), "xz": (0, 2), "xy": (0, 1)}
 
 SeedLike = int | np.integer | np.random.Generator | None

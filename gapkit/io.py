@@ -41,7 +41,7 @@ from ._version import __version__
 from .baselines import BASELINES
 from .baselines import from_dict as baseline_from_dict
 from .gp.design import SparseSet
-from .gp.observations import NoiseModel
+from .gp.observations import KINDS, NoiseModel
 from .kernels import DESCRIPTORS, KERNELS
 from .terms import Term
 
@@ -262,7 +262,7 @@ def from_config(config: dict, *, base_dir: str | Path | None = None) -> ModelCon
     noise_cfg = dict(config.get("noise", {}))
     _check_keys(noise_cfg, _NOISE_KEYS, "[noise]")
     for ct, over in noise_cfg.get("config_type", {}).items():
-        _check_keys(over, {"energy", "forces", "virial"}, f"[noise.config_type.{ct}]")
+        _check_keys(over, set(KINDS), f"[noise.config_type.{ct}]")
     noise = NoiseModel(**noise_cfg)
     e0 = config.get("e0", "least_squares")
     if isinstance(e0, dict):

@@ -109,7 +109,7 @@ class GAP:
 
     def __init__(self, terms: Sequence[Term] | None = None, *, noise: NoiseModel | None = None,
                  e0="least_squares", jitter: float = 1e-8,
-                 use: Sequence[str] = ("energy", "forces", "virial"),
+                 use: Sequence[str] = KINDS,
                  energy_key: str = "energy", forces_key: str = "forces",
                  virial_key: str = "virial", stress_key: str = "stress",
                  config_type_key: str = "config_type", batch_atoms: int = 256,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data import VOIGT
+from ..data import voigt_symmetrised
 from ..descriptors.base import frame_batches
 from .observations import ENERGY, FORCES, VIRIAL
 
@@ -112,9 +112,7 @@ def functional_rows(kernel, result, sparse: SparseSet, *, energy: bool, forces: 
         out["forces"] = rows
     if virial:
         s = result.torch("strain_gradients", dtype=dtype)
-        a_idx = [a for a, _ in VOIGT]
-        b_idx = [b for _, b in VOIGT]
-        sym = 0.5 * (s[:, a_idx, b_idx] + s[:, b_idx, a_idx])  # (n_c, 6, D)
+        sym = voigt_symmetrised(s)  # (n_c, 6, D)
         rows = torch.zeros((n_frames, 6, z.shape[0]), dtype=dtype)
         centres = torch.arange(q.shape[0])
         chunk = max(1, ENTRY_CHUNK // 2)

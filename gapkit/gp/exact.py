@@ -43,7 +43,6 @@ solves (GPyTorch's iterative "fast computations" are switched off).
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -51,7 +50,7 @@ import gpytorch
 import numpy as np
 import torch
 
-from ..data import VOIGT, as_frames, get_all_labels, voigt_to_matrix
+from ..data import as_frames, get_all_labels, voigt_symmetrised, voigt_to_matrix
 from ..kernels import DescriptorKernel
 from .observations import (
     ENERGY,
@@ -64,7 +63,7 @@ from .observations import (
     fit_e0,
 )
 from .design import gradients_for
-from .posterior import Prediction
+from .posterior import Prediction, clip_variance
 
 __all__ = ["Derivatives", "ExactGP", "FunctionalKernel", "Functionals",
            "functional_covariance", "functional_variance"]
@@ -180,7 +179,7 @@ class Functionals:
             if result.strain_gradients is None:
                 raise ValueError("virial functionals need strain gradients")
             s = np.asarray(result.strain_gradients)  # (n_c, 3, 3, D)
-            g = np.stack([-0.5 * (s[:, a, b] + s[:, b, a]) for a, b in VOIGT], axis=1)
+            g = -voigt_symmetrised(s)
             add(g, centres, np.asarray(virial_rows)[structure])
         return cls(q=torch.as_tensor(np.asarray(result.values), dtype=_DTYPE),
                    types=torch.as_tensor(np.asarray(result.centre_types), dtype=torch.int64),
@@ -555,9 +554,10 @@ class ExactGP:
         test_x = torch.arange(n_train, n_train + n_test, dtype=_DTYPE)[:, None]
         try:
             with torch.no_grad(), _exact_settings():
+                prior_variance = covar(test_x, diag=True)
                 if prior:
                     mean = torch.zeros(n_test, dtype=_DTYPE)
-                    variance = covar(test_x, diag=True)
+                    variance = prior_variance
                 else:
                     # train() drops GPyTorch's cached solves: hyper-parameters may have changed
                     model.train()
@@ -575,7 +575,9 @@ class ExactGP:
         finally:
             covar.functionals = self.functionals_
         mean = mean.numpy()
-        variance = _clip_variance(variance.numpy())
+        delta = float(getattr(self.kernel_, "delta", torch.ones(())).detach().reshape(()))
+        variance = clip_variance(variance.numpy(), prior_variance.numpy(), reference=delta**2,
+                                 stacklevel=3)
 
         def part(rows, shape):
             return mean[rows].reshape(shape), variance[rows].reshape(shape)
@@ -614,15 +616,4 @@ def _chunks(offsets: np.ndarray, size: int):
 
 def _as_frames(frames) -> list:
     return as_frames(frames, require="ExactGP")
-
-
-def _clip_variance(variance: np.ndarray) -> np.ndarray:
-    """Clip round-off below zero; warn when a variance is clearly negative."""
-    scale = max(float(np.abs(variance).max(initial=0.0)), 1e-300)
-    worst = float(variance.min(initial=0.0))
-    if worst < -1e-8 * scale:
-        warnings.warn(f"posterior variance as low as {worst:.3g} (largest {scale:.3g}): the "
-                      "observation covariance is ill-conditioned; increase the noise",
-                      RuntimeWarning, stacklevel=3)
-    return np.maximum(variance, 0.0)
 

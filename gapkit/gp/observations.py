@@ -13,14 +13,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..data import VOIGT, Labels, get_all_labels
+from ..data import LABEL_NAMES, VOIGT, Labels, get_all_labels
 
 __all__ = ["ENERGY", "FORCES", "KINDS", "VIRIAL", "VOIGT", "NoiseModel", "Observations",
            "build_observations", "fit_e0"]
 
 #: observation kinds: ``Observations.kind`` holds these codes, ``KINDS[code]`` their names
 ENERGY, FORCES, VIRIAL = 0, 1, 2
-KINDS = ("energy", "forces", "virial")
+KINDS = LABEL_NAMES  # one spelling of the label kinds, in row order: gapkit.data's
 
 
 def _check_per_kind(values: Mapping[str, float], where: str) -> None:

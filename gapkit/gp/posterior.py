@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..data import VOIGT, voigt_to_matrix
+from ..data import voigt_symmetrised, voigt_to_matrix
 from .design import functional_rows, type_mask
 
-__all__ = ["Prediction", "derivative_means", "dtc_variance", "predict_block",
+__all__ = ["Prediction", "clip_variance", "derivative_means", "dtc_variance", "predict_block",
            "prior_energy_variances", "prior_force_variances", "projected_variance"]
 
 
@@ -116,15 +116,34 @@ def dtc_variance(rows: torch.Tensor, prior: torch.Tensor, r_factor: torch.Tensor
     a = torch.linalg.solve_triangular(u_factor.T, rows.T, upper=False)  # U^T a = k*^T
     prior_np = prior.numpy()
     var = prior_np - (a * a).sum(0).numpy() + projected_variance(rows, r_factor)
-    # round-off scale: the largest prior variance of the batch (a component that vanishes
-    # by symmetry has a zero prior and a round-off-sized negative variance)
-    tol = 1e-8 * max(float(np.abs(prior_np).max(initial=0.0)), np.finfo(float).tiny)
-    if np.any(var < -tol):
-        worst = float(var.min())
-        warnings.warn(f"predicted variances below 0 (down to {worst:.3g} eV^2) were set to "
-                      "0; the fitted factors may not match the kernel (refit after changing "
-                      "hyper-parameters)", UserWarning, stacklevel=3)
-    return np.maximum(var, 0.0)
+    # the prior variance of one sparse environment's local energy: diag(K_MM) = |U e_m|^2
+    reference = float((u_factor * u_factor).sum(0).max())
+    return clip_variance(var, prior_np, reference=reference, stacklevel=4)
+
+
+def clip_variance(variance, prior, *, reference: float = 0.0,
+                  stacklevel: int = 2) -> np.ndarray:
+    """Posterior variances clipped at 0 (the one policy of the sparse and the exact GP).
+
+    Round-off makes a variance slightly negative where the data pin the quantity down (a
+    force component that vanishes by symmetry, a perfect crystal's energy). A clip is
+    judged against the scale of the terms whose difference gave it: the largest of the
+    batch's *prior* variances and ``reference``, the prior variance of one local energy
+    (delta^2 of a normalised SOAP kernel). ``reference`` matters where every prior of
+    the batch vanishes by symmetry (the forces of a perfect crystal, whose priors and
+    variances are both round-off, ~1e-17). Only a clip beyond 1e-8 of that scale warns
+    (a UserWarning, as scikit-learn's GaussianProcessRegressor): then the factors do not
+    belong to the kernel (a hyper-parameter changed without a refit, say).
+    """
+    variance = np.asarray(variance, dtype=float)
+    scale = max(float(np.abs(np.asarray(prior, dtype=float)).max(initial=0.0)), reference)
+    tol = 1e-8 * max(scale, np.finfo(float).tiny)
+    if np.any(variance < -tol):
+        warnings.warn(f"predicted variances below 0 (down to {float(variance.min()):.3g}, "
+                      f"largest prior variance {scale:.3g}) were set to 0; the fitted factors "
+                      "may not match the kernel (refit after changing hyper-parameters)",
+                      UserWarning, stacklevel=stacklevel)
+    return np.maximum(variance, 0.0)
 
 
 def prior_energy_variances(terms, results, n_frames: int, n_atoms: int):
@@ -183,10 +202,7 @@ def derivative_means(kernel, sparse, alpha: torch.Tensor, res, forces: bool, vir
                 0, torch.as_tensor(res.gradient_atom_global), per_entry, alpha=-1.0)
         if virial:
             s = res.torch("strain_gradients", dtype=dtype)
-            w9 = torch.einsum("cabd,cd->cab", s, grad)
-            a_idx = [a for a, _ in VOIGT]
-            b_idx = [b for _, b in VOIGT]
-            w6 = 0.5 * (w9[:, a_idx, b_idx] + w9[:, b_idx, a_idx])
+            w6 = voigt_symmetrised(torch.einsum("cabd,cd->cab", s, grad))
             vm = torch.zeros((res.n_structures, 6), dtype=dtype).index_add_(
                 0, torch.as_tensor(res.centre_structure), w6, alpha=-1.0)
     return fm, vm
