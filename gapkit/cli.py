@@ -299,31 +299,10 @@ def _load_model(path, args):
 
 
 def errors(pred, frames, keys) -> dict:
-    """MAE/RMSE of energies (meV/atom), forces (eV/Å) and virials (meV/atom) over the
-    frames (and atoms) that carry each label."""
-    import numpy as np
+    """The error table of ``gapkit eval`` (:func:`gapkit.uq.error_table`)."""
+    from .uq import error_table
 
-    from .data import get_all_labels
-
-    labels = get_all_labels(frames, **keys)
-    n = pred.n_atoms
-    out: dict = {"n_frames": len(frames)}
-    idx = [k for k, lab in enumerate(labels) if lab.energy is not None]
-    if idx:
-        de = np.array([(pred.energy[k] - labels[k].energy) / n[k] for k in idx]) * 1e3
-        out.update(energy_n=len(idx), energy_mae_mev_per_atom=float(np.abs(de).mean()),
-                   energy_rmse_mev_per_atom=float(np.sqrt((de**2).mean())))
-    idx = [k for k, lab in enumerate(labels) if lab.forces is not None]
-    if idx and pred.forces is not None:
-        df = np.concatenate([pred.frame_forces(k) - labels[k].forces for k in idx])
-        out.update(forces_n=int(df.size), forces_mae=float(np.abs(df).mean()),
-                   forces_rmse=float(np.sqrt((df**2).mean())))
-    idx = [k for k, lab in enumerate(labels) if lab.virial is not None]
-    if idx and pred.virial is not None:
-        dv = np.array([(pred.virial[k] - labels[k].virial) / n[k] for k in idx]) * 1e3
-        out.update(virial_n=len(idx), virial_mae_mev_per_atom=float(np.abs(dv).mean()),
-                   virial_rmse_mev_per_atom=float(np.sqrt((dv**2).mean())))
-    return out
+    return error_table(pred, frames, keys=keys)
 
 
 def cmd_eval(args) -> int:

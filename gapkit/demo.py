@@ -26,23 +26,10 @@ def build_model(quick: bool = False):
 
 
 def errors_table(pred, frames) -> dict:
-    from .data import get_all_labels
+    """The demo's test errors: :func:`gapkit.uq.error_table`, the table of ``gapkit eval``."""
+    from .uq import error_table
 
-    labels = get_all_labels(frames)
-    n = pred.n_atoms
-    e_ref = np.array([lab.energy for lab in labels])
-    f_ref = np.concatenate([lab.forces for lab in labels])
-    de = (pred.energy - e_ref) / n * 1e3
-    df = pred.forces - f_ref
-    out = {"energy_mae_mev_per_atom": float(np.abs(de).mean()),
-           "energy_rmse_mev_per_atom": float(np.sqrt((de**2).mean())),
-           "forces_mae": float(np.abs(df).mean()),
-           "forces_rmse": float(np.sqrt((df**2).mean()))}
-    if pred.virial is not None and all(lab.virial is not None for lab in labels):
-        v_ref = np.array([lab.virial for lab in labels])
-        dv = (pred.virial - v_ref) / n[:, None, None] * 1e3
-        out["virial_mae_mev_per_atom"] = float(np.abs(dv).mean())
-    return out
+    return error_table(pred, frames)
 
 
 def main(argv=None) -> int:

@@ -40,7 +40,7 @@ variances), ``calibration`` (a prediction against labels), ``recalibration``,
 from __future__ import annotations
 
 from ._quantities import QUANTITIES
-from .calibration import calibration_report, quantity_errors
+from .calibration import calibration_report, error_table, quantity_errors
 from .committee import committee_predict, fit_committee
 from .consistency import ConsistencyReport, label_consistency
 from .loo import LOOResult, leave_one_out
@@ -53,7 +53,7 @@ __all__ = [
     "CalibrationResult", "ConsistencyReport", "LOOResult", "QUANTITIES", "apply_recalibration",
     "label_consistency",
     "calibration_metrics", "calibration_report", "committee_predict", "coverage_curve",
-    "ence", "fit_committee", "fit_recalibration", "gaussian_nll", "isotonic_fit",
+    "ence", "error_table", "fit_committee", "fit_recalibration", "gaussian_nll", "isotonic_fit",
     "leave_one_out", "miscalibration_area", "quantity_errors", "reliability_curve",
     "sharpness", "spearman", "z_scores",
 ]
