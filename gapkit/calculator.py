@@ -9,9 +9,11 @@ import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from ._compat import UNSET, renamed
+from .baselines.calculator import BaselineCalculator
 from .data import virial_to_stress
 
-__all__ = ["GAPCalculator"]
+# BaselineCalculator (gapkit.baselines) sits beside GAPCalculator here
+__all__ = ["BaselineCalculator", "GAPCalculator"]
 
 
 

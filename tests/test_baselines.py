@@ -18,6 +18,7 @@ from gapkit.baselines import (
     COULOMB_CONSTANT,
     Baseline,
     BaselineCalculator,
+    BaselineResult,
     CoreRepulsion,
     Coulomb,
     Ewald,
@@ -383,6 +384,53 @@ def test_to_dict_round_trip(name, baseline, atoms):
         baseline.compute(atoms).energy, rel=1e-14)
     with pytest.raises(ValueError, match="unknown baseline type"):
         from_dict({"type": "Nope", "params": {}})
+
+
+def test_a_user_baseline_joins_the_one_registry(tmp_path):
+    """A Baseline subclass defined by the user is known by name at once: from_dict, a
+    config's [[baselines]] and a model file rebuild it (one registry, BASELINES)."""
+    from gapkit import GAP, NoiseModel
+    from gapkit.calculator import BaselineCalculator as FromCalculator
+
+    class ShiftPerAtom(Baseline):
+        def __init__(self, shift: float = 0.1):
+            self.shift = float(shift)
+
+        def get_params(self):
+            return {"shift": self.shift}
+
+        def compute(self, atoms, *, forces=True, virial=True):
+            n = len(atoms)
+            return BaselineResult(self.shift * n, np.full(n, self.shift),
+                                  np.zeros((n, 3)) if forces else None,
+                                  np.zeros((3, 3)) if virial else None)
+
+    assert BASELINES["ShiftPerAtom"] is ShiftPerAtom
+    assert from_dict(ShiftPerAtom(0.3).to_dict()) == ShiftPerAtom(0.3)
+    assert FromCalculator is BaselineCalculator
+    config = {"terms": [{"descriptor": {"type": "SOAP", "n_max": 2, "l_max": 1},
+                         "kernel": {"type": "SOAPKernel"}, "n_sparse": 4}],
+              "noise": {"energy": 0.01, "forces": 0.1, "virial": 0.1},
+              "baselines": [{"type": "ShiftPerAtom", "shift": 0.25}]}
+    model, _, _ = GAP.from_config(config, progress=False)
+    assert model.baselines == [ShiftPerAtom(0.25)]
+    from ase.calculators.emt import EMT
+
+    frames = []
+    for k in range(3):
+        atoms = bulk("Cu", "fcc", a=3.61 + 0.02 * k, cubic=True)
+        atoms.rattle(0.05, seed=k)
+        frames.append(label(atoms, EMT()))
+    model = GAP(model.terms, noise=NoiseModel(energy=0.01, forces=0.1, virial=0.1),
+                baselines=[ShiftPerAtom(0.25)], progress=False).fit(frames)
+    loaded = GAP.load(model.save(tmp_path / "shift.gapkit"))
+    assert loaded.baselines == [ShiftPerAtom(0.25)]
+    np.testing.assert_allclose(loaded.predict(frames).energy, model.predict(frames).energy,
+                               rtol=1e-12)
+    with pytest.warns(UserWarning, match="takes the name of gapkit's own Ewald"):
+        type("Ewald", (ShiftPerAtom,), {"__module__": "users_module"})
+    BASELINES["Ewald"] = Ewald  # put gapkit's back for the other tests
+    del BASELINES["ShiftPerAtom"]
 
 
 def test_evaluate_sums_and_calculator():
