@@ -26,7 +26,7 @@ import numpy as np
 
 from ._compat import UNSET, renamed
 from .data import get_all_labels
-from .generate import label
+from .labelling import label
 from .model import clone
 
 __all__ = ["LearningCurve", "active_learning", "compare_strategies", "labels_to_reach"]

@@ -1620,7 +1620,7 @@ def label(atoms: Atoms, calc: Any, *, virial: bool = True) -> Atoms:
     can edit a label. ``atoms`` itself is not modified (before 0.2 it was): use the
     returned frame.
     """
-    from .generate import label as generate_label
+    from .labelling import label as generate_label
 
     properties = ["energy", "forces"] + (["virial"] if virial and atoms.pbc.all() else [])
     return generate_label([atoms], calc, properties=properties, progress=False,
