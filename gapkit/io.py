@@ -30,8 +30,8 @@ import json
 import math
 import sys
 import zipfile
-from pathlib import Path
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np

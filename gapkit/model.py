@@ -24,8 +24,8 @@ import torch
 from . import io as _io
 from ._compat import UNSET, renamed
 from .baselines import as_baseline_list
-from .baselines import subtract as subtract_baselines
 from .baselines import evaluate as _evaluate_baselines
+from .baselines import subtract as subtract_baselines
 from .data import as_frames, get_all_labels
 from .descriptors.base import frame_batches
 from .gp import posterior
@@ -351,9 +351,14 @@ class GAP:
             ``lengthscale_before``; with ``noise_groups="config_type"`` also
             ``config_type_scale`` and ``noise_groups`` (the groups and their frames).
         """
-        from .gp.hyperopt import lengthscale_kernels, lml_from_statistics, optimize
+        from .gp.hyperopt import (
+            lengthscale_kernels,
+            lml_from_statistics,
+            optimize,
+            search_lengthscale,
+            split_factors,
+        )
         from .gp.hyperopt import noise_groups as group_rows
-        from .gp.hyperopt import search_lengthscale, split_factors
 
         self.check_fitted()
         if noise_groups not in ("kind", "config_type"):

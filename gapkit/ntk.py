@@ -44,8 +44,8 @@ from .kernels.ntk import (  # re-exported here for one release (they moved in 0.
     KernelPair,
     NTKKernel,
     as_inputs,
-    check_settings,
     check_finite_descriptors,
+    check_settings,
     nngp_and_ntk,
 )
 from .kernels.registry import KERNEL_NAMES, make_kernel

@@ -33,8 +33,15 @@ The package: :mod:`~gapkit.baselines.base` (the interface, the registry, evaluat
 
 from __future__ import annotations
 
-from .base import (BASELINES, Baseline, BaselineResult, as_baseline_list, evaluate, from_dict,
-                   subtract)
+from .base import (
+                   BASELINES,
+                   Baseline,
+                   BaselineResult,
+                   as_baseline_list,
+                   evaluate,
+                   from_dict,
+                   subtract,
+)
 from .calculator import BaselineCalculator
 from .electrostatics import COULOMB_CONSTANT, Coulomb, Ewald
 from .pair import LennardJones, LennardJonesFit

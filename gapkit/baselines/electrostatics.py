@@ -13,8 +13,7 @@ from scipy.special import erfc
 
 from ..data import validate_structure
 from ..neighbors import MIN_DISTANCE, build_neighbor_list
-from .base import Baseline, BaselineResult, _where, _symbol, _pair_sums
-
+from .base import Baseline, BaselineResult, _pair_sums, _symbol, _where
 
 #: e²/(4πε0) in eV·Å (CODATA 2018: 14.3996454784...).
 COULOMB_CONSTANT = 14.399645

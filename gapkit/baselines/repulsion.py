@@ -11,9 +11,8 @@ from ase.data import atomic_numbers, chemical_symbols, covalent_radii
 
 from ..data import validate_structure
 from ..neighbors import build_neighbor_list
-from .base import Baseline, BaselineResult, _where, _symbol, _pair_key, _pair_sums, _switch
+from .base import Baseline, BaselineResult, _pair_key, _pair_sums, _switch, _symbol, _where
 from .electrostatics import COULOMB_CONSTANT
-
 
 # Universal ZBL screening function (Ziegler, Biersack & Littmark, "The Stopping and Range of
 # Ions in Solids", Pergamon 1985): Phi(x) = sum_k c_k exp(-d_k x), x = r / a.

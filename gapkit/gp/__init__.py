@@ -3,8 +3,16 @@ and exact GPs."""
 
 from .design import SparseSet, design_blocks, design_rows, functional_rows
 from .exact import ExactGP
-from .observations import ENERGY, FORCES, KINDS, VIRIAL, NoiseModel, Observations
-from .observations import build_observations, fit_e0
+from .observations import (
+           ENERGY,
+           FORCES,
+           KINDS,
+           VIRIAL,
+           NoiseModel,
+           Observations,
+           build_observations,
+           fit_e0,
+)
 from .posterior import Prediction, dtc_variance, projected_variance
 from .sparsify import select_sparse_points, sparse_points, uniform_grid
 

@@ -52,6 +52,7 @@ import torch
 
 from ..data import as_frames, get_all_labels, voigt_symmetrised, voigt_to_matrix
 from ..kernels import DescriptorKernel
+from .design import gradients_for
 from .observations import (
     ENERGY,
     FORCES,
@@ -62,7 +63,6 @@ from .observations import (
     build_observations,
     fit_e0,
 )
-from .design import gradients_for
 from .posterior import Prediction, clip_variance
 
 __all__ = ["Derivatives", "ExactGP", "FunctionalKernel", "Functionals",

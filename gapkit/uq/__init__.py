@@ -44,9 +44,18 @@ from .calibration import calibration_report, error_table, quantity_errors
 from .committee import committee_predict, fit_committee
 from .consistency import ConsistencyReport, label_consistency
 from .loo import LOOResult, leave_one_out
-from .metrics import (CalibrationResult, calibration_metrics, coverage_curve, ence,
-                      gaussian_nll, miscalibration_area, reliability_curve, sharpness,
-                      spearman, z_scores)
+from .metrics import (
+                      CalibrationResult,
+                      calibration_metrics,
+                      coverage_curve,
+                      ence,
+                      gaussian_nll,
+                      miscalibration_area,
+                      reliability_curve,
+                      sharpness,
+                      spearman,
+                      z_scores,
+)
 from .recalibration import apply_recalibration, fit_recalibration, isotonic_fit
 
 __all__ = [

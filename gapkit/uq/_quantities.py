@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 #: quantities understood by :func:`calibration_report`, with their units
 QUANTITIES = {"energy_per_atom": "eV/atom", "forces": "eV/Å"}
 # the Prediction field each quantity's variance comes from (its ``variance_form`` key)

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from ..data import get_all_labels
-from ._quantities import QUANTITIES, _FIELD, _ByQuantity, _check_arrays, _quantity
+from ._quantities import _FIELD, QUANTITIES, _ByQuantity, _check_arrays, _quantity
 from .metrics import CalibrationResult, calibration_metrics
 
 
