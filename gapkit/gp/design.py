@@ -37,8 +37,8 @@ class SparseSet:
     """Sparse (inducing) points of one term: descriptor rows, their kernel types and,
     when they were chosen from training environments, the indices of those."""
 
-    points: torch.Tensor  # (M, D)
-    types: torch.Tensor  # (M,)
+    points: torch.Tensor  # (M, D); an array is converted
+    types: torch.Tensor  # (M,); an array is converted
     indices: np.ndarray | None = None  # (M,) rows of the candidate environments, -1: none
 
     def __post_init__(self):

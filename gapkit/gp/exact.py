@@ -574,13 +574,13 @@ class ExactGP:
                     model.train()
         finally:
             covar.functionals = self.functionals_
-        mean = mean.numpy()
+        mean_np = mean.numpy()
         delta = float(getattr(self.kernel_, "delta", torch.ones(())).detach().reshape(()))
         variance = clip_variance(variance.numpy(), prior_variance.numpy(), reference=delta**2,
                                  stacklevel=3)
 
         def part(rows, shape):
-            return mean[rows].reshape(shape), variance[rows].reshape(shape)
+            return mean_np[rows].reshape(shape), variance[rows].reshape(shape)
 
         energy, energy_var = part(energy_rows, (n_f,))
         forces, forces_var = part(force_rows, (n_a, 3))

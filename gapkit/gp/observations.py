@@ -100,7 +100,8 @@ class NoiseModel:
         for energies and virials, as ``per_atom`` says; eV/Å for forces)."""
         if kind not in KINDS:
             raise ValueError(f"unknown observation kind {kind!r}; use {list(KINDS)}")
-        value = self.config_type.get(config_type, {}).get(kind, getattr(self, kind))
+        over = self.config_type.get(config_type, {}) if config_type is not None else {}
+        value = over.get(kind, getattr(self, kind))
         return float(value) * self.kind_scale(kind, config_type)
 
     def sigmas(self, labels: Labels, n_atoms: int) -> tuple[float, float, float]:

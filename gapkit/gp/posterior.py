@@ -79,6 +79,8 @@ class Prediction:
 
     def frame_forces(self, k: int) -> np.ndarray:
         """Forces of frame ``k`` (n_atoms_k, 3), eV/Å."""
+        if self.forces is None:
+            raise ValueError("this prediction has no forces; predict with forces=True")
         return self.forces[self.atom_offsets[k]:self.atom_offsets[k + 1]]
 
     def as_dict(self) -> dict:

@@ -47,6 +47,7 @@ should ignore the descriptor's magnitude, as ``gap_fit`` does with its normalise
 from __future__ import annotations
 
 import warnings
+from typing import Any
 from collections.abc import Mapping
 
 import numpy as np
@@ -269,7 +270,7 @@ def _select_random(X, m, rng):
     return rng.choice(X.shape[0], size=m, replace=False)
 
 
-_SELECTORS = {"cur": _select_cur, "fps": _select_fps, "random": _select_random}
+_SELECTORS: dict[str, Any] = {"cur": _select_cur, "fps": _select_fps, "random": _select_random}
 
 
 def split_budget(types, n_sparse: int | Mapping[int, int]) -> dict[int, int]:
@@ -301,8 +302,8 @@ def split_budget(types, n_sparse: int | Mapping[int, int]) -> dict[int, int]:
     types = np.asarray(types)
     if types.size == 0:
         raise ValueError("types is empty: there are no rows to share the budget over")
-    utypes, counts = np.unique(types, return_counts=True)
-    utypes = [int(t) for t in utypes]
+    unique, counts = np.unique(types, return_counts=True)
+    utypes = [int(t) for t in unique]
     if isinstance(n_sparse, Mapping):
         given = {int(t): _check_count(c, f"n_sparse[{t}]", allow_zero=True)
                  for t, c in n_sparse.items()}
@@ -498,7 +499,7 @@ def sparse_points(X, n_sparse: int | Mapping[int, int], *, method: str = "cur", 
                                    random_state=random_state, duplicate_tol=duplicate_tol,
                                    **kw)
         t_out = np.zeros(idx.size, np.int64) if t_all is None else t_all[idx]
-        return SparseSet(X[idx].copy(), t_out, idx)
+        return _sparse_set(X[idx], t_out, idx)
     if X.shape[1] != 1:
         raise ValueError(f"method='uniform' needs 1-D descriptors (shape (n, 1)); got "
                          f"{X.shape[1]} features. Use method 'cur', 'fps' or 'random'")
@@ -510,9 +511,17 @@ def sparse_points(X, n_sparse: int | Mapping[int, int], *, method: str = "cur", 
         pts.append(g)
         tps.append(np.full(g.shape[0], 0 if t_all is None else t_all[rows[0]], np.int64))
     if not pts:
-        return SparseSet(np.zeros((0, 1)), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        return _sparse_set(np.zeros((0, 1)), np.zeros(0, np.int64), np.zeros(0, np.int64))
     points = np.concatenate(pts)
-    return SparseSet(points, np.concatenate(tps), np.full(points.shape[0], -1, np.int64))
+    return _sparse_set(points, np.concatenate(tps), np.full(points.shape[0], -1, np.int64))
+
+
+def _sparse_set(points: np.ndarray, types: np.ndarray, indices: np.ndarray) -> SparseSet:
+    """A :class:`SparseSet` of float64 points and int64 types (tensors) from arrays."""
+    import torch
+
+    return SparseSet(torch.as_tensor(np.array(points, dtype=np.float64)),
+                     torch.as_tensor(np.asarray(types, dtype=np.int64)), indices)
 
 
 def term_sparse_set(term, frames, random_state) -> SparseSet:

@@ -57,7 +57,8 @@ class TwoBodyKernel(DescriptorKernel):
 
         super().__init__(delta, **kwargs)
         # gpytorch creates raw_lengthscale in the default dtype (float32): keep float64
-        self.raw_lengthscale = torch.nn.Parameter(self.raw_lengthscale.detach().to(torch.float64))
+        raw = self.get_parameter("raw_lengthscale")  # made by gpytorch
+        self.raw_lengthscale = torch.nn.Parameter(raw.detach().to(torch.float64))
         if not (lengthscale > 0 and math.isfinite(lengthscale)):
             raise ValueError(f"lengthscale must be a finite number > 0 Å, got {lengthscale!r}")
         self.lengthscale = torch.tensor(float(lengthscale), dtype=torch.float64)

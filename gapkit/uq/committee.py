@@ -35,7 +35,8 @@ def fit_committee(model, frames, *, n_models: int = 5, method: str = "subsample"
                          "'sparse_seed'")
     frames = list(frames)
     rng = np.random.default_rng(seed)
-    members, seen = [], set()
+    members: list = []
+    seen: set = set()
     n = min(len(frames), max(2, int(round(fraction * len(frames)))))
     n_subsets = math.comb(len(frames), n)
     for k in range(n_models):

@@ -109,28 +109,32 @@ def label_consistency(model, frames, *, kind: str = "virial", min_values: int = 
     pred = fitted.predict(frames, forces=kind == "forces", virial=kind == "virial",
                           return_variance=False)
     names = _COMPONENTS[kind]
-    stored, predicted, ctypes, frame_of = [], [], [], []
+    stored_l: list = []
+    predicted_l: list = []
+    ctypes_l: list = []
+    frame_l: list = []
     for k, (atoms, lab) in enumerate(zip(frames, labels)):
         if kind == "virial":
             if lab.virial is None or pred.virial is None:
                 continue
             w = np.asarray(lab.virial)
-            stored.append([w[a, b] for a, b in _VOIGT])
-            predicted.append([pred.virial[k][a, b] for a, b in _VOIGT])
-            ctypes.append(lab.config_type)
-            frame_of.append(k)
+            stored_l.append([w[a, b] for a, b in _VOIGT])
+            predicted_l.append([pred.virial[k][a, b] for a, b in _VOIGT])
+            ctypes_l.append(lab.config_type)
+            frame_l.append(k)
         else:
             if lab.forces is None:
                 continue
             f = pred.frame_forces(k)
             for j in range(len(atoms)):
-                stored.append(np.asarray(lab.forces)[j])
-                predicted.append(f[j])
-                ctypes.append(lab.config_type)
-                frame_of.append(k)
-    stored, predicted = np.asarray(stored, float), np.asarray(predicted, float)
-    ctypes, frame_of = np.asarray(ctypes, dtype=object), np.asarray(frame_of)
-    table, frame_rows = [], []
+                stored_l.append(np.asarray(lab.forces)[j])
+                predicted_l.append(f[j])
+                ctypes_l.append(lab.config_type)
+                frame_l.append(k)
+    stored, predicted = np.asarray(stored_l, float), np.asarray(predicted_l, float)
+    ctypes, frame_of = np.asarray(ctypes_l, dtype=object), np.asarray(frame_l)
+    table: list = []
+    frame_rows: list = []
     for ct in sorted({str(c) for c in ctypes}):
         sel = np.array([str(c) == ct for c in ctypes])
         s, p = stored[sel], predicted[sel]

@@ -40,7 +40,8 @@ def _isotonic_bins(v_sorted: np.ndarray, n_bins: int, min_count: int) -> list[sl
     n = v_sorted.size
     min_count = max(int(min_count), 1)
     n_bins = max(1, min(int(n_bins), n // min_count))
-    bins, a = [], 0
+    bins: list[slice] = []
+    a = 0
     while a < n:
         left = max(n_bins - len(bins), 1)  # bins still to make share what is left
         b = min(a + max(min_count, int(round((n - a) / left))), n)
