@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import io as _io
+from ._checks import count
 from ._compat import UNSET, renamed
 from .baselines import as_baseline_list
 from .baselines import evaluate as _evaluate_baselines
@@ -137,9 +138,7 @@ class GAP:
         self.virial_key = virial_key
         self.stress_key = stress_key
         self.config_type_key = config_type_key
-        if isinstance(batch_atoms, bool) or int(batch_atoms) != batch_atoms or batch_atoms < 1:
-            raise ValueError(f"batch_atoms must be an integer >= 1, got {batch_atoms!r}")
-        self.batch_atoms = int(batch_atoms)
+        self.batch_atoms = count(batch_atoms, "batch_atoms")
         self.random_state = random_state
         self.progress = progress
         self.baselines = [] if baselines is None else as_baseline_list(baselines)

@@ -34,6 +34,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
+from ._checks import positive
 from .data import as_frames
 from .gp.observations import NoiseModel
 from .kernels import SOAPKernel
@@ -577,8 +578,7 @@ def compare_models(train_frames, test_frames, descriptor, *, soap_kernel=None, n
     if force_weight is None:
         noise = NoiseModel()
         force_weight = 3 * float(n_train.mean()) ** 2 * (noise.energy / noise.forces) ** 2
-    if not (force_weight >= 0 and math.isfinite(force_weight)):
-        raise ValueError(f"force_weight must be a finite number >= 0, got {force_weight!r}")
+    positive(force_weight, "force_weight", allow_zero=True)
     use_f = force_weight > 0
     rt = descriptor.compute(train_frames, gradients=use_f)
     rs = descriptor.compute(test_frames, gradients=True)

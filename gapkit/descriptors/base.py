@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .._checks import count, is_integer
 from ..data import as_frames
 
 __all__ = ["Descriptor", "DescriptorResult", "fold_pair_gradients", "resolve_species"]
@@ -280,9 +281,9 @@ class Descriptor:
     def _set_runtime(self, species, dtype, device, batch_atoms, progress) -> None:
         """Check and store the settings every descriptor shares (species list, dtype,
         device, batch size, progress bar)."""
-        if isinstance(batch_atoms, bool) or not isinstance(batch_atoms, (int, np.integer)) \
-                or batch_atoms < 1:
+        if not is_integer(batch_atoms):  # an int, not 512.0
             raise ValueError(f"batch_atoms must be an integer >= 1, got {batch_atoms!r}")
+        count(batch_atoms, "batch_atoms")
         self.species = None if species is None else resolve_species([], species)
         if self.species is not None and not self.species:
             raise ValueError("species must list at least one atomic number, or be None "

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from .._checks import positive
+
 __all__ = ["CosineCutoff", "OwnsCutoff"]
 
 
@@ -31,8 +33,7 @@ class CosineCutoff:
     """
 
     def __init__(self, cutoff: float, width: float):
-        if not (cutoff > 0 and math.isfinite(cutoff)):
-            raise ValueError(f"cutoff must be a finite number > 0 Å, got {cutoff!r}")
+        positive(cutoff, "cutoff", "Å")
         if not (0 <= width <= cutoff):
             raise ValueError(
                 f"cutoff_width must satisfy 0 <= cutoff_width <= cutoff ({cutoff} Å), "

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .._checks import is_integer, positive
 from ..neighbors import build_neighbor_list
 from ._radial import RadialSpline
 from ._spherical import real_spherical_harmonics
@@ -15,10 +16,6 @@ from .base import Descriptor, DescriptorResult
 from .cutoff import CosineCutoff, OwnsCutoff
 
 __all__ = ["SOAP"]
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
 
 class _PositionGradientLayout:
     """Where each (centre, atom) gradient entry goes; entries sorted by centre, then atom.
@@ -131,12 +128,11 @@ class SOAP(OwnsCutoff, Descriptor):
                  dtype: torch.dtype = torch.float64, device=None, batch_atoms: int = 512,
                  progress: bool = False, spline_spacing: float = 1e-2):
         self.cutoff_fn = CosineCutoff(cutoff, cutoff_width)
-        if not _is_int(n_max) or not 1 <= n_max <= 20:
+        if not is_integer(n_max) or not 1 <= n_max <= 20:
             raise ValueError(f"n_max must be an integer in [1, 20], got {n_max!r}")
-        if not _is_int(l_max) or not 0 <= l_max <= 20:
+        if not is_integer(l_max) or not 0 <= l_max <= 20:
             raise ValueError(f"l_max must be an integer in [0, 20], got {l_max!r}")
-        if not (atom_sigma > 0 and math.isfinite(atom_sigma)):
-            raise ValueError(f"atom_sigma must be a finite number > 0 Å, got {atom_sigma!r}")
+        positive(atom_sigma, "atom_sigma", "Å")
         if not math.isfinite(central_weight):
             raise ValueError(f"central_weight must be finite, got {central_weight!r}")
         self.n_max = int(n_max)

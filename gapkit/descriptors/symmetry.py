@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from .._checks import is_number, positive
 from ..neighbors import build_neighbor_list
 from .base import Descriptor, DescriptorResult, fold_pair_gradients, resolve_species
 from .cutoff import CosineCutoff
@@ -123,16 +123,11 @@ def _make_cutoff(name: str, cutoff: float):
 # ------------------------------------------------------------------------------------------
 # parameter validation
 # ------------------------------------------------------------------------------------------
-def _finite(x) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) \
-        and math.isfinite(float(x))
-
-
 def _check_g2(g2) -> list[list[float]]:
     out = []
     for k, row in enumerate(g2):
         row = list(row)
-        if len(row) != 2 or not all(_finite(x) for x in row):
+        if len(row) != 2 or not all(is_number(x) for x in row):
             raise ValueError(f"g2[{k}] must be a pair [eta, r_s] of finite numbers, got {row!r}")
         eta, rs = float(row[0]), float(row[1])
         if eta < 0 or rs < 0:
@@ -145,7 +140,7 @@ def _check_angular(params, name) -> list[list[float]]:
     out = []
     for k, row in enumerate(params):
         row = list(row)
-        if len(row) != 3 or not all(_finite(x) for x in row):
+        if len(row) != 3 or not all(is_number(x) for x in row):
             raise ValueError(f"{name}[{k}] must be a triple [eta, zeta, lambda] of finite "
                              f"numbers, got {row!r}")
         eta, zeta, lam = (float(x) for x in row)
@@ -279,8 +274,7 @@ class SymmetryFunctions(Descriptor):
                  species: Sequence[int] | None = None, cutoff_function: str = "cosine",
                  dtype: torch.dtype = torch.float64, device=None, batch_atoms: int = 512,
                  progress: bool = False):
-        if not _finite(cutoff) or cutoff <= 0:
-            raise ValueError(f"cutoff must be a finite number > 0 Å, got {cutoff!r}")
+        positive(cutoff, "cutoff", "Å")
         self._set_runtime(species, dtype, device, batch_atoms, progress)
         self.cutoff = float(cutoff)
         self.cutoff_function = str(cutoff_function)

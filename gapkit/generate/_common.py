@@ -13,6 +13,7 @@ import ase.io
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
+from .._checks import count, is_integer
 from .._version import __version__
 
 _SHEAR_AXES = {"yz": (1, 2), "xz": (0, 2), "xy": (0, 1)}
@@ -64,11 +65,9 @@ def _check_temperature(value: Any, name: str = "temperature") -> float:
 
 
 def _check_count(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    if not is_integer(value):  # an int, not 3.0
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+    return count(value, name, minimum)
 
 
 def _temperature_tag(t: float) -> str:

@@ -12,6 +12,7 @@ import ase.io
 import numpy as np
 from ase import units
 
+from .._checks import positive
 from ..labelling import _check_virial_possible, _fresh, label
 from ._common import (
     SeedLike,
@@ -123,10 +124,8 @@ def langevin_md(
     n_samples = _check_count(n_samples, "n_samples")
     _check_virial_possible(atoms, properties)
     timestep = _default_timestep(atoms) if timestep is None else timestep
-    if not (isinstance(timestep, numbers.Real) and math.isfinite(timestep) and timestep > 0):
-        raise ValueError(f"timestep must be a finite time > 0 fs, got {timestep!r}")
-    if not (isinstance(friction, numbers.Real) and math.isfinite(friction) and friction > 0):
-        raise ValueError(f"friction must be a finite rate > 0 in 1/fs, got {friction!r}")
+    timestep = positive(timestep, "timestep", "fs", what="time")
+    friction = positive(friction, "friction", "in 1/fs", what="rate")
     if interval is None:
         interval = max(1, math.ceil(2.0 / (friction * timestep)))
     interval = _check_count(interval, "interval")

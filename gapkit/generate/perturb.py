@@ -16,6 +16,7 @@ import numpy as np
 from ase import units
 from ase.data import atomic_numbers, chemical_symbols
 
+from .._checks import positive
 from ..labelling import _fresh
 from ._common import (
     _SHEAR_AXES,
@@ -72,8 +73,7 @@ def estimate_force_constants(
         direction: relax it first or pass a force constant yourself).
     """
     _check_atoms(atoms)
-    if not (math.isfinite(delta) and delta > 0.0):
-        raise ValueError(f"delta must be a finite displacement > 0 Å, got {delta!r}")
+    positive(delta, "delta", "Å", what="displacement")
     max_atoms_per_species = _check_count(max_atoms_per_species, "max_atoms_per_species")
     work = _fresh(atoms)
     work.calc = calculator

@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .._checks import positive
 from ..data import LABEL_NAMES, VOIGT, Labels, get_all_labels
 
 __all__ = ["ENERGY", "FORCES", "KINDS", "VIRIAL", "VOIGT", "NoiseModel", "Observations",
@@ -29,8 +30,7 @@ def _check_per_kind(values: Mapping[str, float], where: str) -> None:
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)}; use {list(KINDS)}")
     for name, value in values.items():
-        if isinstance(value, bool) or not (np.isfinite(value) and value > 0):
-            raise ValueError(f"{where}[{name!r}] must be a finite number > 0, got {value!r}")
+        positive(value, f"{where}[{name!r}]")
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,7 @@ class NoiseModel:
     def __post_init__(self):
         for name in KINDS:
             value = getattr(self, name)
-            if not (np.isfinite(value) and value > 0):
-                raise ValueError(f"NoiseModel.{name} must be a finite number > 0, got {value!r}")
+            positive(value, f"NoiseModel.{name}")
         _check_per_kind(self.scale, "NoiseModel.scale")
         for field_name in ("config_type", "config_type_scale"):
             for ct, over in getattr(self, field_name).items():

@@ -47,8 +47,8 @@ should ignore the descriptor's magnitude, as ``gap_fit`` does with its normalise
 from __future__ import annotations
 
 import warnings
-from typing import Any
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

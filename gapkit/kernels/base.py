@@ -22,12 +22,13 @@ pair) are zero; the GP layer applies that mask, the kernels themselves do not.
 from __future__ import annotations
 
 import abc
-import math
 
 import gpytorch
 import numpy as np
 import torch
 from gpytorch.constraints import Positive
+
+from .._checks import positive
 
 __all__ = ["DescriptorKernel", "padded_entries_by_atom"]
 
@@ -43,8 +44,7 @@ class DescriptorKernel(gpytorch.kernels.Kernel, metaclass=abc.ABCMeta):
 
     def __init__(self, delta: float = 1.0, *, delta_prior=None, delta_constraint=None, **kwargs):
         super().__init__(**kwargs)
-        if not (delta > 0 and math.isfinite(delta)):
-            raise ValueError(f"delta must be a finite number > 0 eV, got {delta!r}")
+        positive(delta, "delta", "eV")
         self.register_parameter(
             "raw_delta", torch.nn.Parameter(torch.zeros(1, dtype=torch.float64)))
         self.register_constraint("raw_delta", delta_constraint or Positive())

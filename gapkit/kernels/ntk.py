@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .._checks import count, positive
 from .base import DescriptorKernel, padded_entries_by_atom
 
 __all__ = ["ACTIVATIONS", "PARAMETERIZATIONS", "KernelPair", "NTKKernel", "as_inputs",
@@ -52,18 +53,16 @@ def check_settings(depth, activation, W_std, b_std, parameterization, width):
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"unsupported parameterization {parameterization!r}; supported: "
                          f"{', '.join(PARAMETERIZATIONS)}")
-    if isinstance(depth, bool) or int(depth) != depth or depth <= 0:
-        raise ValueError(f"depth (number of hidden layers) must be an integer > 0, got {depth!r}")
-    if not (W_std > 0 and math.isfinite(W_std)):
-        raise ValueError(f"W_std must be a finite number > 0, got {W_std!r}")
-    if b_std is not None and not (b_std >= 0 and math.isfinite(b_std)):
-        raise ValueError(f"b_std must be a finite number >= 0 (or None: no bias), got {b_std!r}")
+    count(depth, "depth (number of hidden layers)")
+    positive(W_std, "W_std")
+    if b_std is not None:
+        positive(b_std, "b_std", "(or None: no bias)", allow_zero=True)
     if parameterization == "standard":
         if width is None:
             raise ValueError("parameterization='standard' needs the hidden width: its NTK "
                              "grows with the width of each layer (pass width=...)")
-    if width is not None and (isinstance(width, bool) or int(width) != width or width <= 0):
-        raise ValueError(f"width must be an integer > 0, got {width!r}")
+    if width is not None:
+        count(width, "width")
 
 
 def as_inputs(x1, x2):
@@ -232,8 +231,8 @@ class NTKKernel(DescriptorKernel):
                  b_std: float = 0.1, parameterization: str = "ntk", width: int | None = None,
                  input_scale: float | None = None, delta: float = 1.0, **kwargs):
         check_settings(depth, activation, W_std, b_std, parameterization, width)
-        if input_scale is not None and not (input_scale > 0 and math.isfinite(input_scale)):
-            raise ValueError(f"input_scale must be a finite number > 0, got {input_scale!r}")
+        if input_scale is not None:
+            positive(input_scale, "input_scale")
         super().__init__(delta, **kwargs)
         self.depth = int(depth)
         self.activation = activation

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
+from .._checks import positive
 from .base import DescriptorKernel, padded_entries_by_atom
 
 __all__ = ["SEKernel"]
@@ -82,9 +81,8 @@ class SEKernel(DescriptorKernel):
         # gpytorch creates raw_lengthscale in the default dtype (float32): keep float64
         raw = self.get_parameter("raw_lengthscale")  # made by gpytorch
         self.raw_lengthscale = torch.nn.Parameter(raw.detach().to(torch.float64))
-        if isinstance(lengthscale, bool) or not (lengthscale > 0 and math.isfinite(lengthscale)):
-            raise ValueError(f"lengthscale must be a finite number > 0, got {lengthscale!r}")
-        self.lengthscale = torch.tensor(float(lengthscale), dtype=torch.float64)
+        self.lengthscale = torch.tensor(positive(lengthscale, "lengthscale"),
+                                        dtype=torch.float64)
         if scales is not None:
             scales = torch.as_tensor(np.asarray(scales, dtype=np.float64)).reshape(-1).clone()
             if scales.numel() == 0 or not bool(torch.isfinite(scales).all()) \

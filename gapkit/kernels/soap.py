@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import count
 from .base import DescriptorKernel, padded_entries_by_atom
 
 __all__ = ["SOAPKernel"]
@@ -33,10 +34,9 @@ class SOAPKernel(DescriptorKernel):
     """
 
     def __init__(self, zeta: int = 4, delta: float = 1.0, **kwargs):
-        if isinstance(zeta, bool) or int(zeta) != zeta or zeta < 1:
-            raise ValueError(f"zeta must be an integer >= 1, got {zeta!r}")
+        zeta = count(zeta, "zeta")
         super().__init__(delta, **kwargs)
-        self.zeta = int(zeta)
+        self.zeta = zeta
 
     def get_params(self) -> dict:
         """Constructor keywords: ``zeta`` and ``delta`` (eV)."""

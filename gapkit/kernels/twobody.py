@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from .._checks import positive
 from .base import DescriptorKernel
 
 __all__ = ["TwoBodyKernel"]
@@ -59,9 +58,8 @@ class TwoBodyKernel(DescriptorKernel):
         # gpytorch creates raw_lengthscale in the default dtype (float32): keep float64
         raw = self.get_parameter("raw_lengthscale")  # made by gpytorch
         self.raw_lengthscale = torch.nn.Parameter(raw.detach().to(torch.float64))
-        if not (lengthscale > 0 and math.isfinite(lengthscale)):
-            raise ValueError(f"lengthscale must be a finite number > 0 Å, got {lengthscale!r}")
-        self.lengthscale = torch.tensor(float(lengthscale), dtype=torch.float64)
+        self.lengthscale = torch.tensor(positive(lengthscale, "lengthscale", "Å"),
+                                        dtype=torch.float64)
         if cutoff is None and cutoff_width is not None:
             raise ValueError("TwoBodyKernel: cutoff_width without cutoff; pass both, or "
                              "neither to take the descriptor's")

@@ -1,0 +1,61 @@
+"""The small argument checks every layer shares: "an integer >= n, not a bool" and "a finite
+number > 0", each with one message that names the argument, its unit and the value given.
+
+Numbers may come as Python or numpy scalars, one-element arrays or torch tensors (a kernel's
+``delta`` read back from a model); a bool or a string is never a number here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["count", "is_integer", "is_number", "positive"]
+
+
+def _real(value: Any) -> float | None:
+    """``value`` as one float, or None when it is not a single real number."""
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        return None
+    if hasattr(value, "detach"):  # a torch tensor, on any device
+        value = value.detach().cpu()
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return float(arr.reshape(-1)[0]) if arr.size == 1 else None
+
+
+def is_integer(value: Any) -> bool:
+    """A Python or numpy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_number(value: Any) -> bool:
+    """A single finite real number (not a bool, not a string)."""
+    x = _real(value)
+    return x is not None and math.isfinite(x)
+
+
+def count(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``: an integer, or an integral float such as the
+    ``4.0`` a JSON file may hold; never a bool. ValueError naming ``name`` otherwise."""
+    x = _real(value)
+    if x is None or not math.isfinite(x) or x != int(x) or x < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(x)
+
+
+def positive(value: Any, name: str, unit: str = "", *, allow_zero: bool = False,
+             what: str = "number") -> float:
+    """``value`` as a finite float > 0 (>= 0 with ``allow_zero``); ValueError naming
+    ``name``, ``what`` it is and its ``unit`` otherwise, e.g. "cutoff must be a finite
+    number > 0 Å, got -1.0"."""
+    x = _real(value)
+    if x is None or not math.isfinite(x) or x < 0 or (x == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite {what} {bound}{' ' + unit if unit else ''}, "
+                         f"got {value!r}")
+    return x
