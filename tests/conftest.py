@@ -1,4 +1,6 @@
-"""Shared fixtures: small seeded structures and a seeded random generator.
+"""Shared fixtures: small seeded structures, a seeded random generator and the one
+strained-and-rattled labelled cells factory (:func:`make_strained_cells`, also the fixture
+``strained_cells``; test modules import it as ``from conftest import make_strained_cells``).
 
 Every structure fixture returns a fresh ``ase.Atoms`` (function scope), so a test may
 move atoms or change the cell without affecting another test. Lengths are in Å.
@@ -83,3 +85,47 @@ def triclinic_two_species() -> Atoms:
     scaled = np.array([[0.02, 0.03, 0.01],
                        [0.52, 0.46, 0.57]])
     return Atoms("SiC", scaled_positions=scaled, cell=cell, pbc=True)
+
+
+def make_strained_cells(base: Atoms, n: int, *, seed: int, strain: float, rattle: float,
+                        calc, virial: bool = True) -> list[Atoms]:
+    """``n`` labelled copies of ``base``: the cell strained by a random symmetric strain
+    (entries of standard deviation ``strain``, symmetrised; none when 0), then the atoms
+    rattled by ``rattle`` Å, each labelled by a fresh ``calc()`` (an ASE calculator class or
+    factory) through :func:`gapkit.testing.label` (energy, forces and, with ``virial`` and a
+    periodic cell, the virial, under gap_fit's keys). One stream seeded by ``seed`` draws
+    the strains and the rattle seeds, so a call gives the same cells every time."""
+    from gapkit.testing import label
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        atoms = base.copy()
+        if strain:
+            eps = rng.normal(scale=strain, size=(3, 3))
+            eps = 0.5 * (eps + eps.T)
+            atoms.set_cell(atoms.cell @ (np.eye(3) + eps), scale_atoms=True)
+        atoms.rattle(rattle, seed=int(rng.integers(1 << 30)))
+        out.append(label(atoms, calc(), virial=virial))
+    return out
+
+
+@pytest.fixture(scope="session")
+def strained_cells():
+    """:func:`make_strained_cells`, as a fixture."""
+    return make_strained_cells
+
+
+def make_si_model(**kw):
+    """An unfitted small SOAP GAP for Si with every setting away from its default: noise
+    with a config_type override, e0 given, a core-repulsion baseline, another energy key,
+    batch size and seed (what get_params, clone and copies must carry)."""
+    from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term
+    from gapkit.baselines import CoreRepulsion
+
+    soap = SOAP(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2, atom_sigma=0.5)
+    settings = dict(noise=NoiseModel(energy=0.003, forces=0.05, virial=0.05,
+                                     config_type={"bulk": {"forces": 0.08}}),
+                    e0={"Si": -158.5}, progress=False, baselines=[CoreRepulsion()],
+                    energy_key="REF_energy", batch_atoms=128, random_state=7)
+    return GAP([Term(soap, SOAPKernel(zeta=2), n_sparse=20)], **{**settings, **kw})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 try:
     import tomllib
 except ImportError:  # Python 3.10: the tomli backport (a dependency there)
@@ -13,8 +14,7 @@ import numpy as np
 import pytest
 
 from gapkit import GAP
-from gapkit.cli import (config_to_model, dump_toml, main, model_to_config,
-                        parse_gap_fit_args)
+from gapkit.cli import config_to_model, dump_toml, main, model_to_config, parse_gap_fit_args
 from gapkit.data import get_all_labels, load_bundled
 
 CONFIG = """

@@ -12,7 +12,7 @@ runs in well under a minute. What is checked:
 * posterior variances are non-negative, below the prior, small at the training data and
   growing away from it, and the exact force variance is never below the projected one;
 * a GAP recovers a known potential from noisy labels to within the noise level;
-* save/load round trips bit for bit and rejects damaged files with a ValueError;
+* get_params, set_params and clone carry every setting (save/load: tests/test_io.py);
 * fits are deterministic, and bad input fails with a message naming the problem.
 
 Units: eV, Å, eV/Å, virial in eV.
@@ -21,10 +21,7 @@ Units: eV, Å, eV/Å, virial in eV.
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import time
-import zipfile
 
 import numpy as np
 import pytest
@@ -33,12 +30,33 @@ from ase import Atoms, units
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
-from ase.calculators.tersoff import Tersoff, TersoffParameters
-from ase.cluster import Icosahedron
 from ase.md.verlet import VelocityVerlet
+from conftest import make_si_model, make_strained_cells
+from model_cases import (
+    SI_NOISE,
+    _cuag_cluster,
+    _far_frames,
+    _si_cell,
+    _si_terms,
+    _soap,
+    _tersoff_si,
+)
 
-from gapkit import GAP, SOAP, GAPCalculator, NoiseModel, SOAPKernel, Term, TwoBody, TwoBodyKernel
+from gapkit import (
+    GAP,
+    SOAP,
+    GAPCalculator,
+    NoiseModel,
+    SOAPKernel,
+    Term,
+    TwoBody,
+    TwoBodyKernel,
+    clone,
+)
+from gapkit.baselines import CoreRepulsion
+from gapkit.data import load_bundled
 from gapkit.gp.sparse import cholesky_upper
+from gapkit.io import to_config
 from gapkit.testing import TOLERANCES, check_forces, label, random_rotation
 
 # Tolerances (float64) from the one table of gapkit.testing.
@@ -79,63 +97,7 @@ def _one_torch_thread():
 _label = label
 
 
-def _frames(base: Atoms, n: int, *, rattle: float, strain: float, calc, seed: int,
-            virial: bool = True) -> list[Atoms]:
-    """``n`` labelled copies of ``base``: random symmetric strain, then rattled (Å)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        atoms = base.copy()
-        if strain:
-            eps = rng.normal(scale=strain, size=(3, 3))
-            eps = 0.5 * (eps + eps.T)
-            atoms.set_cell(atoms.cell @ (np.eye(3) + eps), scale_atoms=True)
-        atoms.rattle(rattle, seed=int(rng.integers(1 << 30)))
-        out.append(_label(atoms, calc(), virial=virial))
-    return out
-
-
-def _tersoff_si() -> Tersoff:
-    """Tersoff's Si(B) potential (PRB 37, 6991 (1988)), LAMMPS ``Si.tersoff`` values."""
-    p = TersoffParameters(m=3.0, gamma=1.0, lambda3=1.3258, c=4.8381, d=2.0417, h=0.0,
-                          n=22.956, beta=0.33675, lambda2=1.3258, B=95.373, R=3.0, D=0.2,
-                          lambda1=3.2394, A=3224.6)
-    return Tersoff({("Si", "Si", "Si"): p})
-
-
-def _soap(**kw) -> SOAP:
-    params = dict(cutoff=4.0, cutoff_width=1.0, n_max=4, l_max=3)
-    params.update(kw)
-    return SOAP(**params)
-
-
-def _si_terms(two_body: bool = False) -> list[Term]:
-    terms = [Term(_soap(), SOAPKernel(zeta=4, delta=1.0), n_sparse=20)]
-    if two_body:
-        terms.append(Term(TwoBody(cutoff=4.0, cutoff_width=1.0),
-                          TwoBodyKernel(cutoff=4.0, cutoff_width=1.0, lengthscale=0.5, delta=0.3),
-                          n_sparse=10, sparse_method="uniform"))
-    return terms
-
-
-SI_NOISE = NoiseModel(energy=0.002, forces=0.1, virial=0.02)
-
-
-def _si_cell(rattle: float = 0.05, seed: int = 2, a: float = 5.43) -> Atoms:
-    atoms = bulk("Si", "diamond", a=a, cubic=True)
-    if rattle:
-        atoms.rattle(rattle, seed=seed)
-    return atoms
-
-
-def _cuag_cluster(seed: int = 0, rattle: float = 0.1) -> Atoms:
-    """13-atom Cu icosahedron with 4 atoms swapped for Ag (not periodic), rattled (Å)."""
-    atoms = Icosahedron("Cu", 2)
-    atoms.numbers[[1, 4, 7, 10]] = 47
-    atoms.center(vacuum=5.0)
-    atoms.pbc = False
-    atoms.rattle(rattle, seed=seed)
-    return atoms
+_frames = make_strained_cells  # labelled, strained and rattled copies of a cell
 
 
 def _prior_variances(model: GAP, frames: list[Atoms]):
@@ -381,14 +343,6 @@ def test_recovers_emt_copper(cu_model, cu_data):
 
 # --------------------------------------------------------------- 4. variances
 
-def _far_frames() -> list[Atoms]:
-    """Si frames far from the training data (±2 % strained diamond)."""
-    squeezed = _si_cell(a=5.43 * 0.8)
-    stretched = _si_cell(a=5.43 * 1.2)
-    rng = np.random.default_rng(3)
-    gas = Atoms("Si8", positions=rng.uniform(0, 5.43, size=(8, 3)), cell=[5.43] * 3, pbc=True)
-    return [squeezed, stretched, gas]
-
 
 def test_variances_nonnegative_and_below_prior(si_model, si_train):
     frames = si_train[:2] + [_si_cell()] + _far_frames()
@@ -473,181 +427,6 @@ def test_recovers_lennard_jones_within_noise():
 
 
 # ---------------------------------------------------------------- 6. save/load
-
-def _all_outputs(model: GAP, frames) -> dict:
-    out = {}
-    for form in ("projected", "exact"):
-        pred = model.predict(frames, forces_variance=form)
-        for name in ("energy", "forces", "virial", "local_energy", "energy_variance",
-                     "forces_variance", "virial_variance", "local_energy_variance"):
-            out[f"{form}:{name}"] = getattr(pred, name)
-    return out
-
-
-@pytest.mark.parametrize("name", ["si", "si+2b", "cluster"])
-def test_save_load_bit_identical(models, name, tmp_path):
-    model = models[name]
-    frames = [_cuag_cluster(seed=9)] if name == "cluster" else [_si_cell(), _far_frames()[0]]
-    path = model.save(tmp_path / "model.gapkit")
-    loaded = GAP.load(path)
-    for attr in ("alpha_", "R_", "U_"):
-        assert torch.equal(getattr(loaded, attr), getattr(model, attr)), attr
-    for z0, z1 in zip(model.sparse_sets_, loaded.sparse_sets_):
-        assert torch.equal(z0.points, z1.points)
-        assert torch.equal(z0.types, z1.types)
-    assert loaded.log_marginal_likelihood_ == model.log_marginal_likelihood_
-    assert loaded.e0_ == model.e0_
-    before, after = _all_outputs(model, frames), _all_outputs(loaded, frames)
-    for key, value in before.items():
-        if value is None:
-            assert after[key] is None, key
-        else:
-            assert np.array_equal(value, after[key]), key
-
-
-@pytest.mark.parametrize("delta", [1.0, 0.38, 0.67])
-def test_save_load_bit_identical_for_any_delta(si_train, tmp_path, delta):
-    """The kernel scale must survive the round trip exactly, whatever its value (deltas
-    after optimize_hyperparameters are arbitrary floats)."""
-    term = Term(_soap(), SOAPKernel(zeta=4, delta=delta), n_sparse=20)
-    model = GAP([term], noise=SI_NOISE, progress=False).fit(si_train[:4])
-    loaded = GAP.load(model.save(tmp_path / "model.gapkit"))
-    d0 = float(model.terms_[0].kernel.delta.detach())
-    d1 = float(loaded.terms_[0].kernel.delta.detach())
-    assert d1 == d0, f"delta {d0!r} was loaded as {d1!r}"
-    before, after = _all_outputs(model, [_si_cell()]), _all_outputs(loaded, [_si_cell()])
-    for key, value in before.items():
-        assert np.array_equal(value, after[key]), key
-
-
-def test_saved_file_has_no_pickles(si_model, tmp_path):
-    path = si_model.save(tmp_path / "model.gapkit")
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        assert "metadata.json" in names
-        meta = json.loads(zf.read("metadata.json"))
-        assert meta["format_version"] >= 1
-        arrays = [n for n in names if n.endswith(".npy")]
-        assert arrays and set(names) == set(arrays) | {"metadata.json"}
-        for n in arrays:
-            value = np.load(io.BytesIO(zf.read(n)), allow_pickle=False)
-            assert value.dtype != object, n
-
-
-def test_save_refuses_to_overwrite(si_model, tmp_path):
-    path = tmp_path / "model.gapkit"
-    si_model.save(path)
-    stamp = path.read_bytes()
-    with pytest.raises(FileExistsError, match="overwrite=True"):
-        si_model.save(path)
-    assert path.read_bytes() == stamp
-    si_model.save(path, overwrite=True)
-    GAP.load(path)
-
-
-def _rewrite(src, dst, edit) -> None:
-    """Copy zip ``src`` to ``dst``, passing each (name, bytes) through ``edit`` (None drops)."""
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for name in zin.namelist():
-            data = edit(name, zin.read(name))
-            if data is not None:
-                zout.writestr(name, data)
-
-
-def _edit_meta(change):
-    def edit(name, data):
-        if name != "metadata.json":
-            return data
-        meta = json.loads(data)
-        change(meta)
-        return json.dumps(meta)
-    return edit
-
-
-def _data_offset(raw: bytes, info: zipfile.ZipInfo) -> int:
-    """Where a member's (compressed) data starts: after its local file header."""
-    h = info.header_offset
-    name_len = int.from_bytes(raw[h + 26:h + 28], "little")
-    extra_len = int.from_bytes(raw[h + 28:h + 30], "little")
-    return h + 30 + name_len + extra_len
-
-
-def _damage(kind, src, dst):
-    raw = src.read_bytes()
-    if kind == "truncated":
-        dst.write_bytes(raw[: len(raw) // 2])
-    elif kind == "truncated_tail":
-        dst.write_bytes(raw[:-20])
-    elif kind == "random_bytes":
-        dst.write_bytes(np.random.default_rng(0).bytes(len(raw)))
-    elif kind == "empty":
-        dst.write_bytes(b"")
-    elif kind == "bad_crc":
-        # flip bits in the middle of the largest member's data: CRC-32 mismatch
-        with zipfile.ZipFile(src) as zf:
-            info = max(zf.infolist(), key=lambda i: i.compress_size)
-        start = _data_offset(raw, info)
-        bad = bytearray(raw)
-        bad[start + info.compress_size // 2] ^= 0x01
-        dst.write_bytes(bytes(bad))
-    elif kind == "broken_deflate":
-        # first byte of a deflate stream 0xFF: final block of reserved type 3
-        with zipfile.ZipFile(src) as zf:
-            info = zf.getinfo("alpha.npy")
-        assert info.compress_type == zipfile.ZIP_DEFLATED
-        start = _data_offset(raw, info)
-        bad = bytearray(raw)
-        bad[start] = 0xFF
-        dst.write_bytes(bytes(bad))
-    elif kind == "newer_version":
-        _rewrite(src, dst, _edit_meta(lambda m: m.update(format_version=999)))
-    elif kind == "not_gapkit_zip":
-        with zipfile.ZipFile(dst, "w") as zf:
-            zf.writestr("hello.txt", "not a model")
-    elif kind == "foreign_metadata":
-        with zipfile.ZipFile(dst, "w") as zf:
-            zf.writestr("metadata.json", json.dumps({"format": "something.else"}))
-    elif kind == "metadata_not_json":
-        _rewrite(src, dst, lambda n, d: d[: len(d) // 2] if n == "metadata.json" else d)
-    elif kind == "missing_array":
-        _rewrite(src, dst, lambda n, d: None if n == "alpha.npy" else d)
-    elif kind == "missing_metadata_key":
-        _rewrite(src, dst, _edit_meta(lambda m: m.pop("terms")))
-    else:  # pragma: no cover
-        raise AssertionError(kind)
-
-
-DAMAGE = {
-    "truncated": "truncated or corrupted",
-    "truncated_tail": "truncated or corrupted",
-    "random_bytes": "truncated or corrupted",
-    "empty": "truncated or corrupted",
-    "bad_crc": "truncated or corrupted",
-    "broken_deflate": None,
-    "newer_version": r"format 999.*upgrade gapkit",
-    "not_gapkit_zip": None,
-    "foreign_metadata": "not a gapkit model file",
-    "metadata_not_json": None,
-    "missing_array": None,
-    "missing_metadata_key": None,
-}
-
-
-@pytest.mark.parametrize("kind", sorted(DAMAGE))
-def test_load_rejects_damaged_file(si_model, tmp_path, kind):
-    """Every damaged or foreign file raises ValueError naming the file (never a bare
-    KeyError/zlib.error from deep inside, never a model)."""
-    good = si_model.save(tmp_path / "good.gapkit")
-    bad = tmp_path / f"{kind}.gapkit"
-    _damage(kind, good, bad)
-    with pytest.raises(ValueError, match=DAMAGE[kind]) as err:
-        GAP.load(bad)
-    assert str(bad) in str(err.value)
-
-
-def test_load_missing_file_raises_file_not_found(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        GAP.load(tmp_path / "nowhere.gapkit")
 
 
 # ------------------------------------------------------------ 7. determinism
@@ -849,3 +628,40 @@ def test_nve_64_atom_silicon_1ps(si_zuo_model):
     assert deviation < bound, info
     assert abs(slope) < 0.01e-3, info
     assert 100 < atoms.get_temperature() < 600  # it stayed a 300 K crystal
+
+
+# -- get_params, set_params, clone -------------------------------------------------------
+
+
+def test_get_params_returns_every_constructor_argument():
+    import inspect
+
+    m = make_si_model()
+    params = m.get_params()
+    assert set(params) == set(inspect.signature(GAP.__init__).parameters) - {"self"}
+    assert params["energy_key"] == "REF_energy" and params["batch_atoms"] == 128
+    assert params["baselines"] == [CoreRepulsion()]
+    rebuilt = GAP(**params)
+    assert to_config(rebuilt) == to_config(m)
+
+
+def test_clone_keeps_baselines_and_every_setting_and_copies_nothing_fitted():
+    m = make_si_model()
+    frames = [a for a in load_bundled("Si_train.xyz") if len(a) <= 64][:4]
+    m.fit(frames)
+    c = clone(m)
+    assert not hasattr(c, "alpha_")
+    assert c.baselines == m.baselines and c.baselines  # 0.1 dropped them
+    assert to_config(c) == to_config(make_si_model())
+    assert c.terms[0] is not m.terms[0] and c.terms[0].kernel is not m.terms[0].kernel
+    assert c.noise == m.noise
+
+
+def test_set_params_checks_like_the_constructor():
+    m = make_si_model()
+    m.set_params(jitter=1e-6)
+    assert m.jitter == 1e-6
+    with pytest.raises(ValueError, match="jitter"):
+        m.set_params(jitter=-1.0)
+    with pytest.raises(ValueError, match="unknown GAP parameters"):
+        m.set_params(sigma=0.1)

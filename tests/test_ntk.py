@@ -4,7 +4,7 @@ finite networks and their empirical NTK, and argument validation.
 
 The derivatives of :class:`gapkit.NTKKernel` against finite differences, its diagonal,
 its GPyTorch call and its copies are checked by the kernel battery
-(``gapkit.testing.check_kernel``, run in ``tests/test_kernels.py``)."""
+(``gapkit.testing.check_kernel``, run in ``tests/kernels/test_kernel_battery.py``)."""
 
 from __future__ import annotations
 

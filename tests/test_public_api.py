@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
 import pytest
+from conftest import make_si_model
+
+import gapkit
+from gapkit.data import load_bundled
 
 PUBLIC = {
     "gapkit": [
@@ -108,3 +113,31 @@ def test_uq_names_belong_to_their_modules():
         for name in names:
             assert getattr(uq, name) is getattr(mod, name)
             assert getattr(uq, name).__module__ == f"gapkit.uq.{sub}"
+
+
+# -- old names and a lazy face -----------------------------------------------------------
+def test_old_names_warn_and_still_work():
+    frames = [a for a in load_bundled("Si_train.xyz") if len(a) <= 64][:3]
+    m = make_si_model().fit(frames)
+    with pytest.warns(DeprecationWarning, match="forces_variance"):
+        old = m.predict(frames[:1], force_variance="projected")
+    with pytest.warns(DeprecationWarning, match="return_variance"):
+        none = m.predict(frames[:1], variance=False)
+    new = m.predict(frames[:1], forces_variance="projected")
+    np.testing.assert_array_equal(old.forces_variance, new.forces_variance)
+    assert none.energy_variance is None
+    with pytest.warns(DeprecationWarning, match="jitter_absolute_"):
+        assert m.jitter_abs_ == m.jitter_absolute_
+    with pytest.warns(DeprecationWarning, match="nngp_and_ntk"):
+        gapkit.ntk.kernels(np.eye(3), depth=1)
+
+
+def test_import_gapkit_is_lazy():
+    import subprocess
+    import sys
+
+    code = ("import sys, gapkit; heavy = [m for m in ('torch', 'gpytorch', 'gapkit.model') "
+            "if m in sys.modules]; print(heavy, gapkit.__version__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.startswith("[]"), out

@@ -10,9 +10,10 @@ import pytest
 import torch
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from conftest import make_si_model
 
 from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term
-from gapkit.data import VOIGT, voigt_symmetrised
+from gapkit.data import VOIGT, load_bundled, voigt_symmetrised
 from gapkit.gp.exact import ExactGP
 from gapkit.gp.posterior import clip_variance, predict_block
 from gapkit.testing import label
@@ -101,3 +102,20 @@ def test_predict_block_is_the_model_without_e0(crystals):
                          forces_variance=None)
     assert none["forces"] is None and none["energy_variance"] is None
     np.testing.assert_array_equal(none["energy"], block["energy"])
+
+
+def test_negative_variances_warn_only_beyond_round_off():
+    """Clipped DTC variances warn (as ExactGP and scikit-learn do) when they are clearly
+    negative, e.g. after a hyper-parameter change without a refit, and stay silent for
+    round-off (force components that vanish by symmetry)."""
+    import warnings
+
+    frames = [a for a in load_bundled("Si_train.xyz") if len(a) <= 64][:4]
+    m = make_si_model(energy_key="energy", baselines=None).fit(frames)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        m.predict(frames[:2])  # the fitted factors: no warning
+    m.terms_[0].kernel.delta = 3.0 * float(m.terms_[0].kernel.delta)
+    with pytest.warns(UserWarning, match="variances below 0"):
+        pred = m.predict(frames[:2])
+    assert np.all(pred.energy_variance >= 0)

@@ -29,6 +29,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 from ase.calculators.tersoff import Tersoff, TersoffParameters
+from conftest import make_strained_cells
 
 import gapkit.gp.sparse
 from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term
@@ -54,20 +55,8 @@ def _tersoff_si() -> Tersoff:
 
 
 def _si_frames(n: int, seed: int, *, rattle: float = 0.15, strain: float = 0.03):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        atoms = bulk("Si", "diamond", a=5.43, cubic=True)
-        eps = rng.normal(scale=strain, size=(3, 3))
-        atoms.set_cell(atoms.cell @ (np.eye(3) + 0.5 * (eps + eps.T)), scale_atoms=True)
-        atoms.rattle(rattle, seed=int(rng.integers(1 << 30)))
-        atoms.calc = _tersoff_si()
-        atoms.info["energy"] = atoms.get_potential_energy()
-        atoms.arrays["forces"] = atoms.get_forces()
-        atoms.info["virial"] = -atoms.get_stress(voigt=False) * atoms.get_volume()
-        atoms.calc = None
-        out.append(atoms)
-    return out
+    return make_strained_cells(bulk("Si", "diamond", a=5.43, cubic=True), n, seed=seed,
+                               strain=strain, rattle=rattle, calc=_tersoff_si)
 
 
 def _term(n_sparse: int = 8) -> Term:

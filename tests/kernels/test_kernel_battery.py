@@ -5,16 +5,15 @@ parametrised kernel list) runs once per case below: symmetry and positive
 semi-definiteness, the diagonal, the GPyTorch call, ``delta`` (scaling, setter,
 parameter), ``grad_contract``, ``hessian_contract`` and ``weighted_gradient`` against
 central differences, the batched force prior variance against the generic loop,
-``get_params`` and copies. The rest of this file is what the battery cannot know: the
-``delta`` prior, argument validation, and each kernel's own physics (the two-body
-cutoff; the SE kernel's scales are in ``test_se_kernel.py``, the NTK's closed forms in
-``test_ntk.py``).
+``get_params`` and copies. The rest of this file is what the battery cannot know about
+any kernel: the ``delta`` prior and argument validation. Each kernel's own physics is in
+its file here (``test_twobody_kernel.py``: the cutoff; ``test_se_kernel.py``: the scales;
+``test_soap_kernel.py``) and the NTK's closed forms in ``tests/test_ntk.py``.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import pickle
 
 import gpytorch
@@ -170,41 +169,6 @@ def test_last_dim_is_batch_is_refused(case):
         make().forward(x, x, last_dim_is_batch=True)
 
 
-@pytest.mark.parametrize("zeta", [0, -1, 2.5, True])
-def test_bad_zeta(zeta):
-    with pytest.raises(ValueError, match="zeta"):
-        SOAPKernel(zeta=zeta)
-
-
-@pytest.mark.parametrize("lengthscale", [0.0, -0.5, float("nan")])
-def test_bad_lengthscale(lengthscale):
-    with pytest.raises(ValueError, match="lengthscale"):
-        TwoBodyKernel(lengthscale=lengthscale)
-
-
 # -- two-body specifics -------------------------------------------------------------------
 
 
-def test_twobody_vanishes_beyond_the_cutoff():
-    k = TwoBodyKernel(cutoff=5.0, cutoff_width=1.0, lengthscale=0.7)
-    inside = torch.tensor([[2.0], [3.9]], dtype=DTYPE)
-    outside = torch.tensor([[5.0], [5.3]], dtype=DTYPE)
-    assert torch.all(k.value(inside, outside) == 0)
-    g = torch.ones(2, 3, 1, dtype=DTYPE)
-    assert torch.all(k.grad_contract(outside, inside, g, torch.tensor([0, 1])) == 0)
-    # inside the flat part of the cutoff the kernel is the bare squared exponential
-    expected = math.exp(-0.5 * (2.0 - 3.9) ** 2 / 0.7**2)
-    assert k.value(inside, inside)[0, 1].item() == pytest.approx(expected, rel=TOL["algebra"])
-
-
-def test_twobody_lengthscale_is_exact_float64():
-    k = TwoBodyKernel(lengthscale=0.3)
-    assert k.raw_lengthscale.dtype == DTYPE
-    assert k.lengthscale.item() == pytest.approx(0.3, rel=1e-15)
-
-
-def test_twobody_without_a_cutoff_says_where_to_get_one():
-    k = TwoBodyKernel(lengthscale=0.5)
-    assert k.get_params()["cutoff"] is None
-    with pytest.raises(ValueError, match="TwoBody descriptor"):
-        k.value(torch.ones(2, 1, dtype=DTYPE), torch.ones(2, 1, dtype=DTYPE))
