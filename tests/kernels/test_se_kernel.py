@@ -1,5 +1,6 @@
 """What the squared-exponential descriptor kernel, :class:`gapkit.SEKernel`, adds to the
-kernel battery (``tests/kernels/test_kernel_battery.py`` runs ``gapkit.testing.check_kernel`` on it).
+kernel battery (``tests/kernels/test_kernel_battery.py`` runs ``gapkit.testing.check_kernel``
+on it).
 
 Values against the formula, a singular but positive semi-definite Gram matrix, the
 derivative contractions against autograd, the batched force prior variance on real
