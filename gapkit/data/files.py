@@ -1,0 +1,186 @@
+"""Files: extended XYZ reading with frame numbers in every message, the bundled data
+files, and "frames" as a path, one Atoms or an iterable."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import ase
+import ase.io
+
+from .labels import _labels_of_frames, _normalise_require
+from .structures import validate_structure
+
+_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+
+
+def _frame_numbers(index: int | str | slice | None) -> tuple[Iterable[int], str]:
+    """Map positions in the list read with ``index`` to frame numbers in the file, when that is
+    possible without knowing the file's length; otherwise count from the first frame read and
+    say so."""
+    if index is None or index == ":":
+        return range(10**18), ""
+    if isinstance(index, int) and index >= 0:
+        return [index], ""
+    if isinstance(index, str):
+        try:
+            parts = [int(p) if p.strip() else None for p in index.split(":")]
+        except ValueError:
+            parts = []
+        if 2 <= len(parts) <= 3:
+            index = slice(*parts)
+    if isinstance(index, slice):
+        start, step = index.start or 0, index.step or 1
+        if start >= 0 and step > 0:
+            return range(start, 10**18, step), ""
+    return range(10**18), f" (frame numbers count the frames selected by index={index!r})"
+
+
+def read_extxyz(
+    path: str | os.PathLike[str],
+    index: int | str | slice = ":",
+    *,
+    require: str | Iterable[str] = (),
+    **keys: str,
+) -> list[ase.Atoms]:
+    """Read an extended-XYZ file and check every configuration and its labels.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The extxyz file (positions in Å, energies in eV, forces in eV/Å, virials in eV).
+    index : int, str or slice, default ":"
+        Which frames to read, as in ``ase.io.read`` (``":"`` for all, ``"10:20"``, ``-1``).
+    require : iterable of {"energy", "forces", "virial"}, default ()
+        Labels every configuration must have.
+    **keys : str
+        Key names passed on to :func:`get_labels`: ``energy_key``, ``forces_key``,
+        ``virial_key``, ``stress_key``, ``config_type_key``.
+
+    Returns
+    -------
+    list of ase.Atoms
+        The configurations, always a list (also for an integer ``index``), with the
+        calculator results ASE attached intact. Get their labels with :func:`get_all_labels`
+        using the same keys.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file is empty, cannot be parsed, or a configuration is invalid (see
+        :func:`validate_structure`), has malformed labels (see :func:`get_labels`) or lacks a
+        required label. The message starts with the path and names the frame.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file; check the path (cwd is {Path.cwd()})")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; give the path of an extxyz file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty; expected extended-XYZ frames")
+    names = _normalise_require(require)
+    if "frame_index" in keys:
+        raise TypeError("read_extxyz numbers the frames itself; do not pass frame_index")
+
+    try:
+        frames = ase.io.read(path, index=index, format="extxyz")
+    except (ValueError, IndexError, KeyError, TypeError, OSError) as err:
+        raise ValueError(
+            f"{path}: could not be read as extended XYZ (index={index!r}): "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    if isinstance(frames, ase.Atoms):
+        frames = [frames]
+    frames = list(frames)
+    if not frames:
+        raise ValueError(
+            f"{path}: no frames read with index={index!r}; the file holds no extended-XYZ "
+            "frames or the index selects none"
+        )
+
+    numbers, note = _frame_numbers(index)
+    try:
+        for atoms, k in zip(frames, numbers):
+            validate_structure(atoms, frame_index=k)
+        _labels_of_frames(frames, numbers, names, keys)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}{note}") from err
+    return frames
+
+
+def bundled_path(name: str) -> Path:
+    """Path of a data file bundled in the repository's ``data/`` folder.
+
+    Parameters
+    ----------
+    name : str
+        File name, e.g. ``"Si_train.xyz"``, ``"Si_test.xyz"`` or ``"ethanol_rmd17_200.xyz"``.
+
+    Returns
+    -------
+    pathlib.Path
+        Absolute path of the file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file; the message lists the bundled files. The ``data/`` folder
+        sits beside the ``gapkit`` package in a source checkout (editable install); it is not
+        part of a wheel.
+    """
+    if Path(name).name != name:
+        raise ValueError(f"name must be a bare file name inside data/, got {name!r}")
+    path = _DATA_DIR / name
+    if not path.is_file():
+        available = (
+            sorted(p.name for p in _DATA_DIR.iterdir() if p.suffix == ".xyz")
+            if _DATA_DIR.is_dir()
+            else []
+        )
+        if available:
+            hint = f"bundled files are {available}"
+        else:
+            hint = (
+                f"the data folder {_DATA_DIR} is missing: bundled data come with a source "
+                "checkout of gapkit (pip install -e .), not with an installed wheel"
+            )
+        raise FileNotFoundError(f"no bundled data file {name!r} in {_DATA_DIR}; {hint}")
+    return path
+
+
+def load_bundled(name: str, **kw: Any) -> list[ase.Atoms]:
+    """Read a bundled extxyz file with :func:`read_extxyz`.
+
+    Parameters
+    ----------
+    name : str
+        File name in the repository's ``data/`` folder (see :func:`bundled_path`).
+    **kw
+        Passed on to :func:`read_extxyz` (``index``, ``require``, key names).
+
+    Returns
+    -------
+    list of ase.Atoms
+    """
+    return read_extxyz(bundled_path(name), **kw)
+
+
+def as_frames(frames: Any, *, require: str | None = None, **read_kwargs: Any) -> list:
+    """``frames`` as a list of ase.Atoms: an extended-XYZ path (read by
+    :func:`read_extxyz` with ``read_kwargs``, e.g. the label keys), one Atoms, or any
+    iterable of them. ``require``: the name of the caller, and an empty list raises
+    ValueError ("no frames given to ...") instead of being returned."""
+    if isinstance(frames, (str, Path)):
+        out = read_extxyz(frames, **read_kwargs)
+    elif isinstance(frames, ase.Atoms):
+        out = [frames]
+    else:
+        out = list(frames)
+    if require and not out:
+        raise ValueError(f"no frames given to {require}")
+    return out
