@@ -104,3 +104,18 @@ def composition(frames: Iterable[ase.Atoms], species: Sequence[str | int]) -> np
         row[[column[int(x)] for x in z]] = counts
         rows.append(row)
     return np.array(rows, dtype=np.int64).reshape(len(rows), len(numbers))
+
+
+def check_species(frames: Sequence[ase.Atoms], known: Sequence[int]) -> None:
+    """ValueError naming the first frame with a species not in ``known`` (atomic
+    numbers: what a model was trained on) and saying what to do."""
+    known_set = {int(z) for z in known}
+    for k, atoms in enumerate(frames):
+        unknown = sorted(set(np.unique(atoms.numbers).tolist()) - known_set)
+        if unknown:
+            names = ", ".join(chemical_symbols[z] for z in unknown)
+            raise ValueError(
+                f"frame {k}: species {names} were not in the training data "
+                f"({', '.join(chemical_symbols[z] for z in known)}); this model "
+                "cannot predict them. Refit with data that contains them.")
+

@@ -230,6 +230,14 @@ def predict_block(terms, sparse_sets, alpha: torch.Tensor, r_factor: torch.Tenso
     """
     dtype = torch.float64
     want_fvar = return_variance and forces_variance is not None
+    if not frames:  # empty arrays of the shapes asked for
+        return {"energy": np.zeros(0), "local_energy": np.zeros(0),
+                "forces": np.zeros((0, 3)) if forces else None,
+                "virial": np.zeros((0, 3, 3)) if virial else None,
+                "energy_variance": np.zeros(0) if return_variance else None,
+                "local_energy_variance": np.zeros(0) if return_variance else None,
+                "forces_variance": np.zeros((0, 3)) if want_fvar and forces else None,
+                "virial_variance": np.zeros((0, 3, 3)) if want_fvar and virial else None}
     gradients = [g for g, want in (("positions", forces), ("strain", virial)) if want]
     n_frames = len(frames)
     n_atoms = sum(len(a) for a in frames)

@@ -1,0 +1,142 @@
+"""gapkit.gp.cv: the noise chosen by K-fold cross-validation, in closed form.
+
+The fold fits of the grid are exactly the DTC solves without the fold (same sparse points,
+e0, kernels; brute force by the streaming QR on the other folds' rows), the held-out errors
+are those of those fits, the search is reproducible from the seed, data without virials get
+the one-dimensional grid, and energies that carry more noise get a larger energy sigma.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from conftest import make_strained_cells
+
+from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term
+from gapkit.gp.cv import (ENERGY_FACTORS, VIRIAL_FACTORS, assign_folds, fold_grams,
+                          frame_config_types, grid_alphas, held_out_errors)
+from gapkit.gp.design import design_rows
+from gapkit.gp.sparse import IncrementalQR
+
+#: the closed form against the brute-force QR solve: two orders of the same sums
+RTOL = 1e-8
+
+
+def _cu(n, seed, *, virial=True, energy_noise=0.0):
+    frames = make_strained_cells(bulk("Cu", "fcc", a=3.61, cubic=True), n, seed=seed,
+                                 strain=0.02, rattle=0.1, calc=EMT, virial=virial)
+    rng = np.random.default_rng(seed + 100)
+    for k, atoms in enumerate(frames):
+        atoms.info["config_type"] = "bulk" if k % 3 else "strained"
+        atoms.info["energy"] += energy_noise * len(atoms) * rng.normal()
+    return frames
+
+
+def _model(**kw):
+    soap = SOAP(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2)
+    return GAP([Term(soap, SOAPKernel(zeta=4), n_sparse=12)],
+               noise=NoiseModel(energy=0.001, forces=0.05, virial=0.01), progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    frames = _cu(15, 0)
+    return frames, _model().fit(frames)
+
+
+def test_folds_are_stratified_and_seeded():
+    cts = ["a"] * 10 + ["b"] * 7 + ["c"] * 3
+    folds = assign_folds(cts, 5, seed=1)
+    assert np.array_equal(folds, assign_folds(cts, 5, seed=1))
+    assert not np.array_equal(folds, assign_folds(cts, 5, seed=2))
+    for ct, n in (("a", 10), ("b", 7)):
+        per_fold = np.bincount(folds[np.asarray(cts) == ct], minlength=5)
+        assert per_fold.max() - per_fold.min() <= 1 and per_fold.sum() == n
+    assert np.bincount(folds, minlength=5).max() - np.bincount(folds, minlength=5).min() <= 1
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        assign_folds(cts, 1)
+
+
+def test_fold_fits_equal_brute_force_refits_and_their_held_out_errors(fitted):
+    frames, model = fitted
+    data = model.training_data(frames)
+    obs = data.observations
+    folds = assign_folds(frame_config_types(obs, len(frames)), 4, seed=0)
+    grams = fold_grams(model.terms_, model.sparse_sets_, model.U_, frames, obs,
+                       data.gradients, folds, batch_atoms=64)
+    grid = np.array([[1.0, 1.0, 1.0], [4.0, 1.0, 0.5]])
+    alphas = grid_alphas(grams, grid)
+    rows = torch.cat([design_rows(model.terms_, model.sparse_sets_, [a],
+                                  obs.select(np.nonzero(obs.frame == k)[0]).shifted(k),
+                                  set(data.gradients)) for k, a in enumerate(frames)])
+    n_atoms = np.array([len(a) for a in frames], dtype=float)
+    expected = {kind: np.zeros(len(grid)) for kind in ("energy", "forces", "virial")}
+    for p, factors in enumerate(grid):
+        sigma = obs.sigma * np.asarray(factors)[obs.kind]
+        for f in range(4):
+            train = folds[obs.frame] != f
+            qr = IncrementalQR(model.U_)
+            qr.add(rows[torch.as_tensor(train)], torch.as_tensor(obs.y[train]),
+                   torch.as_tensor(sigma[train]))
+            r, b, _ = qr.finish()
+            alpha = torch.linalg.solve_triangular(r, b[:, None], upper=True)[:, 0]
+            scale = float(alpha.abs().max())
+            np.testing.assert_allclose(alphas[p, f].numpy(), alpha.numpy(), rtol=0,
+                                       atol=RTOL * scale)
+            held = ~train
+            err = np.abs((rows[torch.as_tensor(held)] @ alpha).numpy() - obs.y[held])
+            per_atom = np.isin(obs.kind[held], (0, 2))
+            err[per_atom] /= n_atoms[obs.frame[held][per_atom]]
+            for k, kind in enumerate(("energy", "forces", "virial")):
+                expected[kind][p] += err[obs.kind[held] == k].sum()
+    errors = held_out_errors(model.terms_, model.sparse_sets_, frames, obs, data.gradients,
+                             folds, alphas, batch_atoms=64)
+    for k, kind in enumerate(("energy", "forces", "virial")):
+        np.testing.assert_allclose(errors[kind], expected[kind] / np.sum(obs.kind == k),
+                                   rtol=1e-7)
+
+
+def test_the_search_is_reproducible_and_refits(fitted):
+    frames, _ = fitted
+    a = _model(random_state=3).fit(frames)
+    report = a.cross_validate_noise(frames)
+    b = _model(random_state=3).fit(frames)
+    again = b.cross_validate_noise(frames)
+    assert report["factors"] == again["factors"] and report["table"] == again["table"]
+    assert len(report["table"]) >= len(ENERGY_FACTORS) * len(VIRIAL_FACTORS)
+    assert a.noise.energy == 0.001  # the noise given stays; the fit's is noise_
+    assert a.noise_.sigma("energy") == pytest.approx(0.001 * report["factors"][0])
+    assert a.noise_.sigma("forces") == 0.05
+    assert a.fit_info_["noise_cv"] is report
+    # the refit is the plain fit at the chosen noise
+    c = GAP(_model().terms, noise=a.noise_, progress=False, random_state=3).fit(frames)
+    np.testing.assert_allclose(a.alpha_.numpy(), c.alpha_.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_without_virials_the_grid_is_one_dimensional():
+    frames = _cu(12, 1, virial=False)
+    model = _model(use=("energy", "forces")).fit(frames)
+    report = model.cross_validate_noise(frames, refit=False)
+    assert len(report["table"]) in (len(ENERGY_FACTORS), len(ENERGY_FACTORS) + 2)
+    assert {row["virial"] for row in report["table"]} == {1.0}
+    assert report["table"][0]["virial_mae"] is None
+
+
+def test_noisier_energies_get_a_larger_energy_sigma():
+    """EMT energies are exact; with 20 meV/atom of Gaussian noise added the chosen energy
+    sigma (base 1 meV/atom) grows by more than a factor 8, without them it does not grow."""
+    clean, noisy = _cu(20, 2), _cu(20, 2, energy_noise=0.02)
+    f_clean = _model().fit(clean).cross_validate_noise(clean, refit=False)["factors"][0]
+    f_noisy = _model().fit(noisy).cross_validate_noise(noisy, refit=False)["factors"][0]
+    assert f_clean <= 1.0 and f_noisy >= 8.0
+
+
+def test_too_few_frames_keep_the_base_noise_and_say_so():
+    frames = _cu(6, 3)
+    model = _model().fit(frames)
+    report = model.cross_validate_noise(frames)
+    assert report["factors"] == [1.0, 1.0, 1.0] and "fewer than 10" in report["note"]
+    assert model.noise_ == model.noise
