@@ -8,6 +8,7 @@ x y z), then the six virial components in ASE's Voigt order (xx, yy, zz, yz, xz,
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -304,5 +305,18 @@ def fit_e0(frames: Sequence, labels: Sequence[Labels] | None = None, method="lea
         for z in atoms.numbers:
             comp[r, index[int(z)]] += 1
     energies = np.array([e for _, e in rows])
-    sol, *_ = np.linalg.lstsq(comp, energies, rcond=None)
+    sol, _, rank, _ = np.linalg.lstsq(comp, energies, rcond=None)
+    if rank < len(species):
+        # not identifiable (e.g. every frame has the molecule's composition): the minimum-norm
+        # solution would put e0_H = -616 eV for rMD17 ethanol. Start from the mean energy per
+        # atom for every species and take the least-squares part the data do determine.
+        mean = float(energies.sum() / comp.sum())
+        dev, *_ = np.linalg.lstsq(comp, energies - mean * comp.sum(1), rcond=None)
+        sol = mean + dev
+        names = ", ".join(chemical_symbols[z] for z in species)
+        warnings.warn(f"e0='least_squares': the compositions of the {len(rows)} frames with "
+                      f"energies do not determine a separate e0 for each of {names} (rank "
+                      f"{rank} of {len(species)}); e0 starts from the mean energy per atom, "
+                      f"{mean:.4f} eV, for every species. Give e0 as isolated-atom energies "
+                      "to fix it", UserWarning, stacklevel=3)
     return {z: float(sol[i]) for z, i in index.items()}
