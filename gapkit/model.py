@@ -229,6 +229,7 @@ class GAP:
             "n_sparse": [s.n for s in self.sparse_sets_],
             "condition_number_R": sol.condition_number_R,
             "condition_number_kmm_jitter": sol.condition_number_kmm_jitter,
+            "n_zero_rows": sol.n_zero_rows,  # exactly zero design rows, left out
             "wall_time_s": time.perf_counter() - t_start,
             "cpu_time_s": time.process_time() - cpu_start,
             "log_marginal_likelihood": self.log_marginal_likelihood_,

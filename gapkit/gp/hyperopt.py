@@ -22,6 +22,7 @@ a bounded scalar search whose every evaluation is one pass over the data.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +30,7 @@ import torch
 
 from .design import design_blocks, type_mask
 from .observations import KINDS
-from .sparse import IncrementalQR
+from .sparse import IncrementalQR, informative_rows
 
 __all__ = ["Statistics", "collect_statistics", "lengthscale_kernels", "lml_from_statistics",
            "noise_groups", "optimize", "search_lengthscale", "split_factors"]
@@ -47,6 +48,12 @@ class Statistics:
     n: torch.Tensor  # (G,) observation counts
     sum_log_base: torch.Tensor  # (G,) sum of log b_n
     jitter: float
+    # the rows with a zero design row (informative_rows), per group: count, sum of log b_n
+    # and y^T W y; they are in the likelihood's value, not in what the noise learning
+    # maximises
+    zero_n: torch.Tensor | None = None
+    zero_sum_log_base: torch.Tensor | None = None
+    zero_yy: torch.Tensor | None = None
 
 
 def collect_statistics(terms, sparse_sets, frames, obs, gradients, *, batch_atoms: int,
@@ -84,10 +91,19 @@ def collect_statistics(terms, sparse_sets, frames, obs, gradients, *, batch_atom
     n_groups = int(groups.max()) + 1 if n_groups is None else int(n_groups)
     qrs = [IncrementalQR(torch.zeros((m, m), dtype=dtype)) for _ in range(n_groups)]
     yy = torch.zeros(n_groups, dtype=dtype)
+    zero_n, zero_log, zero_yy = np.zeros(n_groups), np.zeros(n_groups), np.zeros(n_groups)
     for _, sel, sub, rows in design_blocks(terms, sparse_sets, frames, obs, gradients,
                                            batch_atoms=batch_atoms, unit=True):
-        sigma = torch.as_tensor(sub.sigma)
-        y = torch.as_tensor(sub.y)
+        keep = informative_rows(rows, [s.n for s in sparse_sets])
+        if not bool(keep.all()):  # zero rows: only their constant goes to the likelihood
+            zero = ~keep.numpy()
+            zs, zy = sub.sigma[zero], sub.y[zero]
+            np.add.at(zero_n, groups[sel[zero]], 1.0)
+            np.add.at(zero_log, groups[sel[zero]], np.log(zs))
+            np.add.at(zero_yy, groups[sel[zero]], (zy / zs) ** 2)
+            rows, sel = rows[keep], sel[keep.numpy()]
+        sigma = torch.as_tensor(obs.sigma[sel])
+        y = torch.as_tensor(obs.y[sel])
         block_groups = groups[sel]
         for g in np.unique(block_groups).tolist():
             k = torch.as_tensor(np.nonzero(block_groups == g)[0])
@@ -105,13 +121,16 @@ def collect_statistics(terms, sparse_sets, frames, obs, gradients, *, batch_atom
         torch.block_diag(*blocks), torch.cat(cols), torch.stack([f[0] for f in factors]),
         torch.stack([f[1] for f in factors]), yy,
         torch.tensor([float(q.n_rows) for q in qrs], dtype=dtype),
-        torch.tensor([q.sum_log_sigma for q in qrs], dtype=dtype), jitter)
+        torch.tensor([q.sum_log_sigma for q in qrs], dtype=dtype), jitter,
+        torch.as_tensor(zero_n), torch.as_tensor(zero_log), torch.as_tensor(zero_yy))
 
 
 def lml_from_statistics(stats: Statistics, log_delta: torch.Tensor,
-                        log_scale: torch.Tensor) -> torch.Tensor:
+                        log_scale: torch.Tensor, *, zero_rows: bool = True) -> torch.Tensor:
     """DTC log marginal likelihood for ``delta = exp(log_delta)`` (per term) and noise
-    multipliers ``exp(log_scale)`` (one per group: energy, forces, virial by default)."""
+    multipliers ``exp(log_scale)`` (one per group: energy, forces, virial by default).
+    ``zero_rows=False`` leaves out the observations whose design row is zero (what the
+    optimiser maximises: each would pull its group's sigma to zero)."""
     dv = torch.exp(log_delta)[stats.column_term]  # delta per column
     d2 = dv * dv
     kmm = dv[:, None] * stats.kmm_unit * dv[None, :]
@@ -130,10 +149,16 @@ def lml_from_statistics(stats: Statistics, log_delta: torch.Tensor,
     # mode="reduced": autograd through QR needs Q
     r = torch.linalg.qr(torch.cat(parts, dim=0), mode="reduced").R
     quad = (inv_s**2 * stats.yy).sum() - (r[:m, m] ** 2).sum()
-    return (-0.5 * quad - torch.log(torch.abs(torch.diagonal(r)[:m])).sum()
-            + torch.log(torch.diagonal(u)).sum()
-            - (stats.n * log_scale).sum() - stats.sum_log_base.sum()
-            - 0.5 * stats.n.sum() * math.log(2.0 * math.pi))
+    value = (-0.5 * quad - torch.log(torch.abs(torch.diagonal(r)[:m])).sum()
+             + torch.log(torch.diagonal(u)).sum()
+             - (stats.n * log_scale).sum() - stats.sum_log_base.sum()
+             - 0.5 * stats.n.sum() * math.log(2.0 * math.pi))
+    zn, zlog, zyy = stats.zero_n, stats.zero_sum_log_base, stats.zero_yy
+    if zero_rows and zn is not None and zlog is not None and zyy is not None:
+        # the N(0, sigma^2) densities of the zero rows
+        value = value - (0.5 * (inv_s**2 * zyy).sum() + (zn * log_scale).sum() + zlog.sum()
+                         + 0.5 * zn.sum() * math.log(2.0 * math.pi))
+    return value
 
 
 def optimize(stats: Statistics, log_delta0, log_scale0, *, fit_delta=True, fit_noise=True,
@@ -145,9 +170,12 @@ def optimize(stats: Statistics, log_delta0, log_scale0, *, fit_delta=True, fit_n
     ls_free = ls.clone().requires_grad_(fit_noise)
     params = [p for p, f in ((ld, fit_delta), (ls_free, fit_noise)) if f]
 
+    floor = math.log(NOISE_FLOOR)
+
     def scales():
-        # kinds without observations keep their value
-        return torch.where(present, ls_free, ls)
+        # kinds without observations keep their value; no multiplier below the floor (a
+        # group the model fits exactly would otherwise run off to sigma = 0)
+        return torch.where(present, torch.clamp(ls_free, min=floor), ls)
 
     if params:
         opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
@@ -155,14 +183,24 @@ def optimize(stats: Statistics, log_delta0, log_scale0, *, fit_delta=True, fit_n
 
         def closure():
             opt.zero_grad()
-            loss = -lml_from_statistics(stats, ld, scales())
+            loss = -lml_from_statistics(stats, ld, scales(), zero_rows=False)
             loss.backward()
             return loss
 
         opt.step(closure)
     with torch.no_grad():
+        low = present & (ls_free <= floor)
+        if fit_noise and bool(low.any()):
+            warnings.warn(f"the marginal likelihood drives {int(low.sum())} noise multiplier(s) "
+                          f"below {NOISE_FLOOR:g} of the base sigma; they are floored at "
+                          f"{NOISE_FLOOR:g}: a group whose labels the model fits (almost) "
+                          "exactly has no measurable noise", UserWarning, stacklevel=3)
         value = float(lml_from_statistics(stats, ld, scales()))
     return ld.detach().numpy(), scales().detach().numpy(), value
+
+
+#: the smallest noise multiplier the marginal likelihood may set (relative to the base)
+NOISE_FLOOR = 0.01
 
 
 def noise_groups(obs, min_frames: int):

@@ -128,6 +128,8 @@ class DTCSolution:
     log_marginal_likelihood: float
     condition_number_R: float
     condition_number_kmm_jitter: float
+    n_zero_rows: int = 0
+    symmetry_violations: tuple = ()
 
 
 def solve_dtc(terms, sparse_sets, frames, observations, *, jitter: float, batch_atoms: int,
@@ -140,14 +142,79 @@ def solve_dtc(terms, sparse_sets, frames, observations, *, jitter: float, batch_
 
     u, jitter_absolute = cholesky_upper(kmm(terms, sparse_sets), jitter)
     qr = IncrementalQR(u)
-    for _, _, block_obs, rows in design_blocks(
+    n_zero, violations = 0, []
+    for start, _, block_obs, rows in design_blocks(
             terms, sparse_sets, frames, observations, gradients_for(observations),
             batch_atoms=batch_atoms, progress=progress, desc="GAP design matrix"):
-        qr.add(rows, torch.as_tensor(block_obs.y), torch.as_tensor(block_obs.sigma))
+        y, sigma = torch.as_tensor(block_obs.y), torch.as_tensor(block_obs.sigma)
+        keep = informative_rows(rows, [s.n for s in sparse_sets])
+        if not bool(keep.all()):  # zero rows change nothing in R or alpha; name bad labels
+            zero = ~keep.numpy()
+            n_zero += int(zero.sum())
+            violations += symmetry_violations(block_obs, zero, start)
+        qr.add(rows, y, sigma)
+    if violations:
+        _warn_symmetry(violations)
     r, b, resid = qr.finish()
     alpha = torch.linalg.solve_triangular(r, b[:, None], upper=True)[:, 0]
     sv, svu = torch.linalg.svdvals(r), torch.linalg.svdvals(u)
     return DTCSolution(alpha, r, u, jitter_absolute,
                        dtc_log_marginal_likelihood(r, u, resid, qr.sum_log_sigma, qr.n_rows),
-                       float(sv[0] / sv[-1]), float((svu[0] / svu[-1]) ** 2))
+                       float(sv[0] / sv[-1]), float((svu[0] / svu[-1]) ** 2), n_zero,
+                       tuple(violations))
+
+
+#: a label larger than this (eV/Å for forces, eV for virials) on an observation whose
+#: design row is exactly zero is reported as breaking the structure's symmetry
+SYMMETRY_LABEL_TOL = 1e-3
+
+
+#: a design row whose largest entry is below this fraction of the block's largest entry is
+#: zero up to round-off (a force component fixed by symmetry: ~1e-16 against ~1)
+ZERO_ROW_RTOL = 1e-12
+
+
+def informative_rows(rows: torch.Tensor, columns) -> torch.Tensor:
+    """The rows that are not zero (up to round-off: in every term's columns, ``columns``
+    their counts, below :data:`ZERO_ROW_RTOL` of that term's largest entry in the block, so
+    that a term's delta does not change the answer). A zero design row (a force or virial
+    component that vanishes by the structure's symmetry, or an atom with no neighbour in
+    the cutoff) leaves the weights alone whatever its label; in the likelihood it only pulls
+    its group's noise sigma towards zero, so the noise learning leaves it out of what it
+    maximises (:mod:`gapkit.gp.hyperopt`)."""
+    keep = torch.zeros(rows.shape[0], dtype=torch.bool)
+    for part in torch.split(rows, list(columns), dim=1):
+        if part.numel():
+            size = part.abs().amax(1)
+            keep |= size > ZERO_ROW_RTOL * float(size.max())
+    return keep
+
+
+def symmetry_violations(block_obs, zero, start: int) -> list[tuple]:
+    """``(frame, kind, atom, component, label)`` of the rows in ``zero`` (exactly zero
+    design rows) whose label is larger than :data:`SYMMETRY_LABEL_TOL`: the model predicts
+    exactly zero there, so such a label breaks the symmetry of its structure."""
+    import numpy as np
+
+    bad = np.nonzero(zero & (np.abs(block_obs.y) > SYMMETRY_LABEL_TOL))[0]
+    return [(int(block_obs.frame[i]) + start, int(block_obs.kind[i]), int(block_obs.atom[i]),
+             int(block_obs.component[i]), float(block_obs.y[i])) for i in bad]
+
+
+def _warn_symmetry(violations) -> None:
+    import warnings
+
+    from .observations import KINDS
+
+    frames = sorted({v[0] for v in violations})
+    worst = max(violations, key=lambda v: abs(v[4]))
+    what = (f"atom {worst[2]} {'xyz'[worst[3]]}" if worst[1] == 1
+            else f"virial component {worst[3]}")
+    warnings.warn(
+        f"{len(violations)} labels in {len(frames)} frames (e.g. frames {frames[:5]}) are "
+        f"non-zero where the structure's symmetry makes them zero (the model predicts exactly "
+        f"0 there, whatever the weights); the largest: frame {worst[0]} "
+        f"{KINDS[worst[1]]} {what} = {worst[4]:.3g}. Check those frames' labels (a unit, "
+        "sign or component mix-up?); the fit leaves these rows out and goes on",
+        UserWarning, stacklevel=4)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -201,3 +203,80 @@ def test_learned_noise_per_config_type_recovers_injected_noise(tmp_path):
     path = model.save(tmp_path / "noise.gapkit")
     loaded = GAP.load(path)
     assert loaded.noise_ == model.noise_
+
+
+# -- a likelihood that cannot collapse ---------------------------------------------------
+def _cu_cells(n, seed, *, rattle):
+    """EMT Cu cells (4 atoms), strained; rattled by ``rattle`` Å (0: perfect crystals,
+    whose forces vanish by symmetry)."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from gapkit.testing import label
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+        eps = rng.normal(scale=0.02, size=(3, 3))
+        atoms.set_cell(atoms.cell @ (np.eye(3) + 0.5 * (eps + eps.T)), scale_atoms=True)
+        if rattle:
+            atoms.rattle(rattle, seed=int(rng.integers(1 << 30)))
+        out.append(label(atoms, EMT()))
+    return out
+
+
+def _cu_model(**kw):
+    return GAP([Term(SOAP(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2), SOAPKernel(zeta=4),
+                     n_sparse=12)], noise=NoiseModel(energy=0.002, forces=0.05, virial=0.02),
+               progress=False, **kw)
+
+
+def test_forces_fixed_by_symmetry_are_left_out_and_cannot_collapse_their_sigma():
+    """Strained perfect crystals have exactly zero force rows and labels. Left in the
+    likelihood, each such row pulls its config_type's sigma_F to 0 (3e-7 eV/Å on the Zuo
+    Elastic frames); left out, that group has no force rows and keeps its multiplier."""
+    elastic = _cu_cells(8, 0, rattle=0.0)
+    md = _cu_cells(12, 1, rattle=0.1)
+    for a in elastic:
+        a.info["config_type"] = "elastic"
+    for a in md:
+        a.info["config_type"] = "md"
+    frames = elastic + md
+    model = _cu_model().fit(frames)
+    assert model.fit_info_["n_zero_rows"] == 8 * 12  # every force component of 8 cells
+    model.optimize_hyperparameters(frames, noise_groups="config_type", min_frames=3)
+    assert model.noise_.sigma("forces", "elastic") >= 0.01 * 0.05
+    assert model.noise_.sigma("forces", "md") > 0.005
+
+
+def test_a_collapsing_noise_is_floored_with_a_warning():
+    """Five observations that the model fits exactly (one sparse point, no residual)
+    have a likelihood that grows without bound as their sigma goes to 0 (as 4 log 1/s);
+    the learnt multiplier stops at 1% of the base value, with a warning, and the value
+    returned is the likelihood there."""
+    from gapkit.gp.hyperopt import NOISE_FLOOR, Statistics, optimize
+
+    def t(x):
+        return torch.as_tensor(x, dtype=torch.float64)
+
+    stats = Statistics(kmm_unit=t([[1.0]]), column_term=torch.tensor([0]), R=t([[[30.0]]]),
+                       b=t([[1e-3]]), yy=t([1e-6]), n=t([5.0]), sum_log_base=t([0.0]),
+                       jitter=1e-8)
+    with torch.no_grad():
+        at = [float(lml_from_statistics(stats, t([0.0]), t([math.log(s)])))
+              for s in (1.0, 0.1, 0.01)]
+    assert at[0] < at[1] < at[2]  # unbounded: it would collapse
+    with pytest.warns(UserWarning, match="floored at 0.01"):
+        ld, ls, value = optimize(stats, [0.0], [0.0], fit_delta=False)
+    assert math.exp(ls[0]) == pytest.approx(NOISE_FLOOR)
+    with torch.no_grad():
+        assert value == pytest.approx(float(lml_from_statistics(stats, t(ld), t(ls))))
+
+
+def test_a_label_that_breaks_the_symmetry_is_named():
+    frames = _cu_cells(6, 3, rattle=0.0) + _cu_cells(6, 4, rattle=0.1)
+    frames[2].arrays["forces"][1, 2] = 0.3  # a perfect crystal's force is zero
+    with pytest.warns(UserWarning, match=r"frame 2 forces atom 1 z = 0\.3"):
+        model = _cu_model().fit(frames)
+    assert model.fit_info_["n_zero_rows"] == 6 * 12
