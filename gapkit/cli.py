@@ -271,6 +271,9 @@ def cmd_fit(args) -> int:
     _say(args, f"gapkit fit: {len(frames)} frames, {sum(len(a) for a in frames)} atoms "
                f"from {train}")
     model.fit(frames)
+    cv = model.fit_info_.get("noise_cv")
+    if cv:
+        _say(args, "  " + _cv_summary(cv))
     if args.learn_noise:
         report = model.optimize_hyperparameters(frames, noise_groups=args.learn_noise)
         _say(args, f"  learnt noise ({args.learn_noise}): log marginal likelihood "
@@ -288,6 +291,19 @@ def cmd_fit(args) -> int:
                f"observations {info['n_observations']}")
     _say(args, f"wrote {output}")
     return 0
+
+
+def _cv_summary(cv: dict) -> str:
+    """One line on the noise chosen by cross-validation (``fit_info_["noise_cv"]``)."""
+    if not cv.get("table"):
+        return f"noise: {cv.get('note') or 'not cross-validated'}"
+    b, best = cv["sigma_after"], cv["best"]
+    return (f"noise by {cv['n_folds']}-fold cross-validation ({len(cv['table'])} settings "
+            f"tried): sigma energy {b[0]:.3g} eV/atom, forces {b[1]:.3g} eV/Å, virial "
+            f"{b[2]:.3g} eV/atom; held-out MAE energy "
+            + (f"{1e3 * best['energy_mae']:.2f} meV/atom" if best["energy_mae"] else "-")
+            + (f", forces {best['forces_mae']:.4f} eV/Å" if best["forces_mae"] else "")
+            + (f". {cv['note']}" if cv.get("note") else ""))
 
 
 def _load_model(path, args):
@@ -463,6 +479,8 @@ def cmd_info(args) -> int:
               + ", ".join(f"{k} x{v:.4g} (sigma {nz.sigma(k, ct):.3g})" for k, v in over.items()))
     for ct, over in nz.config_type.items():
         print(f"    config_type {ct}: " + ", ".join(f"{k} {v}" for k, v in over.items()))
+    if model.fit_info_.get("noise_cv"):
+        print(f"    {_cv_summary(model.fit_info_['noise_cv'])}")
     print(f"  fitted on: {', '.join(model.use)}; keys " +
           ", ".join(f"{k}={v}" for k, v in model.keys.items()))
     print(f"  jitter {model.jitter:g} (absolute {model.jitter_absolute_:.3g})")

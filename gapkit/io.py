@@ -263,7 +263,8 @@ def from_config(config: dict, *, base_dir: str | Path | None = None) -> ModelCon
     _check_keys(noise_cfg, _NOISE_KEYS, "[noise]")
     for ct, over in noise_cfg.get("config_type", {}).items():
         _check_keys(over, set(KINDS), f"[noise.config_type.{ct}]")
-    noise = NoiseModel(**noise_cfg)
+    # no [noise] table: the noise is chosen from the data (GAP(noise=None))
+    noise = NoiseModel(**noise_cfg) if "noise" in config else None
     e0 = config.get("e0", "least_squares")
     if isinstance(e0, dict):
         e0 = _int_keys(e0)
@@ -339,9 +340,11 @@ def to_config(model: Any, *, train: str | Path | None = None,
             term["sparse_options"] = dict(td["sparse_options"])
         out["terms"].append(term)
     # a fitted model: the noise of its fit (learnt multipliers included), as its terms_
-    out["noise"] = (getattr(model, "noise_", None) or params["noise"]).to_dict()
-    if not out["noise"]["config_type"]:
-        del out["noise"]["config_type"]
+    noise = getattr(model, "noise_", None) or params["noise"]
+    if noise is not None:  # None: no [noise] table, the noise is cross-validated
+        out["noise"] = noise.to_dict()
+        if not out["noise"]["config_type"]:
+            del out["noise"]["config_type"]
     if params["baselines"]:
         out["baselines"] = [{"type": d["type"], **_drop_none(d["params"])}
                             for d in (b.to_dict() for b in params["baselines"])]

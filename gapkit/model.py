@@ -80,9 +80,11 @@ class GAP:
     terms : list of Term, optional
         Default: one SOAP term (cutoff 5 Å, width 1 Å, n_max 8, l_max 6,
         atom_sigma 0.5 Å, zeta 4, delta 1 eV, 500 CUR sparse points).
-    noise : NoiseModel
+    noise : NoiseModel, optional
         Observation noise (energy eV/atom, forces eV/Å, virial eV/atom, per
-        config_type and per frame, and the learnt multipliers ``scale``).
+        config_type and per frame, and the learnt multipliers ``scale``), used as given.
+        None (the default): chosen from the data by :meth:`cross_validate_noise`,
+        starting from ``NoiseModel()`` (about three fits' cost).
     e0 : "least_squares", "isolated", "zero" or dict
         Per-species energy offsets (see :func:`gapkit.gp.fit_e0`).
     jitter : float
@@ -122,8 +124,8 @@ class GAP:
         for t in self.terms:
             if not isinstance(t, Term):
                 raise TypeError(f"terms must be gapkit.Term objects, got {type(t).__name__}")
-        self.noise = noise if noise is not None else NoiseModel()
-        if not isinstance(self.noise, NoiseModel):
+        self.noise = noise  # None: cross-validated in fit
+        if noise is not None and not isinstance(self.noise, NoiseModel):
             raise TypeError(f"noise must be a gapkit.NoiseModel, got {type(self.noise).__name__}")
         self.e0 = e0
         if not (jitter >= 0 and math.isfinite(jitter)):
@@ -196,9 +198,16 @@ class GAP:
         Frames may lack some labels: whatever energies, forces and virials are
         present (and in ``use``) are fitted. Raises ValueError if nothing is.
         The fit uses copies of the terms' kernels and ``noise`` as given
-        (``terms_``, ``noise_``).
+        (``terms_``, ``noise_``); without ``noise`` it is chosen by cross-validation.
         """
-        return self._fit(as_frames(frames))
+        frames = as_frames(frames)
+        if self.noise is not None:
+            return self._fit(frames)
+        cpu, wall = time.process_time(), time.perf_counter()
+        self._fit(frames).cross_validate_noise(frames)
+        self.fit_info_.update(cpu_time_s=time.process_time() - cpu,
+                              wall_time_s=time.perf_counter() - wall)
+        return self
 
     def _fit(self, frames, *, kernels=None, noise: NoiseModel | None = None) -> "GAP":
         """The fit, with ``kernels`` (one per term) and ``noise`` instead of copies of
@@ -213,7 +222,7 @@ class GAP:
             kernels = [copy.deepcopy(t.kernel) for t in self.terms]
         self.terms_ = [t.for_species(species, k, progress=self.progress)
                        for t, k in zip(self.terms, kernels)]
-        self.noise_ = self.noise if noise is None else noise
+        self.noise_ = noise or self.noise or NoiseModel()
         self.e0_ = fit_e0(frames, labels, self.e0, species)
         obs = build_observations(frames, labels, self.noise_, self.e0_, self.use)
         seed = self.random_state
@@ -331,17 +340,11 @@ class GAP:
             fewer than ``min_frames`` frames shares its kind's multiplier.
         min_frames : int
             See ``noise_groups``.
-        lengthscale : bool
-            Also the length scale (Å) of the two-body terms or, without them, of the
-            ``SEKernel`` terms, one value shared by those terms, by a bounded scalar
-            search in its logarithm with one pass over the data per evaluation.
-        max_iter : int
-            L-BFGS iterations.
-        lengthscale_bounds : (float, float), optional
-            Default (0.05, 5) Å for two-body terms, a factor 10 either side of the
-            current value for ``SEKernel`` terms.
-        refit : bool
-            Refit with the optimised hyper-parameters.
+        lengthscale, lengthscale_bounds : bool, (float, float)
+            Also the length scale (Å) shared by the two-body (else ``SEKernel``) terms
+            (:func:`gapkit.gp.hyperopt.search_lengthscale`: its bounds and search).
+        max_iter, refit : int, bool
+            L-BFGS iterations; refit with the optimised hyper-parameters.
 
         Returns
         -------
@@ -408,18 +411,13 @@ class GAP:
 
     def cross_validate_noise(self, frames, *, n_folds: int = 5, refit: bool = True,
                              **grid) -> dict:
-        """Choose the energy and virial noise by K-fold cross-validation over frames.
-
-        Folds are stratified by config_type and seeded by ``random_state``; the force sigma
-        fixes the scale and the energy and virial multipliers are searched on a grid
-        (:mod:`gapkit.gp.cv`: closed form from M x M statistics; about three fits' cost
-        with the refit), scoring the held-out energy (per atom) and force MAE. The chosen
-        noise becomes ``noise_`` (the ``noise`` given stays) and, with ``refit``, the
-        model is refitted with it. ``grid``: ``energy_factors``, ``virial_factors``.
-        Returns the report (also ``fit_info_["noise_cv"]``): ``factors``,
-        ``sigma_before``/``sigma_after``, ``table`` (every point tried), ``n_folds``,
-        ``note``.
-        """
+        """Choose the energy and virial noise by K-fold cross-validation over frames
+        (:mod:`gapkit.gp.cv`: folds by config_type, seeded by ``random_state``; sigma_F
+        fixes the scale; a grid of energy and virial multipliers, ``grid`` overriding
+        ``energy_factors``/``virial_factors``, scored by the held-out energy and force MAE).
+        The choice becomes ``noise_`` (``noise`` stays) and, with ``refit``, is refitted.
+        Returns the report (also ``fit_info_["noise_cv"]``): ``factors``, ``sigma_before``,
+        ``sigma_after``, ``table`` (every point tried), ``n_folds``, ``note``."""
         from .gp.cv import cross_validated_noise
 
         self.check_fitted()

@@ -140,3 +140,41 @@ def test_too_few_frames_keep_the_base_noise_and_say_so():
     report = model.cross_validate_noise(frames)
     assert report["factors"] == [1.0, 1.0, 1.0] and "fewer than 10" in report["note"]
     assert model.noise_ == model.noise
+
+
+def test_without_a_noise_model_the_fit_cross_validates_it(fitted):
+    """GAP(noise=None), the default, chooses the noise from the data; an explicit
+    NoiseModel is used exactly as given; configs without [noise] mean the former."""
+    from gapkit.io import to_config
+
+    frames, explicit = fitted
+    assert "noise_cv" not in explicit.fit_info_
+    soap = SOAP(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2)
+    auto = GAP([Term(soap, SOAPKernel(zeta=4), n_sparse=12)], progress=False).fit(frames)
+    report = auto.fit_info_["noise_cv"]
+    assert auto.noise is None and auto.get_params()["noise"] is None
+    assert auto.noise_.sigma("energy") == pytest.approx(0.001 * report["factors"][0])
+    by_hand = GAP([Term(soap, SOAPKernel(zeta=4), n_sparse=12)], noise=auto.noise_,
+                  progress=False).fit(frames)
+    np.testing.assert_allclose(auto.alpha_.numpy(), by_hand.alpha_.numpy(), rtol=1e-10,
+                               atol=1e-12)
+    unfitted = GAP([Term(soap, SOAPKernel(zeta=4), n_sparse=12)])
+    assert "noise" not in to_config(unfitted)
+    assert GAP.from_config(to_config(unfitted))[0].noise is None
+    assert to_config(auto)["noise"]["scale"]  # the chosen noise, for a refit as given
+
+
+def test_the_command_line_reports_the_cross_validated_noise(tmp_path, capsys):
+    import ase.io
+
+    from gapkit.cli import main
+
+    frames = _cu(12, 5)
+    ase.io.write(tmp_path / "train.xyz", frames, format="extxyz")
+    out = tmp_path / "cu.gapkit"
+    assert main(["fit", f"at_file={tmp_path / 'train.xyz'}", f"gp_file={out}",
+                 "soap_cutoff=4", "soap_n_max=3", "soap_l_max=2", "n_sparse=12"]) == 0
+    text = capsys.readouterr().out
+    assert "noise by 5-fold cross-validation" in text
+    assert main(["info", str(out)]) == 0
+    assert "noise by 5-fold cross-validation" in capsys.readouterr().out
