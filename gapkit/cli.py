@@ -504,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'gapkit COMMAND --help' for each command's options.")
     parser.add_argument("--quiet", "-q", action="store_true",
                         help="no progress bars or progress messages")
+    from ._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"gapkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
     # --quiet also after the command (SUPPRESS: an absent one keeps the global value)

@@ -43,7 +43,7 @@ from .baselines import from_dict as baseline_from_dict
 from .gp.design import SparseSet
 from .gp.observations import KINDS, NoiseModel
 from .kernels import DESCRIPTORS, KERNELS
-from .terms import Term
+from .terms import Term, default_terms
 
 __all__ = ["FORMAT_VERSION", "ConfigError", "ModelConfig", "dump_toml", "from_config",
            "load_toml", "read_model", "to_config", "write_model"]
@@ -237,12 +237,14 @@ def from_config(config: dict, *, base_dir: str | Path | None = None) -> ModelCon
     _check_keys(config, _TOP_KEYS, "the config")
     data = config.get("data", {})
     _check_keys(data, _DATA_KEYS, "[data]")
-    terms_cfg = config.get("terms")
-    if not terms_cfg:
-        raise ConfigError("the config has no [[terms]]: give at least one descriptor and kernel")
+    terms_cfg = config.get("terms", [])
+    if "terms" in config and not terms_cfg:
+        raise ConfigError("the config has an empty [[terms]]: give at least one descriptor "
+                          "and kernel, or leave [[terms]] out for GAP()'s default term")
     if not isinstance(terms_cfg, list):
         raise ConfigError("'terms' must be an array of tables ([[terms]])")
-    terms = []
+    # no [[terms]]: GAP()'s default term (SOAP, 500 CUR points)
+    terms = [] if terms_cfg else default_terms()
     for i, t in enumerate(terms_cfg):
         where = f"[[terms]] #{i + 1}"
         _check_keys(t, _TERM_KEYS, where)

@@ -178,3 +178,25 @@ def test_the_command_line_reports_the_cross_validated_noise(tmp_path, capsys):
     assert "noise by 5-fold cross-validation" in text
     assert main(["info", str(out)]) == 0
     assert "noise by 5-fold cross-validation" in capsys.readouterr().out
+
+
+def test_a_gap_fit_command_line_without_a_descriptor_uses_gaps_default(tmp_path, capsys):
+    """`gapkit fit at_file=... gp_file=...` as a new user types it: GAP()'s default term and
+    the cross-validated noise (before, "the config has no [[terms]]")."""
+    import ase.io
+
+    from gapkit import GAP
+    from gapkit.cli import main
+    from gapkit.terms import default_terms
+
+    ase.io.write(tmp_path / "train.xyz", _cu(10, 6), format="extxyz")
+    out = tmp_path / "cu.gapkit"
+    assert main(["fit", "--quiet", f"at_file={tmp_path / 'train.xyz'}",
+                 f"gp_file={out}"]) == 0
+    model = GAP.load(out)
+    assert model.terms_[0].descriptor.get_params()["n_max"] == \
+        default_terms()[0].descriptor.get_params()["n_max"]
+    assert model.fit_info_["noise_cv"]["table"]
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and "gapkit 0." in capsys.readouterr().out
