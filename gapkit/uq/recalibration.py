@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data import Labels
+from ..data import Labels, get_all_labels
 from ._quantities import _FIELD, _ByQuantity, _check_arrays, _quantity
 from .calibration import quantity_errors
 
@@ -169,7 +169,8 @@ def fit_recalibration(model, pred, frames, *, method: str = "scale",
     return out
 
 
-def apply_recalibration(pred, model=None, recalibration: dict | None = None):
+def apply_recalibration(pred, model=None, recalibration: dict | None = None, *,
+                        frames=None):
     """A copy of ``pred`` whose energy and force variances are recalibrated.
 
     The returned variances are *predictive* (noise included when the recalibration was
@@ -185,6 +186,11 @@ def apply_recalibration(pred, model=None, recalibration: dict | None = None):
         ``recalibration`` is not given.
     recalibration : dict, optional
         From :func:`fit_recalibration`.
+    frames : list of ase.Atoms, optional
+        The predicted frames: the noise added is then each frame's own sigma (its
+        config_type and per-frame values), the one the map was fitted with. Without them
+        it is the model's default sigma, with a warning when its noise has config_type
+        values.
     """
 
     rec = recalibration if recalibration is not None else getattr(model, "recalibration_",
@@ -210,19 +216,29 @@ def apply_recalibration(pred, model=None, recalibration: dict | None = None):
                           f"is applied to {forms[field]!r} ones (for forces, predict with the "
                           "same forces_variance= as on the validation set)", stacklevel=2)
     new = {}
-    blank = Labels()
+    labels = [Labels()] * len(n_at)
+    if incl and frames is not None:
+        labels = get_all_labels(frames, **model.keys)
+    elif incl and (_fitted_noise(model).config_type or _fitted_noise(model).config_type_scale):
+        import warnings
+
+        warnings.warn("the model's noise differs by config_type but no frames= were given: "
+                      "the default sigma is added to every prediction; pass frames= to add "
+                      "each frame's own", UserWarning, stacklevel=2)
+    if incl:  # (energy, force) sigma of each frame, as the map was fitted with
+        sig = np.array([_fitted_noise(model).sigmas(lab, int(n))[:2]
+                        for lab, n in zip(labels, n_at)]).reshape(-1, 2)
     spec = specs["energy_per_atom"]
     if spec and pred.energy_variance is not None:
         v = np.asarray(pred.energy_variance) / n_at**2
         if incl:
-            noise = _fitted_noise(model)
-            v = v + np.array([noise.sigmas(blank, int(n))[0] ** 2 for n in n_at]) / n_at**2
+            v = v + sig[:, 0] ** 2 / n_at**2
         new["energy_variance"] = _apply_one(spec, v) * n_at**2
         forms["energy"] = f"recalibrated-{spec['method']}" + ("+noise" if incl else "")
     if "forces" in rec and pred.forces_variance is not None:
         v = np.asarray(pred.forces_variance, dtype=float)
         if incl:
-            v = v + _fitted_noise(model).sigma("forces") ** 2
+            v = v + np.repeat(sig[:, 1], n_at.astype(int))[:, None] ** 2
         new["forces_variance"] = _apply_one(rec["forces"], v)
         forms["forces"] = f"recalibrated-{rec['forces']['method']}" + ("+noise" if incl else "")
     return replace(pred, variance_form=forms, **new)

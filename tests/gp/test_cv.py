@@ -16,8 +16,15 @@ from ase.calculators.emt import EMT
 from conftest import make_strained_cells
 
 from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term
-from gapkit.gp.cv import (ENERGY_FACTORS, VIRIAL_FACTORS, assign_folds, fold_grams,
-                          frame_config_types, grid_alphas, held_out_errors)
+from gapkit.gp.cv import (
+    ENERGY_FACTORS,
+    VIRIAL_FACTORS,
+    assign_folds,
+    fold_grams,
+    frame_config_types,
+    grid_alphas,
+    held_out_errors,
+)
 from gapkit.gp.design import design_rows
 from gapkit.gp.sparse import IncrementalQR
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from uq_cases import N_SYNTH, _model, _synthetic, cu_case
+from uq_cases import N_SYNTH, _cells, _model, _synthetic, cu_case
 
 from gapkit import GAP, NoiseModel, uq
 
@@ -134,3 +134,27 @@ def test_recalibration_lowers_heldout_nll_and_is_saved(cu, tmp_path):
     back.fit(train)  # a refit drops the stale recalibration
     with pytest.raises(ValueError, match="no recalibration"):
         uq.apply_recalibration(back.predict(test), back)
+
+
+def test_apply_recalibration_adds_each_frames_own_noise():
+    """The map was fitted on latent + each frame's noise variance (its config_type's sigma);
+    it is applied to the same sum (before 0.2, the default sigma was added to every frame,
+    another variance than the one the map was fitted on)."""
+    from gapkit import NoiseModel
+
+    frames = _cells(8, 4)
+    for k, a in enumerate(frames):
+        a.info["config_type"] = "loose" if k % 2 else "tight"
+    noise = NoiseModel(energy=0.002, forces=0.05, virial=0.02,
+                       config_type={"loose": {"forces": 0.4}})
+    model = _model().set_params(noise=noise).fit(frames)
+    pred = model.predict(frames)
+    spec = {"forces": {"method": "scale", "scale": 2.0}, "include_noise": True}
+    out = uq.apply_recalibration(pred, model, spec, frames=frames)
+    for k in range(len(frames)):
+        s = 0.4 if k % 2 else 0.05
+        rows = slice(pred.atom_offsets[k], pred.atom_offsets[k + 1])
+        np.testing.assert_allclose(out.forces_variance[rows],
+                                   2.0 * (pred.forces_variance[rows] + s**2), rtol=1e-12)
+    with pytest.warns(UserWarning, match="pass frames="):
+        uq.apply_recalibration(pred, model, spec)
