@@ -25,11 +25,13 @@ class Term:
         The term binds the kernel to its descriptor (:meth:`DescriptorKernel.bind`):
         a two-body kernel takes the descriptor's cutoff, and a kernel whose own
         setting contradicts the descriptor's is refused with a ValueError.
-    n_sparse : int, dict or "all"
+    n_sparse : int, dict, "all" or "auto"
         Number of sparse points (or ``{type: count}``); split over kernel types
         (central species for SOAP, species pairs for two-body) in proportion to
         their number of environments. ``"all"``: every distinct training
-        environment (the exact-GP limit; for small data).
+        environment (the exact-GP limit; for small data). ``"auto"``: one point per 13
+        training environments, at least 500 and at most 2000
+        (:func:`gapkit.gp.sparsify.auto_sparse_count`).
     sparse_method : {"cur", "fps", "random", "uniform"}
         How sparse points are chosen ("uniform": an even grid, for two-body).
     sparse_options : dict, optional

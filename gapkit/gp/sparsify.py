@@ -56,6 +56,7 @@ from .design import SparseSet
 
 __all__ = [
     "SPARSE_METHODS",
+    "auto_sparse_count",
     "leverage_scores",
     "select_sparse_points",
     "sparse_points",
@@ -524,10 +525,24 @@ def _sparse_set(points: np.ndarray, types: np.ndarray, indices: np.ndarray) -> S
                      torch.as_tensor(np.asarray(types, dtype=np.int64)), indices)
 
 
+#: ``n_sparse="auto"``: one sparse point per this many training environments, within
+#: :data:`AUTO_SPARSE_RANGE` (the issue-24 prototype's rule of thumb)
+AUTO_ENVIRONMENTS_PER_POINT = 13
+AUTO_SPARSE_RANGE = (500, 2000)
+
+
+def auto_sparse_count(n_environments: int) -> int:
+    """``n_sparse="auto"``: ``n_environments / 13`` clipped to [500, 2000] (split over kernel
+    types in proportion to their environments, as any total is)."""
+    lo, hi = AUTO_SPARSE_RANGE
+    return int(min(max(round(n_environments / AUTO_ENVIRONMENTS_PER_POINT), lo), hi))
+
+
 def term_sparse_set(term, frames, random_state) -> SparseSet:
     """The sparse points of a fitted term (a :class:`gapkit.Term` whose descriptor knows
     the species) from the descriptors of every environment of ``frames``, by the term's
-    ``n_sparse`` (an int, a per-species dict or ``"all"``), ``sparse_method`` and
+    ``n_sparse`` (an int, a per-species dict, ``"all"`` or ``"auto"``:
+    :func:`auto_sparse_count`), ``sparse_method`` and
     ``sparse_options`` (CUR samples by leverage, as gap_fit's ``cur_points``, unless
     ``cur_mode`` says otherwise). float64 points."""
     import torch
@@ -537,8 +552,10 @@ def term_sparse_set(term, frames, random_state) -> SparseSet:
     if n_sparse == "all":
         types_, counts = np.unique(res.centre_types, return_counts=True)
         n_sparse = {int(t): int(c) for t, c in zip(types_, counts)}
+    elif n_sparse == "auto":
+        n_sparse = auto_sparse_count(len(res.centre_types))
     elif isinstance(n_sparse, str):
-        raise ValueError(f"n_sparse must be an int, a dict or 'all', got {n_sparse!r}")
+        raise ValueError(f"n_sparse must be an int, a dict, 'all' or 'auto', got {n_sparse!r}")
     with warnings.catch_warnings():
         if term.n_sparse == "all":  # duplicates are dropped, silently here
             warnings.simplefilter("ignore", UserWarning)
