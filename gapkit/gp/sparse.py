@@ -208,13 +208,13 @@ def _warn_symmetry(violations) -> None:
 
     frames = sorted({v[0] for v in violations})
     worst = max(violations, key=lambda v: abs(v[4]))
-    what = (f"atom {worst[2]} {'xyz'[worst[3]]}" if worst[1] == 1
-            else f"virial component {worst[3]}")
+    what = (f"forces atom {worst[2]} {'xyz'[worst[3]]}" if worst[1] == 1
+            else f"{KINDS[worst[1]]} {('xx', 'yy', 'zz', 'yz', 'xz', 'xy')[worst[3]]}")
     warnings.warn(
         f"{len(violations)} labels in {len(frames)} frames (e.g. frames {frames[:5]}) are "
         f"non-zero where the structure's symmetry makes them zero (the model predicts exactly "
-        f"0 there, whatever the weights); the largest: frame {worst[0]} "
-        f"{KINDS[worst[1]]} {what} = {worst[4]:.3g}. Check those frames' labels (a unit, "
+        f"0 there, whatever the weights); the largest: frame {worst[0]} {what} = "
+        f"{worst[4]:.3g}. Check those frames' labels (a unit, "
         "sign or component mix-up?); the fit leaves these rows out and goes on",
         UserWarning, stacklevel=4)
 
