@@ -34,7 +34,7 @@ from .gp import posterior
 from .gp.design import TrainingData, design_blocks, gradients_for
 from .gp.observations import KINDS, NoiseModel, baseline_energies, build_observations, fit_e0
 from .gp.posterior import Prediction
-from .gp.sparse import solve_dtc
+from .gp.sparse import solve_dtc, warn_symmetry
 from .gp.sparsify import term_sparse_set
 from .io import FORMAT_VERSION
 from .terms import Term, default_terms
@@ -218,6 +218,7 @@ class GAP:
         labels = self._labels(frames)
         species = sorted({int(z) for a in frames for z in np.unique(a.numbers)})
         self.species_ = species
+        kernels_given = kernels
         if kernels is None:
             kernels = [copy.deepcopy(t.kernel) for t in self.terms]
         self.terms_ = [t.for_species(species, k, progress=self.progress)
@@ -233,6 +234,8 @@ class GAP:
         self.alpha_, self.R_, self.U_ = sol.alpha, sol.R, sol.U
         self.jitter_absolute_ = sol.jitter_absolute
         self.log_marginal_likelihood_ = sol.log_marginal_likelihood
+        if sol.symmetry_violations and kernels_given is None:  # once: not again in refits
+            warn_symmetry(sol.symmetry_violations, stacklevel=3)
         self.fit_info_ = {
             "n_frames": len(frames), "n_observations": obs.counts(),
             "n_sparse": [s.n for s in self.sparse_sets_],

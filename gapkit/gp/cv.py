@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._checks import count
 from .design import design_blocks
 from .observations import ENERGY, FORCES, KINDS, VIRIAL
 
@@ -260,6 +261,7 @@ def cross_validated_noise(terms, sparse_sets, u_factor, data, noise, *, n_folds:
     says why); with fewer frames of a kind than folds, fewer folds. The report adds the base
     and chosen sigmas (``sigma_before``, ``sigma_after``: energy eV/atom, forces eV/Å,
     virial eV/atom) and ``note``."""
+    n_folds = count(n_folds, "n_folds", minimum=2)
     frames, obs = data.frames, data.observations
     base = [noise.sigma(kind) for kind in KINDS]
     report: dict = {"method": "cv", "sigma_before": base, "note": ""}

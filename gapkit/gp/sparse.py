@@ -153,8 +153,6 @@ def solve_dtc(terms, sparse_sets, frames, observations, *, jitter: float, batch_
             n_zero += int(zero.sum())
             violations += symmetry_violations(block_obs, zero, start)
         qr.add(rows, y, sigma)
-    if violations:
-        _warn_symmetry(violations)
     r, b, resid = qr.finish()
     alpha = torch.linalg.solve_triangular(r, b[:, None], upper=True)[:, 0]
     sv, svu = torch.linalg.svdvals(r), torch.linalg.svdvals(u)
@@ -201,7 +199,9 @@ def symmetry_violations(block_obs, zero, start: int) -> list[tuple]:
              int(block_obs.component[i]), float(block_obs.y[i])) for i in bad]
 
 
-def _warn_symmetry(violations) -> None:
+def warn_symmetry(violations, stacklevel: int = 2) -> None:
+    """One UserWarning naming the labels of :func:`symmetry_violations` (the frames, and the
+    largest: frame, kind, atom and axis or Voigt component, value)."""
     import warnings
 
     from .observations import KINDS
@@ -215,6 +215,6 @@ def _warn_symmetry(violations) -> None:
         f"non-zero where the structure's symmetry makes them zero (the model predicts exactly "
         f"0 there, whatever the weights); the largest: frame {worst[0]} {what} = "
         f"{worst[4]:.3g}. Check those frames' labels (a unit, "
-        "sign or component mix-up?); the fit leaves these rows out and goes on",
-        UserWarning, stacklevel=4)
+        "sign or component mix-up?); the fit goes on",
+        UserWarning, stacklevel=stacklevel + 1)
 

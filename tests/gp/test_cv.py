@@ -207,3 +207,28 @@ def test_a_gap_fit_command_line_without_a_descriptor_uses_gaps_default(tmp_path,
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and "gapkit 0." in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("n_folds", [1, 2.5, True, "5"])
+def test_a_bad_number_of_folds_is_refused(fitted, n_folds):
+    frames, model = fitted
+    with pytest.raises(ValueError, match="n_folds must be an integer >= 2"):
+        model.cross_validate_noise(frames, n_folds=n_folds, refit=False)
+
+
+def test_a_symmetry_breaking_label_is_named_once_with_the_refit():
+    import warnings
+
+    frames = _cu(10, 7)
+    perfect = bulk("Cu", "fcc", a=3.61, cubic=True)
+    from gapkit.testing import label
+
+    perfect = label(perfect, EMT())
+    perfect.arrays["forces"][0, 0] = 0.2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        GAP([Term(SOAP(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2), SOAPKernel(zeta=4),
+                  n_sparse=12)], progress=False).fit(frames + [perfect])
+    named = [w for w in caught if "symmetry" in str(w.message)]
+    assert len(named) == 1 and "frame 10 forces atom 0 x = 0.2" in str(named[0].message)
+    assert named[0].filename == __file__  # points at the user's call
