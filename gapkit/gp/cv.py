@@ -128,15 +128,16 @@ def grid_alphas(grams: FoldGrams, grid: np.ndarray) -> torch.Tensor:
     """The weights ``alpha`` of the fit without each fold at each grid point, shape
     (n_points, n_folds, M); ``grid`` is (n_points, 3) noise multipliers (energy, forces,
     virial) relative to the base sigmas."""
-    total_g = grams.gram.sum(0)  # (3, M, M)
-    total_h = grams.rhs.sum(0)
-    m = total_g.shape[-1]
-    eye = torch.eye(m, dtype=total_g.dtype)
-    out = torch.empty((len(grid), grams.n_folds, m), dtype=total_g.dtype)
+    # the statistics of the other folds, once for every grid point: (F, 3, M, M), (F, 3, M)
+    rest_g = grams.gram.sum(0)[None] - grams.gram
+    rest_h = grams.rhs.sum(0)[None] - grams.rhs
+    m = rest_g.shape[-1]
+    eye = torch.eye(m, dtype=rest_g.dtype)
+    out = torch.empty((len(grid), grams.n_folds, m), dtype=rest_g.dtype)
     for p, s in enumerate(np.asarray(grid, dtype=float)):
-        inv = torch.as_tensor(1.0 / s**2, dtype=total_g.dtype)  # (3,)
-        a = eye + torch.einsum("k,fkij->fij", inv, total_g[None] - grams.gram)
-        r = torch.einsum("k,fki->fi", inv, total_h[None] - grams.rhs)
+        inv = torch.as_tensor(1.0 / s**2, dtype=rest_g.dtype)  # (3,)
+        a = eye + torch.einsum("k,fkij->fij", inv, rest_g)
+        r = torch.einsum("k,fki->fi", inv, rest_h)
         chol = torch.linalg.cholesky(a)
         beta = torch.cholesky_solve(r[..., None], chol)[..., 0]  # (F, M)
         out[p] = torch.linalg.solve_triangular(grams.u_factor, beta.T, upper=True).T
