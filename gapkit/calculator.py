@@ -25,13 +25,20 @@ class GAPCalculator(Calculator):
     periodic cells) and ``atoms.get_potential_energies()`` (per-atom, eV). With
     ``variance=True`` (default) ``calc.results`` also holds
 
-    * ``energy_variance`` (eV^2): total energy, DTC form;
-    * ``energies_variance`` (n_atoms,) eV^2: per-atom energies, DTC form;
+    * ``energy_variance`` (eV^2): total energy;
+    * ``energies_variance`` (n_atoms,) eV^2: per-atom energies, DTC form (latent);
     * ``forces_variance`` (n_atoms, 3) eV^2/Å^2, per component: ``forces_variance=
       "exact"`` (default; DTC form with exact second derivatives), ``"projected"``
       (cheaper, much smaller) or None. Each force variance needs a full design-matrix
       row, several times the cost of the forces: for long MD without uncertainty use
-      ``GAPCalculator(model, variance=False)``.
+      ``GAPCalculator(model, variance=False)``;
+    * ``energy_latent_variance``, ``forces_latent_variance``: the GP posterior
+      variances alone.
+
+    For a model with a predictive-variance calibration (the default fit, noise by
+    cross-validation: :mod:`gapkit.gp.predictive`) ``energy_variance`` and
+    ``forces_variance`` (exact form) are the calibrated variances of a new reference
+    label, 0 for a component fixed by symmetry; otherwise they are the latent ones.
 
     The two options are ASE calculator parameters (``calc.parameters``, shown by
     ``calc.todict()``).
@@ -85,5 +92,7 @@ class GAPCalculator(Calculator):
         if self.variance:
             self.results["energy_variance"] = float(pred.energy_variance[0])
             self.results["energies_variance"] = pred.local_energy_variance.copy()
+            self.results["energy_latent_variance"] = float(pred.energy_latent_variance[0])
             if pred.forces_variance is not None:
                 self.results["forces_variance"] = pred.forces_variance.copy()
+                self.results["forces_latent_variance"] = pred.forces_latent_variance.copy()

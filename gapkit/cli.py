@@ -303,7 +303,17 @@ def _cv_summary(cv: dict) -> str:
             f"{b[2]:.3g} eV/atom; held-out MAE energy "
             + (f"{1e3 * best['energy_mae']:.2f} meV/atom" if best["energy_mae"] else "-")
             + (f", forces {best['forces_mae']:.4f} eV/Å" if best["forces_mae"] else "")
-            + (f". {cv['note']}" if cv.get("note") else ""))
+            + (f". {cv['note']}" if cv.get("note") else "") + _predictive_summary(cv))
+
+
+def _predictive_summary(cv: dict) -> str:
+    """The predictive-variance calibration of :func:`_cv_summary` (held-out
+    miscalibration area per kind: 0 is calibrated)."""
+    forms = {k: v for k, v in (cv.get("predictive") or {}).items() if v}
+    if not forms:
+        return ""
+    return ("; predictive sigma calibrated on the folds (miscalibration area "
+            + ", ".join(f"{k} {v['area']:.3f}" for k, v in forms.items()) + ")")
 
 
 def _load_model(path, args):

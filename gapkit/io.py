@@ -14,7 +14,9 @@ This module turns them into data and back:
 
 File format versions: 1 (terms, noise, e0, arrays), 2 adds physics baselines
 (``"baselines"``), 3 adds the learnt noise multipliers (``noise.scale``,
-``noise.config_type_scale``). A file is
+``noise.config_type_scale``), 4 the predictive-variance calibration (``"predictive"``,
+:mod:`gapkit.gp.predictive`: an older gapkit would predict uncalibrated variances without
+a word, so it refuses the file). A file is
 written in the lowest version that holds its content, so older gapkit versions still
 read what they can represent.
 
@@ -42,6 +44,7 @@ from .baselines import BASELINES
 from .baselines import from_dict as baseline_from_dict
 from .gp.design import SparseSet
 from .gp.observations import KINDS, NoiseModel
+from .gp.predictive import check_spec
 from .kernels import DESCRIPTORS, KERNELS
 from .terms import Term, default_terms
 
@@ -50,7 +53,7 @@ __all__ = ["FORMAT_VERSION", "ConfigError", "ModelConfig", "dump_toml", "from_co
 
 #: newest version of the model file format that :func:`write_model` writes and
 #: :func:`read_model` reads (see the module docstring).
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 _FORMAT = "gapkit.model"
 
 
@@ -67,7 +70,8 @@ def write_model(path: str | Path, params: dict, state: dict, *,
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     noise = params["noise"].to_dict()
-    version = (3 if "scale" in noise or "config_type_scale" in noise
+    predictive = {k: v for k, v in (state.get("predictive") or {}).items() if v}
+    version = (4 if predictive else 3 if "scale" in noise or "config_type_scale" in noise
                else 2 if params["baselines"] else 1)
     terms = params["terms"]
     meta = {
@@ -83,6 +87,8 @@ def write_model(path: str | Path, params: dict, state: dict, *,
     }
     if state.get("recalibration"):  # variance recalibration (gapkit.uq)
         meta["recalibration"] = state["recalibration"]
+    if predictive:
+        meta["predictive"] = predictive
     if params["baselines"]:
         meta["baselines"] = [b.to_dict() for b in params["baselines"]]
     arrays = {"alpha": state["alpha"].numpy(), "R": state["R"].numpy(),
@@ -145,6 +151,11 @@ def read_model(path: str | Path) -> tuple[dict, dict]:
         if meta.get("baselines"):
             baselines = [baseline_from_dict(d) for d in meta["baselines"]]
         noise = NoiseModel(**meta["noise"])
+        predictive = meta.get("predictive")
+        if predictive is not None:
+            if not isinstance(predictive, dict) or not set(predictive) <= set(KINDS):
+                raise ValueError(f"'predictive' must map kinds {list(KINDS)} to forms")
+            predictive = {k: check_spec(v) for k, v in predictive.items()}
     except ValueError as err:
         if str(err).startswith(str(path)):
             raise
@@ -165,7 +176,8 @@ def read_model(path: str | Path) -> tuple[dict, dict]:
              "jitter_absolute": meta["jitter_absolute"],
              "alpha": torch.as_tensor(arrays["alpha"]), "R": torch.as_tensor(arrays["R"]),
              "U": torch.as_tensor(arrays["U"]), "sparse_sets": sparse_sets,
-             "fit_info": meta["fit_info"], "recalibration": meta.get("recalibration")}
+             "fit_info": meta["fit_info"], "recalibration": meta.get("recalibration"),
+             "predictive": predictive}
     m = sum(s.n for s in sparse_sets)
     if state["alpha"].shape != (m,) or state["R"].shape != (m, m) or \
             state["U"].shape != (m, m):

@@ -29,11 +29,11 @@ from .baselines import evaluate as _evaluate_baselines
 from .baselines import subtract as subtract_baselines
 from .data import as_frames, get_all_labels
 from .data.structures import check_species
-from .descriptors.base import frame_batches
 from .gp import posterior
 from .gp.design import TrainingData, design_blocks, gradients_for
 from .gp.observations import KINDS, NoiseModel, baseline_energies, build_observations, fit_e0
 from .gp.posterior import Prediction
+from .gp.predictive import apply_predictive
 from .gp.sparse import solve_dtc, warn_symmetry
 from .gp.sparsify import term_sparse_set
 from .io import FORMAT_VERSION
@@ -214,7 +214,8 @@ class GAP:
         the user's: the refit of :meth:`optimize_hyperparameters`."""
         t_start = time.perf_counter()
         cpu_start = time.process_time()
-        self.__dict__.pop("recalibration_", None)  # a recalibration belongs to one fit
+        for name in ("recalibration_", "predictive_"):  # calibrations belong to one fit
+            self.__dict__.pop(name, None)
         labels = self._labels(frames)
         species = sorted({int(z) for a in frames for z in np.unique(a.numbers)})
         self.species_ = species
@@ -432,6 +433,8 @@ class GAP:
         self.noise_ = self.noise_.rescaled(report["factors"])
         if refit:
             self._fit(data.frames, kernels=[t.kernel for t in self.terms_], noise=self.noise_)
+            if any(report["predictive"].values()):  # fitted at the noise refitted with
+                self.predictive_ = report["predictive"]
         self.fit_info_["noise_cv"] = report
         return report
 
@@ -445,7 +448,7 @@ class GAP:
 
     def predict(self, frames, *, forces: bool = True, virial: bool | None = None,
                 return_variance: bool = True, forces_variance: str | None = "exact",
-                variance=UNSET, force_variance=UNSET) -> Prediction:
+                calibrated: bool = True, variance=UNSET, force_variance=UNSET) -> Prediction:
         """Posterior mean and variance of energies, forces, virials and local energies.
 
         Means: forces and virials are the exact derivatives of the predicted
@@ -465,6 +468,11 @@ class GAP:
           benchmarks/README.md has the figures), or none with ``forces_variance=None``;
         * virials use the projected form (with force variances).
 
+        Those are the ``*_latent_variance`` fields. After the default fit (noise by
+        cross-validation) the model has a predictive-variance calibration (``predictive_``,
+        :mod:`gapkit.gp.predictive`): ``energy_variance``, ``forces_variance`` (exact form)
+        and ``virial_variance`` are then the calibrated variances of a new label.
+
         Parameters
         ----------
         frames : list of ase.Atoms, ase.Atoms or path
@@ -477,6 +485,8 @@ class GAP:
             unless ``forces_variance`` is None).
         forces_variance : {"exact", "projected", None}
             Which force variance (above).
+        calibrated : bool
+            Apply the model's predictive-variance calibration, if it has one.
         variance, force_variance
             The names of ``return_variance`` and ``forces_variance`` before 0.2
             (DeprecationWarning; removed in 0.3).
@@ -499,21 +509,12 @@ class GAP:
         b_results = None
         if self.baselines:  # first: evaluate checks every frame before the heavy work
             b_results = _evaluate_baselines(self.baselines, frames, forces=forces, virial=virial)
-        want_fvar = return_variance and forces_variance is not None
         offsets = np.concatenate([[0], np.cumsum([len(a) for a in frames])]).astype(np.int64)
-        out: dict = {"energy": [], "local_energy": [], "forces": [], "virial": [],
-                     "energy_variance": [], "local_energy_variance": [], "forces_variance": [],
-                     "virial_variance": []}
-        blocks = list(frame_batches(frames, self.batch_atoms)) or [(0, 0)]  # no frames: empty
-        for start, stop in self._progress(blocks, "GAP predict", total=len(blocks)):
-            block = posterior.predict_block(
-                self.terms_, self.sparse_sets_, self.alpha_, self.R_, self.U_,
-                frames[start:stop], forces=forces, virial=virial,
-                return_variance=return_variance, forces_variance=forces_variance)
-            for name, value in block.items():
-                out[name].append(value)
-        arrays = {name: None if parts[0] is None else np.concatenate(parts)
-                  for name, parts in out.items()}
+        arrays = posterior.predict_frames(
+            self.terms_, self.sparse_sets_, self.alpha_, self.R_, self.U_, frames,
+            batch_atoms=self.batch_atoms, forces=forces, virial=virial,
+            return_variance=return_variance, forces_variance=forces_variance,
+            progress=lambda blocks: self._progress(blocks, "GAP predict", total=len(blocks)))
         energy = arrays["energy"] + baseline_energies(frames, self.e0_)
         local = arrays["local_energy"] + np.array([self.e0_[int(z)] for a in frames
                                                    for z in a.numbers])
@@ -526,18 +527,15 @@ class GAP:
                 f_out += np.concatenate([res.forces for res in b_results])
             if virial:
                 v_out += np.stack([res.virial for res in b_results])
-        forms = {}
-        if return_variance:
-            forms = {"energy": "dtc", "local_energy": "dtc"}
-            if want_fvar:
-                forms["forces"] = "dtc" if forces_variance == "exact" else "projected"
-                forms["virial"] = "projected"
+        forms = {"energy": "dtc", "local_energy": "dtc"} if return_variance else {}
+        if return_variance and forces_variance is not None:
+            forms.update(forces="dtc" if forces_variance == "exact" else "projected",
+                         virial="projected")
+        apply_predictive(getattr(self, "predictive_", None) if calibrated else None,
+                         arrays, forms)
         return Prediction(energy=energy, forces=f_out, virial=v_out, local_energy=local,
-                          atom_offsets=offsets, energy_variance=arrays["energy_variance"],
-                          forces_variance=arrays["forces_variance"],
-                          virial_variance=arrays["virial_variance"],
-                          local_energy_variance=arrays["local_energy_variance"],
-                          variance_form=forms, baseline_energy=b_energy)
+                          atom_offsets=offsets, variance_form=forms, baseline_energy=b_energy,
+                          **{k: v for k, v in arrays.items() if k.endswith("variance")})
 
     # ------------------------------------------------------------- save/load
     def save(self, path, *, overwrite: bool = False) -> Path:
@@ -553,7 +551,8 @@ class GAP:
         return {"species": self.species_, "e0": self.e0_,
                 "jitter_absolute": self.jitter_absolute_, "alpha": self.alpha_, "R": self.R_,
                 "U": self.U_, "sparse_sets": self.sparse_sets_, "fit_info": self.fit_info_,
-                "recalibration": getattr(self, "recalibration_", None)}
+                "recalibration": getattr(self, "recalibration_", None),
+                "predictive": getattr(self, "predictive_", None)}
 
     @classmethod
     def load(cls, path) -> "GAP":
@@ -571,8 +570,9 @@ class GAP:
         model.jitter_absolute_ = state["jitter_absolute"]
         model.alpha_, model.R_, model.U_ = state["alpha"], state["R"], state["U"]
         model.fit_info_ = state["fit_info"]
-        if state.get("recalibration"):
-            model.recalibration_ = state["recalibration"]
+        for name in ("recalibration", "predictive"):
+            if state.get(name):
+                setattr(model, name + "_", state[name])
         model.log_marginal_likelihood_ = state["fit_info"].get("log_marginal_likelihood")
         return model
 

@@ -35,11 +35,15 @@ import numpy as np
 import torch
 
 from .._checks import count
-from .design import design_blocks
+from ..descriptors.base import frame_batches
+from .design import design_blocks, functional_rows, gather_rows
 from .observations import ENERGY, FORCES, KINDS, VIRIAL
+from .posterior import prior_energy_variances, prior_force_variances
+from .predictive import TAIL_SHARE, TAIL_Z, fit_predictive
 
-__all__ = ["ENERGY_FACTORS", "VIRIAL_FACTORS", "FoldGrams", "assign_folds", "fold_grams",
-           "grid_alphas", "held_out_errors", "search_noise"]
+__all__ = ["ENERGY_FACTORS", "VIRIAL_FACTORS", "FoldGrams", "assign_folds",
+           "calibrate_predictive", "fold_factors", "fold_grams", "grid_alphas",
+           "held_out_errors", "held_out_variances", "search_noise"]
 
 #: the energy-noise multipliers tried (relative to the base sigma_E), 2^-2 ... 2^6
 ENERGY_FACTORS = tuple(2.0 ** k for k in range(-2, 7))
@@ -144,6 +148,114 @@ def grid_alphas(grams: FoldGrams, grid: np.ndarray) -> torch.Tensor:
     return out
 
 
+def fold_factors(grams: FoldGrams, factors) -> tuple[torch.Tensor, torch.Tensor]:
+    """At noise multipliers ``factors`` (energy, forces, virial): the Cholesky factors
+    ``L_f`` of ``A_f = I + sum_k (G_k - G_fk) / s_k^2`` (n_folds, M, M) and the weights of
+    the fit without each fold (n_folds, M)."""
+    s = np.asarray(factors, dtype=float)
+    inv = torch.as_tensor(1.0 / s**2, dtype=grams.gram.dtype)
+    rest_g = grams.gram.sum(0)[None] - grams.gram
+    rest_h = grams.rhs.sum(0)[None] - grams.rhs
+    eye = torch.eye(rest_g.shape[-1], dtype=rest_g.dtype)
+    chol = torch.linalg.cholesky(eye + torch.einsum("k,fkij->fij", inv, rest_g))
+    beta = torch.cholesky_solve(torch.einsum("k,fki->fi", inv, rest_h)[..., None], chol)[..., 0]
+    alpha = torch.linalg.solve_triangular(grams.u_factor, beta.T, upper=True).T
+    return chol, alpha
+
+
+def _rows_and_priors(terms, sparse_sets, frames, sub, gradients):
+    """The design rows of the block's observations ``sub`` and their exact prior
+    variances (energies: the kernel over all pairs of centres; force components: second
+    kernel derivatives; virials: NaN, filled by the caller)."""
+    kinds = set(np.unique(sub.kind).tolist())
+    offsets = np.concatenate([[0], np.cumsum([len(a) for a in frames])]).astype(np.int64)
+    parts, results = [], []
+    for term, sparse in zip(terms, sparse_sets):
+        res = term.descriptor.compute(frames, gradients=sorted(gradients) or False)
+        results.append(res)
+        with torch.no_grad():
+            blocks = functional_rows(term.kernel, res, sparse, energy=ENERGY in kinds,
+                                     forces=FORCES in kinds, virial=VIRIAL in kinds,
+                                     local=False)
+        parts.append(gather_rows(blocks, sub, offsets))
+    prior = np.full(sub.kind.size, np.nan)
+    if ENERGY in kinds:
+        e, _ = prior_energy_variances(terms, results, len(frames), int(offsets[-1]))
+        idx = np.nonzero(sub.kind == ENERGY)[0]
+        prior[idx] = e.numpy()[sub.frame[idx]]
+    if FORCES in kinds:
+        pf = prior_force_variances(terms, results, int(offsets[-1])).numpy()
+        idx = np.nonzero(sub.kind == FORCES)[0]
+        prior[idx] = pf[offsets[sub.frame[idx]] + sub.atom[idx], sub.component[idx]]
+    return torch.cat(parts, dim=1), prior
+
+
+def held_out_variances(terms, sparse_sets, frames, obs, gradients, folds, grams: FoldGrams,
+                       factors, *, batch_atoms: int, progress: bool = False) -> dict:
+    """For every row, from the fit without its fold at noise multipliers ``factors``: the
+    residual ``y - prediction``, the latent variance and the prior variance (the pass that
+    :func:`calibrate_predictive` fits on). Energies and forces: the DTC latent variance
+    ``p - |b|^2 + |L_f^-1 b|^2`` with the exact prior ``p``; virials: the projected form
+    ``|L_f^-1 b|^2`` with the Nyström prior ``|b|^2`` (``b = U^-T k*``, the whitened row),
+    as :meth:`gapkit.GAP.predict` computes them. Returns ``{kind: (residual, latent,
+    prior)}`` (flat arrays over that kind's rows, in row order) for the kinds present."""
+    folds = np.asarray(folds, dtype=np.int64)
+    chol, alphas = fold_factors(grams, factors)
+    n = obs.kind.size
+    residual, latent, prior = np.zeros(n), np.zeros(n), np.zeros(n)
+    blocks = list(frame_batches(frames, batch_atoms))
+    if progress:
+        from tqdm.auto import tqdm
+
+        blocks = tqdm(blocks, desc="noise CV: predictive variance", leave=False)
+    for start, stop in blocks:
+        sel = np.nonzero((obs.frame >= start) & (obs.frame < stop))[0]
+        if sel.size == 0:
+            continue
+        sub = obs.select(sel).shifted(start)
+        rows, p = _rows_and_priors(terms, sparse_sets, frames[start:stop], sub,
+                                   gradients)
+        b = _whiten(rows, grams.u_factor)
+        nystrom = (b * b).sum(1).numpy()
+        fold_of_row = folds[sub.frame + start]
+        for f in np.unique(fold_of_row).tolist():
+            idx = np.nonzero(fold_of_row == f)[0]
+            ti = torch.as_tensor(idx)
+            residual[sel[idx]] = sub.y[idx] - (rows[ti] @ alphas[f]).numpy()
+            sol = torch.linalg.solve_triangular(chol[f], b[ti].T, upper=False)
+            latent[sel[idx]] = (sol * sol).sum(0).numpy()
+        virial = sub.kind == VIRIAL
+        p[virial] = nystrom[virial]
+        exact = ~virial
+        latent[sel[exact]] += p[exact] - nystrom[exact]
+        prior[sel] = p
+    return {KINDS[k]: (residual[obs.kind == k], np.maximum(latent[obs.kind == k], 0.0),
+                       prior[obs.kind == k])
+            for k in range(len(KINDS)) if np.any(obs.kind == k)}
+
+
+def calibrate_predictive(terms, sparse_sets, frames, obs, gradients, folds,
+                         grams: FoldGrams, factors, *, batch_atoms: int,
+                         progress: bool = False) -> dict:
+    """The predictive-variance form of every kind (:func:`gapkit.gp.predictive.
+    fit_predictive`, None for a kind with too few rows) on the out-of-fold quantities of
+    :func:`held_out_variances`; warns when the out-of-fold share of ``|z| > 5`` passes
+    0.5 % (heavy tails: near-symmetric components whose labels carry noise)."""
+    held = held_out_variances(terms, sparse_sets, frames, obs, gradients, folds, grams,
+                              factors, batch_atoms=batch_atoms, progress=progress)
+    out = {kind: fit_predictive(*held[kind]) if kind in held else None for kind in KINDS}
+    heavy = {kind: spec["tail_share"] for kind, spec in out.items()
+             if spec is not None and spec["tail_share"] > TAIL_SHARE}
+    if heavy:
+        text = ", ".join(f"{kind} {100 * share:.2g} %" for kind, share in heavy.items())
+        warnings.warn(f"predictive variance: out of fold, more values than a Gaussian allows "
+                      f"lie beyond {TAIL_Z:g} sigma ({text}; a Gaussian has 6e-5 %): heavy "
+                      "tails, often near-symmetric components whose labels carry noise. "
+                      "The intervals hold for most values, not for these", UserWarning,
+                      stacklevel=3)
+    return out
+
+
 def held_out_errors(terms, sparse_sets, frames, obs, gradients, folds, alphas, *,
                     batch_atoms: int, progress: bool = False) -> dict:
     """Mean absolute held-out errors at every grid point (the second pass): ``energy``
@@ -182,19 +294,22 @@ def _grid(energy_factors, virial_factors, kinds_present) -> np.ndarray:
 
 def search_noise(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
                  batch_atoms: int, energy_factors=ENERGY_FACTORS,
-                 virial_factors=VIRIAL_FACTORS, progress: bool = False) -> dict:
+                 virial_factors=VIRIAL_FACTORS, progress: bool = False,
+                 grams: FoldGrams | None = None) -> dict:
     """The grid search: :func:`fold_grams`, :func:`grid_alphas`, :func:`held_out_errors`,
     and the multipliers with the smallest score ``E_MAE / E_MAE(1, 1) + F_MAE / F_MAE(1, 1)``
     (kinds present only; without forces, the virial MAE takes their place). An optimum on
     the edge of the grid extends the grid once in that direction (two more factors of 2) and
-    warns if it is still on the edge. Returns a report: ``factors`` (energy, forces, virial),
+    warns if it is still on the edge (``grams``: the :func:`fold_grams` of ``folds``, if
+    already computed). Returns a report: ``factors`` (energy, forces, virial),
     ``table`` (one row per point tried), ``folds``, ``edge`` (the kinds whose optimum stayed
     on the edge).
     """
     counts = np.bincount(obs.kind, minlength=len(KINDS))
     present = counts > 0
-    grams = fold_grams(terms, sparse_sets, u_factor, frames, obs, gradients, folds,
-                       batch_atoms=batch_atoms, progress=progress)
+    if grams is None:
+        grams = fold_grams(terms, sparse_sets, u_factor, frames, obs, gradients, folds,
+                           batch_atoms=batch_atoms, progress=progress)
     e_f, v_f = tuple(energy_factors), tuple(virial_factors)
     rows: list[dict] = []
     edge: list[str] = []
@@ -253,19 +368,22 @@ def frame_config_types(obs, n_frames: int) -> np.ndarray:
 
 def cross_validated_noise(terms, sparse_sets, u_factor, data, noise, *, n_folds: int = 5,
                           seed: int = 0, batch_atoms: int, progress: bool = False,
-                          energy_factors=ENERGY_FACTORS,
-                          virial_factors=VIRIAL_FACTORS) -> dict:
+                          energy_factors=ENERGY_FACTORS, virial_factors=VIRIAL_FACTORS,
+                          predictive: bool = True) -> dict:
     """:func:`search_noise` on a fitted model's training data (``data``: a
     :class:`~gapkit.gp.design.TrainingData` built with ``noise``, the base), with folds
     by frame stratified by config_type (:func:`assign_folds`, seeded). With fewer than
     :data:`MIN_FRAMES` frames nothing is searched and the base noise is kept (the report
     says why); with fewer frames of a kind than folds, fewer folds. The report adds the base
     and chosen sigmas (``sigma_before``, ``sigma_after``: energy eV/atom, forces eV/Å,
-    virial eV/atom) and ``note``."""
+    virial eV/atom), ``note`` and, with ``predictive``, ``predictive``: the
+    predictive-variance form of each kind fitted on the folds at the chosen noise
+    (:func:`calibrate_predictive`; all None without cross-validation)."""
     n_folds = count(n_folds, "n_folds", minimum=2)
     frames, obs = data.frames, data.observations
     base = [noise.sigma(kind) for kind in KINDS]
-    report: dict = {"method": "cv", "sigma_before": base, "note": ""}
+    report: dict = {"method": "cv", "sigma_before": base, "note": "",
+                    "predictive": {kind: None for kind in KINDS}}
     if len(frames) < MIN_FRAMES:
         report.update(factors=[1.0, 1.0, 1.0], sigma_after=base, table=[], n_folds=0,
                       note=f"{len(frames)} training frames (fewer than {MIN_FRAMES}): the "
@@ -283,9 +401,15 @@ def cross_validated_noise(terms, sparse_sets, u_factor, data, noise, *, n_folds:
         report["note"] = (f"{k} folds instead of {n_folds}: a label kind is in only {fewest} "
                           "frames")
     folds = assign_folds(frame_config_types(obs, len(frames)), k, seed)
+    grams = fold_grams(terms, sparse_sets, u_factor, frames, obs, data.gradients, folds,
+                       batch_atoms=batch_atoms, progress=progress)
     found = search_noise(terms, sparse_sets, u_factor, frames, obs, data.gradients, folds,
                          batch_atoms=batch_atoms, energy_factors=energy_factors,
-                         virial_factors=virial_factors, progress=progress)
+                         virial_factors=virial_factors, progress=progress, grams=grams)
     report.update(found)
+    if predictive:
+        report["predictive"] = calibrate_predictive(
+            terms, sparse_sets, frames, obs, data.gradients, folds, grams, found["factors"],
+            batch_atoms=batch_atoms, progress=progress)
     report["sigma_after"] = [s * f for s, f in zip(base, found["factors"])]
     return report

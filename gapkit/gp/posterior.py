@@ -28,7 +28,8 @@ from ..data import voigt_symmetrised, voigt_to_matrix
 from .design import functional_rows, type_mask
 
 __all__ = ["Prediction", "clip_variance", "derivative_means", "dtc_variance", "predict_block",
-           "prior_energy_variances", "prior_force_variances", "projected_variance"]
+           "predict_frames", "prior_energy_variances", "prior_force_variances",
+           "projected_variance"]
 
 
 @dataclass
@@ -47,9 +48,18 @@ class Prediction:
         Per-atom energies (eV, e0 included) and their variances (eV^2).
     atom_offsets : (n_frames + 1,)
         Start of each frame in the per-atom arrays.
+    energy_latent_variance, forces_latent_variance, virial_latent_variance
+        The variances of the latent (noise-free) GP quantities, always; same shapes.
+        ``energy_variance``, ``forces_variance`` and ``virial_variance`` are the same
+        arrays, unless the model carries a predictive-variance calibration
+        (:mod:`gapkit.gp.predictive`, the default after a fit with cross-validated
+        noise): then they are the calibrated predictive variances of a new label
+        (``variance_form`` ``"calibrated+noise"``), exactly 0 for a component fixed by
+        symmetry.
     variance_form : dict
         Which formula each variance used: ``"dtc"`` or ``"projected"`` (sparse GP, see
-        :mod:`gapkit.gp.posterior`), ``"exact"`` (dense GP), or a recalibrated form.
+        :mod:`gapkit.gp.posterior`), ``"exact"`` (dense GP), ``"calibrated+noise"`` or a
+        recalibrated form.
     baseline_energy : (n_frames,) or None
         The part of ``energy`` from the model's physics baselines (eV; included in
         ``energy``, ``forces``, ``virial`` and ``local_energy``); None without baselines.
@@ -66,6 +76,9 @@ class Prediction:
     local_energy_variance: np.ndarray | None = None
     variance_form: dict = field(default_factory=dict)
     baseline_energy: np.ndarray | None = None
+    energy_latent_variance: np.ndarray | None = None
+    forces_latent_variance: np.ndarray | None = None
+    virial_latent_variance: np.ndarray | None = None
 
     @property
     def n_atoms(self) -> np.ndarray:
@@ -277,6 +290,7 @@ def predict_block(terms, sparse_sets, alpha: torch.Tensor, r_factor: torch.Tenso
         return out
     prior_e, prior_l = prior_energy_variances(terms, results, n_frames, n_atoms)
     out["energy_variance"] = dtc_variance(erow, prior_e, r_factor, u_factor)
+    out["energy_prior"] = prior_e.numpy()
     out["local_energy_variance"] = dtc_variance(lrow, prior_l, r_factor, u_factor)
     if forces and want_fvar:
         fr = torch.cat(f_rows, dim=-1)
@@ -284,6 +298,7 @@ def predict_block(terms, sparse_sets, alpha: torch.Tensor, r_factor: torch.Tenso
         if forces_variance == "exact":
             prior_f = prior_force_variances(terms, results, n_atoms)
             var = dtc_variance(fr, prior_f.reshape(-1), r_factor, u_factor)
+            out["forces_prior"] = prior_f.numpy()
         else:
             var = projected_variance(fr, r_factor)
         out["forces_variance"] = var.reshape(-1, 3)
@@ -291,5 +306,27 @@ def predict_block(terms, sparse_sets, alpha: torch.Tensor, r_factor: torch.Tenso
         vr = torch.cat(v_rows, dim=-1)
         vr = vr.reshape(-1, vr.shape[-1])
         out["virial_variance"] = voigt_to_matrix(projected_variance(vr, r_factor).reshape(-1, 6))
+        nystrom = torch.linalg.solve_triangular(u_factor.T, vr.T, upper=False)
+        out["virial_prior"] = voigt_to_matrix((nystrom * nystrom).sum(0).numpy().reshape(-1, 6))
     return out
+
+
+def predict_frames(terms, sparse_sets, alpha, r_factor, u_factor, frames, *,
+                   batch_atoms: int, progress=None, **options) -> dict:
+    """:func:`predict_block` over blocks of about ``batch_atoms`` atoms, concatenated
+    (``options`` as :func:`predict_block` takes them; ``progress`` wraps the list of
+    blocks). Also ``energy_prior``, ``forces_prior`` (exact force variances only) and
+    ``virial_prior`` (the Nyström prior), the prior variances that a predictive-variance
+    calibration reads, when variances are computed."""
+    from ..descriptors.base import frame_batches
+
+    blocks = list(frame_batches(frames, batch_atoms)) or [(0, 0)]  # no frames: empty
+    parts: dict = {}
+    for start, stop in (progress(blocks) if progress else blocks):
+        block = predict_block(terms, sparse_sets, alpha, r_factor, u_factor,
+                              frames[start:stop], **options)
+        for name, value in block.items():
+            parts.setdefault(name, []).append(value)
+    return {name: None if any(v is None for v in values) else np.concatenate(values)
+            for name, values in parts.items()}
 

@@ -3,6 +3,7 @@ and noise) and the calibration report per quantity."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -121,7 +122,8 @@ def calibration_report(pred, frames, *,
     Returns
     -------
     dict ``{quantity: CalibrationResult}``, with the epistemic (posterior) and aleatoric
-    (noise) RMS sigma reported separately.
+    (noise) RMS sigma reported separately. A calibrated prediction's sigma = 0 values
+    (fixed by symmetry) are left out and counted (``n_fixed``).
     """
     out = _ByQuantity()
     for q in quantities:
@@ -129,14 +131,23 @@ def calibration_report(pred, frames, *,
         err, epi, alea = quantity_errors(pred, frames, q, model=model,
                                          include_noise=include_noise)
         form = pred.variance_form.get(_FIELD[q])
+        fixed = np.zeros(err.shape, dtype=bool)
         if _noise_included(pred, q):
             source, epi_r, alea_r = str(form), None, None
+            if str(form).startswith("calibrated"):  # sigma 0: fixed by symmetry, left out
+                fixed = epi == 0
         else:
             source = str(form or "posterior") + ("+noise" if include_noise else "")
             epi_r, alea_r = epi, (alea if include_noise else None)
-        out[q] = calibration_metrics(err, epi + alea, quantity=q, unit=QUANTITIES[q],
-                                     n_bins=n_bins, levels=levels, epistemic_variance=epi_r,
-                                     aleatoric_variance=alea_r, variance_source=source)
+        keep = ~fixed
+        result = calibration_metrics(
+            err[keep], (epi + alea)[keep], quantity=q, unit=QUANTITIES[q], n_bins=n_bins,
+            levels=levels, epistemic_variance=None if epi_r is None else epi_r[keep],
+            aleatoric_variance=None if alea_r is None else alea_r[keep],
+            variance_source=source)
+        out[q] = dataclasses.replace(
+            result, n_fixed=int(fixed.sum()),
+            fixed_max_abs_error=float(np.abs(err[fixed]).max(initial=0.0)))
     return out
 
 

@@ -131,6 +131,10 @@ class CalibrationResult:
         (unit); ``nan`` when not separable (committee or recalibrated variances).
     variance_source : str
         What the assessed variance is, e.g. ``"posterior+noise"``.
+    n_fixed, fixed_max_abs_error : int, float
+        Values a calibrated prediction gives sigma = 0 (components fixed by symmetry),
+        left out of every metric above, and their largest |error| (unit; a label that
+        breaks the structure's symmetry shows here).
     """
 
     quantity: str
@@ -153,6 +157,8 @@ class CalibrationResult:
     epistemic_rms: float = float("nan")
     aleatoric_rms: float = float("nan")
     variance_source: str = "given"
+    n_fixed: int = 0
+    fixed_max_abs_error: float = 0.0
 
     def summary(self) -> dict:
         """The scalar fields as a JSON-friendly dict."""

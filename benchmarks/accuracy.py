@@ -1,0 +1,146 @@
+"""Accuracy and calibration of GAP's defaults on real DFT data: the fixed base noise, the
+default fit (noise by cross-validation, predictive variance calibrated on the folds) and
+the marginal likelihood (ML-II), side by side.
+
+For each data set (Zuo 2020 Si, Li, Cu, Ni; rMD17 ethanol and aspirin, split 01, 1,000
+training frames, the first 500 test frames) and each row: energy and force MAE, the force
+miscalibration area over all components (a sigma-0 component counts as covered when its
+error is below 1 meV/Å, and never otherwise) and over those whose prior variance is not
+zero by symmetry, Spearman(sigma, |error|) over the latter, their share of |z| > 5, and the
+fit's CPU seconds (one thread). The base and ML-II rows' sigma is the latent variance plus
+the fitted noise; the default row's is the calibrated predictive variance.
+
+Needs ``../shared/datasets`` (skipped data sets are said). Results are written after every
+row to ``benchmarks/results/accuracy.json``. Run in the background, e.g.
+
+    OMP_NUM_THREADS=1 timeout 3600 prlimit --as=12000000000 python benchmarks/accuracy.py
+"""
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from _common import base_machine_info  # noqa: E402
+from scipy.stats import norm, spearmanr  # noqa: E402
+
+from gapkit import GAP, NoiseModel, uq  # noqa: E402
+from gapkit.data import read_extxyz  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "datasets"
+RESULTS = HERE / "results" / "accuracy.json"
+ZERO_ERR = 1e-3  # eV/Å: a sigma-0 component is covered when its error is below this
+LEVELS = np.linspace(0.01, 0.99, 99)
+
+DATASETS = {
+    "Si": ("zuo2020/Si_train.xyz", "zuo2020/Si_test.xyz", None, None),
+    "Li": ("zuo2020/Li_train.xyz", "zuo2020/Li_test.xyz", None, None),
+    "Cu": ("zuo2020/Cu_train.xyz", "zuo2020/Cu_test.xyz", None, None),
+    "Ni": ("zuo2020/Ni_train.xyz", "zuo2020/Ni_test.xyz", None, None),
+    "ethanol": ("rmd17/rmd17_ethanol_train_01.xyz", "rmd17/rmd17_ethanol_test_01.xyz",
+                1000, 500),
+    "aspirin": ("rmd17/rmd17_aspirin_train_01.xyz", "rmd17/rmd17_aspirin_test_01.xyz",
+                1000, 500),
+}
+#: published GAP (Zuo et al. 2020, meV/atom, eV/Å; rMD17: Christensen & von Lilienfeld
+#: 2020, meV per molecule, meV/Å)
+PUBLISHED = {"Si": (2.91, 0.07), "Li": (0.49, 0.01), "Cu": (0.46, 0.01), "Ni": (0.42, 0.02),
+             "ethanol": (3.5, 18.1), "aspirin": (17.7, 44.9)}
+
+
+def area_all(err, var):
+    """Miscalibration area with sigma-0 components: one with |error| <= ZERO_ERR is
+    covered at level p with probability p (no miscalibration), one above never."""
+    zero = var <= 0
+    z = np.sort(np.abs(err[~zero]) / np.sqrt(var[~zero]))
+    exact = int(np.sum(zero & (np.abs(err) <= ZERO_ERR)))
+    covered = np.searchsorted(z, norm.ppf(0.5 + 0.5 * LEVELS), side="right")
+    return float(np.mean(np.abs((covered + exact * LEVELS) / err.size - LEVELS)))
+
+
+def score(model, test, row: str) -> dict:
+    pred = model.predict(test, virial=False)
+    err_e, epi_e, alea_e = uq.quantity_errors(pred, test, "energy_per_atom", model=model)
+    err, epi, alea = uq.quantity_errors(pred, test, "forces", model=model)
+    var = epi + alea
+    latent = pred.forces_latent_variance.ravel()
+    nz = latent > 1e-12 * latent.max()  # prior variance not zero by symmetry
+    z = np.abs(err[nz]) / np.sqrt(var[nz])
+    n_at = pred.n_atoms
+    return {"row": row, "energy_mae_mev_per_atom": 1e3 * float(np.mean(np.abs(err_e))),
+            "energy_mae_mev_per_frame": 1e3 * float(np.mean(np.abs(err_e) * n_at)),
+            "forces_mae": float(np.mean(np.abs(err))),
+            "forces_area_all": area_all(err, var),
+            "forces_area_nonzero": float(uq.miscalibration_area(err[nz], var[nz])),
+            "forces_spearman_nonzero": float(spearmanr(np.sqrt(var[nz]),
+                                                       np.abs(err[nz])).statistic),
+            "forces_share_z_above_5": float(np.mean(z > 5)),
+            "forces_n": int(err.size), "forces_n_zero_prior": int((~nz).sum()),
+            "energy_area": float(uq.miscalibration_area(err_e, epi_e + alea_e)),
+            "variance_form": pred.variance_form.get("forces")}
+
+
+def fit(row: str, train):
+    if row == "default":
+        return GAP(progress=False).fit(train)
+    model = GAP(noise=NoiseModel(), progress=False).fit(train)
+    if row == "ml2":
+        model.optimize_hyperparameters(train)
+    return model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", nargs="+", default=list(DATASETS))
+    ap.add_argument("--rows", nargs="+", default=["base", "default", "ml2"])
+    ap.add_argument("--output", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    out: dict = {"machine": base_machine_info(), "results": {}}
+    if args.output.exists():  # keep what earlier runs measured
+        out["results"] = json.loads(args.output.read_text()).get("results", {})
+    for name in args.data:
+        tr, te, n_train, n_test = DATASETS[name]
+        if not (SHARED / tr).exists():
+            print(f"{name}: {SHARED / tr} not found, skipped", flush=True)
+            continue
+        train, test = read_extxyz(SHARED / tr), read_extxyz(SHARED / te)
+        train, test = train[:n_train], test[:n_test]
+        res = out["results"].setdefault(name, {"published_gap": PUBLISHED[name]})
+        for row in args.rows:
+            cpu = time.process_time()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model = fit(row, train)
+            fit_cpu = time.process_time() - cpu
+            res[row] = score(model, test, row) | {
+                "fit_cpu_s": fit_cpu, "n_sparse": model.fit_info_["n_sparse"],
+                "sigma": [model.noise_.sigma(k) for k in ("energy", "forces", "virial")],
+                "warnings": sorted({str(w.message)[:160] for w in caught})}
+            if row == "default":
+                res[row]["predictive"] = {
+                    k: v and {kk: vv for kk, vv in v.items() if kk != "table"}
+                    for k, v in model.fit_info_["noise_cv"]["predictive"].items()}
+            r = res[row]
+            print(f"{name:8s} {row:8s} E {r['energy_mae_mev_per_atom']:6.2f} meV/atom "
+                  f"({r['energy_mae_mev_per_frame']:6.1f}/frame)  F {r['forces_mae']:.4f} eV/Å  "
+                  f"area all {r['forces_area_all']:.3f} nz {r['forces_area_nonzero']:.3f}  "
+                  f"rho {r['forces_spearman_nonzero']:.3f}  |z|>5 "
+                  f"{100 * r['forces_share_z_above_5']:.2f}%  fit CPU {fit_cpu:.0f} s",
+                  flush=True)
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps(out, indent=1, default=float))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
