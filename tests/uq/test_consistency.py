@@ -64,3 +64,45 @@ def test_bundled_si_virials_are_consistent_and_the_old_swap_is_found():
     report = uq.label_consistency(model, frames, warn=False)
     assert {(r["config_type"], r["component"]) for r in report.flagged} == {
         ("AIMD-NVT", "yz"), ("AIMD-NVT", "xz")}
+
+
+def _small_si_model():
+    return GAP([Term(SOAP(cutoff=5.0, cutoff_width=1.0, n_max=4, l_max=3), SOAPKernel(zeta=4),
+                     n_sparse=200)], noise=NoiseModel(energy=0.003, forces=0.05, virial=0.05),
+               progress=False)
+
+
+@pytest.mark.slow
+def test_bundled_si_surface_forces_a_model_cannot_know_are_not_flagged():
+    """A small model fitted on the Si energies and virials cannot predict the forces of the
+    few Surface frames (r near 0, sigma about the labels' spread): reported, not flagged."""
+    from gapkit.data import load_bundled
+
+    report = uq.label_consistency(_small_si_model(), load_bundled("Si_train.xyz"),
+                                  kind="forces", warn=False)
+    assert report.ok, report.summary()
+    surface = [row for row in report.table if row["config_type"] == "Surface"]
+    assert all(row["r"] < 0.5 and row["sigma"] >= 0.5 * row["spread"] for row in surface)
+    elastic = [row for row in report.table if row["config_type"] == "Elastic"]
+    assert all(row["r"] > 0.9 and row["sigma"] < 0.5 * row["spread"] for row in elastic)
+
+
+@pytest.mark.slow
+def test_bundled_si_energies_in_the_wrong_unit_are_blamed_not_the_forces():
+    """Energies x 1000 make every force component look scaled by 1/1000 against a fit on
+    energies and virials; a fit on the forces alone predicts the virials (slope near 1)
+    but not the energies, and the report blames the energies."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from gapkit.data import load_bundled
+
+    frames = load_bundled("Si_train.xyz")
+    for atoms in frames:
+        results = dict(atoms.calc.results, energy=1000.0 * atoms.calc.results["energy"])
+        atoms.calc = SinglePointCalculator(atoms, **results)
+    report = uq.label_consistency(_small_si_model(), frames, kind="forces", warn=False)
+    assert report.flagged and all(row["flag"].startswith("scaled") for row in report.flagged)
+    slopes = {o["kind"]: o["slope"] for o in report.other_kinds}
+    assert 0.5 < slopes["virial"] < 2.0 and slopes["energy"] > 100, report.other_kinds
+    assert report.suspect == "energy"
+    assert "the energy labels, not the forces, look wrong" in report.summary()
