@@ -289,18 +289,12 @@ class GAP:
         Parameters
         ----------
         frames : list of ase.Atoms or path, optional
-            The training frames. Without them, the value at the fitted
-            hyper-parameters (from the QR factors).
+            The training frames: then evaluated, without refitting, from M x M statistics of
+            one pass (:mod:`gapkit.gp.hyperopt`); else the value at the fitted factors.
         delta : sequence of float, optional
             Per-term ``delta`` (eV) to evaluate at (default: the current ones).
         noise_scale : sequence of 3 float, optional
             Multipliers of the current energy, force and virial noise (default 1).
-
-        Returns
-        -------
-        float
-            With ``frames``, evaluated from M x M statistics of one pass over them (see
-            :mod:`gapkit.gp.hyperopt`), without refitting.
         """
         self.check_fitted()
         if frames is None:
@@ -419,9 +413,10 @@ class GAP:
         (:mod:`gapkit.gp.cv`: folds by config_type, seeded by ``random_state``; sigma_F
         fixes the scale; a grid of energy and virial multipliers, ``grid`` overriding
         ``energy_factors``/``virial_factors``, scored by the held-out energy and force MAE).
-        The choice becomes ``noise_`` (``noise`` stays) and, with ``refit``, is refitted.
-        Returns the report (also ``fit_info_["noise_cv"]``): ``factors``, ``sigma_before``,
-        ``sigma_after``, ``table`` (every point tried), ``n_folds``, ``note``."""
+        The choice becomes ``noise_`` (``noise`` stays) and, with ``refit``, is refitted
+        from the fold statistics (no pass over the data), with the calibrated predictive
+        variance (``predictive_``). Returns the report (also ``fit_info_["noise_cv"]``):
+        ``factors``, ``sigma_*``, ``table`` (every point tried), ``n_folds``, ``note``."""
         from .gp.cv import cross_validated_noise
 
         self.check_fitted()
@@ -429,10 +424,14 @@ class GAP:
         report = cross_validated_noise(
             self.terms_, self.sparse_sets_, self.U_, data, self.noise_, n_folds=n_folds,
             seed=self.random_state or 0, batch_atoms=self.batch_atoms,
-            progress=self.progress, **grid)
+            progress=self.progress, jitter_absolute=self.jitter_absolute_, **grid)
         self.noise_ = self.noise_.rescaled(report["factors"])
-        if refit:
-            self._fit(data.frames, kernels=[t.kernel for t in self.terms_], noise=self.noise_)
+        sol = report.pop("solution", None)  # the fit at that noise, from the fold statistics
+        if refit and sol is not None:
+            self.alpha_, self.R_ = sol.alpha, sol.R
+            self.log_marginal_likelihood_ = sol.log_marginal_likelihood
+            self.fit_info_.update(log_marginal_likelihood=sol.log_marginal_likelihood,
+                                  condition_number_R=sol.condition_number_R)
             if any(report["predictive"].values()):  # fitted at the noise refitted with
                 self.predictive_ = report["predictive"]
         self.fit_info_["noise_cv"] = report

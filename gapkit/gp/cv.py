@@ -42,7 +42,7 @@ from .posterior import prior_energy_variances, prior_force_variances
 from .predictive import TAIL_SHARE, TAIL_Z, fit_predictive
 
 __all__ = ["ENERGY_FACTORS", "VIRIAL_FACTORS", "FoldGrams", "assign_folds",
-           "calibrate_predictive", "fold_factors", "fold_grams", "grid_alphas",
+           "calibrate_predictive", "fold_factors", "fold_grams", "full_solution", "grid_alphas",
            "held_out_errors", "held_out_variances", "search_noise"]
 
 #: the energy-noise multipliers tried (relative to the base sigma_E), 2^-2 ... 2^6
@@ -81,13 +81,16 @@ def assign_folds(config_types, n_folds: int, seed: int = 0) -> np.ndarray:
 @dataclass
 class FoldGrams:
     """Per fold and kind, the whitened Gram matrix ``G = B^T W B`` (n_folds, 3, M, M),
-    right-hand side ``h = B^T W y`` (n_folds, 3, M) and row count (n_folds, 3), with the
-    ``U`` factor that whitens (``B = K U^-1``)."""
+    right-hand side ``h = B^T W y`` (n_folds, 3, M), row count, ``y^T W y`` and the sum
+    of ``log sigma`` (n_folds, 3 each), with the ``U`` factor that whitens
+    (``B = K U^-1``)."""
 
     gram: torch.Tensor
     rhs: torch.Tensor
     counts: np.ndarray
     u_factor: torch.Tensor
+    yy: np.ndarray
+    sum_log_sigma: np.ndarray
 
     @property
     def n_folds(self) -> int:
@@ -109,6 +112,8 @@ def fold_grams(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
     gram = torch.zeros((n_folds, len(KINDS), m, m), dtype=dtype)
     rhs = torch.zeros((n_folds, len(KINDS), m), dtype=dtype)
     counts = np.zeros((n_folds, len(KINDS)), dtype=np.int64)
+    yy = np.zeros((n_folds, len(KINDS)))
+    sum_log_sigma = np.zeros((n_folds, len(KINDS)))
     for start, _, sub, rows in design_blocks(terms, sparse_sets, frames, obs, gradients,
                                                batch_atoms=batch_atoms, progress=progress,
                                                desc="noise CV: statistics"):
@@ -125,7 +130,38 @@ def fold_grams(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
                 gram[f, k] += bi.T @ bi
                 rhs[f, k] += bi.T @ yw[torch.as_tensor(idx)]
                 counts[f, k] += idx.size
-    return FoldGrams(gram, rhs, counts, u_factor)
+                yy[f, k] += float((yw[torch.as_tensor(idx)] ** 2).sum())
+                sum_log_sigma[f, k] += float(np.log(sub.sigma[idx]).sum())
+    return FoldGrams(gram, rhs, counts, u_factor, yy, sum_log_sigma)
+
+
+def full_solution(grams: FoldGrams, factors, jitter_absolute: float):
+    """The DTC fit on all folds at noise multipliers ``factors``, from the statistics alone
+    (no pass over the data): ``A = I + sum_k G_k / s_k^2 = L L^T``, ``alpha = U^-1 A^-1 h``,
+    ``R = L^T U`` (so ``R^T R = U^T A U = K_MM + K^T Sigma^-1 K``), and the log marginal
+    likelihood of :func:`gapkit.gp.sparse.dtc_log_marginal_likelihood` with
+    ``r^2 = y^T Sigma^-1 y - |L^-1 h|^2``. A :class:`~gapkit.gp.sparse.DTCSolution`."""
+    from .sparse import DTCSolution, dtc_log_marginal_likelihood
+
+    s = np.asarray(factors, dtype=float)
+    inv = torch.as_tensor(1.0 / s**2, dtype=grams.gram.dtype)
+    m = grams.gram.shape[-1]
+    a = torch.eye(m, dtype=grams.gram.dtype) + torch.einsum("k,kij->ij", inv, grams.gram.sum(0))
+    h = torch.einsum("k,ki->i", inv, grams.rhs.sum(0))
+    chol = torch.linalg.cholesky(a)
+    b = torch.linalg.solve_triangular(chol, h[:, None], upper=False)[:, 0]
+    beta = torch.linalg.solve_triangular(chol.T, b[:, None], upper=True)[:, 0]
+    u = grams.u_factor
+    alpha = torch.linalg.solve_triangular(u, beta[:, None], upper=True)[:, 0]
+    r_factor = chol.T @ u
+    yy = float((grams.yy.sum(0) / s**2).sum())
+    counts = grams.counts.sum(0)
+    sum_log = float(grams.sum_log_sigma.sum() + (counts * np.log(s)).sum())
+    resid = torch.as_tensor(max(yy - float(b @ b), 0.0) ** 0.5)
+    lml = dtc_log_marginal_likelihood(r_factor, u, resid, sum_log, int(counts.sum()))
+    sv, svu = torch.linalg.svdvals(r_factor), torch.linalg.svdvals(u)
+    return DTCSolution(alpha, r_factor, u, jitter_absolute, lml, float(sv[0] / sv[-1]),
+                       float((svu[0] / svu[-1]) ** 2))
 
 
 def grid_alphas(grams: FoldGrams, grid: np.ndarray) -> torch.Tensor:
@@ -369,7 +405,8 @@ def frame_config_types(obs, n_frames: int) -> np.ndarray:
 def cross_validated_noise(terms, sparse_sets, u_factor, data, noise, *, n_folds: int = 5,
                           seed: int = 0, batch_atoms: int, progress: bool = False,
                           energy_factors=ENERGY_FACTORS, virial_factors=VIRIAL_FACTORS,
-                          predictive: bool = True) -> dict:
+                          predictive: bool = True,
+                          jitter_absolute: float | None = None) -> dict:
     """:func:`search_noise` on a fitted model's training data (``data``: a
     :class:`~gapkit.gp.design.TrainingData` built with ``noise``, the base), with folds
     by frame stratified by config_type (:func:`assign_folds`, seeded). With fewer than
@@ -378,7 +415,9 @@ def cross_validated_noise(terms, sparse_sets, u_factor, data, noise, *, n_folds:
     and chosen sigmas (``sigma_before``, ``sigma_after``: energy eV/atom, forces eV/Å,
     virial eV/atom), ``note`` and, with ``predictive``, ``predictive``: the
     predictive-variance form of each kind fitted on the folds at the chosen noise
-    (:func:`calibrate_predictive`; all None without cross-validation)."""
+    (:func:`calibrate_predictive`; all None without cross-validation). With
+    ``jitter_absolute`` (that of ``u_factor``), also ``solution``: the fit at the chosen noise
+    (:func:`full_solution`, a DTCSolution, not JSON), None without cross-validation."""
     n_folds = count(n_folds, "n_folds", minimum=2)
     frames, obs = data.frames, data.observations
     base = [noise.sigma(kind) for kind in KINDS]
@@ -407,6 +446,8 @@ def cross_validated_noise(terms, sparse_sets, u_factor, data, noise, *, n_folds:
                          batch_atoms=batch_atoms, energy_factors=energy_factors,
                          virial_factors=virial_factors, progress=progress, grams=grams)
     report.update(found)
+    if jitter_absolute is not None:
+        report["solution"] = full_solution(grams, found["factors"], jitter_absolute)
     if predictive:
         report["predictive"] = calibrate_predictive(
             terms, sparse_sets, frames, obs, data.gradients, folds, grams, found["factors"],
