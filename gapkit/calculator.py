@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,10 @@ class GAPCalculator(Calculator):
     The two options are ASE calculator parameters (``calc.parameters``, shown by
     ``calc.todict()``).
 
+    One calculator may be shared by several threads: each property request holds a lock
+    (requests run one at a time; give each thread its own calculator to run them in
+    parallel).
+
     Stress is ``-virial / volume`` with the virial ``W = -dE/d epsilon``. A model
     fitted with physics baselines (``GAP(..., baselines=...)``) includes them in every
     result; ``results["baseline_energy"]`` (eV) is their share of the energy.
@@ -61,6 +66,27 @@ class GAPCalculator(Calculator):
         super().__init__(variance=bool(variance), forces_variance=forces_variance, **kwargs)
         model.check_fitted()
         self.model = model
+        self._lock = threading.RLock()
+
+    # ASE keeps one atoms copy and one results dict per calculator: a calculator shared by
+    # threads would hand one thread the other's results. Each property request (compute and
+    # read back) holds the calculator's lock, so sharing is safe, one request at a time.
+    def get_property(self, name: str, atoms: Any = None, allow_calculation: bool = True):
+        with self._lock:
+            return super().get_property(name, atoms, allow_calculation)
+
+    def get_properties(self, properties: Sequence[str], atoms: Any):
+        with self._lock:
+            return super().get_properties(properties, atoms)
+
+    def __getstate__(self) -> dict:  # copies and pickles get a lock of their own
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     @property
     def variance(self) -> bool:

@@ -218,3 +218,40 @@ def test_unfitted_model_is_rejected():
     term = Term(SOAP(cutoff=4.0, cutoff_width=1.0, n_max=4, l_max=3), SOAPKernel(), n_sparse=5)
     with pytest.raises(RuntimeError, match="not fitted"):
         GAPCalculator(GAP([term], progress=False))
+
+
+def test_a_calculator_shared_by_threads_gives_each_its_own_results(model):
+    """Two threads share one calculator, each asking for the energy and forces of its own
+    frames (of different sizes); every answer equals the sequential one."""
+    import copy
+    import threading
+
+    frames = [_bulk_cu(seed) for seed in range(4)] + [bulk("Cu", "fcc", a=3.6).repeat(3)]
+    for atoms in frames[-1:]:
+        atoms.rattle(0.05, seed=9)
+    calc = GAPCalculator(model)
+    expected = []
+    for atoms in frames:
+        a = atoms.copy()
+        a.calc = calc
+        expected.append((a.get_potential_energy(), a.get_forces()))
+    got: dict = {}
+
+    def work(tid):
+        for rep in range(6):
+            for k, atoms in enumerate(frames):
+                a = atoms.copy()
+                a.calc = calc
+                got[(tid, rep, k)] = (a.get_potential_energy(), a.get_forces())
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 2 * 6 * len(frames)
+    for (_, _, k), (energy, forces) in got.items():
+        assert energy == expected[k][0]
+        np.testing.assert_array_equal(forces, expected[k][1])
+    clone = copy.deepcopy(calc)  # a copy gets its own lock
+    assert clone._lock is not calc._lock
