@@ -71,13 +71,9 @@ class GAPCalculator(Calculator):
     # ASE keeps one atoms copy and one results dict per calculator: a calculator shared by
     # threads would hand one thread the other's results. Each property request (compute and
     # read back) holds the calculator's lock, so sharing is safe, one request at a time.
-    def get_property(self, name: str, atoms: Any = None, allow_calculation: bool = True):
+    def get_property(self, name: str, atoms: Any = None, allow_calculation: bool = True) -> Any:
         with self._lock:
             return super().get_property(name, atoms, allow_calculation)
-
-    def get_properties(self, properties: Sequence[str], atoms: Any):
-        with self._lock:
-            return super().get_properties(properties, atoms)
 
     def __getstate__(self) -> dict:  # copies and pickles get a lock of their own
         state = self.__dict__.copy()
