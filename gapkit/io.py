@@ -30,6 +30,7 @@ from __future__ import annotations
 import io as _io
 import json
 import math
+import re
 import sys
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -110,6 +111,50 @@ def write_model(path: str | Path, params: dict, state: dict, *,
 #: the extxyz key settings of a GAP, stored together in model files (``"keys"``)
 KEY_NAMES = ("energy_key", "forces_key", "virial_key", "stress_key", "config_type_key")
 
+#: limits a model file's members are checked against before anything is read: the metadata
+#: (JSON) size, any member's uncompressed size, and the compression ratio of a member above
+#: 1 MiB (float64 weights and descriptors compress about 1.1-2.5x; a ratio of 1,000 is a
+#: zip bomb: a 2 MB file that would unpack to gigabytes)
+MAX_METADATA_BYTES = 64 * 2**20
+MAX_MEMBER_BYTES = 64 * 2**30
+MAX_COMPRESSION_RATIO = 50
+_MEMBER = re.compile(r"(metadata\.json|alpha\.npy|R\.npy|U\.npy|term[0-9]+_(points|types)\.npy)")
+
+
+def _check_members(zf: zipfile.ZipFile) -> None:
+    """Names, duplicates and sizes of a model file's members, before any is read."""
+    names = zf.namelist()
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"duplicate members {dup}")
+    unknown = [n for n in names if not _MEMBER.fullmatch(n)]
+    if unknown:
+        raise ValueError(f"unknown members {unknown[:5]} (not written by gapkit)")
+    for info in zf.infolist():
+        limit = MAX_METADATA_BYTES if info.filename == "metadata.json" else MAX_MEMBER_BYTES
+        if info.file_size > limit:
+            raise ValueError(f"member {info.filename} would unpack to {info.file_size:,} "
+                             f"bytes, more than the limit of {limit:,}")
+        if info.file_size > 2**20 and \
+                info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+            raise ValueError(f"member {info.filename} would unpack to {info.file_size:,} "
+                             f"bytes from {info.compress_size:,} (compression ratio above "
+                             f"{MAX_COMPRESSION_RATIO}: not gapkit's arrays; a zip bomb?)")
+
+
+def _check_arrays(arrays: dict) -> None:
+    """dtype and finiteness of every array: float64 and finite, the types integers."""
+    for name, arr in arrays.items():
+        if name.endswith("_types"):
+            if arr.dtype.kind not in "iu":
+                raise ValueError(f"array {name} has dtype {arr.dtype}, not integers")
+            continue
+        if arr.dtype != np.float64:
+            raise ValueError(f"array {name} has dtype {arr.dtype}, not float64")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"array {name} holds {int((~np.isfinite(arr)).sum())} NaN or "
+                             "infinite values")
+
 
 def read_model(path: str | Path) -> tuple[dict, dict]:
     """Read a model file: ``(params, state)`` as :func:`write_model` takes them.
@@ -125,16 +170,22 @@ def read_model(path: str | Path) -> tuple[dict, dict]:
         raise FileNotFoundError(f"no model file at {path}")
     try:
         with zipfile.ZipFile(path) as zf:
+            _check_members(zf)
             meta = json.loads(zf.read("metadata.json"))
             if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
                 raise ValueError(f"{path} is not a gapkit model file")
             version = meta.get("format_version")
-            if not isinstance(version, int) or version > FORMAT_VERSION:
+            if isinstance(version, int) and not isinstance(version, bool) and \
+                    version > FORMAT_VERSION:
                 raise ValueError(
                     f"{path} was written in model format {version}, newer than this "
                     f"gapkit understands ({FORMAT_VERSION}); upgrade gapkit")
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                raise ValueError(f"format_version must be an integer 1 ... "
+                                 f"{FORMAT_VERSION}, got {version!r}")
             arrays = {n[:-4]: np.load(_io.BytesIO(zf.read(n)), allow_pickle=False)
                       for n in zf.namelist() if n.endswith(".npy")}
+            _check_arrays(arrays)
         terms, sparse_sets = [], []
         for i, td in enumerate(meta["terms"]):
             terms.append(Term.from_dict(td))
@@ -160,8 +211,8 @@ def read_model(path: str | Path) -> tuple[dict, dict]:
         if str(err).startswith(str(path)):
             raise
         raise ValueError(f"{path} is not a readable gapkit model file: {err}") from err
-    except (zipfile.BadZipFile, KeyError, TypeError, json.JSONDecodeError, EOFError,
-            OSError, zlib.error, RuntimeError,
+    except (zipfile.BadZipFile, KeyError, TypeError, AttributeError, json.JSONDecodeError,
+            EOFError, OSError, zlib.error, RuntimeError,
             NotImplementedError) as err:  # zipfile: a corrupted compression-method field
         raise ValueError(f"{path} is not a readable gapkit model file "
                          f"(truncated or corrupted? missing {err})"
@@ -169,6 +220,10 @@ def read_model(path: str | Path) -> tuple[dict, dict]:
                          f"{path} is not a readable gapkit model file "
                          f"(truncated or corrupted?): {err}") from err
     e0 = {int(z): float(v) for z, v in meta["e0"].items()}
+    bad = [z for z, v in e0.items() if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"{path}: e0 of species {bad} is not a finite number (corrupted or "
+                         "hand-edited metadata?)")
     params = {"terms": terms, "noise": noise, "e0": dict(e0), "jitter": meta["jitter"],
               "use": tuple(meta["use"]), "baselines": baselines,
               "random_state": meta["fit_info"].get("random_state", 0), **meta["keys"]}

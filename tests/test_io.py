@@ -195,8 +195,61 @@ def _damage(kind, src, dst):
         _rewrite(src, dst, lambda n, d: None if n == "alpha.npy" else d)
     elif kind == "missing_metadata_key":
         _rewrite(src, dst, _edit_meta(lambda m: m.pop("terms")))
+    elif kind == "zip_bomb":  # 0.3 MB on disk that would unpack to 256 MB of zeros
+        with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+            for name in zin.namelist():
+                if name != "alpha.npy":
+                    zout.writestr(name, zin.read(name))
+                    continue
+                info = zipfile.ZipInfo(name)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with zout.open(info, "w", force_zip64=True) as out:
+                    out.write(_npy_header((2**25,)))
+                    for _ in range(16):
+                        out.write(bytes(2**24))
+    elif kind in ("nan_alpha", "int_alpha"):
+        def edit(name, data):
+            if name != "alpha.npy":
+                return data
+            arr = np.load(io.BytesIO(data))
+            if kind == "nan_alpha":
+                arr[3] = np.nan
+            else:
+                arr = arr.astype(np.int64)
+            buf = io.BytesIO()
+            np.save(buf, arr)
+            return buf.getvalue()
+        _rewrite(src, dst, edit)
+    elif kind == "nan_e0":
+        _rewrite(src, dst, _edit_meta(lambda m: m["e0"].update({"14": float("nan")})))
+    elif kind.startswith("version_"):
+        value = {"version_true": True, "version_zero": 0, "version_negative": -1,
+                 "version_text": "1"}[kind]
+        _rewrite(src, dst, _edit_meta(lambda m: m.update(format_version=value)))
+    elif kind == "duplicate_member":
+        with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+            for name in zin.namelist():
+                zout.writestr(name, zin.read(name))
+            with pytest.warns(UserWarning, match="Duplicate name"):
+                zout.writestr("alpha.npy", zin.read("alpha.npy"))
+    elif kind == "unknown_member":
+        _rewrite(src, dst, lambda n, d: d)
+        with zipfile.ZipFile(dst, "a") as zf:
+            zf.writestr("payload.py", "print('hello')")
+    elif kind == "terms_not_a_list":
+        _rewrite(src, dst, _edit_meta(lambda m: m.update(terms="soap")))
+    elif kind == "noise_not_a_table":
+        _rewrite(src, dst, _edit_meta(lambda m: m.update(noise=[1, 2])))
     else:  # pragma: no cover
         raise AssertionError(kind)
+
+
+def _npy_header(shape) -> bytes:
+    """The .npy header of a float64 array of ``shape`` (the data follows)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": "<f8", "fortran_order": False, "shape": tuple(shape)})
+    return buf.getvalue()
 
 
 DAMAGE = {
@@ -212,6 +265,18 @@ DAMAGE = {
     "metadata_not_json": None,
     "missing_array": None,
     "missing_metadata_key": None,
+    "zip_bomb": "alpha.npy would unpack to",
+    "nan_alpha": "array alpha holds 1 NaN",
+    "int_alpha": "array alpha has dtype int64",
+    "nan_e0": "e0 of species .14. is not a finite number",
+    "version_true": "format_version must be an integer",
+    "version_zero": "format_version must be an integer",
+    "version_negative": "format_version must be an integer",
+    "version_text": "format_version must be an integer",
+    "duplicate_member": r"duplicate members \['alpha.npy'\]",
+    "unknown_member": r"unknown members \['payload.py'\]",
+    "terms_not_a_list": "not a readable gapkit model file",
+    "noise_not_a_table": "not a readable gapkit model file",
 }
 
 
