@@ -491,7 +491,8 @@ def cmd_info(args) -> int:
         print(f"    config_type {ct}: " + ", ".join(f"{k} {v}" for k, v in over.items()))
     if model.fit_info_.get("noise_cv"):
         print(f"    {_cv_summary(model.fit_info_['noise_cv'])}")
-    print(f"  fitted on: {', '.join(model.use)}; keys " +
+    fitted_on = [k for k, n in (model.fit_info_.get("n_observations") or {}).items() if n]
+    print(f"  fitted on: {', '.join(fitted_on or model.use)}; keys " +
           ", ".join(f"{k}={v}" for k, v in model.keys.items()))
     print(f"  jitter {model.jitter:g} (absolute {model.jitter_absolute_:.3g})")
     fi = model.fit_info_

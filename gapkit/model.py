@@ -27,7 +27,7 @@ from ._compat import UNSET, renamed
 from .baselines import as_baseline_list
 from .baselines import evaluate as _evaluate_baselines
 from .baselines import subtract as subtract_baselines
-from .data import as_frames, get_all_labels
+from .data import as_frames, check_label_keys, get_all_labels
 from .data.structures import check_species
 from .gp import posterior
 from .gp.design import TrainingData, design_blocks, gradients_for
@@ -254,7 +254,8 @@ class GAP:
 
     def _labels(self, frames):
         """The labels the GP fits: the reference labels minus the baselines."""
-        return subtract_baselines(self.baselines, frames, get_all_labels(frames, **self.keys))
+        labels = check_label_keys(frames, get_all_labels(frames, **self.keys), self.use, self.keys)
+        return subtract_baselines(self.baselines, frames, labels)
 
     # ------------------------------------------------------- hyper-parameters
     def training_data(self, frames) -> TrainingData:

@@ -116,6 +116,17 @@ def strained_cells():
     return make_strained_cells
 
 
+def si_frames(n: int) -> list:
+    """The first ``n`` bundled Si training frames of at most 64 atoms, with their energies
+    also under ``REF_energy`` (the energy key of :func:`make_si_model`)."""
+    from gapkit.data import load_bundled
+
+    out = [a for a in load_bundled("Si_train.xyz") if len(a) <= 64][:n]
+    for atoms in out:
+        atoms.info["REF_energy"] = atoms.get_potential_energy()
+    return out
+
+
 def make_si_model(**kw):
     """An unfitted small SOAP GAP for Si with every setting away from its default: noise
     with a config_type override, e0 given, a core-repulsion baseline, another energy key,

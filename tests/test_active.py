@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
-from conftest import make_si_model
+from conftest import make_si_model, si_frames
 
 from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term
 from gapkit.active import active_learning, compare_strategies, labels_to_reach, select_batch
 from gapkit.baselines import CoreRepulsion
-from gapkit.data import load_bundled
 from gapkit.testing import label
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*sparse points requested:UserWarning")
@@ -150,7 +149,7 @@ def test_committee_and_active_learning_keep_the_baselines():
     from gapkit.active import active_learning
     from gapkit.uq import fit_committee
 
-    frames = [a for a in load_bundled("Si_train.xyz") if len(a) <= 64][:4]
+    frames = si_frames(4)
     members = fit_committee(make_si_model(), frames, n_models=2)
     assert all(member.baselines == [CoreRepulsion()] for member in members)
     curve = active_learning(make_si_model(), frames, n_initial=2, batch_size=1, max_labels=3,

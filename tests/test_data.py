@@ -386,3 +386,49 @@ def test_bundled_path():
         bundled_path("Ge_train.xyz")
     with pytest.raises(ValueError, match="bare file name"):
         bundled_path("../pyproject.toml")
+
+
+def test_a_label_key_typo_is_named_with_the_keys_present():
+    """energy_key='dft_energy' on frames whose energies are under 'energy' used to fit
+    forces only (after an error that blamed e0); now the fit stops naming both keys and
+    the two fixes. Frames that truly lack energies (nothing looks like one) still fit."""
+    import pytest
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from conftest import make_strained_cells
+
+    from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term
+    from gapkit.data import check_label_keys, get_all_labels
+
+    frames = make_strained_cells(bulk("Cu", "fcc", a=3.61, cubic=True), 12, seed=0,
+                                 strain=0.02, rattle=0.1, calc=EMT)
+    gap = GAP([Term(SOAP(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2), SOAPKernel(zeta=4),
+                    n_sparse=10)], noise=NoiseModel(), energy_key="dft_energy", e0="zero",
+              progress=False)
+    with pytest.raises(ValueError, match=r"energy_key='dft_energy', but the frames carry "
+                                         r"\['energy'\]: pass energy_key='energy'.*"
+                                         r"use=\('forces', 'virial'\)"):
+        gap.fit(frames)
+    labels = get_all_labels(frames, forces_key="F_ref")
+    with pytest.raises(ValueError, match=r"forces_key='F_ref'.*\['forces'\]"):
+        check_label_keys(frames, labels, ("energy", "forces"), {"forces_key": "F_ref"})
+    assert check_label_keys(frames, labels, ("energy",), {"forces_key": "F_ref"}) is labels
+    bare = [a.copy() for a in frames]  # energies gone, nothing like one left
+    for atoms in bare:
+        del atoms.info["energy"]
+    model = gap.set_params(energy_key="energy").fit(bare)
+    assert model.fit_info_["n_observations"]["energy"] == 0
+    # the model card says what the fit used, not what `use` allowed
+    import contextlib
+    import io
+    import tempfile
+    from pathlib import Path
+
+    from gapkit.cli import main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = model.save(Path(tmp) / "m.gapkit")
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["info", str(path)]) == 0
+    assert "fitted on: forces, virial;" in out.getvalue()

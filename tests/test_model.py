@@ -31,7 +31,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
 from ase.md.verlet import VelocityVerlet
-from conftest import make_si_model, make_strained_cells
+from conftest import make_si_model, si_frames, make_strained_cells
 from model_cases import (
     SI_NOISE,
     _cuag_cluster,
@@ -583,7 +583,6 @@ SI_OMEGA_MAX = 2 * np.pi * 16.0e12  # rad/s
 @pytest.fixture(scope="module")
 def si_zuo_model():
     """A small GAP fitted on every 8th frame of the bundled Zuo 2020 DFT silicon data."""
-    from gapkit.data import load_bundled
 
     train = load_bundled("Si_train.xyz")[::8]
     soap = SOAP(cutoff=4.5, cutoff_width=1.0, n_max=4, l_max=3, atom_sigma=0.5)
@@ -647,7 +646,7 @@ def test_get_params_returns_every_constructor_argument():
 
 def test_clone_keeps_baselines_and_every_setting_and_copies_nothing_fitted():
     m = make_si_model()
-    frames = [a for a in load_bundled("Si_train.xyz") if len(a) <= 64][:4]
+    frames = si_frames(4)
     m.fit(frames)
     c = clone(m)
     assert not hasattr(c, "alpha_")

@@ -11,10 +11,9 @@ import importlib
 
 import numpy as np
 import pytest
-from conftest import make_si_model
+from conftest import make_si_model, si_frames
 
 import gapkit
-from gapkit.data import load_bundled
 
 PUBLIC = {
     "gapkit": [
@@ -117,7 +116,7 @@ def test_uq_names_belong_to_their_modules():
 
 # -- old names and a lazy face -----------------------------------------------------------
 def test_old_names_warn_and_still_work():
-    frames = [a for a in load_bundled("Si_train.xyz") if len(a) <= 64][:3]
+    frames = si_frames(3)
     m = make_si_model().fit(frames)
     with pytest.warns(DeprecationWarning, match="forces_variance"):
         old = m.predict(frames[:1], force_variance="projected")

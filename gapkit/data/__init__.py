@@ -25,7 +25,8 @@ from), :mod:`~gapkit.data.structures` (checks of a frame, composition),
 from __future__ import annotations
 
 from .files import as_frames, bundled_path, load_bundled, read_extxyz
-from .labels import LABEL_NAMES, SIGMA_KEYS, Labels, get_all_labels, get_labels
+from .labels import (LABEL_NAMES, SIGMA_KEYS, Labels, check_label_keys, get_all_labels,
+                     get_labels)
 from .structures import composition, validate_structure
 from .voigt import (VOIGT, matrix_to_voigt, stress_to_virial, virial_to_stress,
                     voigt_symmetrised, voigt_to_matrix)
@@ -33,6 +34,7 @@ from .voigt import (VOIGT, matrix_to_voigt, stress_to_virial, virial_to_stress,
 __all__ = [
     "Labels",
     "as_frames",
+    "check_label_keys",
     "voigt_symmetrised",
     "bundled_path",
     "composition",

@@ -319,3 +319,39 @@ def get_all_labels(
     names = _normalise_require(require)
     frames = list(frames)
     return _labels_of_frames(frames, range(len(frames)), names, keys)
+
+
+#: what a key holding each label kind tends to be called (lower case)
+_LOOKS_LIKE = {"energy": ("energ",), "forces": ("force", "grad"), "virial": ("virial", "stress")}
+_KEY_OF = {"energy": ("energy_key", "energy"), "forces": ("forces_key", "forces"),
+           "virial": ("virial_key", "virial")}
+
+
+def check_label_keys(frames: Iterable[ase.Atoms], labels: list, use: Iterable[str],
+                     keys: dict) -> list:
+    """``labels`` (of ``frames``, read with ``keys``) unchanged, unless a label kind in
+    ``use`` is in none of them while the frames carry a key that looks like one (an
+    ``energy_key`` typo): then a ValueError naming the key looked for, the look-alike keys
+    and the two fixes. Data that truly lack a kind (forces-only sets, molecules without
+    virials) pass."""
+    use = tuple(use)
+    for kind in ("energy", "forces", "virial"):
+        if kind not in use or any(getattr(lab, kind) is not None for lab in labels):
+            continue
+        name, default = _KEY_OF[kind]
+        key = keys.get(name, default)
+        present: set = set()
+        for atoms in frames:
+            present |= set(atoms.info) | set(atoms.arrays)
+            if atoms.calc is not None:
+                present |= set(getattr(atoms.calc, "results", {}))
+        like = sorted(k for k in present - {key}
+                      if any(p in str(k).lower() for p in _LOOKS_LIKE[kind])
+                      and not str(k).lower().endswith(("_sigma", "_property", "_weight")))
+        if like:
+            rest = tuple(k for k in use if k != kind)
+            raise ValueError(
+                f"no frame has {kind} labels under {name}={key!r}, but the frames carry "
+                f"{like}: pass {name}={like[0]!r} (to GAP(...) or in the config), or, to fit "
+                f"without {kind}, use={rest!r}")
+    return labels
