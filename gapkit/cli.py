@@ -51,6 +51,7 @@ import json
 import sys
 from pathlib import Path
 
+from ._files import atomic_path, check_output_path
 from .data import LABEL_NAMES
 from .io import ConfigError as CLIError
 from .io import dump_toml, load_toml
@@ -227,8 +228,9 @@ def _say(args, *msg):
 
 
 def _refuse_overwrite(path, args, what="output file"):
-    if path is not None and Path(path).exists() and not args.force:
-        raise FileExistsError(f"{path} exists; the {what} is never overwritten without --force")
+    """The output path checked before any work (:func:`gapkit._files.check_output_path`)."""
+    if path is not None:
+        check_output_path(path, overwrite=args.force, what=what)
 
 
 def _e0_star(model, frames):
@@ -433,9 +435,8 @@ def cmd_predict(args) -> int:
             atoms.info["gap_virial"] = pred.virial[k].reshape(-1).copy()
             if pred.virial_variance is not None:
                 atoms.info["gap_virial_variance"] = pred.virial_variance[k].reshape(-1).copy()
-    tmp = Path(str(args.output) + ".tmp")
-    ase.io.write(tmp, frames, format="extxyz")
-    tmp.replace(args.output)
+    with atomic_path(args.output) as tmp:
+        ase.io.write(tmp, frames, format="extxyz")
     written = sorted(ours & (set(frames[0].info) | set(frames[0].arrays))) if frames else []
     _say(args, f"wrote {args.output}: {len(frames)} frames with {', '.join(written)}")
     return 0
@@ -610,8 +611,7 @@ def main(argv=None) -> int:
         warnings.showwarning = _show_warning
         try:
             return args.func(args)
-        except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
-                PermissionError) as err:
+        except (ValueError, OSError) as err:  # bad input, paths, a full disk
             msg = " ".join(str(err).split()) or type(err).__name__
             print(f"gapkit: error: {msg}", file=sys.stderr)
             return 2

@@ -7,8 +7,9 @@ This module turns them into data and back:
   are one-line calls of these): a zip of ``metadata.json`` and ``.npy`` arrays read with
   ``allow_pickle=False``, so loading never runs code from the file; versioned by
   :data:`FORMAT_VERSION` (a newer file is refused with "upgrade gapkit", a damaged one
-  with the reason); written to a temporary name and renamed, and never over an existing
-  file unless asked.
+  with the reason); written to a temporary file beside the target (``.NAME.*.gapkit-partial``,
+  a name no user file has), fsynced and renamed, removed if the write fails, and never over
+  an existing file unless asked.
 * **configs** (:func:`from_config`, :func:`to_config`, :func:`dump_toml`,
   :func:`load_toml`): the layout of ``gapkit fit CONFIG.toml`` (see :mod:`gapkit.cli`).
 
@@ -40,6 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from ._files import atomic_path
 from ._version import __version__
 from .baselines import BASELINES
 from .baselines import from_dict as baseline_from_dict
@@ -97,14 +99,13 @@ def write_model(path: str | Path, params: dict, state: dict, *,
     for i, sparse in enumerate(state["sparse_sets"]):
         arrays[f"term{i}_points"] = sparse.points.numpy()
         arrays[f"term{i}_types"] = sparse.types.numpy()
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w",
+                                                   compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("metadata.json", json.dumps(meta, indent=1))
         for name, arr in arrays.items():
             buf = _io.BytesIO()
             np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
             zf.writestr(f"{name}.npy", buf.getvalue())
-    tmp.replace(path)
     return path
 
 

@@ -9,6 +9,9 @@ try:
 except ImportError:  # Python 3.10: the tomli backport (a dependency there)
     import tomli as tomllib
 
+import os
+from pathlib import Path
+
 import ase.io
 import numpy as np
 import pytest
@@ -278,3 +281,58 @@ def test_fit_learn_noise_writes_the_learnt_multipliers(workdir, capsys):
         .log_marginal_likelihood_
     assert main(["info", str(out)]) == 0
     assert "learnt multipliers (applied to every sigma)" in capsys.readouterr().out
+
+
+def test_output_paths_are_checked_before_the_fit_and_writes_leave_no_debris(
+        workdir, tmp_path, capsys, monkeypatch):
+    """A missing folder, a directory as -o, or an unwritable folder stop `gapkit fit`
+    before any work (the fit is never called); a user's own MODEL.tmp / OUT.tmp is left
+    alone; a write that fails (a full disk) leaves the old file and no temporary file."""
+    import errno
+
+    from gapkit import GAP
+
+    d = workdir
+    def no_fit(self, frames):  # pragma: no cover - called only if the check comes too late
+        raise AssertionError("the fit ran before the output path was checked")
+
+    monkeypatch.setattr(GAP, "fit", no_fit)
+    config = str(d / "config.toml")
+    for output, reason in ((tmp_path / "missing" / "m.gapkit", "does not exist"),
+                           (tmp_path, "is a directory")):
+        assert main(["--quiet", "fit", config, "-o", str(output)]) == 2
+        assert reason in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root writes anywhere: nothing to check then
+            assert main(["--quiet", "fit", config, "-o", str(locked / "m.gapkit")]) == 2
+            assert "no write permission" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)
+    monkeypatch.undo()
+
+    model = d / "model.gapkit"
+    out = tmp_path / "pred.xyz"
+    for mine in (tmp_path / "pred.xyz.tmp", Path(str(model) + ".tmp")):
+        mine.write_text("the user's own file")
+    assert main(["--quiet", "predict", str(model), str(d / "test.xyz"), str(out)]) == 0
+    assert (tmp_path / "pred.xyz.tmp").read_text() == "the user's own file"
+    GAP.load(model).save(model, overwrite=True)
+    assert Path(str(model) + ".tmp").read_text() == "the user's own file"
+    Path(str(model) + ".tmp").unlink()
+
+    before = out.read_bytes()
+    real_write = ase.io.write
+
+    def full_disk(path, *args, **kwargs):
+        real_write(path, *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ase.io, "write", full_disk)
+    assert main(["--quiet", "predict", str(model), str(d / "test.xyz"), str(out),
+                 "--force"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert not list(tmp_path.glob("*partial*")) and not list(d.glob("*partial*"))
