@@ -29,7 +29,7 @@ from .baselines import evaluate as _evaluate_baselines
 from .baselines import subtract as subtract_baselines
 from .data import as_frames, check_label_keys, get_all_labels
 from .data.structures import check_species
-from .gp import posterior
+from .gp import observations, posterior
 from .gp.design import TrainingData, design_blocks, gradients_for
 from .gp.observations import KINDS, NoiseModel, baseline_energies, build_observations, fit_e0
 from .gp.posterior import Prediction
@@ -212,13 +212,11 @@ class GAP:
     def _fit(self, frames, *, kernels=None, noise: NoiseModel | None = None) -> "GAP":
         """The fit, with ``kernels`` (one per term) and ``noise`` instead of copies of
         the user's: the refit of :meth:`optimize_hyperparameters`."""
-        t_start = time.perf_counter()
-        cpu_start = time.process_time()
+        t_start, cpu_start = time.perf_counter(), time.process_time()
         for name in ("recalibration_", "predictive_"):  # calibrations belong to one fit
             self.__dict__.pop(name, None)
         labels = self._labels(frames)
-        species = sorted({int(z) for a in frames for z in np.unique(a.numbers)})
-        self.species_ = species
+        self.species_ = species = sorted({int(z) for a in frames for z in np.unique(a.numbers)})
         kernels_given = kernels
         if kernels is None:
             kernels = [copy.deepcopy(t.kernel) for t in self.terms]
@@ -226,6 +224,8 @@ class GAP:
                        for t, k in zip(self.terms, kernels)]
         self.noise_ = noise or self.noise or NoiseModel()
         self.e0_ = fit_e0(frames, labels, self.e0, species)
+        if kernels_given is None:  # once: not again in refits
+            observations.warn_implausible(frames, labels, self.noise_, self.e0_, self.terms_)
         obs = build_observations(frames, labels, self.noise_, self.e0_, self.use)
         seed = self.random_state
         self.sparse_sets_ = [term_sparse_set(term, frames, None if seed is None else seed + i)

@@ -136,7 +136,7 @@ def make_si_model(**kw):
 
     soap = SOAP(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2, atom_sigma=0.5)
     settings = dict(noise=NoiseModel(energy=0.003, forces=0.05, virial=0.05,
-                                     config_type={"bulk": {"forces": 0.08}}),
+                                     config_type={"Vacancy": {"forces": 0.08}}),
                     e0={"Si": -158.5}, progress=False, baselines=[CoreRepulsion()],
                     energy_key="REF_energy", batch_atoms=128, random_state=7)
     return GAP([Term(soap, SOAPKernel(zeta=2), n_sparse=20)], **{**settings, **kw})

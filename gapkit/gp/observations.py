@@ -18,7 +18,7 @@ from .._checks import positive
 from ..data import LABEL_NAMES, VOIGT, Labels, get_all_labels
 
 __all__ = ["ENERGY", "FORCES", "KINDS", "VIRIAL", "VOIGT", "NoiseModel", "Observations",
-           "build_observations", "fit_e0"]
+           "build_observations", "fit_e0", "warn_implausible"]
 
 #: observation kinds: ``Observations.kind`` holds these codes, ``KINDS[code]`` their names
 ENERGY, FORCES, VIRIAL = 0, 1, 2
@@ -320,3 +320,53 @@ def fit_e0(frames: Sequence, labels: Sequence[Labels] | None = None, method="lea
                       f"{mean:.4f} eV, for every species. Give e0 as isolated-atom energies "
                       "to fix it", UserWarning, stacklevel=3)
     return {z: float(sol[i]) for z, i in index.items()}
+
+
+#: plausibility limits of :func:`warn_implausible`
+MIN_DISTANCE = 0.5  # Å: closer atoms are not a physical configuration
+MAX_ENERGY_SPREAD = 10.0  # eV/atom: DFT energies per atom (after e0) vary less than this
+MAX_CUTOFF = 12.0  # Å: the cost grows with the cube of the cutoff
+
+
+def warn_implausible(frames, labels, noise, e0: dict, terms=(), *, stacklevel: int = 3) -> list:
+    """UserWarnings for inputs that fit without error but are probably not what the user
+    meant, each with the number that triggered it and how to silence it: a noise
+    ``config_type`` that matches no frame (a typo), atoms closer than :data:`MIN_DISTANCE`,
+    energies per atom (after ``e0``) spread over more than :data:`MAX_ENERGY_SPREAD`
+    (another unit?), a descriptor cutoff above :data:`MAX_CUTOFF`. Returns the messages.
+    ``stacklevel`` 3: the warnings point at the caller of ``GAP.fit``."""
+    from ase.neighborlist import neighbor_list
+
+    out = []
+    present = {str(lab.config_type) for lab in labels}
+    named = set(noise.config_type) | set(noise.config_type_scale)
+    typo = sorted(str(c) for c in named if str(c) not in present)
+    if typo:
+        out.append(f"the noise names config_type {typo}, which no training frame has (they "
+                   f"have {sorted(present)}): a typo? Those sigmas are not used")
+    close = []
+    for k, atoms in enumerate(frames):
+        d = neighbor_list("d", atoms, MIN_DISTANCE) if len(atoms) > 1 else np.zeros(0)
+        if d.size:
+            close.append((k, float(d.min())))
+    if close:
+        k, d = min(close, key=lambda c: c[1])
+        out.append(f"{len(close)} training frames have atoms closer than {MIN_DISTANCE} Å "
+                   f"(frame {k}: {d:.3g} Å): not a physical configuration; check the "
+                   "positions' unit (bohr? fractional?) or drop those frames")
+    per_atom = [(lab.energy - sum(e0.get(int(z), 0.0) for z in atoms.numbers)) / len(atoms)
+                for atoms, lab in zip(frames, labels) if lab.energy is not None]
+    if len(per_atom) > 1 and float(np.std(per_atom)) > MAX_ENERGY_SPREAD:
+        out.append(f"the energies per atom (after e0) spread by {np.std(per_atom):.3g} eV/atom "
+                   f"between frames (DFT data: under {MAX_ENERGY_SPREAD:g}); are they in eV "
+                   "(not meV, kJ/mol or hartree)? Convert them, or pass energy_key to the "
+                   "right key")
+    for term in terms:
+        cutoff = getattr(term.descriptor, "cutoff", None)
+        if cutoff is not None and cutoff > MAX_CUTOFF:
+            out.append(f"a descriptor cutoff of {cutoff:g} Å (above {MAX_CUTOFF:g} Å): the cost "
+                       "grows with its cube (a 50 Å SOAP took 205 s and 9 GB for 189 atoms); "
+                       "local environments rarely need more than 6-8 Å")
+    for message in out:
+        warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
+    return out

@@ -43,3 +43,49 @@ def test_several_compositions_keep_the_exact_least_squares():
         warnings.simplefilter("error")
         e0 = fit_e0(frames)
     assert e0[1] == pytest.approx(true[1], abs=0.05) and e0[8] == pytest.approx(true[8], abs=0.05)
+
+
+def test_implausible_inputs_are_warned_about_with_the_number_and_the_fix():
+    """A noise config_type no frame has, atoms 0.1 Å apart, energies in meV, a 50 Å cutoff:
+    each fits, with one warning naming what triggered it; clean data warn about none."""
+    import warnings
+
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from conftest import make_strained_cells
+
+    from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term
+    from gapkit.gp.observations import warn_implausible
+
+    frames = make_strained_cells(bulk("Cu", "fcc", a=3.61, cubic=True), 8, seed=0,
+                                 strain=0.02, rattle=0.1, calc=EMT)
+    for atoms in frames:
+        atoms.info["config_type"] = "bulk"
+    term = Term(SOAP(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2), SOAPKernel(zeta=4),
+                n_sparse=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # clean data: no warning at all
+        GAP([term], noise=NoiseModel(config_type={"bulk": {"forces": 0.1}}),
+            progress=False).fit(frames)
+    with pytest.warns(UserWarning, match=r"config_type \['bluk'\], which no training frame "
+                                         r"has \(they have \['bulk'\]\)"):
+        GAP([term], noise=NoiseModel(config_type={"bluk": {"forces": 0.1}}),
+            progress=False).fit(frames)
+    squeezed = [a.copy() for a in frames]
+    squeezed[3].positions[1] = squeezed[3].positions[0] + [0.1, 0.0, 0.0]
+    labels = get_all_labels(frames)
+    e0 = {29: float(np.mean([lab.energy / len(a) for a, lab in zip(frames, labels)]))}
+    with pytest.warns(UserWarning, match="closer than"):
+        (msg,) = warn_implausible(squeezed, labels, NoiseModel(), e0)
+    assert "1 training frames have atoms closer than 0.5 Å (frame 3: 0.1 Å)" in msg
+    mev = [a.copy() for a in frames]
+    for atoms in mev:
+        atoms.info["energy"] *= 1000.0
+    with pytest.warns(UserWarning, match=r"energies per atom \(after e0\) spread by [0-9.]+ "
+                                         r"eV/atom.*are they in eV"):
+        GAP([term], noise=NoiseModel(), progress=False).fit(mev)
+    far = Term(SOAP(cutoff=50.0, cutoff_width=1.0, n_max=2, l_max=1), SOAPKernel(zeta=4),
+               n_sparse=5)
+    with pytest.warns(UserWarning, match="cutoff"):
+        (msg,) = warn_implausible(frames, labels, NoiseModel(), e0, [far])
+    assert "cutoff of 50 Å" in msg
