@@ -605,7 +605,14 @@ def main(argv=None) -> int:
     import warnings
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # gap_fit's key=value settings may come before or after options (-o, --force):
+    # argparse stops the positional list at the first option, so the rest arrive here
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "settings", None) is None or any(
+                e.startswith("-") or "=" not in e for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.settings = list(args.settings) + extra
     with warnings.catch_warnings():
         # library warnings as one line each, without the source path
         warnings.showwarning = _show_warning

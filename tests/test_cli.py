@@ -336,3 +336,16 @@ def test_output_paths_are_checked_before_the_fit_and_writes_leave_no_debris(
     assert "No space left on device" in capsys.readouterr().err
     assert out.read_bytes() == before
     assert not list(tmp_path.glob("*partial*")) and not list(d.glob("*partial*"))
+
+
+def test_key_value_settings_are_accepted_after_options(workdir, tmp_path):
+    """gap_fit's key=value settings on either side of -o / --force, as users type them;
+    an unknown option is still refused."""
+    train = workdir / "train.xyz"
+    out = tmp_path / "m.gapkit"
+    argv = ["--quiet", "fit", f"at_file={train}", "-o", str(out), "soap_cutoff=4.0",
+            "soap_n_max=3", "soap_l_max=2", "n_sparse=10", "default_sigma={0.003 0.05 0.05 0}"]
+    assert main(argv) == 0 and out.exists()
+    assert GAP.load(out).terms_[0].descriptor.cutoff == 4.0
+    with pytest.raises(SystemExit):
+        main(["--quiet", "fit", f"at_file={train}", "-o", str(out), "--no-such-flag"])
