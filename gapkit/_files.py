@@ -12,7 +12,7 @@ from pathlib import Path
 
 __all__ = ["atomic_path", "check_output_path"]
 
-#: the temporary files' suffix (``.NAME.XXXXXXXX.gapkit-partial`` beside NAME)
+#: the temporary files' suffix (beside NAME: ``.NAME.<random>.gapkit-partial``, mkstemp's name)
 PARTIAL_SUFFIX = ".gapkit-partial"
 
 

@@ -35,8 +35,7 @@ import numpy as np
 import torch
 
 from .._checks import count
-from ..descriptors.base import frame_batches
-from .design import design_blocks, functional_rows, gather_rows
+from .design import design_blocks
 from .observations import ENERGY, FORCES, KINDS, VIRIAL
 from .posterior import prior_energy_variances, prior_force_variances
 from .predictive import TAIL_SHARE, TAIL_Z, fit_predictive
@@ -144,86 +143,77 @@ def full_solution(grams: FoldGrams, factors, jitter_absolute: float):
     from .sparse import DTCSolution, dtc_log_marginal_likelihood
 
     s = np.asarray(factors, dtype=float)
-    inv = torch.as_tensor(1.0 / s**2, dtype=grams.gram.dtype)
-    m = grams.gram.shape[-1]
-    a = torch.eye(m, dtype=grams.gram.dtype) + torch.einsum("k,kij->ij", inv, grams.gram.sum(0))
-    h = torch.einsum("k,ki->i", inv, grams.rhs.sum(0))
-    chol = torch.linalg.cholesky(a)
-    b = torch.linalg.solve_triangular(chol, h[:, None], upper=False)[:, 0]
-    beta = torch.linalg.solve_triangular(chol.T, b[:, None], upper=True)[:, 0]
     u = grams.u_factor
-    alpha = torch.linalg.solve_triangular(u, beta[:, None], upper=True)[:, 0]
+    h = _weighted(grams.rhs.sum(0), s, matrix=False)
+    chol, alpha, beta = _solve_whitened(grams.gram.sum(0), grams.rhs.sum(0), u, s)
     r_factor = chol.T @ u
     yy = float((grams.yy.sum(0) / s**2).sum())
     counts = grams.counts.sum(0)
     sum_log = float(grams.sum_log_sigma.sum() + (counts * np.log(s)).sum())
-    resid = torch.as_tensor(max(yy - float(b @ b), 0.0) ** 0.5)
+    resid = torch.as_tensor(max(yy - float(h @ beta), 0.0) ** 0.5)  # |L^-1 h|^2 = h.beta
     lml = dtc_log_marginal_likelihood(r_factor, u, resid, sum_log, int(counts.sum()))
     sv, svu = torch.linalg.svdvals(r_factor), torch.linalg.svdvals(u)
     return DTCSolution(alpha, r_factor, u, jitter_absolute, lml, float(sv[0] / sv[-1]),
                        float((svu[0] / svu[-1]) ** 2))
 
 
+def _weighted(stat: torch.Tensor, s, *, matrix: bool) -> torch.Tensor:
+    """``sum_k stat_k / s_k^2`` over the kind axis of Grams (``matrix``: (..., 3, M, M)) or
+    right-hand sides ((..., 3, M))."""
+    inv = torch.as_tensor(1.0 / np.asarray(s, dtype=float) ** 2, dtype=stat.dtype)
+    return torch.einsum("k,...kij->...ij" if matrix else "k,...ki->...i", inv, stat)
+
+
+def _solve_whitened(gram: torch.Tensor, rhs: torch.Tensor, u_factor: torch.Tensor, s):
+    """The DTC solve in whitened coordinates at multipliers ``s``, batched over any leading
+    axes (folds): ``A = I + sum_k G_k / s_k^2 = L L^T``, ``beta = A^-1 sum_k h_k / s_k^2``,
+    ``alpha = U^-1 beta``. Returns ``(L, alpha, beta)``."""
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype)
+    chol = torch.linalg.cholesky(eye + _weighted(gram, s, matrix=True))
+    beta = torch.cholesky_solve(_weighted(rhs, s, matrix=False)[..., None], chol)[..., 0]
+    alpha = torch.linalg.solve_triangular(u_factor, beta.reshape(-1, beta.shape[-1]).T,
+                                          upper=True).T.reshape(beta.shape)
+    return chol, alpha, beta
+
+
+def _other_folds(grams: FoldGrams) -> tuple[torch.Tensor, torch.Tensor]:
+    """The statistics of all folds but each one: (F, 3, M, M) and (F, 3, M)."""
+    return (grams.gram.sum(0)[None] - grams.gram, grams.rhs.sum(0)[None] - grams.rhs)
+
+
 def grid_alphas(grams: FoldGrams, grid: np.ndarray) -> torch.Tensor:
     """The weights ``alpha`` of the fit without each fold at each grid point, shape
     (n_points, n_folds, M); ``grid`` is (n_points, 3) noise multipliers (energy, forces,
     virial) relative to the base sigmas."""
-    # the statistics of the other folds, once for every grid point: (F, 3, M, M), (F, 3, M)
-    rest_g = grams.gram.sum(0)[None] - grams.gram
-    rest_h = grams.rhs.sum(0)[None] - grams.rhs
-    m = rest_g.shape[-1]
-    eye = torch.eye(m, dtype=rest_g.dtype)
-    out = torch.empty((len(grid), grams.n_folds, m), dtype=rest_g.dtype)
-    for p, s in enumerate(np.asarray(grid, dtype=float)):
-        inv = torch.as_tensor(1.0 / s**2, dtype=rest_g.dtype)  # (3,)
-        a = eye + torch.einsum("k,fkij->fij", inv, rest_g)
-        r = torch.einsum("k,fki->fi", inv, rest_h)
-        chol = torch.linalg.cholesky(a)
-        beta = torch.cholesky_solve(r[..., None], chol)[..., 0]  # (F, M)
-        out[p] = torch.linalg.solve_triangular(grams.u_factor, beta.T, upper=True).T
-    return out
+    rest_g, rest_h = _other_folds(grams)  # once for every grid point
+    return torch.stack([_solve_whitened(rest_g, rest_h, grams.u_factor, s)[1]
+                        for s in np.asarray(grid, dtype=float)])
 
 
 def fold_factors(grams: FoldGrams, factors) -> tuple[torch.Tensor, torch.Tensor]:
     """At noise multipliers ``factors`` (energy, forces, virial): the Cholesky factors
     ``L_f`` of ``A_f = I + sum_k (G_k - G_fk) / s_k^2`` (n_folds, M, M) and the weights of
     the fit without each fold (n_folds, M)."""
-    s = np.asarray(factors, dtype=float)
-    inv = torch.as_tensor(1.0 / s**2, dtype=grams.gram.dtype)
-    rest_g = grams.gram.sum(0)[None] - grams.gram
-    rest_h = grams.rhs.sum(0)[None] - grams.rhs
-    eye = torch.eye(rest_g.shape[-1], dtype=rest_g.dtype)
-    chol = torch.linalg.cholesky(eye + torch.einsum("k,fkij->fij", inv, rest_g))
-    beta = torch.cholesky_solve(torch.einsum("k,fki->fi", inv, rest_h)[..., None], chol)[..., 0]
-    alpha = torch.linalg.solve_triangular(grams.u_factor, beta.T, upper=True).T
+    chol, alpha, _ = _solve_whitened(*_other_folds(grams), grams.u_factor, factors)
     return chol, alpha
 
 
-def _rows_and_priors(terms, sparse_sets, frames, sub, gradients):
-    """The design rows of the block's observations ``sub`` and their exact prior
-    variances (energies: the kernel over all pairs of centres; force components: second
+def _priors(terms, results, sub) -> np.ndarray:
+    """The exact prior variances of a block's observation rows ``sub`` from its descriptor
+    ``results`` (energies: the kernel over all pairs of centres; force components: second
     kernel derivatives; virials: NaN, filled by the caller)."""
-    kinds = set(np.unique(sub.kind).tolist())
-    offsets = np.concatenate([[0], np.cumsum([len(a) for a in frames])]).astype(np.int64)
-    parts, results = [], []
-    for term, sparse in zip(terms, sparse_sets):
-        res = term.descriptor.compute(frames, gradients=sorted(gradients) or False)
-        results.append(res)
-        with torch.no_grad():
-            blocks = functional_rows(term.kernel, res, sparse, energy=ENERGY in kinds,
-                                     forces=FORCES in kinds, virial=VIRIAL in kinds,
-                                     local=False)
-        parts.append(gather_rows(blocks, sub, offsets))
+    offsets = np.asarray(results[0].atom_offsets, dtype=np.int64)
+    n_frames, n_atoms = len(offsets) - 1, int(offsets[-1])
     prior = np.full(sub.kind.size, np.nan)
-    if ENERGY in kinds:
-        e, _ = prior_energy_variances(terms, results, len(frames), int(offsets[-1]))
-        idx = np.nonzero(sub.kind == ENERGY)[0]
+    idx = np.nonzero(sub.kind == ENERGY)[0]
+    if idx.size:
+        e, _ = prior_energy_variances(terms, results, n_frames, n_atoms)
         prior[idx] = e.numpy()[sub.frame[idx]]
-    if FORCES in kinds:
-        pf = prior_force_variances(terms, results, int(offsets[-1])).numpy()
-        idx = np.nonzero(sub.kind == FORCES)[0]
+    idx = np.nonzero(sub.kind == FORCES)[0]
+    if idx.size:
+        pf = prior_force_variances(terms, results, n_atoms).numpy()
         prior[idx] = pf[offsets[sub.frame[idx]] + sub.atom[idx], sub.component[idx]]
-    return torch.cat(parts, dim=1), prior
+    return prior
 
 
 def held_out_variances(terms, sparse_sets, frames, obs, gradients, folds, grams: FoldGrams,
@@ -239,18 +229,10 @@ def held_out_variances(terms, sparse_sets, frames, obs, gradients, folds, grams:
     chol, alphas = fold_factors(grams, factors)
     n = obs.kind.size
     residual, latent, prior = np.zeros(n), np.zeros(n), np.zeros(n)
-    blocks = list(frame_batches(frames, batch_atoms))
-    if progress:
-        from tqdm.auto import tqdm
-
-        blocks = tqdm(blocks, desc="noise CV: predictive variance", leave=False)
-    for start, stop in blocks:
-        sel = np.nonzero((obs.frame >= start) & (obs.frame < stop))[0]
-        if sel.size == 0:
-            continue
-        sub = obs.select(sel).shifted(start)
-        rows, p = _rows_and_priors(terms, sparse_sets, frames[start:stop], sub,
-                                   gradients)
+    for start, sel, sub, rows, results in design_blocks(
+            terms, sparse_sets, frames, obs, gradients, batch_atoms=batch_atoms,
+            progress=progress, desc="noise CV: predictive variance", with_results=True):
+        p = _priors(terms, results, sub)
         b = _whiten(rows, grams.u_factor)
         nystrom = (b * b).sum(1).numpy()
         fold_of_row = folds[sub.frame + start]

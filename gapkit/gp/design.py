@@ -161,7 +161,7 @@ def gradients_for(observations) -> set:
 
 
 def design_rows(terms, sparse_sets, frames, observations, gradients=None, *,
-                unit: bool = False) -> torch.Tensor:
+                unit: bool = False, results: list | None = None) -> torch.Tensor:
     """The design-matrix rows ``K_NM`` of ``observations`` of ``frames`` (one block).
 
     Parameters
@@ -175,6 +175,8 @@ def design_rows(terms, sparse_sets, frames, observations, gradients=None, *,
         Descriptor gradients to compute (default: what the observations need).
     unit : bool
         Unit kernels (``delta = 1``), for the hyper-parameter statistics.
+    results : list, optional
+        Receives each term's descriptor result (for prior variances of the same block).
 
     Returns
     -------
@@ -188,6 +190,8 @@ def design_rows(terms, sparse_sets, frames, observations, gradients=None, *,
     out = []
     for term, sparse in zip(terms, sparse_sets):
         res = term.descriptor.compute(frames, gradients=sorted(gradients) or False)
+        if results is not None:
+            results.append(res)
         with torch.no_grad():
             blocks = functional_rows(term.kernel, res, sparse, energy=ENERGY in kinds,
                                      forces=FORCES in kinds, virial=VIRIAL in kinds,
@@ -198,14 +202,15 @@ def design_rows(terms, sparse_sets, frames, observations, gradients=None, *,
 
 def design_blocks(terms, sparse_sets, frames, observations, gradients=None, *,
                   batch_atoms: int, unit: bool = False, progress: bool = False,
-                  desc: str = "design matrix"):
+                  desc: str = "design matrix", with_results: bool = False):
     """Stream the design matrix over blocks of about ``batch_atoms`` atoms.
 
     Yields ``(start, sel, block_observations, rows)``: the first frame of the block,
     the indices of its observations in ``observations``, those observations (frame
     indices relative to the block) and their rows (:func:`design_rows`). Memory is
-    O(block x M). The fit, the hyper-parameter statistics and the leave-one-out pass
-    all iterate this one generator.
+    O(block x M). The fit, the hyper-parameter statistics, the cross-validation and the
+    leave-one-out pass all iterate this one generator. ``with_results`` adds a fifth
+    item, the block's descriptor results (one per term).
     """
     if gradients is None:
         gradients = gradients_for(observations)
@@ -219,8 +224,10 @@ def design_blocks(terms, sparse_sets, frames, observations, gradients=None, *,
         if sel.size == 0:
             continue
         sub = observations.select(sel).shifted(start)
-        yield start, sel, sub, design_rows(terms, sparse_sets, frames[start:stop], sub,
-                                           gradients, unit=unit)
+        results: list = []
+        rows = design_rows(terms, sparse_sets, frames[start:stop], sub, gradients, unit=unit,
+                           results=results)
+        yield (start, sel, sub, rows, results) if with_results else (start, sel, sub, rows)
 
 
 def kmm(terms, sparse_sets) -> torch.Tensor:

@@ -14,18 +14,16 @@ import torch
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from conftest import make_strained_cells
+from cv_cases import fold_setup
 
 from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term
 from gapkit.gp.cv import (
     ENERGY_FACTORS,
     VIRIAL_FACTORS,
     assign_folds,
-    fold_grams,
-    frame_config_types,
     grid_alphas,
     held_out_errors,
 )
-from gapkit.gp.design import design_rows
 from gapkit.gp.sparse import IncrementalQR
 
 #: the closed form against the brute-force QR solve: two orders of the same sums (also the
@@ -70,16 +68,9 @@ def test_folds_are_stratified_and_seeded():
 
 def test_fold_fits_equal_brute_force_refits_and_their_held_out_errors(fitted):
     frames, model = fitted
-    data = model.training_data(frames)
-    obs = data.observations
-    folds = assign_folds(frame_config_types(obs, len(frames)), 4, seed=0)
-    grams = fold_grams(model.terms_, model.sparse_sets_, model.U_, frames, obs,
-                       data.gradients, folds, batch_atoms=64)
+    data, obs, folds, grams, rows = fold_setup(model, frames, 4)
     grid = np.array([[1.0, 1.0, 1.0], [4.0, 1.0, 0.5]])
     alphas = grid_alphas(grams, grid)
-    rows = torch.cat([design_rows(model.terms_, model.sparse_sets_, [a],
-                                  obs.select(np.nonzero(obs.frame == k)[0]).shifted(k),
-                                  set(data.gradients)) for k, a in enumerate(frames)])
     n_atoms = np.array([len(a) for a in frames], dtype=float)
     expected = {kind: np.zeros(len(grid)) for kind in ("energy", "forces", "virial")}
     for p, factors in enumerate(grid):

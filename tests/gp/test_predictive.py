@@ -19,11 +19,11 @@ import torch
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from conftest import make_strained_cells
+from cv_cases import fold_setup
 from scipy.stats import norm
 
 from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term, uq
-from gapkit.gp.cv import assign_folds, fold_grams, frame_config_types, held_out_variances
-from gapkit.gp.design import design_rows
+from gapkit.gp.cv import held_out_variances
 from gapkit.gp.posterior import projected_variance
 from gapkit.gp.predictive import (
     MIN_ROWS,
@@ -58,17 +58,10 @@ def fitted():
 
 def test_out_of_fold_quantities_equal_brute_force_fits(fitted):
     frames, model = fitted
-    data = model.training_data(frames)
-    obs = data.observations
-    folds = assign_folds(frame_config_types(obs, len(frames)), 3, seed=0)
-    grams = fold_grams(model.terms_, model.sparse_sets_, model.U_, frames, obs,
-                       data.gradients, folds, batch_atoms=64)
+    data, obs, folds, grams, rows = fold_setup(model, frames, 3)
     factors = [2.0, 1.0, 0.5]
     held = held_out_variances(model.terms_, model.sparse_sets_, frames, obs, data.gradients,
                               folds, grams, factors, batch_atoms=64)
-    rows = torch.cat([design_rows(model.terms_, model.sparse_sets_, [a],
-                                  obs.select(np.nonzero(obs.frame == k)[0]).shifted(k),
-                                  set(data.gradients)) for k, a in enumerate(frames)])
     sigma = obs.sigma * np.asarray(factors)[obs.kind]
     expected = {kind: [np.zeros(np.sum(obs.kind == k)) for _ in range(2)]
                 for k, kind in enumerate(("energy", "forces", "virial"))}

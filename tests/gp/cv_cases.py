@@ -1,0 +1,25 @@
+"""What the cross-validation tests share: a fitted model's folds, fold statistics and the
+brute-force design rows (frame by frame) they are checked against."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gapkit.gp.cv import assign_folds, fold_grams, frame_config_types
+from gapkit.gp.design import design_rows
+
+
+def fold_setup(model, frames, n_folds: int):
+    """``(data, obs, folds, grams, rows)``: the model's training data and observations,
+    folds stratified by config_type (seed 0), their :func:`fold_grams` and every row's
+    design row, built one frame at a time."""
+    data = model.training_data(frames)
+    obs = data.observations
+    folds = assign_folds(frame_config_types(obs, len(frames)), n_folds, seed=0)
+    grams = fold_grams(model.terms_, model.sparse_sets_, model.U_, frames, obs,
+                       data.gradients, folds, batch_atoms=64)
+    rows = torch.cat([design_rows(model.terms_, model.sparse_sets_, [a],
+                                  obs.select(np.nonzero(obs.frame == k)[0]).shifted(k),
+                                  set(data.gradients)) for k, a in enumerate(frames)])
+    return data, obs, folds, grams, rows
