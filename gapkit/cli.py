@@ -51,6 +51,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import _threads
 from ._files import atomic_path, check_output_path
 from .data import LABEL_NAMES
 from .io import ConfigError as CLIError
@@ -519,12 +520,17 @@ def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
     parser.add_argument("--version", action="version", version=f"gapkit {__version__}")
+    parser.add_argument("--threads", metavar="N", default="auto",
+                        help="CPU threads for the numerics (default 'auto': the free cores, "
+                        "i.e. usable cores minus the load average, or $GAPKIT_THREADS)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
     # --quiet also after the command (SUPPRESS: an absent one keeps the global value)
     quiet = argparse.ArgumentParser(add_help=False)
     quiet.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
                        help="no progress bars or progress messages")
+    quiet.add_argument("--threads", metavar="N", default=argparse.SUPPRESS,
+                       help="CPU threads (default 'auto': the free cores)")
 
     p = sub.add_parser(
         "fit", parents=[quiet],
@@ -616,12 +622,18 @@ def main(argv=None) -> int:
     with warnings.catch_warnings():
         # library warnings as one line each, without the source path
         warnings.showwarning = _show_warning
+        import torch
+
+        threads = torch.get_num_threads()  # restored after: main() may run in a program
         try:
+            _threads.set_threads(args.threads)
             return args.func(args)
         except (ValueError, OSError) as err:  # bad input, paths, a full disk
             msg = " ".join(str(err).split()) or type(err).__name__
             print(f"gapkit: error: {msg}", file=sys.stderr)
             return 2
+        finally:
+            torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

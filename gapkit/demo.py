@@ -3,8 +3,9 @@
 Fits on ``Si_train.xyz`` (214 DFT frames: energies, forces, virials), predicts
 ``Si_test.xyz`` with variances, prints MAE/RMSE, and writes a parity plot and a
 force-error-vs-predicted-sigma plot. Run as ``python -m gapkit.demo [--output DIR]
-[--quick]``; the fit takes about 20 s on two idle cores (``--quick``: a quarter of the
-data).
+[--quick] [--threads N]``; the fit takes about 20 s on two idle cores (``--quick``: a
+quarter of the data). Threads default to the free cores (usable cores minus the load
+average): on a busy machine torch's one-per-core threads wait on each other.
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="demo_output", help="folder for the figures")
     parser.add_argument("--quick", action="store_true", help="every 4th training frame")
+    parser.add_argument("--threads", default="auto",
+                        help="CPU threads (default 'auto': the free cores, i.e. usable cores "
+                        "minus the load average, or $GAPKIT_THREADS)")
     args = parser.parse_args(argv)
+    from ._threads import set_threads
+
+    try:
+        n_threads = set_threads(args.threads)
+    except ValueError as err:
+        parser.error(str(err))
 
     import matplotlib
 
@@ -53,7 +63,8 @@ def main(argv=None) -> int:
         train = train[::4]
     model = build_model(args.quick)
     print(f"Fitting a GAP on {len(train)} Zuo 2020 Si frames "
-          f"({sum(len(a) for a in train)} atoms; energies, forces, virials)")
+          f"({sum(len(a) for a in train)} atoms; energies, forces, virials) "
+          f"on {n_threads} thread{'s' * (n_threads > 1)}")
     t0 = time.perf_counter()
     model.fit(train)
     info = model.fit_info_
