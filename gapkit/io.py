@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ._files import atomic_path
+from ._files import atomic_path, check_output_path
 from ._version import __version__
 from .baselines import BASELINES
 from .baselines import from_dict as baseline_from_dict
@@ -69,9 +69,9 @@ def write_model(path: str | Path, params: dict, state: dict, *,
                 overwrite: bool = False) -> Path:
     """Write a fitted model: ``params`` its constructor arguments (fitted terms), ``state``
     its fitted arrays and metadata (see :meth:`gapkit.GAP.save`)."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    # checked first: a missing folder is named, not the temporary file's path
+    path = check_output_path(path, overwrite=overwrite, what="model file",
+                             flag="overwrite=True")
     noise = params["noise"].to_dict()
     predictive = {k: v for k, v in (state.get("predictive") or {}).items() if v}
     version = (4 if predictive else 3 if "scale" in noise or "config_type_scale" in noise

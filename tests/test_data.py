@@ -432,3 +432,27 @@ def test_a_label_key_typo_is_named_with_the_keys_present():
         with contextlib.redirect_stdout(out):
             assert main(["info", str(path)]) == 0
     assert "fitted on: forces, virial;" in out.getvalue()
+
+
+def test_fit_refuses_no_frames_and_frames_without_any_label(tmp_path):
+    """An empty list, or frames that carry no label of any kind in use, stop the fit with
+    the reason (they used to fail at the e0 or species step with an unrelated message)."""
+    import pytest
+    from ase import Atoms
+    from ase.build import bulk
+
+    from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term
+
+    gap = GAP([Term(SOAP(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2), SOAPKernel(zeta=4),
+                    n_sparse=10)], noise=NoiseModel(), progress=False)
+    with pytest.raises(ValueError, match="no frames to fit"):
+        gap.fit([])
+    bare = []
+    for i in range(3):
+        a = bulk("Cu", "fcc", a=3.61 + 0.01 * i, cubic=True)
+        a.info["dft_E"] = -1.0
+        bare.append(Atoms(a.numbers, a.positions, cell=a.cell, pbc=True, info=a.info))
+    with pytest.raises(ValueError, match=r"no frame carries a label to fit \(energy under "
+                       r"energy_key='energy', forces under forces_key='forces', virial under "
+                       r"virial_key='virial'\); the frames carry \['dft_E'\]"):
+        gap.fit(bare)

@@ -333,8 +333,10 @@ def check_label_keys(frames: Iterable[ase.Atoms], labels: list, use: Iterable[st
     ``use`` is in none of them while the frames carry a key that looks like one (an
     ``energy_key`` typo): then a ValueError naming the key looked for, the look-alike keys
     and the two fixes. Data that truly lack a kind (forces-only sets, molecules without
-    virials) pass."""
+    virials) pass; no frames, or frames with no label of any kind in use, do not."""
     use = tuple(use)
+    if not labels:
+        raise ValueError("no frames to fit (an empty list or file)")
     for kind in ("energy", "forces", "virial"):
         if kind not in use or any(getattr(lab, kind) is not None for lab in labels):
             continue
@@ -354,4 +356,13 @@ def check_label_keys(frames: Iterable[ase.Atoms], labels: list, use: Iterable[st
                 f"no frame has {kind} labels under {name}={key!r}, but the frames carry "
                 f"{like}: pass {name}={like[0]!r} (to GAP(...) or in the config), or, to fit "
                 f"without {kind}, use={rest!r}")
+    if not any(getattr(lab, kind) is not None for lab in labels for kind in use):
+        wanted = ", ".join(f"{kind} under {_KEY_OF[kind][0]}="
+                           f"{keys.get(_KEY_OF[kind][0], _KEY_OF[kind][1])!r}"
+                           for kind in ("energy", "forces", "virial") if kind in use)
+        present = sorted({str(k) for a in frames for k in [*a.info, *a.arrays]}
+                         - {"numbers", "positions"})
+        raise ValueError(f"no frame carries a label to fit ({wanted}); the frames carry "
+                         f"{present or 'no other keys'}: point the key arguments at the "
+                         f"labels, or label the frames (e.g. gapkit.labelling)")
     return labels
