@@ -360,9 +360,9 @@ def check_label_keys(frames: Iterable[ase.Atoms], labels: list, use: Iterable[st
         wanted = ", ".join(f"{kind} under {_KEY_OF[kind][0]}="
                            f"{keys.get(_KEY_OF[kind][0], _KEY_OF[kind][1])!r}"
                            for kind in ("energy", "forces", "virial") if kind in use)
-        present = sorted({str(k) for a in frames for k in [*a.info, *a.arrays]}
+        carried = sorted({str(k) for a in frames for k in [*a.info, *a.arrays]}
                          - {"numbers", "positions"})
         raise ValueError(f"no frame carries a label to fit ({wanted}); the frames carry "
-                         f"{present or 'no other keys'}: point the key arguments at the "
+                         f"{carried or 'no other keys'}: point the key arguments at the "
                          f"labels, or label the frames (e.g. gapkit.labelling)")
     return labels

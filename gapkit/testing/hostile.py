@@ -11,14 +11,16 @@ import io
 import json
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 __all__ = ["MODEL_FILE_DAMAGE", "damage_model_file"]
 
 
-def _rewrite(src, dst, edit) -> None:
+def _rewrite(src: Path, dst: Path, edit: Callable[[str, bytes], bytes | str | None]) -> None:
     """Copy zip ``src`` to ``dst``, passing each (name, bytes) through ``edit`` (None drops)."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for name in zin.namelist():
@@ -27,8 +29,8 @@ def _rewrite(src, dst, edit) -> None:
                 zout.writestr(name, data)
 
 
-def _edit_meta(change):
-    def edit(name, data):
+def _edit_meta(change: Callable[[dict], Any]) -> Callable[[str, bytes], bytes | str]:
+    def edit(name: str, data: bytes) -> bytes | str:
         if name != "metadata.json":
             return data
         meta = json.loads(data)
@@ -45,7 +47,7 @@ def _data_offset(raw: bytes, info: zipfile.ZipInfo) -> int:
     return h + 30 + name_len + extra_len
 
 
-def damage_model_file(kind: str, src, dst) -> None:
+def damage_model_file(kind: str, src: str | Path, dst: str | Path) -> None:
     """Write to ``dst`` a copy of the model file ``src`` damaged as ``kind`` (a key of
     :data:`MODEL_FILE_DAMAGE`)."""
     src, dst = Path(src), Path(dst)
@@ -102,7 +104,7 @@ def damage_model_file(kind: str, src, dst) -> None:
                     for _ in range(16):
                         out.write(bytes(2**24))
     elif kind in ("nan_alpha", "int_alpha"):
-        def edit(name, data):
+        def edit(name: str, data: bytes) -> bytes:
             if name != "alpha.npy":
                 return data
             arr = np.load(io.BytesIO(data))
@@ -139,7 +141,7 @@ def damage_model_file(kind: str, src, dst) -> None:
         raise ValueError(f"unknown damage {kind!r}; one of {sorted(MODEL_FILE_DAMAGE)}")
 
 
-def _npy_header(shape) -> bytes:
+def _npy_header(shape: tuple[int, ...]) -> bytes:
     """The .npy header of a float64 array of ``shape`` (the data follows)."""
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(
