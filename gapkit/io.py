@@ -238,7 +238,33 @@ def read_model(path: str | Path) -> tuple[dict, dict]:
     if state["alpha"].shape != (m,) or state["R"].shape != (m, m) or \
             state["U"].shape != (m, m):
         raise ValueError(f"{path}: inconsistent array shapes (corrupted file?)")
+    _check_species(path, state, terms)
     return params, state
+
+
+def _check_species(path: Path, state: dict, terms: list) -> None:
+    """Species are atomic numbers with an e0 each, and every sparse point's kernel type is
+    one the term makes for them (a hand-edited type matches no atom: its species would
+    predict 0 eV with the prior variance, silently)."""
+    from .descriptors.twobody import TwoBody
+
+    species = state["species"]
+    if not species or any(isinstance(z, bool) or not isinstance(z, int) or not 1 <= z <= 118
+                          for z in species):
+        raise ValueError(f"{path}: species must be atomic numbers 1 ... 118, got {species!r}")
+    missing = sorted(set(species) - set(state["e0"]))
+    if missing:
+        raise ValueError(f"{path}: species {missing} have no e0 (corrupted or hand-edited?)")
+    n = len(species)
+    for i, (term, sparse) in enumerate(zip(terms, state["sparse_sets"])):
+        own = getattr(term.descriptor, "species", None)
+        allowed = (set(range(n * (n + 1) // 2)) if isinstance(term.descriptor, TwoBody)
+                   else set(own if own is not None else species))
+        bad = sorted(set(sparse.types.tolist()) - allowed)
+        if bad:
+            raise ValueError(f"{path}: term {i}'s sparse points have kernel types {bad}, "
+                             f"which its species {sorted(allowed)} never give (corrupted or "
+                             f"hand-edited term{i}_types?)")
 
 
 # ------------------------------------------------------------------ configs

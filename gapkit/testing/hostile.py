@@ -133,6 +133,17 @@ def damage_model_file(kind: str, src: str | Path, dst: str | Path) -> None:
         _rewrite(src, dst, lambda n, d: d)
         with zipfile.ZipFile(dst, "a") as zf:
             zf.writestr("payload.py", "print('hello')")
+    elif kind == "unknown_type":  # every sparse point of term 0 given a type no atom has
+        def retype(name: str, data: bytes) -> bytes:
+            if name != "term0_types.npy":
+                return data
+            arr = np.load(io.BytesIO(data))
+            buf = io.BytesIO()
+            np.save(buf, np.full_like(arr, 99))
+            return buf.getvalue()
+        _rewrite(src, dst, retype)
+    elif kind == "species_not_numbers":
+        _rewrite(src, dst, _edit_meta(lambda m: m.update(species=["Si"])))
     elif kind == "terms_not_a_list":
         _rewrite(src, dst, _edit_meta(lambda m: m.update(terms="soap")))
     elif kind == "noise_not_a_table":
@@ -174,6 +185,8 @@ MODEL_FILE_DAMAGE: dict[str, str | None] = {
     "version_text": "format_version must be an integer",
     "duplicate_member": r"duplicate members \['alpha.npy'\]",
     "unknown_member": r"unknown members \['payload.py'\]",
+    "unknown_type": r"kernel types \[99\].*term0_types",
+    "species_not_numbers": r"species must be atomic numbers",
     "terms_not_a_list": "not a readable gapkit model file",
     "noise_not_a_table": "not a readable gapkit model file",
 }
