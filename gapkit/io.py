@@ -337,7 +337,7 @@ def from_config(config: dict, *, base_dir: str | Path | None = None) -> ModelCon
                           "and kernel, or leave [[terms]] out for GAP()'s default term")
     if not isinstance(terms_cfg, list):
         raise ConfigError("'terms' must be an array of tables ([[terms]])")
-    # no [[terms]]: GAP()'s default term (SOAP, 500 CUR points)
+    # no [[terms]]: GAP()'s default term (SOAP, n_sparse "auto")
     terms = [] if terms_cfg else default_terms()
     for i, t in enumerate(terms_cfg):
         where = f"[[terms]] #{i + 1}"
@@ -345,7 +345,7 @@ def from_config(config: dict, *, base_dir: str | Path | None = None) -> ModelCon
         for key in ("descriptor", "kernel"):
             if key not in t:
                 raise ConfigError(f"{where} lacks '{key}'")
-        n_sparse = t.get("n_sparse", 500)
+        n_sparse = t.get("n_sparse", "auto")
         if isinstance(n_sparse, dict):
             n_sparse = _int_keys(n_sparse)
         try:

@@ -31,7 +31,7 @@ class Term:
         their number of environments. ``"all"``: every distinct training
         environment (the exact-GP limit; for small data). ``"auto"``: one point per 13
         training environments, at least 500 and at most 2000
-        (:func:`gapkit.gp.sparsify.auto_sparse_count`).
+        (:func:`gapkit.gp.sparsify.auto_sparse_count`), the default.
     sparse_method : {"cur", "fps", "random", "uniform"}
         How sparse points are chosen ("uniform": an even grid, for two-body).
     sparse_options : dict, optional
@@ -43,7 +43,7 @@ class Term:
 
     descriptor: Any
     kernel: Any
-    n_sparse: int | dict | str = 500
+    n_sparse: int | dict | str = "auto"
     sparse_method: str = "cur"
     sparse_options: dict | None = None
 
@@ -110,6 +110,7 @@ class Term:
 
 def default_terms() -> list[Term]:
     """GAP's default: one SOAP term (cutoff 5 Å, width 1 Å, n_max 8, l_max 6, atom_sigma
-    0.5 Å, zeta 4, delta 1 eV, 500 CUR sparse points)."""
+    0.5 Å, zeta 4, delta 1 eV, CUR sparse points scaled with the data: ``n_sparse="auto"``,
+    one per 13 environments within [500, 2000])."""
     return [Term(SOAP(cutoff=5.0, cutoff_width=1.0, n_max=8, l_max=6, atom_sigma=0.5),
-                 SOAPKernel(zeta=4, delta=1.0), n_sparse=500, sparse_method="cur")]
+                 SOAPKernel(zeta=4, delta=1.0), n_sparse="auto", sparse_method="cur")]
