@@ -27,6 +27,7 @@ Together with the fit before and the refit after, the search costs about four fi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -41,8 +42,8 @@ from .posterior import prior_energy_variances, prior_force_variances
 from .predictive import TAIL_SHARE, TAIL_Z, fit_predictive
 
 __all__ = ["ENERGY_FACTORS", "VIRIAL_FACTORS", "FoldGrams", "assign_folds",
-           "calibrate_predictive", "fold_factors", "fold_grams", "full_solution", "grid_alphas",
-           "held_out_errors", "held_out_variances", "search_noise"]
+           "calibrate_predictive", "calibration_frames", "fold_factors", "fold_grams",
+           "full_solution", "grid_alphas", "held_out_errors", "held_out_variances", "search_noise"]
 
 #: the energy-noise multipliers tried (relative to the base sigma_E), 2^-2 ... 2^6
 ENERGY_FACTORS = tuple(2.0 ** k for k in range(-2, 7))
@@ -50,6 +51,12 @@ ENERGY_FACTORS = tuple(2.0 ** k for k in range(-2, 7))
 VIRIAL_FACTORS = tuple(2.0 ** k for k in range(-2, 6))
 #: fewer frames than this: no cross-validation (the base noise is kept, with a note)
 MIN_FRAMES = 10
+#: the predictive-variance pass reads all frames up to about this many force rows; beyond,
+#: a seeded subset of frames (stratified by config_type, at least CALIBRATION_MIN_FRAMES):
+#: a few parameters per kind need thousands of residuals, not all of them, and the exact
+#: prior force variances cost about two design passes (Cu: 82,000 force rows)
+CALIBRATION_FORCE_ROWS = 30_000
+CALIBRATION_MIN_FRAMES = 100
 
 
 def assign_folds(config_types, n_folds: int, seed: int = 0) -> np.ndarray:
@@ -252,16 +259,60 @@ def held_out_variances(terms, sparse_sets, frames, obs, gradients, folds, grams:
             for k in range(len(KINDS)) if np.any(obs.kind == k)}
 
 
+def calibration_frames(obs, n_frames: int, seed: int = 0, *,
+                       max_force_rows: int = CALIBRATION_FORCE_ROWS,
+                       min_frames: int = CALIBRATION_MIN_FRAMES) -> np.ndarray:
+    """The frames (sorted indices) whose rows the predictive-variance pass reads: all of
+    them while their force rows number at most ``max_force_rows``; beyond, within each
+    config_type a seeded random share ``max_force_rows / force rows`` of its frames (at
+    least one), topped up at random to ``min_frames``."""
+    n_force = int(np.sum(obs.kind == FORCES))
+    if n_force <= max_force_rows or n_frames <= min_frames:
+        return np.arange(n_frames)
+    share = max_force_rows / n_force
+    cts = frame_config_types(obs, n_frames)
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for ct in sorted(set(cts.tolist())):
+        idx = np.nonzero(cts == ct)[0]
+        keep.extend(rng.choice(idx, max(1, round(share * idx.size)), replace=False).tolist())
+    if len(keep) < min_frames:
+        rest = np.setdiff1d(np.arange(n_frames), keep)
+        keep.extend(rng.choice(rest, min_frames - len(keep), replace=False).tolist())
+    return np.sort(np.asarray(keep, dtype=np.int64))
+
+
+def _frame_subset(frames, obs, folds, keep: np.ndarray):
+    """``frames``, their observation rows and folds restricted to the frames ``keep``."""
+    if keep.size == len(frames):
+        return frames, obs, folds
+    new = np.full(len(frames), -1, dtype=np.int64)
+    new[keep] = np.arange(keep.size)
+    rows = np.nonzero(new[obs.frame] >= 0)[0]
+    sub = dataclasses.replace(obs.select(rows), frame=new[obs.frame[rows]])
+    return [frames[i] for i in keep.tolist()], sub, np.asarray(folds)[keep]
+
+
 def calibrate_predictive(terms, sparse_sets, frames, obs, gradients, folds,
                          grams: FoldGrams, factors, *, batch_atoms: int,
-                         progress: bool = False) -> dict:
+                         progress: bool = False, seed: int = 0,
+                         max_force_rows: int = CALIBRATION_FORCE_ROWS,
+                         min_frames: int = CALIBRATION_MIN_FRAMES) -> dict:
     """The predictive-variance form of every kind (:func:`gapkit.gp.predictive.
     fit_predictive`, None for a kind with too few rows) on the out-of-fold quantities of
-    :func:`held_out_variances`; warns when the out-of-fold share of ``|z| > 5`` passes
-    0.5 % (heavy tails: near-symmetric components whose labels carry noise)."""
+    :func:`held_out_variances`, over the frames of :func:`calibration_frames` (all of them
+    up to ``max_force_rows`` force rows, at least ``min_frames``); warns when the
+    out-of-fold share of ``|z| > 5`` passes 0.5 % (heavy tails: near-symmetric components
+    whose labels carry noise). Each form records ``n_frames``, the frames it was fitted on."""
+    keep = calibration_frames(obs, len(frames), seed, max_force_rows=max_force_rows,
+                              min_frames=min_frames)
+    frames, obs, folds = _frame_subset(frames, obs, folds, keep)
     held = held_out_variances(terms, sparse_sets, frames, obs, gradients, folds, grams,
                               factors, batch_atoms=batch_atoms, progress=progress)
     out = {kind: fit_predictive(*held[kind]) if kind in held else None for kind in KINDS}
+    for spec in out.values():
+        if spec is not None:
+            spec["n_frames"] = int(keep.size)
     heavy = {kind: spec["tail_share"] for kind, spec in out.items()
              if spec is not None and spec["tail_share"] > TAIL_SHARE}
     if heavy:
@@ -433,6 +484,6 @@ def cross_validated_noise(terms, sparse_sets, u_factor, data, noise, *, n_folds:
     if predictive:
         report["predictive"] = calibrate_predictive(
             terms, sparse_sets, frames, obs, data.gradients, folds, grams, found["factors"],
-            batch_atoms=batch_atoms, progress=progress)
+            batch_atoms=batch_atoms, progress=progress, seed=seed)
     report["sigma_after"] = [s * f for s, f in zip(base, found["factors"])]
     return report

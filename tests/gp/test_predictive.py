@@ -23,7 +23,7 @@ from cv_cases import fold_setup
 from scipy.stats import norm
 
 from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term, uq
-from gapkit.gp.cv import held_out_variances
+from gapkit.gp.cv import calibrate_predictive, calibration_frames, held_out_variances
 from gapkit.gp.posterior import projected_variance
 from gapkit.gp.predictive import (
     MIN_ROWS,
@@ -250,3 +250,30 @@ def test_without_virials_there_is_no_virial_form():
     frames = _cu(12, 1, virial=False)
     model = _gap(use=("energy", "forces")).fit(frames)
     assert model.predictive_["virial"] is None and model.predictive_["forces"] is not None
+
+
+def test_the_calibration_pass_reads_a_stratified_subset_of_large_data(fitted):
+    """Beyond ``max_force_rows`` force rows the predictive-variance pass reads a seeded,
+    config_type-stratified subset of frames; its rows are exactly the full pass's rows of
+    those frames (the fold fits are still those of all the data)."""
+    frames, model = fitted
+    data, obs, folds, grams, _ = fold_setup(model, frames, 3)
+    n_force = int(np.sum(obs.kind == 1))
+    assert np.array_equal(calibration_frames(obs, len(frames)), np.arange(len(frames)))
+    keep = calibration_frames(obs, len(frames), 3, max_force_rows=n_force // 3, min_frames=4)
+    again = calibration_frames(obs, len(frames), 3, max_force_rows=n_force // 3, min_frames=4)
+    assert np.array_equal(keep, again) and 4 <= keep.size < len(frames)
+    cts = np.array([a.info["config_type"] for a in frames])
+    assert set(cts[keep]) == set(cts)  # every config_type is represented
+    factors = [2.0, 1.0, 0.5]
+    full = held_out_variances(model.terms_, model.sparse_sets_, frames, obs, data.gradients,
+                              folds, grams, factors, batch_atoms=64)
+    forms = calibrate_predictive(model.terms_, model.sparse_sets_, frames, obs, data.gradients,
+                                 folds, grams, factors, batch_atoms=64, seed=3,
+                                 max_force_rows=n_force // 3, min_frames=4)
+    assert forms["forces"]["n_frames"] == keep.size < len(frames)
+    # the subset's forces are the full pass's rows of the kept frames
+    mask = np.isin(obs.frame[obs.kind == 1], keep)
+    expect = fit_predictive(*(x[mask] for x in full["forces"]))
+    for key in ("a", "b", "q", "f", "area", "n"):
+        assert forms["forces"][key] == pytest.approx(expect[key], rel=1e-9, abs=1e-15)
