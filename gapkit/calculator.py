@@ -17,6 +17,10 @@ from .data import virial_to_stress
 __all__ = ["BaselineCalculator", "GAPCalculator"]
 
 
+def _check_forces_variance(value: Any) -> None:
+    if value not in ("exact", "projected", None):
+        raise ValueError(f"forces_variance must be 'exact', 'projected' or None, got {value!r}")
+
 
 class GAPCalculator(Calculator):
     """Energies, forces and stress from a fitted :class:`gapkit.GAP`.
@@ -42,7 +46,12 @@ class GAPCalculator(Calculator):
     label, 0 for a component fixed by symmetry; otherwise they are the latent ones.
 
     The two options are ASE calculator parameters (``calc.parameters``, shown by
-    ``calc.todict()``).
+    ``calc.todict()``); ``calc.set(variance=False)`` changes one and discards the results.
+    The variances are also properties: ``calc.get_property("forces_variance", atoms)``
+    computes them when asked, even with ``variance=False``. ``atoms.get_properties([...])``
+    and i-PI's ASE client see the properties ASE knows (the variances stay in
+    ``calc.results``). An energy-only request (``get_potential_energy``) skips forces and
+    stress; a request for forces or stress computes energy, forces and stress together.
 
     One calculator may be shared by several threads: each property request holds a lock
     (requests run one at a time; give each thread its own calculator to run them in
@@ -53,20 +62,24 @@ class GAPCalculator(Calculator):
     result; ``results["baseline_energy"]`` (eV) is their share of the energy.
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress",
+                              "energy_variance", "energies_variance", "forces_variance"]
     default_parameters = {"variance": True, "forces_variance": "exact"}
+    #: requests that need no forces or stress (an energy-only call skips them)
+    ENERGY_ONLY = frozenset({"energy", "free_energy", "energies", "energy_variance",
+                             "energies_variance"})
+    VARIANCES = frozenset({"energy_variance", "energies_variance", "forces_variance"})
 
     def __init__(self, model: Any, *, variance: bool = True,
                  forces_variance: str | None = "exact", force_variance: Any = UNSET,
                  **kwargs: Any) -> None:
         forces_variance = renamed(force_variance, forces_variance, "force_variance",
                                   "forces_variance", "GAPCalculator")
-        if forces_variance not in ("exact", "projected", None):
-            raise ValueError("forces_variance must be 'exact', 'projected' or None")
+        _check_forces_variance(forces_variance)
+        self._lock = threading.RLock()  # before ASE's __init__, which calls set()
         super().__init__(variance=bool(variance), forces_variance=forces_variance, **kwargs)
         model.check_fitted()
         self.model = model
-        self._lock = threading.RLock()
 
     # ASE keeps one atoms copy and one results dict per calculator: a calculator shared by
     # threads would hand one thread the other's results. Each property request (compute and
@@ -84,6 +97,27 @@ class GAPCalculator(Calculator):
         self.__dict__.update(state)
         self._lock = threading.RLock()
 
+    def set(self, **kwargs: Any) -> dict:
+        """Change ``variance`` or ``forces_variance`` (ASE's ``calc.set``); a change
+        discards the results, so the next request computes with the new setting."""
+        if "forces_variance" in kwargs:
+            _check_forces_variance(kwargs["forces_variance"])
+        if "variance" in kwargs:
+            kwargs["variance"] = bool(kwargs["variance"])
+        with self._lock:
+            changed = super().set(**kwargs)
+            if changed:
+                self.reset()
+        return changed
+
+    def export_properties(self) -> Any:
+        """ASE's :class:`ase.outputs.Properties` of the results it knows (``atoms.
+        get_properties``, i-PI's ASE client); the variances and ``baseline_energy`` stay
+        in ``calc.results``."""
+        from ase.outputs import Properties, all_outputs
+
+        return Properties({k: v for k, v in self.results.items() if k in all_outputs})
+
     @property
     def variance(self) -> bool:
         return bool(self.parameters["variance"])
@@ -100,18 +134,27 @@ class GAPCalculator(Calculator):
         want_stress = "stress" in properties
         if want_stress and not periodic:
             raise PropertyNotImplementedError("stress needs a cell periodic in all directions")
-        pred = self.model.predict([atoms], forces=True, virial=periodic,
-                                  return_variance=self.variance,
-                                  forces_variance=self.forces_variance)
+        # an energy-only request skips forces and stress; any other computes them together
+        # (MD asks for forces, then energy and stress of the same atoms: one prediction)
+        forces = not set(properties) <= self.ENERGY_ONLY
+        asked = self.VARIANCES & set(properties)  # computed when asked, even if variance=False
+        forces_variance = self.forces_variance
+        if "forces_variance" in asked and forces_variance is None:
+            forces_variance = "exact"
+        variance = self.variance or bool(asked)
+        pred = self.model.predict([atoms], forces=forces, virial=periodic and forces,
+                                  return_variance=variance,
+                                  forces_variance=forces_variance if forces else None)
         self.results["energy"] = float(pred.energy[0])
         self.results["free_energy"] = float(pred.energy[0])
         self.results["energies"] = pred.local_energy.copy()
-        self.results["forces"] = pred.forces.copy()
+        if forces:
+            self.results["forces"] = pred.forces.copy()
         if pred.baseline_energy is not None:
             self.results["baseline_energy"] = float(pred.baseline_energy[0])
-        if periodic:
+        if periodic and forces:
             self.results["stress"] = virial_to_stress(pred.virial[0], atoms.get_volume())
-        if self.variance:
+        if variance:
             self.results["energy_variance"] = float(pred.energy_variance[0])
             self.results["energies_variance"] = pred.local_energy_variance.copy()
             self.results["energy_latent_variance"] = float(pred.energy_latent_variance[0])

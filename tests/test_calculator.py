@@ -183,14 +183,17 @@ def test_results_are_cached_until_atoms_change(model):
     atoms.calc = calc
     calls = _counting(model)
     try:
-        energy = atoms.get_potential_energy()
+        energy = atoms.get_potential_energy()  # energy only: forces and stress skipped
+        assert "forces" not in calc.results and "stress" not in calc.results
+        assert len(calls) == 1
+        atoms.get_forces()  # forces bring the stress along (MD asks for both)
         results = calc.results
-        atoms.get_forces()
         atoms.get_stress()
         atoms.get_potential_energies()
         assert atoms.get_potential_energy() == energy
-        assert len(calls) == 1
+        assert len(calls) == 2
         assert calc.results is results
+        calls.clear()
         atoms.positions[0, 0] += 0.01  # a change: recompute once
         assert atoms.get_potential_energy() != energy
         atoms.get_forces()
@@ -255,3 +258,52 @@ def test_a_calculator_shared_by_threads_gives_each_its_own_results(model):
         np.testing.assert_array_equal(forces, expected[k][1])
     clone = copy.deepcopy(calc)  # a copy gets its own lock
     assert clone._lock is not calc._lock
+
+
+def test_ase_rules_get_properties_set_and_variance_properties(model):
+    """GAPCalculator by ASE's rules (issue 14 item 2): ``atoms.get_properties`` works (the
+    variances used to raise KeyError in ASE's Properties), variances are properties computed
+    when asked even with ``variance=False``, ``set`` changes a setting and discards the
+    results, an energy-only call predicts no forces."""
+    atoms = _bulk_cu(7, rattle=0.05)
+    calc = GAPCalculator(model)
+    atoms.calc = calc
+    props = atoms.get_properties(["energy", "forces", "stress"])
+    ref = model.predict([atoms])
+    assert props["energy"] == pytest.approx(ref.energy[0], rel=1e-12)
+    np.testing.assert_allclose(props["forces"], ref.forces, rtol=0, atol=1e-12)
+    assert "energy_variance" in calc.results  # kept for the documented results access
+    calls = _counting(model)
+    try:
+        calc.set(variance=False)
+        assert calc.results == {}  # a changed setting discards the results
+        assert calc.set(variance=False) == {}  # unchanged: nothing discarded
+        atoms.get_potential_energy()
+        assert calls[-1]["forces"] is False and calls[-1]["return_variance"] is False
+        assert "energy_variance" not in calc.results
+        fv = calc.get_property("forces_variance", atoms)  # asked: computed
+        np.testing.assert_allclose(fv, ref.forces_variance, rtol=1e-10, atol=1e-15)
+        assert calls[-1]["return_variance"] is True
+        assert calc.get_property("energy_variance", atoms) == pytest.approx(
+            ref.energy_variance[0], rel=1e-10)
+    finally:
+        del model.predict
+    with pytest.raises(ValueError, match="forces_variance must be"):
+        calc.set(forces_variance="full")
+
+
+def test_get_properties_with_baselines_and_without_variance():
+    """A model with physics baselines and ``variance=False``: ``atoms.get_properties``
+    works (it raised KeyError: 'baseline_energy')."""
+    from gapkit.baselines import CoreRepulsion
+
+    frames = [_label(_bulk_cu(k)) for k in range(3)]
+    term = Term(SOAP(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2),
+                SOAPKernel(zeta=4, delta=1.0), n_sparse=10)
+    m = GAP([term], noise=NoiseModel(energy=0.002, forces=0.1, virial=0.02),
+            baselines=[CoreRepulsion()], progress=False).fit(frames)
+    atoms = _bulk_cu(9)
+    atoms.calc = GAPCalculator(m, variance=False)
+    props = atoms.get_properties(["energy", "forces", "energies"])
+    assert props["energy"] == pytest.approx(m.predict([atoms]).energy[0], rel=1e-12)
+    assert "baseline_energy" in atoms.calc.results
