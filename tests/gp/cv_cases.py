@@ -23,3 +23,16 @@ def fold_setup(model, frames, n_folds: int):
                                   obs.select(np.nonzero(obs.frame == k)[0]).shifted(k),
                                   set(data.gradients)) for k, a in enumerate(frames)])
     return data, obs, folds, grams, rows
+
+
+def fold_refit(model, rows, obs, folds, fold: int, sigma):
+    """Brute force: the DTC fit without ``fold`` (its rows left out of a fresh QR at noise
+    ``sigma`` per row), as ``(R, alpha)``."""
+    from gapkit.gp.sparse import IncrementalQR
+
+    train = folds[obs.frame] != fold
+    qr = IncrementalQR(model.U_)
+    qr.add(rows[torch.as_tensor(train)], torch.as_tensor(obs.y[train]),
+           torch.as_tensor(sigma[train]))
+    r, b, _ = qr.finish()
+    return r, torch.linalg.solve_triangular(r, b[:, None], upper=True)[:, 0]

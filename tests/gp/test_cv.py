@@ -14,7 +14,7 @@ import torch
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from conftest import make_strained_cells
-from cv_cases import fold_setup
+from cv_cases import fold_refit, fold_setup
 
 from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term
 from gapkit.gp.cv import (
@@ -24,7 +24,6 @@ from gapkit.gp.cv import (
     grid_alphas,
     held_out_errors,
 )
-from gapkit.gp.sparse import IncrementalQR
 
 #: the closed form against the brute-force QR solve: two orders of the same sums (also the
 #: refit after the search, now computed from the fold statistics)
@@ -77,11 +76,7 @@ def test_fold_fits_equal_brute_force_refits_and_their_held_out_errors(fitted):
         sigma = obs.sigma * np.asarray(factors)[obs.kind]
         for f in range(4):
             train = folds[obs.frame] != f
-            qr = IncrementalQR(model.U_)
-            qr.add(rows[torch.as_tensor(train)], torch.as_tensor(obs.y[train]),
-                   torch.as_tensor(sigma[train]))
-            r, b, _ = qr.finish()
-            alpha = torch.linalg.solve_triangular(r, b[:, None], upper=True)[:, 0]
+            _, alpha = fold_refit(model, rows, obs, folds, f, sigma)
             scale = float(alpha.abs().max())
             np.testing.assert_allclose(alphas[p, f].numpy(), alpha.numpy(), rtol=0,
                                        atol=RTOL * scale)

@@ -19,7 +19,7 @@ import torch
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from conftest import make_strained_cells
-from cv_cases import fold_setup
+from cv_cases import fold_refit, fold_setup
 from scipy.stats import norm
 
 from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term, uq
@@ -32,7 +32,6 @@ from gapkit.gp.predictive import (
     miscalibration_area_abs,
     predictive_variance,
 )
-from gapkit.gp.sparse import IncrementalQR
 
 SOAP_ARGS = dict(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2)
 
@@ -67,14 +66,9 @@ def test_out_of_fold_quantities_equal_brute_force_fits(fitted):
                 for k, kind in enumerate(("energy", "forces", "virial"))}
     where = {k: np.cumsum(obs.kind == k) - 1 for k in range(3)}  # row -> index in its kind
     for f in range(3):
-        train = folds[obs.frame] != f
-        qr = IncrementalQR(model.U_)
-        qr.add(rows[torch.as_tensor(train)], torch.as_tensor(obs.y[train]),
-               torch.as_tensor(sigma[train]))
-        r_f, b, _ = qr.finish()
+        r_f, alpha_f = fold_refit(model, rows, obs, folds, f, sigma)
         without = copy.copy(model)
-        without.R_ = r_f
-        without.alpha_ = torch.linalg.solve_triangular(r_f, b[:, None], upper=True)[:, 0]
+        without.R_, without.alpha_ = r_f, alpha_f
         idx = np.nonzero(folds == f)[0]
         pred = without.predict([frames[i] for i in idx], calibrated=False)
         offsets = np.concatenate([[0], np.cumsum([len(frames[i]) for i in idx])])
