@@ -7,6 +7,7 @@
     gapkit eval MODEL DATA.xyz [--plot parity.png] [--json]
     gapkit predict MODEL IN.xyz OUT.xyz [--forces-variance {exact,projected,none}]
     gapkit info MODEL [--config]
+    gapkit ipi-driver          # the i-PI client file: i-pi-py_driver -m custom -P "$(...)"
 
 Global options (before the command): ``--quiet`` (no progress bars or chatter).
 Bad input exits with status 2 and one line ``gapkit: error: <reason>`` on stderr;
@@ -599,7 +600,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", action="store_true",
                    help="print the model's settings as a TOML config for 'gapkit fit'")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("ipi-driver", help="print the path of gapkit's i-PI client",
+                       description="Print the path of gapkit's i-PI client file, for "
+                       "'i-pi-py_driver -m custom -P PATH -o template=FILE,model=MODEL' "
+                       "(see gapkit.ipi).")
+    p.set_defaults(func=cmd_ipi_driver)
     return parser
+
+
+def cmd_ipi_driver(args) -> int:
+    import importlib.util
+
+    print(importlib.util.find_spec("gapkit.ipi").origin)
+    if importlib.util.find_spec("ipi") is None:
+        print("gapkit: warning: i-PI is not installed here (pip install ipi)", file=sys.stderr)
+    return 0
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
