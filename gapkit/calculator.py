@@ -53,6 +53,13 @@ class GAPCalculator(Calculator):
     ``calc.results``). An energy-only request (``get_potential_energy``) skips forces and
     stress; a request for forces or stress computes energy, forces and stress together.
 
+    The variances computed are also copied into the atoms asked about, under the names
+    ``gapkit predict`` writes: ``atoms.info["gap_energy_variance"]``,
+    ``atoms.arrays["gap_forces_variance"]`` and ``atoms.arrays["gap_local_energy_variance"]``,
+    so that ``ase.io.write`` (extxyz) keeps them beside the energy and forces (ASE's own
+    writers keep only the properties ASE knows); a variance not computed by the latest
+    calculation is removed from the atoms. ``store_variances=False`` leaves the atoms alone.
+
     One calculator may be shared by several threads: each property request holds a lock
     (requests run one at a time; give each thread its own calculator to run them in
     parallel).
@@ -64,20 +71,22 @@ class GAPCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress",
                               "energy_variance", "energies_variance", "forces_variance"]
-    default_parameters = {"variance": True, "forces_variance": "exact"}
+    default_parameters = {"variance": True, "forces_variance": "exact",
+                          "store_variances": True}
     #: requests that need no forces or stress (an energy-only call skips them)
     ENERGY_ONLY = frozenset({"energy", "free_energy", "energies", "energy_variance",
                              "energies_variance"})
     VARIANCES = frozenset({"energy_variance", "energies_variance", "forces_variance"})
 
     def __init__(self, model: Any, *, variance: bool = True,
-                 forces_variance: str | None = "exact", force_variance: Any = UNSET,
-                 **kwargs: Any) -> None:
+                 forces_variance: str | None = "exact", store_variances: bool = True,
+                 force_variance: Any = UNSET, **kwargs: Any) -> None:
         forces_variance = renamed(force_variance, forces_variance, "force_variance",
                                   "forces_variance", "GAPCalculator")
         _check_forces_variance(forces_variance)
         self._lock = threading.RLock()  # before ASE's __init__, which calls set()
-        super().__init__(variance=bool(variance), forces_variance=forces_variance, **kwargs)
+        super().__init__(variance=bool(variance), forces_variance=forces_variance,
+                         store_variances=bool(store_variances), **kwargs)
         model.check_fitted()
         self.model = model
 
@@ -102,8 +111,9 @@ class GAPCalculator(Calculator):
         discards the results, so the next request computes with the new setting."""
         if "forces_variance" in kwargs:
             _check_forces_variance(kwargs["forces_variance"])
-        if "variance" in kwargs:
-            kwargs["variance"] = bool(kwargs["variance"])
+        for flag in ("variance", "store_variances"):
+            if flag in kwargs:
+                kwargs[flag] = bool(kwargs[flag])
         with self._lock:
             changed = super().set(**kwargs)
             if changed:
@@ -128,8 +138,34 @@ class GAPCalculator(Calculator):
 
     def calculate(self, atoms: Any = None, properties: Sequence[str] = ("energy",),
                   system_changes: Sequence[str] = all_changes) -> None:
+        user_atoms = atoms
         super().calculate(atoms, properties, system_changes)
-        atoms = self.atoms
+        self._calculate(properties)
+        if user_atoms is not None and self.parameters.get("store_variances", True):
+            self._store_variances(user_atoms)
+
+    #: where :meth:`calculate` copies the variances into the atoms (the names ``gapkit
+    #: predict`` writes), so that ``ase.io.write`` keeps them: ``(result, info or arrays)``
+    STORED = {"gap_energy_variance": ("energy_variance", "info"),
+              "gap_local_energy_variance": ("energies_variance", "arrays"),
+              "gap_forces_variance": ("forces_variance", "arrays")}
+
+    def _store_variances(self, atoms: Any) -> None:
+        """The variances of this calculation into ``atoms.info`` / ``atoms.arrays``
+        (:data:`STORED`); a name whose variance was not computed this time is removed, so
+        no value of earlier positions survives."""
+        for name, (result, where) in self.STORED.items():
+            value = self.results.get(result)
+            store = atoms.info if where == "info" else atoms.arrays
+            if value is None:
+                store.pop(name, None)
+            elif where == "info":
+                store[name] = float(value)
+            else:
+                store[name] = np.array(value, dtype=float)
+
+    def _calculate(self, properties: Sequence[str]) -> None:
+        atoms: Any = self.atoms  # set by Calculator.calculate
         periodic = bool(np.all(atoms.pbc))
         want_stress = "stress" in properties
         if want_stress and not periodic:

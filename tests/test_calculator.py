@@ -307,3 +307,39 @@ def test_get_properties_with_baselines_and_without_variance():
     props = atoms.get_properties(["energy", "forces", "energies"])
     assert props["energy"] == pytest.approx(m.predict([atoms]).energy[0], rel=1e-12)
     assert "baseline_energy" in atoms.calc.results
+
+
+def test_ase_io_write_keeps_the_variances(model, tmp_path):
+    """The variances go into the atoms (the names ``gapkit predict`` writes), so an extxyz
+    written by ase.io.write and read back holds them beside energy and forces; a request
+    without variances removes them (no value of earlier positions survives)."""
+    from ase.io import read, write
+
+    atoms = _bulk_cu(3)
+    atoms.calc = GAPCalculator(model)
+    forces = atoms.get_forces()
+    calc = atoms.calc
+    write(tmp_path / "out.xyz", atoms)
+    back = read(tmp_path / "out.xyz")
+    assert back.info["gap_energy_variance"] == pytest.approx(calc.results["energy_variance"],
+                                                             rel=1e-12)
+    # extxyz writes per-atom columns with 8 decimals
+    np.testing.assert_allclose(back.arrays["gap_forces_variance"],
+                               calc.results["forces_variance"], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(back.arrays["gap_local_energy_variance"],
+                               calc.results["energies_variance"], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(back.get_forces(), forces, rtol=0, atol=1e-8)
+    assert calc.results["forces_variance"].shape == (len(atoms), 3)
+    assert np.all(calc.results["forces_variance"] > 0)
+
+    calc.set(variance=False)
+    atoms.rattle(0.01, seed=3)
+    atoms.get_forces()
+    assert "gap_energy_variance" not in atoms.info
+    assert "gap_forces_variance" not in atoms.arrays
+
+    quiet = _bulk_cu(4)
+    quiet.calc = GAPCalculator(model, store_variances=False)
+    quiet.get_forces()
+    assert "gap_forces_variance" not in quiet.arrays
+    assert quiet.calc.todict()["store_variances"] is False
