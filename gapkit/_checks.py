@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["count", "is_integer", "is_number", "positive"]
+__all__ = ["atomic_number", "count", "is_integer", "is_number", "positive"]
 
 
 def _real(value: Any) -> float | None:
@@ -59,3 +59,24 @@ def positive(value: Any, name: str, unit: str = "", *, allow_zero: bool = False,
         raise ValueError(f"{name} must be a finite {what} {bound}{' ' + unit if unit else ''}, "
                          f"got {value!r}")
     return x
+
+
+def atomic_number(value: Any) -> int:
+    """A species as its atomic number: an integer 1 ... 118 or a chemical symbol (``"Si"``;
+    ``"14"`` also reads as 14). ValueError naming the value otherwise."""
+    from ase.data import atomic_numbers, chemical_symbols
+
+    if isinstance(value, str):
+        text = value.strip()
+        if text in atomic_numbers and text != "X":
+            return int(atomic_numbers[text])
+        if text.isdigit():
+            value = int(text)
+        else:
+            raise ValueError(f"species {value!r} is neither a chemical symbol nor an atomic "
+                             "number (write e.g. 'Si' or 14)")
+    x = _real(value)
+    if x is None or not x.is_integer() or not 0 < x < len(chemical_symbols):
+        raise ValueError(f"species {value!r} is not an atomic number 1 ... "
+                         f"{len(chemical_symbols) - 1} or a chemical symbol")
+    return int(x)

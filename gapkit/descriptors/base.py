@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .._checks import count, is_integer
+from .._checks import atomic_number, count, is_integer
 from ..data import as_frames
 
 __all__ = ["Descriptor", "DescriptorResult", "fold_pair_gradients", "resolve_species"]
@@ -219,13 +219,17 @@ def fold_pair_gradients(
 
 
 def resolve_species(frames, species, frame_offset: int = 0) -> tuple[int, ...]:
-    """The sorted species list: the fixed one (checked against ``frames``) or inferred."""
+    """The sorted species list (atomic numbers): the fixed one (chemical symbols or atomic
+    numbers, checked against ``frames``) or inferred."""
     present = sorted({int(z) for atoms in frames for z in np.unique(atoms.numbers)})
     if species is None:
         if not present:
             raise ValueError("no atoms in the frames; cannot infer species")
         return tuple(present)
-    fixed = tuple(sorted({int(z) for z in species}))
+    if isinstance(species, (str, int)) or not hasattr(species, "__iter__"):
+        raise ValueError(f"species must be a list of chemical symbols or atomic numbers "
+                         f"(e.g. ['H', 'C'] or [1, 6]), got {species!r}")
+    fixed = tuple(sorted({atomic_number(z) for z in species}))
     for k, atoms in enumerate(frames):
         unknown = sorted(set(np.unique(atoms.numbers).tolist()) - set(fixed))
         if unknown:

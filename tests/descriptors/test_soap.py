@@ -488,3 +488,23 @@ def test_bad_settings_raise_naming_the_parameter(name, value):
 def test_unknown_gradient_kind_raises():
     with pytest.raises(ValueError, match="positions"):
         make_soap().compute([_pair()], gradients=["forces"])
+
+
+@pytest.mark.parametrize("cls", ["SOAP", "TwoBody", "SymmetryFunctions"])
+def test_species_as_symbols_or_numbers(cls, acetamide):
+    """species=["H", "C", ...] is the same descriptor as the atomic numbers, in any order
+    and mix; a name that is no element is a clear error."""
+    import gapkit
+
+    make = getattr(gapkit, cls)
+    by_symbol = make(species=["O", "H", "N", "C"])
+    by_number = make(species=[1, 6, 7, 8])
+    mixed = make(species=[8, "H", "7", 6])
+    assert by_symbol.species == by_number.species == mixed.species == (1, 6, 7, 8)
+    a = by_symbol.compute([acetamide]).values
+    b = by_number.compute([acetamide]).values
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="'Carbon' is neither a chemical symbol"):
+        make(species=["H", "Carbon"])
+    with pytest.raises(ValueError, match="species must be a list"):
+        make(species="H")
