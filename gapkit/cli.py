@@ -244,7 +244,7 @@ def _e0_star(model, frames):
 
 
 def cmd_fit(args) -> int:
-    from .data import read_extxyz
+    from .data import read_frames
 
     config, base = {}, None
     kv = list(args.settings)
@@ -270,7 +270,7 @@ def cmd_fit(args) -> int:
     if train is None:
         raise CLIError("no training data: set [data] train = \"...\" or at_file=...")
     _refuse_overwrite(output, args, "model file")
-    frames = read_extxyz(train, **model.keys)
+    frames = read_frames(train, format=args.format, **model.keys)
     _e0_star(model, frames)
     _say(args, f"gapkit fit: {len(frames)} frames, {sum(len(a) for a in frames)} atoms "
                f"from {train}")
@@ -338,7 +338,7 @@ def errors(pred, frames, keys) -> dict:
 def cmd_eval(args) -> int:
     import numpy as np
 
-    from .data import get_all_labels, read_extxyz
+    from .data import get_all_labels, read_frames
 
     model = _load_model(args.model, args)
     keys = dict(model.keys)
@@ -346,7 +346,7 @@ def cmd_eval(args) -> int:
         if getattr(args, k) is not None:
             keys[k] = getattr(args, k)
     _refuse_overwrite(args.plot, args, "plot")
-    frames = read_extxyz(args.data, **keys)
+    frames = read_frames(args.data, format=args.format, **keys)
     pred = model.predict(frames, forces_variance=None)  # the plot shows energy σ only
     err = errors(pred, frames, keys)
     if not any(k in err for k in ("energy_n", "forces_n", "virial_n")):
@@ -406,13 +406,13 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     import ase.io
 
-    from .data import read_extxyz
+    from .data import read_frames
 
     if Path(args.output).resolve() == Path(args.input).resolve():
         raise CLIError("OUT.xyz must differ from IN.xyz (the input is never overwritten)")
     _refuse_overwrite(args.output, args)
     model = _load_model(args.model, args)
-    frames = read_extxyz(args.input)
+    frames = read_frames(args.input, format=args.format)
     fv = None if args.forces_variance == "none" else args.forces_variance
     pred = model.predict(frames, forces_variance=fv)
     off = pred.atom_offsets
@@ -558,6 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the fit, learn the noise (and each term's delta) from the data "
                    "by maximising the marginal likelihood, one multiplier per label kind "
                    "('kind') or per kind and config_type ('config_type'), and refit")
+    p.add_argument("--format", metavar="NAME", default=None,
+                   help="the data file's ase.io format (default: ase.io's guess; extxyz, db, "
+                   "vasp-out, vasp-xml, traj, ...)")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("eval", parents=[quiet],
@@ -565,7 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Predict DATA.xyz with MODEL and print MAE/RMSE of energies "
                        "(meV/atom), forces (eV/Å) and virials (meV/atom) where present.")
     p.add_argument("model", metavar="MODEL", help="a model file written by 'gapkit fit'")
-    p.add_argument("data", metavar="DATA.xyz", help="labelled extended-XYZ frames")
+    p.add_argument("data", metavar="DATA.xyz", help="labelled frames: extended XYZ or any "
+                   "file ase.io reads (ASE db, OUTCAR, vasprun.xml, traj)")
     p.add_argument("--plot", metavar="PNG", help="write an energy/force parity plot")
     p.add_argument("--json", action="store_true", help="print the errors as JSON")
     for k, what in (("energy_key", "energy"), ("forces_key", "forces"),
@@ -573,6 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--" + k.replace("_", "-"), dest=k,
                        help=f"extxyz key of the reference {what} (default: the model's)")
     p.add_argument("--force", action="store_true", help="overwrite an existing plot")
+    p.add_argument("--format", metavar="NAME", default=None,
+                   help="the data file's ase.io format (default: ase.io's guess; extxyz, db, "
+                   "vasp-out, vasp-xml, traj, ...)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
@@ -591,6 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default="exact", help="force variance form (default exact: the "
                    "calibrated DTC form; projected is cheaper and far too small)")
     p.add_argument("--force", action="store_true", help="overwrite an existing OUT.xyz")
+    p.add_argument("--format", metavar="NAME", default=None,
+                   help="IN's ase.io format (default: ase.io's guess; extxyz, db, "
+                   "vasp-out, vasp-xml, traj, ...)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("info", parents=[quiet], help="print a model card",

@@ -193,14 +193,15 @@ class GAP:
         return tqdm(iterable, desc=desc, total=total, leave=False)
 
     def fit(self, frames) -> "GAP":
-        """Fit on ``frames`` (list of ase.Atoms, or an extxyz path) and return ``self``.
+        """Fit on ``frames`` (list of ase.Atoms, or the path of any file ase.io reads, read
+        with this model's label keys: :func:`gapkit.data.read_frames`) and return ``self``.
 
         Frames may lack some labels: whatever energies, forces and virials are
         present (and in ``use``) are fitted. Raises ValueError if nothing is.
         The fit uses copies of the terms' kernels and ``noise`` as given
         (``terms_``, ``noise_``); without ``noise`` it is chosen by cross-validation.
         """
-        frames = as_frames(frames)
+        frames = as_frames(frames, **self.keys)
         if self.noise is not None:
             return self._fit(frames)
         cpu, wall = time.process_time(), time.perf_counter()

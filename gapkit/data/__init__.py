@@ -19,12 +19,12 @@ This module depends on numpy and ASE only, so that every other layer can use it.
 The package: :mod:`~gapkit.data.labels` (what a frame's labels are and where they are read
 from), :mod:`~gapkit.data.structures` (checks of a frame, composition),
 :mod:`~gapkit.data.voigt` (Voigt and virial conventions), :mod:`~gapkit.data.files`
-(extended XYZ, bundled data, ``as_frames``).
+(extended XYZ and every other ase.io format, bundled data, ``as_frames``).
 """
 
 from __future__ import annotations
 
-from .files import as_frames, bundled_path, load_bundled, read_extxyz
+from .files import as_frames, bundled_path, load_bundled, read_extxyz, read_frames
 from .labels import (LABEL_NAMES, SIGMA_KEYS, Labels, check_label_keys, get_all_labels,
                      get_labels)
 from .structures import composition, validate_structure
@@ -42,6 +42,7 @@ __all__ = [
     "get_labels",
     "load_bundled",
     "read_extxyz",
+    "read_frames",
     "stress_to_virial",
     "validate_structure",
     "virial_to_stress",

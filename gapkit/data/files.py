@@ -39,6 +39,19 @@ def _frame_numbers(index: int | str | slice | None) -> tuple[Iterable[int], str]
     return range(10**18), f" (frame numbers count the frames selected by index={index!r})"
 
 
+def _checked(frames: list, index: Any, names: tuple[str, ...], keys: dict, where: str) -> list:
+    """``frames`` after every structure and its labels are checked; a ValueError starts
+    with ``where`` and names the frame."""
+    numbers, note = _frame_numbers(index)
+    try:
+        for atoms, k in zip(frames, numbers):
+            validate_structure(atoms, frame_index=k)
+        _labels_of_frames(frames, numbers, names, keys)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}{note}") from err
+    return frames
+
+
 def read_extxyz(
     path: str | os.PathLike[str],
     index: int | str | slice = ":",
@@ -77,12 +90,7 @@ def read_extxyz(
         required label. The message starts with the path and names the frame.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file; check the path (cwd is {Path.cwd()})")
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; give the path of an extxyz file")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: the file is empty; expected extended-XYZ frames")
+    _check_file(path, "an extxyz file")
     names = _normalise_require(require)
     if "frame_index" in keys:
         raise TypeError("read_extxyz numbers the frames itself; do not pass frame_index")
@@ -103,14 +111,147 @@ def read_extxyz(
             "frames or the index selects none"
         )
 
-    numbers, note = _frame_numbers(index)
+    return _checked(frames, index, names, keys, str(path))
+
+
+#: ase.io formats that hold no training labels: what gapkit says instead of reading them
+_NOT_LABELS = {
+    "lammps-dump-text": "a LAMMPS dump holds no energies (ASE reads 0.0) and names atoms by "
+                        "type number (ASE reads types 1, 2, ... as H, He, ...)",
+    "lammps-dump-binary": "a LAMMPS dump holds no energies (ASE reads 0.0) and names atoms by "
+                          "type number (ASE reads types 1, 2, ... as H, He, ...)",
+    "lammps-data": "a LAMMPS data file holds no energies or forces",
+}
+_EXTXYZ = ("extxyz", "xyz")
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file; check the path (cwd is {Path.cwd()})")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; give the path of {what}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty; expected {what}")
+
+
+def _file_format(path: Path, format: str | None) -> str:
+    """``format``, or the one ase.io finds from the name and content of ``path``."""
+    from ase.io.formats import UnknownFileTypeError, filetype, ioformats
+
+    if format is not None:
+        if format not in ioformats:
+            raise ValueError(f"{path}: format={format!r} is not one ase.io knows (e.g. "
+                             "'extxyz', 'vasp-out', 'vasp-xml', 'traj', 'db')")
+        return format
     try:
-        for atoms, k in zip(frames, numbers):
-            validate_structure(atoms, frame_index=k)
-        _labels_of_frames(frames, numbers, names, keys)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}{note}") from err
-    return frames
+        fmt = filetype(str(path))
+        if fmt not in ioformats:
+            raise UnknownFileTypeError(f"no ase.io format {fmt!r}")
+        return fmt
+    except (UnknownFileTypeError, OSError, ValueError) as err:
+        raise ValueError(
+            f"{path}: ase.io cannot tell this file's format ({err}); pass format=... (`gapkit "
+            "... --format NAME`) with one of ase.io's formats, or convert the file to extended "
+            "XYZ: ase.io.write('data.xyz', ase.io.read(path, ':', format=NAME))") from None
+
+
+def _select(items: list, index: int | str | slice) -> list:
+    """``items[index]`` with ase.io.read's index forms (an int, ":", "10:20", a slice)."""
+    if isinstance(index, str):
+        if index.strip() == ":":
+            return items
+        if ":" not in index:
+            return [items[int(index)]]
+        parts = [int(p) if p.strip() else None for p in index.split(":")]
+        return items[slice(*parts)]
+    if isinstance(index, slice):
+        return items[index]
+    return [items[index]]
+
+
+def _read_db(path: Path, index: int | str | slice) -> list[ase.Atoms]:
+    """An ASE database's rows as Atoms with their key-value pairs in ``info`` (config_type,
+    energy_sigma, ...), which ``ase.io.read`` drops, and their labels as ASE stores them."""
+    from ase.db import connect
+
+    with connect(path) as db:
+        rows = list(db.select())
+    out = []
+    for row in _select(rows, index):
+        atoms = row.toatoms()
+        atoms.info.update(row.key_value_pairs)
+        out.append(atoms)
+    return out
+
+
+def read_frames(
+    path: str | os.PathLike[str],
+    index: int | str | slice = ":",
+    *,
+    format: str | None = None,
+    require: str | Iterable[str] = (),
+    **keys: str,
+) -> list[ase.Atoms]:
+    """Read training or test frames from any file ``ase.io`` reads, and check every
+    configuration and its labels.
+
+    Extended XYZ is read as by :func:`read_extxyz`; an ASE database (``.db``) keeps each
+    row's key-value pairs in ``atoms.info`` (``config_type``, ``energy_sigma``, ...); VASP
+    ``OUTCAR`` / ``vasprun.xml``, ASE trajectories and the other formats of ``ase.io`` give
+    the labels of the calculator ASE attaches. Files that hold no labels (a LAMMPS dump,
+    whose energies ASE reads as 0.0 and whose atom types as H, He, ...) are refused.
+
+    Parameters
+    ----------
+    path : str or path-like
+    index : int, str or slice, default ":"
+        Which frames, as in ``ase.io.read``.
+    format : str, optional
+        An ``ase.io`` format name; by default ase.io's guess from the name and content.
+    require, **keys
+        As in :func:`read_extxyz`.
+
+    Returns
+    -------
+    list of ase.Atoms
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        As :func:`read_extxyz`; also for a format ase cannot tell or read (the message names
+        it and how to convert) and for a format that holds no labels.
+    """
+    path = Path(path)
+    _check_file(path, "a data file ase.io reads (extxyz, ASE db, OUTCAR, vasprun.xml, traj)")
+    fmt = _file_format(path, format)
+    if fmt in _EXTXYZ:
+        return read_extxyz(path, index, require=require, **keys)
+    if fmt in _NOT_LABELS:
+        raise ValueError(
+            f"{path}: {fmt}: {_NOT_LABELS[fmt]}, so it cannot give training labels. Write "
+            "the structures with their species and reference energies and forces to extended "
+            "XYZ (e.g. ase.io.read(path, ':', format='lammps-dump-text', specorder=['Si']), "
+            "label each frame, then ase.io.write('data.xyz', frames))")
+    names = _normalise_require(require)
+    if "frame_index" in keys:
+        raise TypeError("read_frames numbers the frames itself; do not pass frame_index")
+    frames: Any
+    try:
+        if fmt == "db":
+            frames = _read_db(path, index)
+        else:
+            frames = ase.io.read(path, index=index, format=fmt)
+    except (ValueError, IndexError, KeyError, TypeError, OSError, AttributeError) as err:
+        raise ValueError(
+            f"{path}: could not be read as {fmt} (index={index!r}): {type(err).__name__}: "
+            f"{err}. If the format is another, pass format=...; or convert the file to "
+            "extended XYZ with ase.io") from err
+    if isinstance(frames, ase.Atoms):
+        frames = [frames]
+    frames = list(frames)
+    if not frames:
+        raise ValueError(f"{path}: no frames read as {fmt} with index={index!r}")
+    return _checked(frames, index, names, keys, f"{path} ({fmt})")
 
 
 def bundled_path(name: str) -> Path:
@@ -171,12 +312,12 @@ def load_bundled(name: str, **kw: Any) -> list[ase.Atoms]:
 
 
 def as_frames(frames: Any, *, require: str | None = None, **read_kwargs: Any) -> list:
-    """``frames`` as a list of ase.Atoms: an extended-XYZ path (read by
-    :func:`read_extxyz` with ``read_kwargs``, e.g. the label keys), one Atoms, or any
+    """``frames`` as a list of ase.Atoms: a path of any file ase.io reads (read by
+    :func:`read_frames` with ``read_kwargs``, e.g. the label keys), one Atoms, or any
     iterable of them. ``require``: the name of the caller, and an empty list raises
     ValueError ("no frames given to ...") instead of being returned."""
     if isinstance(frames, (str, Path)):
-        out = read_extxyz(frames, **read_kwargs)
+        out = read_frames(frames, **read_kwargs)
     elif isinstance(frames, ase.Atoms):
         out = [frames]
     else:
