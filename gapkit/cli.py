@@ -94,9 +94,15 @@ _GAP_FIT_KEYS = {
     "config_type_sigma": "noise.config_type",
     "e0": "e0", "e0_method": "e0", "sparse_jitter": "jitter", "jitter": "jitter",
     "rnd_seed": "random_state", "random_state": "random_state",
+    "gap": "gap",
+    # gap_fit options about its own files and logging: nothing to do here
+    "do_copy_at_file": "ignore", "sparse_separate_file": "ignore", "verbosity": "ignore",
+    "openmp_chunk_size": "ignore",
 }
 _SPARSE_METHODS = {"cur_points": "cur", "cur": "cur", "random": "random", "fps": "fps",
                    "uniform": "uniform"}
+_TERM_KEYS = {k for k, v in _GAP_FIT_KEYS.items() if v.split(".")[0] in
+              ("descriptor", "kernel", "term")}
 
 
 def _number(value: str, key: str):
@@ -188,6 +194,17 @@ def parse_gap_fit_args(args) -> dict:
             cfg["jitter"] = float(_number(value, key))
         elif target == "random_state":
             cfg["random_state"] = int(_number(value, key))
+        elif target == "gap":
+            from ._gap_fit import parse_gap_string
+
+            try:
+                cfg["gap_terms"], cfg["gap_per_species"] = parse_gap_string(value)
+            except ValueError as err:
+                raise CLIError(str(err)) from None
+    if term and "gap_terms" in cfg:
+        given = sorted({a.split("=")[0] for a in args} & _TERM_KEYS)
+        raise CLIError(f"gap={{...}} describes the terms; the descriptor/kernel keys "
+                       f"{', '.join(given)} belong inside it")
     if term:
         term.setdefault("descriptor", {})
         term.setdefault("kernel", {})
@@ -200,6 +217,11 @@ def _merge(config: dict, overrides: dict) -> dict:
     settings go to the config's single term)."""
     out = json.loads(json.dumps(config))  # a deep copy of plain data
     for key, value in overrides.items():
+        if key == "gap_per_species":
+            continue  # used after the data are read (cmd_fit)
+        if key == "gap_terms":  # gap={...}: the model's terms, all of them
+            out["terms"] = value
+            continue
         if key == "terms":
             over = value[0]
             if not out.get("terms"):
@@ -271,6 +293,11 @@ def cmd_fit(args) -> int:
         raise CLIError("no training data: set [data] train = \"...\" or at_file=...")
     _refuse_overwrite(output, args, "model file")
     frames = read_frames(train, format=args.format, **model.keys)
+    if "gap_per_species" in overrides:  # gap_fit's add_species=T: n_sparse per species
+        from ._gap_fit import resolve_per_species
+
+        resolve_per_species(model, overrides["gap_per_species"],
+                            {z for a in frames for z in a.numbers})
     _e0_star(model, frames)
     _say(args, f"gapkit fit: {len(frames)} frames, {sum(len(a) for a in frames)} atoms "
                f"from {train}")

@@ -349,3 +349,70 @@ def test_key_value_settings_are_accepted_after_options(workdir, tmp_path):
     assert GAP.load(out).terms_[0].descriptor.cutoff == 4.0
     with pytest.raises(SystemExit):
         main(["--quiet", "fit", f"at_file={train}", "-o", str(out), "--no-such-flag"])
+
+
+GAP_STRING = ("gap={soap cutoff=4.0 cutoff_transition_width=1.0 n_max=4 l_max=3 "
+              "atom_sigma=0.5 zeta=4 delta=1.0 n_sparse=30 covariance_type=dot_product "
+              "sparse_method=cur_points add_species=T : distance_2b cutoff=4.0 "
+              "covariance_type=ard_se delta=0.5 theta_uniform=0.75 n_sparse=12 "
+              "sparse_method=uniform}")
+GAP_TERMS = """
+[[terms]]
+descriptor = {type = "SOAP", cutoff = 4.0, cutoff_width = 1.0, n_max = 4, l_max = 3, atom_sigma = 0.5}
+kernel = {type = "SOAPKernel", zeta = 4, delta = 1.0}
+n_sparse = 30
+sparse_method = "cur"
+
+[[terms]]
+descriptor = {type = "TwoBody", cutoff = 4.0, cutoff_width = 0.5}
+kernel = {type = "TwoBodyKernel", delta = 0.5, lengthscale = 0.75}
+n_sparse = 12
+sparse_method = "uniform"
+"""  # noqa: E501
+
+
+def test_gap_fit_gap_string_runs_unchanged(workdir):
+    """A gap_fit command line with gap={soap ... : distance_2b ...} (and gap_fit's own file
+    options) fits the same model as the TOML config that spells its two terms out."""
+    d = workdir
+    argv = [a for a in GAP_FIT_ARGS if a.split("=")[0] not in (
+        "soap_cutoff", "cutoff_transition_width", "soap_n_max", "soap_l_max", "atom_sigma",
+        "zeta", "delta", "n_sparse", "sparse_method", "gp_file", "at_file")]
+    out = d / "gapstring.gapkit"
+    assert main(["--quiet", "fit", f"at_file={d / 'train.xyz'}", f"gp_file={out}",
+                 GAP_STRING, "do_copy_at_file=F", "sparse_separate_file=F", *argv]) == 0
+    config = CONFIG.split("[[terms]]")[0] + GAP_TERMS + "\n[noise]" + CONFIG.split("[noise]")[1]
+    (d / "two_terms.toml").write_text(config.replace('output = "model.gapkit"',
+                                                     'output = "two_terms.gapkit"'))
+    assert main(["--quiet", "fit", str(d / "two_terms.toml")]) == 0
+    a, b = GAP.load(out), GAP.load(d / "two_terms.gapkit")
+    assert [type(t.descriptor).__name__ for t in a.terms_] == ["SOAP", "TwoBody"]
+    np.testing.assert_allclose(a.alpha_.numpy(), b.alpha_.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_gap_string_per_species_sparse_counts():
+    """gap_fit's add_species=T counts n_sparse per species (SOAP) or species pair
+    (two-body); gapkit's terms count the total."""
+    from gapkit._gap_fit import parse_gap_string, resolve_per_species
+
+    terms, per_species = parse_gap_string(GAP_STRING.split("=", 1)[1])
+    assert per_species == [True, True]
+    model, _, _ = config_to_model({"terms": terms, "noise": {"energy": 0.01}}, progress=False)
+    resolve_per_species(model, per_species, [29, 47, 29])
+    assert model.terms[0].n_sparse == {29: 30, 47: 30}
+    assert model.terms[1].n_sparse == 12 * 3
+    terms, per_species = parse_gap_string(
+        GAP_STRING.split("=", 1)[1].replace("add_species=T", "add_species=F"))
+    assert per_species == [False, True]
+
+
+@pytest.mark.parametrize("gap, message", [
+    ("gap={soap covariance_type=ard_se}", "gapkit's soap term has dot_product"),
+    ("gap={turbosoap cutoff=5}", "'turbosoap' is not one gapkit reads"),
+    ("gap={soap cutof=5}", "'cutof' is not a setting gapkit reads"),
+    ("gap={distance_Nb order=3 cutoff=4}", "order=3"),
+    ("gap={}", "gap={} is empty"),
+])
+def test_gap_string_errors(gap, message):
+    with pytest.raises(ValueError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        parse_gap_fit_args([gap])
