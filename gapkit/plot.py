@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import os
 from types import ModuleType
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +22,36 @@ if TYPE_CHECKING:
     CalibrationResults = Union[CalibrationResult, Sequence[CalibrationResult],
                                Mapping[str, CalibrationResult]]
 
-__all__ = ["coverage", "error_vs_sigma", "learning_curves", "parity", "reliability", "z_histogram"]
+__all__ = ["coverage", "error_vs_sigma", "in_notebook", "learning_curves", "parity",
+           "reliability", "save", "script_backend", "z_histogram"]
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (where figures show inline)."""
+    import sys
+
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def script_backend() -> str:
+    """The backend for ``matplotlib.use``: the file-only Agg when run as a script or a
+    test; the current one (inline) in a Jupyter kernel, so that a tutorial opened as a
+    notebook shows its figures."""
+    import matplotlib
+
+    return matplotlib.get_backend() if in_notebook() else "Agg"
+
+
+def save(fig: Figure, path: str | os.PathLike, **savefig_kwargs: Any) -> None:
+    """Write ``fig`` to ``path``; in a script it is then closed (memory), in a notebook it
+    stays open so the cell shows it."""
+    fig.savefig(path, **savefig_kwargs)
+    if not in_notebook():
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
 
 
 def _plt() -> ModuleType:

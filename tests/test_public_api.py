@@ -52,7 +52,7 @@ PUBLIC = {
         "per_atom_values", "random_rotation", "tolerances_for"],
     "gapkit.data": [
         "Labels", "VOIGT", "bundled_path", "composition", "get_all_labels", "get_labels",
-        "load_bundled", "matrix_to_voigt", "read_extxyz", "stress_to_virial",
+        "load_bundled", "matrix_to_voigt", "read_extxyz", "read_frames", "stress_to_virial",
         "validate_structure", "virial_to_stress", "voigt_to_matrix"],
     "gapkit.io": [
         "ConfigError", "FORMAT_VERSION", "ModelConfig", "dump_toml", "from_config", "load_toml",
@@ -64,8 +64,9 @@ PUBLIC = {
         "PARAMETERIZATIONS", "compare_models", "empirical_ntk", "kernel_alignment",
         "make_kernel", "network_energies_forces", "nngp_and_ntk", "ntk_width_convergence",
         "structure_kernel", "train_network", "training_vs_kernel_regression"],
-    "gapkit.plot": ["coverage", "error_vs_sigma", "kernel_comparison", "learning_curves",
-                    "ntk_width_convergence", "parity", "reliability", "z_histogram"],
+    "gapkit.plot": ["coverage", "error_vs_sigma", "in_notebook", "kernel_comparison",
+                    "learning_curves", "ntk_width_convergence", "parity", "reliability",
+                    "save", "script_backend", "z_histogram"],
     "gapkit.model": ["FORMAT_VERSION", "GAP", "Prediction", "Term", "TrainingData", "clone"],
     "gapkit.calculator": ["GAPCalculator"],
     "gapkit.terms": ["Term", "default_terms"],

@@ -35,3 +35,39 @@ def test_tutorial_runs_in_fast_mode(script, tmp_path):
         f"{script.name} failed in fast mode:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     figures = list(tmp_path.rglob("*.png"))
     assert figures, f"{script.name} wrote no figure under GAPKIT_TUTORIAL_OUT"
+
+
+def test_tutorial_figures_inline_in_jupyter_files_in_scripts(tmp_path, monkeypatch):
+    """Tutorials pick matplotlib's backend with gapkit.plot.script_backend and write figures
+    with gapkit.plot.save: in a script (here) Agg and the figure is closed after writing; in
+    a Jupyter kernel (an IPython shell whose config has IPKernelApp) the current backend
+    stays and the figure stays open for the cell to show. Every tutorial uses both."""
+    import sys
+    import types
+
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from gapkit import plot
+
+    assert not plot.in_notebook() and plot.script_backend() == "Agg"
+    fig = plt.figure()
+    plot.save(fig, tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 0 and not plt.fignum_exists(fig.number)
+
+    shell = types.SimpleNamespace(config={"IPKernelApp": {"connection_file": "x.json"}})
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = lambda: shell
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert plot.in_notebook() and plot.script_backend() == matplotlib.get_backend()
+    fig = plt.figure()
+    plot.save(fig, tmp_path / "b.png")
+    assert (tmp_path / "b.png").stat().st_size > 0 and plt.fignum_exists(fig.number)
+    plt.close(fig)
+    shell.config = {}  # a terminal IPython: files, as a script
+    assert not plot.in_notebook()
+
+    for path in TUTORIALS:
+        text = path.read_text()
+        assert "matplotlib.use(script_backend())" in text, path.name
+        assert "savefig" not in text and "plt.close(fig)" not in text, path.name

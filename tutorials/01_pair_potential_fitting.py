@@ -38,7 +38,9 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+from gapkit.plot import save, script_backend
+
+matplotlib.use(script_backend())  # files as a script, inline figures in Jupyter
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from ase import Atoms  # noqa: E402
@@ -127,8 +129,7 @@ ax[0].legend()
 ax[1].axhline(0, color="k", lw=0.5)
 ax[1].set(xlabel="r (Å)", ylabel="U_LJ - U_ref (meV)", title="error of each two-point fit")
 fig.tight_layout()
-fig.savefig(OUT / "two_point_fits.png", dpi=120)
-plt.close(fig)
+save(fig, OUT / "two_point_fits.png", dpi=120)
 
 depth_err = {x: (lj.epsilon - MORSE["epsilon"]) * 1e3 for x, lj in fits.items()}
 print("well-depth error of each two-point fit (meV):",
@@ -343,8 +344,7 @@ ax[1].set(xlabel="force RMSE / RMS force (%)", ylabel="energy RMSE (meV/atom)",
           title="trade-off, labelled by w_E / w_F ((eV/Å)²/eV²)", yscale="log")
 ax[1].legend(fontsize=8)
 fig.tight_layout()
-fig.savefig(OUT / "force_matching.png", dpi=120)
-plt.close(fig)
+save(fig, OUT / "force_matching.png", dpi=120)
 
 # %% [markdown]
 # The test energies follow the training trend, but the test *forces* do not: in full mode

@@ -57,7 +57,9 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+from gapkit.plot import save, script_backend
+
+matplotlib.use(script_backend())  # files as a script, inline figures in Jupyter
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -175,8 +177,7 @@ fig.colorbar(im, ax=ax, label=r"$(\hat{\mathbf{q}}_i\cdot\hat{\mathbf{q}}_j)^4$ 
 ax.set_title(f"Ethanol: SOAP kernel between atoms\n({n_eth} rMD17 frames; "
              "blank: different species)", fontsize=9)
 fig.tight_layout()
-fig.savefig(OUT / "ethanol_kernel_matrix.png")
-plt.close(fig)
+save(fig, OUT / "ethanol_kernel_matrix.png")
 
 # %% [markdown]
 # ## Symmetries, checked numerically
@@ -370,8 +371,7 @@ axes[2].set_ylabel("norm over all features")
 axes[2].legend(fontsize=7)
 axes[2].set_title("Both vanish continuously at $r_c$", fontsize=9)
 fig.tight_layout()
-fig.savefig(OUT / "dimer_through_cutoff.png")
-plt.close(fig)
+save(fig, OUT / "dimer_through_cutoff.png")
 
 # %% [markdown]
 # ## How far apart are the environments of a data set?
@@ -456,8 +456,7 @@ axes[1].set_ylabel("SOAP distance to the crystal")
 axes[1].legend(fontsize=7)
 axes[1].set_title("Strained crystals: distance grows linearly", fontsize=9)
 fig.tight_layout()
-fig.savefig(OUT / "si_environment_distances.png")
-plt.close(fig)
+save(fig, OUT / "si_environment_distances.png")
 
 # %% [markdown]
 # ## Resolution and cost: $n_\mathrm{max}$ and $l_\mathrm{max}$

@@ -40,7 +40,9 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+from gapkit.plot import save, script_backend
+
+matplotlib.use(script_backend())  # files as a script, inline figures in Jupyter
 import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
@@ -193,8 +195,7 @@ axes[0].set_ylabel("GAP energy (eV/atom)")
 axes[1].set_xlabel("DFT force component (eV/Å)")
 axes[1].set_ylabel("GAP force component (eV/Å)")
 fig.tight_layout()
-fig.savefig(OUT / "parity.png")
-plt.close(fig)
+save(fig, OUT / "parity.png")
 
 # %% [markdown]
 # ## Saving and loading
@@ -327,8 +328,7 @@ axes[1].set_ylabel(r"$E - E_0^{\mathrm{GAP}}$ (meV/atom)")
 axes[1].legend(fontsize=7)
 axes[1].set_title("Uniaxial strain (Elastic, mode 0)", fontsize=9)
 fig.tight_layout()
-fig.savefig(OUT / "equation_of_state.png")
-plt.close(fig)
+save(fig, OUT / "equation_of_state.png")
 held_err = 1e3 * np.abs(e_series_gap[held_out] - e_series_dft[held_out]).max()
 print(f"held-out -6% cell: |E_GAP - E_DFT| = {held_err:.2f} meV/atom")
 assert held_err < (10.0 if FAST else 3.0), held_err
@@ -476,8 +476,7 @@ for k, unit in enumerate(["test energy MAE (meV/atom)", "test force MAE (eV/Å)"
 fig.suptitle(f"Si, {len(lc_train)} training frames, SOAP $n_{{max}}=6$, $l_{{max}}=4$",
              fontsize=9)
 fig.tight_layout()
-fig.savefig(OUT / "sparse_points_curve.png")
-plt.close(fig)
+save(fig, OUT / "sparse_points_curve.png")
 
 # %% [markdown]
 # Both curves fall steadily: here the sparse set, not the data, limits the accuracy, and the

@@ -42,7 +42,9 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+from gapkit.plot import save, script_backend
+
+matplotlib.use(script_backend())  # files as a script, inline figures in Jupyter
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -240,8 +242,7 @@ axes[0, 1].set_ylabel("observed fraction")
 axes[1, 1].set_xlabel("z = error / σ (clipped at ±6)")
 axes[1, 1].set_ylabel("probability density")
 fig.tight_layout()
-fig.savefig(OUT / "force_calibration.png")
-plt.close(fig)
+save(fig, OUT / "force_calibration.png")
 
 # %% [markdown]
 # Many force components of the strained perfect crystals vanish by symmetry, in DFT and in
@@ -427,8 +428,7 @@ axes[2].set_ylabel(r"local-energy σ (meV)")
 axes[2].legend(fontsize=7, title=f"test atoms, Spearman {rho:.2f}", title_fontsize=7)
 axes[2].set_title("Novelty drives the variance", fontsize=9)
 fig.tight_layout()
-fig.savefig(OUT / "variance_out_of_distribution.png")
-plt.close(fig)
+save(fig, OUT / "variance_out_of_distribution.png")
 
 # %% [markdown]
 # ## Summary

@@ -49,7 +49,9 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+from gapkit.plot import save, script_backend
+
+matplotlib.use(script_backend())  # files as a script, inline figures in Jupyter
 import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter
 import numpy as np
@@ -177,8 +179,7 @@ plot.learning_curves(named, ax=axes[1], quantity="energy_mae", unit="eV/atom",
 for ax in axes:
     ax.set_xlabel("labelled frames")  # a count: no unit needed
 fig.tight_layout()
-fig.savefig(OUT / "learning_curves.png")
-plt.close(fig)
+save(fig, OUT / "learning_curves.png")
 
 final = {name: float(np.mean([c.force_mae[-1] for c in curves]))
          for name, curves in runs.items()}
@@ -283,8 +284,7 @@ axes[2].set_ylabel("fraction of test frames ≥ x")
 axes[2].set_title("tail of the error distribution", fontsize=9)
 axes[2].legend(fontsize=7, frameon=False, loc="lower left")
 fig.tight_layout()
-fig.savefig(OUT / "selection_and_errors.png")
-plt.close(fig)
+save(fig, OUT / "selection_and_errors.png")
 
 # %% [markdown]
 # This is the trade. Random selection spends most of its labels on thermal frames, the

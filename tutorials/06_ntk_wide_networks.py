@@ -52,7 +52,9 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+from gapkit.plot import save, script_backend
+
+matplotlib.use(script_backend())  # files as a script, inline figures in Jupyter
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -106,8 +108,7 @@ for ax, name in zip(axes, ("NNGP $K$", r"NTK $\Theta$")):
     ax.set_title(f"ReLU network, no bias: {name}", fontsize=9)
     ax.legend(fontsize=7, frameon=False)
 fig.tight_layout()
-fig.savefig(OUT / "relu_kernels_vs_angle.png")
-plt.close(fig)
+save(fig, OUT / "relu_kernels_vs_angle.png")
 
 # %% [markdown]
 # The one-layer NNGP is the arc-cosine kernel $(\sin\gamma + (\pi-\gamma)\cos\gamma)/\pi$
@@ -169,8 +170,7 @@ for w, m, s in zip(conv.widths, conv.distance_mean, conv.distance_std):
     print(f"  width {w:5d}: relative distance {m:.3f} ± {s:.3f}")
 print(f"  log-log slope {conv.slope:.2f} (theory -0.5)")
 fig = plot.ntk_width_convergence(conv, title="Si environments, ReLU, depth 2")
-fig.savefig(OUT / "ntk_width_convergence.png")
-plt.close(fig)
+save(fig, OUT / "ntk_width_convergence.png")
 
 # %% [markdown]
 # Measured in full mode (2026-11-21, 8 seeds): the distance fell from about 0.36 at width
@@ -334,8 +334,7 @@ ax.set_ylabel("test energy (meV/atom)")
 ax.set_title(f"{STEPS} GD steps on energies, Si", fontsize=9)
 ax.legend(fontsize=6, frameon=False)
 fig.tight_layout()
-fig.savefig(OUT / "training_vs_ntk_prediction.png")
-plt.close(fig)
+save(fig, OUT / "training_vs_ntk_prediction.png")
 
 # %% [markdown]
 # As the width grows the trained network's test energies approach the NTK prediction of
@@ -366,8 +365,7 @@ for name in cmp.energy_rmse:
     print(f"  {name:20s} energy RMSE {1e3 * cmp.energy_rmse[name]:7.2f} meV/atom, force RMSE "
           f"{cmp.force_rmse[name]:.3f} eV/Å")
 fig = plot.kernel_comparison(cmp, title="Si: GAP kernels vs finite networks (E + F)")
-fig.savefig(OUT / "gap_vs_networks.png")
-plt.close(fig)
+save(fig, OUT / "gap_vs_networks.png")
 
 # %% [markdown]
 # The finite networks, trained for the same small number of steps, are far behind both

@@ -52,7 +52,9 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+from gapkit.plot import save, script_backend
+
+matplotlib.use(script_backend())  # files as a script, inline figures in Jupyter
 import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter
 import numpy as np
@@ -252,8 +254,7 @@ axes[1].set_ylabel("std of total energy (meV/atom)")
 axes[1].set_title("shadow-Hamiltonian scaling", fontsize=9)
 axes[1].legend(fontsize=7, frameon=False)
 fig.tight_layout()
-fig.savefig(OUT / "nve_energy_conservation.png")
-plt.close(fig)
+save(fig, OUT / "nve_energy_conservation.png")
 
 # %% [markdown]
 # The total energy oscillates, with no visible drift, and the oscillation grows as
@@ -342,8 +343,7 @@ axes[2].legend(fontsize=7, frameon=False, loc="upper left", ncol=2)
 axes[0].set_title(f"Langevin MD, {len(crystal)}-atom Si cell; training data ≤ 843 K",
                   fontsize=9)
 fig.tight_layout()
-fig.savefig(OUT / "nvt_uncertainty.png")
-plt.close(fig)
+save(fig, OUT / "nvt_uncertainty.png")
 
 fig, ax = plt.subplots(figsize=(4.4, 3.8), dpi=150)
 for j, (temp, (s, e)) in enumerate(val.items()):
@@ -357,8 +357,7 @@ ax.set_ylabel("actual force RMSE vs DFT (eV/Å)")
 ax.set_title(f"held-out DFT frames (Spearman ρ = {rho:.2f})", fontsize=9)
 ax.legend(fontsize=7, frameon=False)
 fig.tight_layout()
-fig.savefig(OUT / "sigma_vs_error_heldout.png")
-plt.close(fig)
+save(fig, OUT / "sigma_vs_error_heldout.png")
 
 # %% [markdown]
 # At 300 K the predicted uncertainty stays at the level of the training frames and nothing

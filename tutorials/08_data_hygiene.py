@@ -55,7 +55,9 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+from gapkit.plot import save, script_backend
+
+matplotlib.use(script_backend())  # files as a script, inline figures in Jupyter
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -207,8 +209,7 @@ axes[2].set_ylabel("frame score (tail z of the LOO misfit)")
 axes[2].set_title("residual vs leverage", fontsize=9)
 axes[2].legend(fontsize=7, frameon=False)
 fig.tight_layout()
-fig.savefig(OUT / "loo_energy_shift.png")
-plt.close(fig)
+save(fig, OUT / "loo_energy_shift.png")
 e_rel = e_all - e_all.min()
 f_rms = np.array([np.sqrt(np.mean(a.get_forces() ** 2)) for a in clean])
 f_rank = np.argsort(np.argsort(-f_rms)) + 1          # 1 = largest RMS force of the set
@@ -281,8 +282,7 @@ for ax, j, unit in ((axes[0], 0, "test energy MAE (meV/atom)"),
 fig.suptitle(f"ethanol GAP, {len(clean)} training frames, frame {BAD} energy +{SHIFT:g} eV",
              fontsize=9)
 fig.tight_layout()
-fig.savefig(OUT / "repairs_test_errors.png")
-plt.close(fig)
+save(fig, OUT / "repairs_test_errors.png")
 
 # %% [markdown]
 # One bad energy among many frames does limited damage to the *test* errors — the kernel
@@ -327,8 +327,7 @@ ax.set_ylabel(r"force misfit: mean LOO $z^2$")
 ax.set_title("per-kind LOO misfit, forces swapped", fontsize=9)
 ax.legend(fontsize=7, frameon=False)
 fig.tight_layout()
-fig.savefig(OUT / "loo_forces_swapped.png")
-plt.close(fig)
+save(fig, OUT / "loo_forces_swapped.png")
 
 # %% [markdown]
 # The force column singles the frame out by an order of magnitude, and so does the overall
