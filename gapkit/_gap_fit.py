@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .io import ConfigError
+
 __all__ = ["parse_gap_string", "resolve_per_species"]
 
 _SPARSE_METHODS = {"cur_points": "cur", "cur": "cur", "random": "random", "fps": "fps",
@@ -60,35 +62,38 @@ def _tokens(body: str) -> list[str]:
     return out
 
 
-def _number(value: str, where: str) -> int | float:
+def _number(value: str, key: str) -> int | float:
+    """A gap_fit number: an int when written as one, else a float; ConfigError naming
+    ``key=value`` otherwise."""
     try:
         f = float(value)
     except ValueError:
-        raise ValueError(f"{where}: expected a number, got {value!r}") from None
+        raise ConfigError(f"{key}={value}: expected a number") from None
     return int(f) if f.is_integer() and "." not in value and "e" not in value.lower() else f
 
 
-def _bool(value: str, where: str) -> bool:
+def _bool(value: str, key: str) -> bool:
+    """A gap_fit logical (T/F, true/false, 1/0, yes/no); ConfigError otherwise."""
     v = value.strip().lower()
-    if v in ("t", "true", "1"):
+    if v in ("t", "true", "1", "yes"):
         return True
-    if v in ("f", "false", "0"):
+    if v in ("f", "false", "0", "no"):
         return False
-    raise ValueError(f"{where}: expected T or F, got {value!r}")
+    raise ConfigError(f"{key}={value}: expected T or F")
 
 
 def _one_term(text: str, index: int) -> tuple[dict, bool]:
     tokens = _tokens(text)
     if not tokens:
-        raise ValueError(f"gap={{...}} term {index + 1} is empty")
+        raise ConfigError(f"gap={{...}} term {index + 1} is empty")
     name, settings = tokens[0].lower(), tokens[1:]
     if name == "distance_nb":
         name = "distance_2b"  # with order=2, checked below
         if not any(t.lower().startswith("order=") for t in settings):
-            raise ValueError(f"gap={{...}} term {index + 1}: distance_Nb needs order=2")
+            raise ConfigError(f"gap={{...}} term {index + 1}: distance_Nb needs order=2")
     where = f"gap={{...}} term {index + 1} ({name})"
     if name not in _KEYS:
-        raise ValueError(f"gap={{...}} term {index + 1}: descriptor {tokens[0]!r} is not one "
+        raise ConfigError(f"gap={{...}} term {index + 1}: descriptor {tokens[0]!r} is not one "
                          f"gapkit reads; use soap or distance_2b (or a TOML config for "
                          "symmetry functions)")
     term: dict[str, Any] = {"descriptor": {"type": _TYPES[name][0]},
@@ -98,32 +103,32 @@ def _one_term(text: str, index: int) -> tuple[dict, bool]:
     per_species = True
     for token in settings:
         if "=" not in token:
-            raise ValueError(f"{where}: expected key=value, got {token!r}")
+            raise ConfigError(f"{where}: expected key=value, got {token!r}")
         key, value = token.split("=", 1)
         target = _KEYS[name].get(key.lower())
         if target is None:
-            raise ValueError(f"{where}: {key!r} is not a setting gapkit reads; known: "
+            raise ConfigError(f"{where}: {key!r} is not a setting gapkit reads; known: "
                              f"{', '.join(sorted(_KEYS[name]))}")
         section, _, field = target.partition(".")
         if section == "descriptor" and field == "species":
-            term["descriptor"]["species"] = [int(_number(v, where)) for v in
+            term["descriptor"]["species"] = [int(_number(v, f"{where} {key}")) for v in
                                              value.strip("{}").replace(",", " ").split()]
         elif section in ("descriptor", "kernel"):
             term[section][field] = _number(value, f"{where} {key}")
         elif field == "sparse_method":
             if value.lower() not in _SPARSE_METHODS:
-                raise ValueError(f"{where}: sparse_method={value}; use one of "
+                raise ConfigError(f"{where}: sparse_method={value}; use one of "
                                  f"{', '.join(_SPARSE_METHODS)}")
             term["sparse_method"] = _SPARSE_METHODS[value.lower()]
         elif field == "n_sparse":
             term["n_sparse"] = int(_number(value, f"{where} n_sparse"))
         elif field == "add_species":
-            per_species = _bool(value, f"{where} add_species")
+            per_species = _bool(value, f"{where} {key}")
         elif field == "covariance_type" and value.lower() != _COVARIANCE[name]:
-            raise ValueError(f"{where}: covariance_type={value}; gapkit's {name} term has "
+            raise ConfigError(f"{where}: covariance_type={value}; gapkit's {name} term has "
                              f"{_COVARIANCE[name]}")
         elif field == "order" and value.strip() != "2":
-            raise ValueError(f"{where}: order={value}; gapkit reads two-body terms (order=2)")
+            raise ConfigError(f"{where}: order={value}; gapkit reads two-body terms (order=2)")
     return term, per_species
 
 
@@ -134,7 +139,7 @@ def parse_gap_string(value: str) -> tuple[list[dict], list[bool]]:
     if text.startswith("{") and text.endswith("}"):
         text = text[1:-1]
     if not text.strip():
-        raise ValueError("gap={} is empty; describe at least one term, e.g. "
+        raise ConfigError("gap={} is empty; describe at least one term, e.g. "
                          "gap={soap cutoff=5 n_max=8 l_max=6 atom_sigma=0.5 zeta=4 n_sparse=500}")
     parsed = [_one_term(part, i) for i, part in enumerate(text.split(":"))]
     return [t for t, _ in parsed], [p for _, p in parsed]
@@ -144,11 +149,13 @@ def resolve_per_species(model, per_species: list[bool], species) -> None:
     """Turn gap_fit's per-species ``n_sparse`` of the flagged terms of ``model`` into
     gapkit's: SOAP ``{Z: n_sparse}`` for each species, two-body ``n_sparse`` times the
     number of species pairs."""
+    from .descriptors import SOAP
+
     species = sorted({int(z) for z in species})
     for term, flag in zip(model.terms, per_species):
         if not flag or not isinstance(term.n_sparse, int):
             continue
-        if type(term.descriptor).__name__ == "SOAP":
+        if isinstance(term.descriptor, SOAP):
             fixed = term.descriptor.species
             term.n_sparse = {z: term.n_sparse for z in (fixed or species)}
         else:

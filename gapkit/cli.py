@@ -54,6 +54,7 @@ from pathlib import Path
 
 from . import _threads
 from ._files import atomic_path, check_output_path
+from ._gap_fit import _SPARSE_METHODS, _bool, _number, parse_gap_string, resolve_per_species
 from .data import LABEL_NAMES
 from .io import ConfigError as CLIError
 from .io import dump_toml, load_toml
@@ -99,18 +100,8 @@ _GAP_FIT_KEYS = {
     "do_copy_at_file": "ignore", "sparse_separate_file": "ignore", "verbosity": "ignore",
     "openmp_chunk_size": "ignore",
 }
-_SPARSE_METHODS = {"cur_points": "cur", "cur": "cur", "random": "random", "fps": "fps",
-                   "uniform": "uniform"}
 _TERM_KEYS = {k for k, v in _GAP_FIT_KEYS.items() if v.split(".")[0] in
               ("descriptor", "kernel", "term")}
-
-
-def _number(value: str, key: str):
-    try:
-        f = float(value)
-    except ValueError:
-        raise CLIError(f"{key}={value}: expected a number") from None
-    return int(f) if f.is_integer() and "." not in value and "e" not in value.lower() else f
 
 
 def _braced(value: str) -> list[str]:
@@ -118,15 +109,6 @@ def _braced(value: str) -> list[str]:
     if v.startswith("{") and v.endswith("}"):
         v = v[1:-1]
     return v.replace(",", " ").split()
-
-
-def _bool(value: str, key: str) -> bool:
-    v = value.strip().lower()
-    if v in ("t", "true", "1", "yes"):
-        return True
-    if v in ("f", "false", "0", "no"):
-        return False
-    raise CLIError(f"{key}={value}: expected T or F")
 
 
 def parse_gap_fit_args(args) -> dict:
@@ -195,12 +177,7 @@ def parse_gap_fit_args(args) -> dict:
         elif target == "random_state":
             cfg["random_state"] = int(_number(value, key))
         elif target == "gap":
-            from ._gap_fit import parse_gap_string
-
-            try:
-                cfg["gap_terms"], cfg["gap_per_species"] = parse_gap_string(value)
-            except ValueError as err:
-                raise CLIError(str(err)) from None
+            cfg["gap_terms"], cfg["gap_per_species"] = parse_gap_string(value)
     if term and "gap_terms" in cfg:
         given = sorted({a.split("=")[0] for a in args} & _TERM_KEYS)
         raise CLIError(f"gap={{...}} describes the terms; the descriptor/kernel keys "
@@ -294,8 +271,6 @@ def cmd_fit(args) -> int:
     _refuse_overwrite(output, args, "model file")
     frames = read_frames(train, format=args.format, **model.keys)
     if "gap_per_species" in overrides:  # gap_fit's add_species=T: n_sparse per species
-        from ._gap_fit import resolve_per_species
-
         resolve_per_species(model, overrides["gap_per_species"],
                             {z for a in frames for z in a.numbers})
     _e0_star(model, frames)

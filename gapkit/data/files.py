@@ -157,16 +157,12 @@ def _file_format(path: Path, format: str | None) -> str:
 
 def _select(items: list, index: int | str | slice) -> list:
     """``items[index]`` with ase.io.read's index forms (an int, ":", "10:20", a slice)."""
-    if isinstance(index, str):
-        if index.strip() == ":":
-            return items
-        if ":" not in index:
-            return [items[int(index)]]
-        parts = [int(p) if p.strip() else None for p in index.split(":")]
-        return items[slice(*parts)]
-    if isinstance(index, slice):
-        return items[index]
-    return [items[index]]
+    from ase.io.formats import string2index
+
+    picked = string2index(index) if isinstance(index, str) else index
+    if isinstance(picked, str):
+        raise ValueError(f"index={index!r} is not a frame index (an int or 'start:stop:step')")
+    return items[picked] if isinstance(picked, slice) else [items[picked]]
 
 
 def _read_db(path: Path, index: int | str | slice) -> list[ase.Atoms]:
