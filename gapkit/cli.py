@@ -8,6 +8,7 @@
     gapkit predict MODEL IN.xyz OUT.xyz [--forces-variance {exact,projected,none}]
     gapkit info MODEL [--config]
     gapkit ipi-driver          # the i-PI client file: i-pi-py_driver -m custom -P "$(...)"
+    gapkit export MODEL OUT.pt [--force]   # a metatomic model for LAMMPS, i-PI and ASE
 
 Global options (before the command): ``--quiet`` (no progress bars or chatter).
 Bad input exits with status 2 and one line ``gapkit: error: <reason>`` on stderr;
@@ -618,7 +619,28 @@ def build_parser() -> argparse.ArgumentParser:
                        "'i-pi-py_driver -m custom -P PATH -o template=FILE,model=MODEL' "
                        "(see gapkit.ipi).")
     p.set_defaults(func=cmd_ipi_driver)
+
+    p = sub.add_parser("export", parents=[quiet],
+                       help="write a model as a metatomic file (LAMMPS, i-PI, ASE)",
+                       description="Write MODEL as a metatomic TorchScript file: energy, "
+                       "forces, stress and energy_uncertainty in LAMMPS (pair_style "
+                       "metatomic), i-PI (-m metatomic) and ASE (see gapkit.export).")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("output", metavar="OUT.pt")
+    p.add_argument("--force", action="store_true", help="overwrite an existing OUT.pt")
+    p.set_defaults(func=cmd_export)
     return parser
+
+
+def cmd_export(args) -> int:
+    from .export import export
+
+    _refuse_overwrite(args.output, args, what="exported model")
+    path = export(_load_model(args.model, args), args.output, overwrite=True)
+    _say(args, f"wrote {path}: run it with LAMMPS' pair_style metatomic {path}, i-PI's "
+         f"i-pi-py_driver -m metatomic -o template=INIT.xyz,model={path}, or ASE's "
+         "metatomic_ase.MetatomicCalculator")
+    return 0
 
 
 def cmd_ipi_driver(args) -> int:

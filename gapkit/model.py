@@ -490,11 +490,7 @@ class GAP:
             Apply the model's predictive-variance calibration, if it has one.
         variance, force_variance
             The names of ``return_variance`` and ``forces_variance`` before 0.2
-            (DeprecationWarning; removed in 0.3).
-
-        Returns
-        -------
-        Prediction
+            (DeprecationWarning; removed in 0.3). Returns a :class:`Prediction`.
         """
         return_variance = renamed(variance, return_variance, "variance", "return_variance",
                                   "GAP.predict")
@@ -540,13 +536,17 @@ class GAP:
 
     # ------------------------------------------------------------- save/load
     def save(self, path, *, overwrite: bool = False) -> Path:
-        """Write the fitted model to ``path`` (see :mod:`gapkit.io`: a zip of JSON
-        metadata and .npy arrays, pickle-free). Refuses to overwrite an existing file
-        unless asked."""
+        """Write the fitted model to ``path`` (:mod:`gapkit.io`: a zip of JSON metadata and
+        .npy arrays, pickle-free); refuses to overwrite an existing file unless asked."""
         self.check_fitted()
         return _io.write_model(path, {**self.get_params(), "terms": self.terms_,
                                       "noise": self.noise_},
                                self._fitted_state(), overwrite=overwrite)
+
+    def export(self, path, *, overwrite: bool = False) -> Path:
+        """Write a metatomic model for LAMMPS, i-PI and ASE (:func:`gapkit.export.export`)."""
+        from .export import export
+        return export(self, path, overwrite=overwrite)
 
     def _fitted_state(self) -> dict:
         return {"species": self.species_, "e0": self.e0_,

@@ -1,0 +1,193 @@
+"""Export a fitted GAP as a metatomic model, to run in LAMMPS (``pair_style metatomic``),
+i-PI and ASE with no gapkit at run time.
+
+``gapkit export model.gapkit model.pt`` (or :func:`export`) writes a TorchScript file that
+metatomic's engines load. It computes, in float64, what :meth:`gapkit.GAP.predict` computes:
+
+* ``energy`` per structure and per atom (the local energies with e0), and through the
+  engine's autograd the forces and stress;
+* ``energy_uncertainty``: per structure, the sigma of the total energy -- the calibrated
+  predictive variance when the model has one (the default fit), else the latent DTC
+  variance; per atom, the latent sigma of each local energy (the atoms' array
+  ``gap_local_energy_variance`` of :class:`gapkit.GAPCalculator`, square-rooted). ASE's
+  metatomic calculator warns when a per-atom sigma passes its ``uncertainty_threshold``.
+
+What can be exported: SOAP terms (:class:`~gapkit.SOAP` with
+:class:`~gapkit.SOAPKernel`), two-body terms (:class:`~gapkit.TwoBody` with
+:class:`~gapkit.TwoBodyKernel`) and the per-species e0. A model with another term or with
+physics baselines is refused with an :class:`ExportError` naming it. Needs the
+``metatomic`` extra (``pip install "gapkit[metatomic]"``: metatomic-torch and, for ASE,
+metatomic-ase).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._files import atomic_path, check_output_path
+
+__all__ = ["ExportError", "METATOMIC_VERSIONS", "export", "exported_module"]
+
+#: the metatomic-torch versions an export is tested with (lowest inclusive, highest
+#: exclusive): a model file records the version that wrote it, and engines built against
+#: another minor version may refuse it
+METATOMIC_VERSIONS = ((0, 1, 19), (0, 2, 0))
+
+
+class ExportError(ValueError):
+    """The model (or the environment) cannot give a metatomic export; the message says
+    which term or baseline and what to do."""
+
+
+def _metatomic():
+    try:
+        import metatomic.torch as mta
+    except ImportError as err:
+        raise ExportError(
+            "exporting to metatomic needs metatomic-torch: pip install \"gapkit[metatomic]\" "
+            f"(import failed: {err})") from None
+    version = tuple(int(p) for p in mta.__version__.split("+")[0].split(".")[:3])
+    lo, hi = METATOMIC_VERSIONS
+    if not lo <= version < hi:
+        raise ExportError(
+            f"metatomic-torch {mta.__version__} is installed; gapkit exports are tested with "
+            f"{'.'.join(map(str, lo))} <= version < {'.'.join(map(str, hi))}: "
+            "pip install \"gapkit[metatomic]\" installs a tested one")
+    return mta
+
+
+def _sh_constants(l_max: int) -> tuple[list[list[float]], list[float]]:
+    norms = [[math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - m)
+                        / math.factorial(l + m)) * (1.0 if m == 0 else math.sqrt(2.0))
+              for m in range(l + 1)] for l in range(l_max + 1)]
+    first = [float(math.prod(range(1, 2 * l, 2))) for l in range(l_max + 1)]
+    return norms, first
+
+
+def _soap_module(term, sparse, alpha):
+    from ._metatomic_modules import SOAPTerm
+
+    desc, kernel = term.descriptor, term.kernel
+    species = [int(z) for z in desc.species]
+    spline = desc._radial()
+    n, L = desc.n_max, desc.l_max
+    k = len(species) * n
+    _, blocks = desc._layout(len(species))
+    gather = torch.cat([blk["flat"].cpu() + l * k * k for l, blk in enumerate(blocks)])
+    scale = torch.cat([blk["scale"].cpu().to(torch.float64) for blk in blocks])
+    own = torch.zeros((n, (L + 1) ** 2), dtype=torch.float64)
+    if desc.central_weight != 0.0:
+        own[:, 0] = (desc.central_weight * spline.at_zero()[:, 0].cpu().to(torch.float64)
+                     / math.sqrt(4.0 * math.pi))
+    norms, first = _sh_constants(L)
+    return SOAPTerm(
+        coeffs=spline._coeffs.cpu().to(torch.float64).clone(), h=spline.h,
+        n_grid=spline.n_grid, n_max=n, l_max=L, cutoff=desc.cutoff, width=desc.cutoff_width,
+        own=own, species=species, gather=gather.to(torch.long), scale=scale,
+        normalize=desc.normalize, points=sparse.points.to(torch.float64).clone(),
+        types=sparse.types.to(torch.long).clone(), alpha=alpha.clone(),
+        zeta=int(kernel.zeta), variance=float(kernel.variance.detach()), sh_norms=norms,
+        sh_first=first)
+
+
+def _two_body_module(term, sparse, alpha):
+    from ._metatomic_modules import TwoBodyTerm
+
+    desc, kernel = term.descriptor, term.kernel
+    fn = kernel.cutoff_fn
+    if (fn.cutoff, fn.width) != (desc.cutoff, desc.cutoff_width):
+        raise ExportError("a two-body term whose kernel cutoff differs from its descriptor's "
+                          "cannot be exported; refit with TwoBodyKernel(lengthscale=...)")
+    return TwoBodyTerm(
+        cutoff=desc.cutoff, width=desc.cutoff_width, species=[int(z) for z in desc.species],
+        points=sparse.points.to(torch.float64).clone(),
+        types=sparse.types.to(torch.long).clone(), alpha=alpha.clone(),
+        lengthscale=float(kernel.lengthscale.detach().reshape(())),
+        variance=float(kernel.variance.detach()))
+
+
+def _term_modules(model) -> list:
+    from .descriptors import SOAP, TwoBody
+    from .kernels import SOAPKernel, TwoBodyKernel
+
+    if model.baselines:
+        names = ", ".join(type(b).__name__ for b in model.baselines)
+        raise ExportError(
+            f"this model has physics baselines ({names}), which the metatomic export does "
+            "not carry yet: fit without baselines to export, or run the model through "
+            "gapkit's ASE calculator (gapkit.GAPCalculator) or i-PI client (gapkit.ipi)")
+    alphas = torch.split(model.alpha_.detach().to(torch.float64),
+                         [s.n for s in model.sparse_sets_])
+    modules = []
+    for i, (term, sparse, alpha) in enumerate(zip(model.terms_, model.sparse_sets_, alphas)):
+        desc, kernel = term.descriptor, term.kernel
+        if type(desc) is SOAP and type(kernel) is SOAPKernel:
+            modules.append(_soap_module(term, sparse, alpha))
+        elif type(desc) is TwoBody and type(kernel) is TwoBodyKernel:
+            modules.append(_two_body_module(term, sparse, alpha))
+        else:
+            raise ExportError(
+                f"term {i} ({type(desc).__name__} descriptor with {type(kernel).__name__}) "
+                "cannot be exported to metatomic yet: exportable terms are SOAP with "
+                "SOAPKernel and TwoBody with TwoBodyKernel. Run this model through "
+                "gapkit.GAPCalculator (ASE) or gapkit.ipi (i-PI) instead")
+    return modules
+
+
+def exported_module(model) -> Any:
+    """The metatomic ``AtomisticModel`` of a fitted :class:`~gapkit.GAP` (not yet saved;
+    :func:`export` writes it). Raises :class:`ExportError` for what cannot be exported."""
+    from ._metatomic_modules import GAPModel
+
+    mta = _metatomic()
+    model.check_fitted()
+    terms = _term_modules(model)
+    species = [int(z) for z in model.species_]
+    e0 = torch.zeros(max(species) + 1, dtype=torch.float64)
+    for z, value in model.e0_.items():
+        e0[int(z)] = float(value)
+    spec = (getattr(model, "predictive_", None) or {}).get("energy")
+    predictive = [] if not spec else [float(spec[k]) for k in ("a", "b", "q", "p_ref")]
+    cutoff = max(float(t.descriptor.cutoff) for t in model.terms_)
+    module = GAPModel(terms, e0=e0, r_factor=model.R_.detach().to(torch.float64).clone(),
+                      u_factor=model.U_.detach().to(torch.float64).clone(), cutoff=cutoff,
+                      predictive=predictive).eval()
+    energy = mta.ModelOutput(unit="eV", sample_kind="atom",
+                             explicit_gradients=[])
+    sigma = mta.ModelOutput(unit="eV", sample_kind="atom",
+                            explicit_gradients=[])
+    capabilities = mta.ModelCapabilities(
+        outputs={"energy": energy, "energy_uncertainty": sigma}, atomic_types=species,
+        interaction_range=cutoff, length_unit="angstrom", supported_devices=["cpu"],
+        dtype="float64")
+    from ._version import __version__
+
+    terms_text = ", ".join(type(t.descriptor).__name__ for t in model.terms_)
+    metadata = mta.ModelMetadata(
+        name="gapkit GAP",
+        description=(f"Gaussian approximation potential ({terms_text}; species "
+                     f"{species}) exported by gapkit {__version__}; energy_uncertainty is "
+                     "the GP's sigma (calibrated per structure when the fit calibrated it)"),
+        references={"implementation": ["https://github.com/gapkit/gapkit"],
+                    "architecture": ["Bartok et al., Phys. Rev. Lett. 104, 136403 (2010)"]})
+    return mta.AtomisticModel(module, metadata, capabilities)
+
+
+def export(model, path, *, overwrite: bool = False) -> Path:
+    """Write ``model`` (a fitted :class:`~gapkit.GAP`; ``GAP.load`` reads a saved one) as a
+    metatomic TorchScript file at ``path`` (refuses to overwrite unless asked); returns the
+    path. See the module docstring for what is exported and the README for running it in
+    LAMMPS, i-PI and ASE."""
+    path = check_output_path(path, overwrite=overwrite, what="exported model",
+                             flag="overwrite=True")
+    atomistic = exported_module(model)
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # metatomic is TorchScript by design; torch 2.13 marks torch.jit as deprecated
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit")
+        atomistic.save(str(tmp))
+    return path
