@@ -13,8 +13,10 @@ and run on rattled diamond Si (64 and 1000 atoms) by
 
 Each call recomputes (the atoms move by 1e-6 Å between calls); the codes alternate A B A B,
 one thread, CPU time (``time.process_time``); best and median of ``--repeats`` calls after
-a warm-up. Results are printed and written to ``benchmarks/results/export.json``. The
-target (issue 14): the exported model at most as slow as ``GAPCalculator`` (ratio <= 1).
+three warm-up calls (TorchScript's profiling executor optimises the exported model during
+its first two calls, which take 2-4x longer: the first steps of an MD run). Results are
+printed and written to ``benchmarks/results/export.json``. The target (issue 14): the
+exported model at most as slow as ``GAPCalculator`` (ratio <= 1).
 """
 
 from __future__ import annotations
@@ -101,8 +103,9 @@ def main(argv=None) -> dict:
                 times: dict = {name: [] for name in calcs}
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    for calc in calcs.values():  # warm-up
-                        timed(calc, atoms.copy(), 0)
+                    for calc in calcs.values():  # warm-up: TorchScript's profiling
+                        for k in range(3):  # executor specialises in the first two calls
+                            timed(calc, atoms.copy(), k)
                     work = {name: atoms.copy() for name in calcs}
                     for step in range(args.repeats):
                         for name, calc in calcs.items():
