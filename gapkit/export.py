@@ -22,7 +22,6 @@ metatomic-ase).
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -61,48 +60,22 @@ def _metatomic():
     return mta
 
 
-def _sh_constants(l_max: int) -> tuple[list[list[float]], list[float]]:
-    norms = [[math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - m)
-                        / math.factorial(l + m)) * (1.0 if m == 0 else math.sqrt(2.0))
-              for m in range(l + 1)] for l in range(l_max + 1)]
-    first = [float(math.prod(range(1, 2 * l, 2))) for l in range(l_max + 1)]
-    return norms, first
-
-
 def _soap_module(term, sparse, alpha):
     from ._metatomic_modules import SOAPTerm
 
     desc, kernel = term.descriptor, term.kernel
-    species = [int(z) for z in desc.species]
-    spline = desc._radial()
-    n, L = desc.n_max, desc.l_max
-    k = len(species) * n
-    _, blocks = desc._layout(len(species))
-    gather = torch.cat([blk["flat"].cpu() + l * k * k for l, blk in enumerate(blocks)])
-    scale = torch.cat([blk["scale"].cpu().to(torch.float64) for blk in blocks])
-    own = torch.zeros((n, (L + 1) ** 2), dtype=torch.float64)
-    if desc.central_weight != 0.0:
-        own[:, 0] = (desc.central_weight * spline.at_zero()[:, 0].cpu().to(torch.float64)
-                     / math.sqrt(4.0 * math.pi))
-    norms, first = _sh_constants(L)
     return SOAPTerm(
-        coeffs=spline._coeffs.cpu().to(torch.float64).clone(), h=spline.h,
-        n_grid=spline.n_grid, n_max=n, l_max=L, cutoff=desc.cutoff, width=desc.cutoff_width,
-        own=own, species=species, gather=gather.to(torch.long), scale=scale,
+        **desc.torchscript_tables(), n_max=desc.n_max, l_max=desc.l_max, cutoff=desc.cutoff,
+        width=desc.cutoff_width, species=[int(z) for z in desc.species],
         normalize=desc.normalize, points=sparse.points.to(torch.float64).clone(),
         types=sparse.types.to(torch.long).clone(), alpha=alpha.clone(),
-        zeta=int(kernel.zeta), variance=float(kernel.variance.detach()), sh_norms=norms,
-        sh_first=first)
+        zeta=int(kernel.zeta), variance=float(kernel.variance.detach()))
 
 
 def _two_body_module(term, sparse, alpha):
     from ._metatomic_modules import TwoBodyTerm
 
-    desc, kernel = term.descriptor, term.kernel
-    fn = kernel.cutoff_fn
-    if (fn.cutoff, fn.width) != (desc.cutoff, desc.cutoff_width):
-        raise ExportError("a two-body term whose kernel cutoff differs from its descriptor's "
-                          "cannot be exported; refit with TwoBodyKernel(lengthscale=...)")
+    desc, kernel = term.descriptor, term.kernel  # a Term binds them to one cutoff
     return TwoBodyTerm(
         cutoff=desc.cutoff, width=desc.cutoff_width, species=[int(z) for z in desc.species],
         points=sparse.points.to(torch.float64).clone(),

@@ -27,7 +27,7 @@ import math
 
 import torch
 
-__all__ = ["real_spherical_harmonics"]
+__all__ = ["harmonic_constants", "real_spherical_harmonics"]
 
 
 def real_spherical_harmonics(vectors: torch.Tensor, l_max: int, gradients: bool = True,
@@ -116,14 +116,22 @@ def real_spherical_harmonics(vectors: torch.Tensor, l_max: int, gradients: bool 
     return values.T, (grads.permute(2, 0, 1) if gradients else None)
 
 
+def harmonic_constants(l_max: int) -> tuple[list[list[float]], list[float]]:
+    """The constants of the recurrences: per ``l`` the normalisations ``N_lm`` (times √2
+    for m > 0) for m = 0..l, and ``Q_l^l = (2l-1)!!``."""
+    norms = [[math.sqrt((2 * l + 1) / (4 * math.pi) * math.factorial(l - m)
+                        / math.factorial(l + m)) * (1.0 if m == 0 else math.sqrt(2.0))
+              for m in range(l + 1)] for l in range(l_max + 1)]
+    first = [float(math.prod(range(1, 2 * l, 2))) for l in range(l_max + 1)]
+    return norms, first
+
+
 _NORM_CACHE: dict = {}
 
 
 def _norms(l: int, dtype, device) -> torch.Tensor:
     key = (l, dtype, str(device))
     if key not in _NORM_CACHE:
-        vals = [math.sqrt((2 * l + 1) / (4 * math.pi)
-                          * math.factorial(l - m) / math.factorial(l + m))
-                * (1.0 if m == 0 else math.sqrt(2.0)) for m in range(l + 1)]
-        _NORM_CACHE[key] = torch.tensor(vals, dtype=dtype, device=device)
+        _NORM_CACHE[key] = torch.tensor(harmonic_constants(l)[0][l], dtype=dtype,
+                                        device=device)
     return _NORM_CACHE[key]

@@ -11,7 +11,7 @@ import torch
 from .._checks import is_integer, positive
 from ..neighbors import build_neighbor_list
 from ._radial import RadialSpline
-from ._spherical import real_spherical_harmonics
+from ._spherical import harmonic_constants, real_spherical_harmonics
 from .base import Descriptor, DescriptorResult
 from .cutoff import CosineCutoff, OwnsCutoff
 
@@ -162,6 +162,32 @@ class SOAP(OwnsCutoff, Descriptor):
         s = len(self.species) if n_species is None else n_species
         k = s * self.n_max
         return k * (k + 1) // 2 * (self.l_max + 1)
+
+    def torchscript_tables(self) -> dict:
+        """The tables a re-implementation of :meth:`compute`'s values needs, float64 on the
+        CPU (what :mod:`gapkit.export` puts in a metatomic model): ``coeffs`` (n_grid, 6 C)
+        and ``h``, ``n_grid`` of the quintic radial spline (C = n_max (l_max + 1));
+        ``gather``, ``scale``: feature ``f`` is ``scale[f]`` times entry ``gather[f]`` of the
+        concatenated per-l products ``c_l c_l^T`` (each k x k, k = species x n_max); ``own``
+        (n_max, (l_max+1)^2), the centre's own Gaussian; ``sh_norms``, ``sh_first``, the
+        harmonics' constants (:func:`~gapkit.descriptors._spherical.harmonic_constants`).
+        Needs ``species`` fixed."""
+        if self.species is None:
+            raise ValueError("SOAP.torchscript_tables needs species fixed (a fitted term's)")
+        spline = self._radial()
+        n, L = self.n_max, self.l_max
+        k = len(self.species) * n
+        _, blocks = self._layout(len(self.species))
+        own = torch.zeros((n, (L + 1) ** 2), dtype=torch.float64)
+        own[:, 0] = (self.central_weight * spline.at_zero()[:, 0].cpu().to(torch.float64)
+                     / math.sqrt(4.0 * math.pi))
+        norms, first = harmonic_constants(L)
+        return dict(
+            coeffs=spline._coeffs.cpu().to(torch.float64).clone(), h=spline.h,
+            n_grid=spline.n_grid, own=own,
+            gather=torch.cat([blk["flat"].cpu() + l * k * k for l, blk in enumerate(blocks)]),
+            scale=torch.cat([blk["scale"].cpu().to(torch.float64) for blk in blocks]),
+            sh_norms=norms, sh_first=first)
 
     # -- internals ----------------------------------------------------------
     def _radial(self) -> RadialSpline:
