@@ -40,6 +40,42 @@ def register_sparse(module: torch.nn.Module, species: List[int], points: torch.T
     module.register_buffer("z_index", z_index)
 
 
+class DotKernel(torch.nn.Module):
+    """gapkit's :class:`~gapkit.SOAPKernel`: ``delta^2 (q1 . q2)^zeta``, zero between
+    centres of different types."""
+
+    def __init__(self, zeta: int, variance: float):
+        super().__init__()
+        self.zeta = zeta
+        self.variance = variance
+
+    def forward(self, q1: torch.Tensor, t1: torch.Tensor, q2: torch.Tensor,
+                t2: torch.Tensor) -> torch.Tensor:
+        same = (t1[:, None] == t2[None, :]).to(q1.dtype)
+        return self.variance * torch.pow(q1 @ q2.T, self.zeta) * same
+
+
+class SquaredExponentialKernel(torch.nn.Module):
+    """gapkit's :class:`~gapkit.SEKernel`: ``delta^2 exp(-|x1 - x2|^2 / 2)`` with
+    ``x = q / (s l)``, formed as gapkit forms it (both sides shifted by the mean of the
+    second), zero between centres of different types."""
+
+    def __init__(self, inverse_scale: torch.Tensor, variance: float):
+        super().__init__()
+        self.register_buffer("inverse_scale", inverse_scale)  # (D,) or (1,)
+        self.variance = variance
+
+    def forward(self, q1: torch.Tensor, t1: torch.Tensor, q2: torch.Tensor,
+                t2: torch.Tensor) -> torch.Tensor:
+        x1, x2 = q1 * self.inverse_scale, q2 * self.inverse_scale
+        if x2.shape[0] > 0:
+            centre = x2.mean(0).detach()
+            x1, x2 = x1 - centre, x2 - centre
+        d2 = (x1 * x1).sum(-1)[:, None] + (x2 * x2).sum(-1)[None, :] - 2.0 * (x1 @ x2.T)
+        same = (t1[:, None] == t2[None, :]).to(q1.dtype)
+        return self.variance * torch.exp(-0.5 * d2.clamp(min=0.0)) * same
+
+
 class SOAPTerm(torch.nn.Module):
     """One SOAP term: descriptors of every atom, the kernel against the sparse points."""
 
@@ -47,9 +83,10 @@ class SOAPTerm(torch.nn.Module):
                  l_max: int, cutoff: float, width: float, own: torch.Tensor,
                  species: List[int], gather: torch.Tensor, scale: torch.Tensor,
                  normalize: bool, points: torch.Tensor, types: torch.Tensor,
-                 alpha: torch.Tensor, zeta: int, variance: float,
+                 alpha: torch.Tensor, kern: torch.nn.Module,
                  sh_norms: List[List[float]], sh_first: List[float]):
         super().__init__()
+        self.kern = kern
         self.register_buffer("coeffs", coeffs)
         self.register_buffer("own", own)  # (n_max, (l_max+1)^2), column 0 only
         self.register_buffer("gather", gather)
@@ -65,8 +102,6 @@ class SOAPTerm(torch.nn.Module):
         self.width = width
         self.n_species = len(species)
         self.normalize = normalize
-        self.zeta = zeta
-        self.variance = variance
         self.sh_norms = sh_norms
         self.sh_first = sh_first
 
@@ -145,9 +180,7 @@ class SOAPTerm(torch.nn.Module):
 
     def kernel(self, q1: torch.Tensor, t1: torch.Tensor, q2: torch.Tensor,
                t2: torch.Tensor) -> torch.Tensor:
-        """``delta^2 (q1 . q2)^zeta``, zero between centres of different types."""
-        same = (t1[:, None] == t2[None, :]).to(q1.dtype)
-        return self.variance * torch.pow(q1 @ q2.T, self.zeta) * same
+        return self.kern(q1, t1, q2, t2)
 
 
 class TwoBodyTerm(torch.nn.Module):
@@ -186,6 +219,144 @@ class TwoBodyTerm(torch.nn.Module):
         return self.variance * e * f1[:, None] * f2[None, :] * same
 
 
+def sf_cutoff(r: torch.Tensor, kind: int, cutoff: float) -> torch.Tensor:
+    """The cutoff functions of :class:`~gapkit.SymmetryFunctions`: 0 cosine over the whole
+    range, 1 ``tanh^3(1 - r/r_c)``, 2 the quintic polynomial of ``r/r_c``."""
+    if kind == 0:
+        return cosine_cutoff(r, cutoff, cutoff)
+    inside = r < cutoff
+    if kind == 1:
+        t = torch.tanh((1.0 - r / cutoff).clamp(min=0.0))
+        return torch.where(inside, t * t * t, torch.zeros_like(r))
+    x = (r / cutoff).clamp(0.0, 1.0)
+    return torch.where(inside, 1.0 - x * x * x * (10.0 - 15.0 * x + 6.0 * x * x),
+                       torch.zeros_like(r))
+
+
+class SymmetryTerm(torch.nn.Module):
+    """One Behler-Parrinello symmetry-function term (:class:`~gapkit.SymmetryFunctions`:
+    G2 per neighbour species, G4/G5 per unordered neighbour-species pair over the
+    unordered neighbour pairs of each centre), with its kernel."""
+
+    def __init__(self, *, cutoff: float, cutoff_kind: int, species: List[int],
+                 g2: torch.Tensor, angular: torch.Tensor, points: torch.Tensor,
+                 types: torch.Tensor, alpha: torch.Tensor, kern: torch.nn.Module):
+        super().__init__()
+        self.kern = kern
+        register_sparse(self, species, points, types, alpha)
+        self.register_buffer("g2", g2)  # (n2, 2): eta, r_s
+        self.register_buffer("angular", angular)  # (A, 4): eta, zeta, lambda, s (1: G4)
+        self.cutoff = cutoff
+        self.cutoff_kind = cutoff_kind
+        self.n_species = len(species)
+        self.g4_only = bool((angular[:, 3] == 1.0).all()) if angular.shape[0] > 0 else True
+
+    def descriptors(self, numbers: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
+                    vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n_atoms = numbers.shape[0]
+        S = self.n_species
+        dist = torch.linalg.norm(vectors, dim=1)
+        keep = dist < self.cutoff
+        first, second, vectors, dist = first[keep], second[keep], vectors[keep], dist[keep]
+        order = torch.argsort(first, stable=True)
+        first, second, vectors, dist = first[order], second[order], vectors[order], dist[order]
+        sp = self.z_index[numbers[second]]
+        fc = sf_cutoff(dist, self.cutoff_kind, self.cutoff)
+        parts: List[torch.Tensor] = []
+        n2 = self.g2.shape[0]
+        if n2 > 0:
+            diff = dist[:, None] - self.g2[:, 1]
+            gauss = torch.exp(-self.g2[:, 0] * diff * diff) * fc[:, None]
+            acc = torch.zeros((n_atoms * S, n2), dtype=vectors.dtype, device=vectors.device)
+            parts.append(acc.index_add(0, first * S + sp, gauss).view(n_atoms, S * n2))
+        n_ang = self.angular.shape[0]
+        if n_ang > 0:
+            n_blocks = S * (S + 1) // 2
+            n_pairs = first.shape[0]
+            counts = torch.bincount(first, minlength=n_atoms)
+            ends = torch.cumsum(counts, 0)
+            pair_index = torch.arange(n_pairs, device=first.device)
+            later = ends[first] - pair_index - 1  # neighbours after this one, same centre
+            p = torch.repeat_interleave(pair_index, later)
+            offsets = torch.cumsum(later, 0) - later
+            q = p + 1 + (torch.arange(p.shape[0], device=first.device) - offsets[p])
+            u, v = vectors[p], vectors[q]
+            dot = (u * v).sum(1)
+            ru, rv = dist[p], dist[q]
+            rw2 = (ru * ru + rv * rv - 2.0 * dot).clamp(min=0.0)
+            if self.g4_only:  # a pair j, k further apart than r_c adds nothing to G4
+                near = rw2 < self.cutoff * self.cutoff
+                p, q, dot, ru, rv, rw2 = p[near], q[near], dot[near], ru[near], rv[near], rw2[near]
+            fw = sf_cutoff(torch.sqrt(rw2), self.cutoff_kind, self.cutoff)
+            eta, zeta = self.angular[:, 0], self.angular[:, 1]
+            lam, s = self.angular[:, 2], self.angular[:, 3]
+            cos = dot / (ru * rv)
+            base = (1.0 + lam * cos[:, None]).clamp(min=0.0)
+            ang = torch.pow(2.0, 1.0 - zeta) * torch.pow(base, zeta)
+            expo = torch.exp(-eta * ((ru * ru + rv * rv)[:, None] + s * rw2[:, None]))
+            fjk = s * fw[:, None] + (1.0 - s)
+            terms = ang * expo * (fc[p] * fc[q])[:, None] * fjk
+            a, b = sp[p], sp[q]
+            lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+            blk = lo * S - torch.div(lo * (lo - 1), 2, rounding_mode="floor") + hi - lo
+            acc = torch.zeros((n_atoms * n_blocks, n_ang), dtype=vectors.dtype,
+                              device=vectors.device)
+            acc = acc.index_add(0, first[p] * n_blocks + blk, terms)
+            parts.append(acc.view(n_atoms, n_blocks * n_ang))
+        return torch.cat(parts, dim=1), numbers, torch.arange(n_atoms, device=numbers.device)
+
+    def kernel(self, q1: torch.Tensor, t1: torch.Tensor, q2: torch.Tensor,
+               t2: torch.Tensor) -> torch.Tensor:
+        return self.kern(q1, t1, q2, t2)
+
+
+class PairBaseline(torch.nn.Module):
+    """A pair-law baseline (:class:`~gapkit.baselines.LennardJones`,
+    :class:`~gapkit.baselines.CoreRepulsion`): per-atom energies, half of each pair's
+    energy on the full neighbour list. Tables are indexed by the atomic numbers of the
+    pair: cutoff, switch start (quintic switch of CoreRepulsion; ``r_on >= r_c`` for
+    none), and the law's parameters."""
+
+    def __init__(self, *, kind: int, cutoff: torch.Tensor, r_on: torch.Tensor,
+                 p1: torch.Tensor, p2: torch.Tensor, shift: torch.Tensor,
+                 zbl_c: List[float], zbl_d: List[float]):
+        super().__init__()
+        self.kind = kind  # 0: A/r^12 - B/r^6 (p1 = A, p2 = B), 1: ZBL (p1 = k Z Z, p2 = a)
+        self.register_buffer("cutoff", cutoff)
+        self.register_buffer("r_on", r_on)
+        self.register_buffer("p1", p1)
+        self.register_buffer("p2", p2)
+        self.register_buffer("shift", shift)
+        self.zbl_c = zbl_c
+        self.zbl_d = zbl_d
+
+    def energies(self, numbers: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
+                 vectors: torch.Tensor) -> torch.Tensor:
+        zi, zj = numbers[first], numbers[second]
+        dist = torch.linalg.norm(vectors, dim=1)
+        rc = self.cutoff[zi, zj]
+        keep = dist < rc
+        first, zi, zj, r, rc = first[keep], zi[keep], zj[keep], dist[keep], rc[keep]
+        p1, p2 = self.p1[zi, zj], self.p2[zi, zj]
+        if self.kind == 0:
+            r6 = torch.pow(r, -6.0)
+            phi = p1 * r6 * r6 - p2 * r6
+        else:
+            x = r / p2
+            screen = torch.zeros_like(r)
+            for c, d in zip(self.zbl_c, self.zbl_d):
+                screen = screen + c * torch.exp(-d * x)
+            phi = p1 * screen / r
+        r_on = self.r_on[zi, zj]
+        width = torch.where(rc > r_on, rc - r_on, torch.ones_like(rc))
+        t = ((r - r_on) / width).clamp(0.0, 1.0)
+        switch = torch.where(rc > r_on, 1.0 - t * t * t * (10.0 - 15.0 * t + 6.0 * t * t),
+                             torch.ones_like(r))
+        pair = phi * switch - self.shift[zi, zj]
+        out = torch.zeros(numbers.shape[0], dtype=vectors.dtype, device=vectors.device)
+        return out.index_add(0, first, 0.5 * pair)
+
+
 def _energy_map(values: torch.Tensor, samples: Labels) -> TensorMap:
     device = values.device
     block = TensorBlock(values=values, samples=samples,
@@ -203,9 +374,11 @@ class GAPModel(torch.nn.Module):
 
     def __init__(self, terms: List[torch.nn.Module], *, e0: torch.Tensor,
                  r_factor: torch.Tensor, u_factor: torch.Tensor, cutoff: float,
-                 predictive: List[float], chunk: int = 1024):
+                 predictive: List[float], baselines: List[torch.nn.Module],
+                 chunk: int = 1024):
         super().__init__()
         self.terms = torch.nn.ModuleList(terms)
+        self.baselines = torch.nn.ModuleList(baselines)
         self.register_buffer("e0", e0)  # by atomic number
         self.register_buffer("r_factor", r_factor)
         self.register_buffer("u_factor", u_factor)
@@ -249,6 +422,8 @@ class GAPModel(torch.nn.Module):
             selected = torch.zeros(n_atoms, dtype=torch.bool, device=numbers.device)
             selected[chosen] = True
             local = self.e0[numbers]
+            for baseline in self.baselines:
+                local = local + baseline.energies(numbers, first, second, vectors)
             rows: List[torch.Tensor] = []
             prior_local = torch.zeros(n_atoms, dtype=vectors.dtype, device=vectors.device)
             prior_energy = torch.zeros((), dtype=vectors.dtype, device=vectors.device)

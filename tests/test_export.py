@@ -14,6 +14,7 @@ pytest.importorskip("metatomic.torch", reason="metatomic-torch is not installed 
 pytest.importorskip("metatomic_ase", reason="metatomic-ase is not installed")
 
 import torch  # noqa: E402
+from ase.build import bulk  # noqa: E402
 from ase.calculators.emt import EMT  # noqa: E402
 from ase.io import write  # noqa: E402
 from metatensor.torch import Labels  # noqa: E402
@@ -24,15 +25,17 @@ from gapkit import (  # noqa: E402
     GAP,
     SOAP,
     GAPCalculator,
+    NoiseModel,
     SEKernel,
     SOAPKernel,
     SymmetryFunctions,
     Term,
 )
+from gapkit.baselines import CoreRepulsion, Ewald, LennardJones  # noqa: E402
 from gapkit.cli import main  # noqa: E402
 from gapkit.export import ExportError, export  # noqa: E402
 
-from conftest import make_si_model, si_frames  # noqa: E402
+from conftest import si_frames  # noqa: E402
 from ipi_run import check_nve, run_nve  # noqa: E402
 from model_cases import SI_NOISE, _cuag_cluster, _si_terms  # noqa: E402
 
@@ -52,6 +55,22 @@ def sigma(calc, atoms, sample_kind):
     out = calc.run_model(atoms, {"energy_uncertainty": ModelOutput(unit="eV",
                                                                    sample_kind=sample_kind)})
     return out["energy_uncertainty"].block().values[:, 0].detach().numpy()
+
+
+def check_matches(model, calc, atoms):
+    """The export (``calc``) gives gapkit's E, F, stress, per-atom E and both sigma."""
+    ref = atoms.copy()
+    ref.calc = GAPCalculator(model)
+    mine = atoms.copy()
+    mine.calc = calc
+    close(mine.get_potential_energy(), ref.get_potential_energy())
+    close(mine.get_forces(), ref.get_forces())
+    close(mine.get_stress(), ref.get_stress())
+    close(mine.get_potential_energies(), ref.get_potential_energies())
+    pred = model.predict([atoms])
+    close(sigma(calc, atoms, "system") ** 2, pred.energy_variance)
+    close(sigma(calc, atoms, "atom") ** 2, pred.local_energy_variance)
+    return pred
 
 
 @pytest.fixture(scope="module")
@@ -91,17 +110,7 @@ def test_periodic_two_terms_match_gapkit(si_export):
     calc = MetatomicCalculator(str(path), check_consistency=True)
     atoms = frames[3].copy()
     atoms.rattle(0.03, seed=4)
-    ref = atoms.copy()
-    ref.calc = GAPCalculator(model)
-    mine = atoms.copy()
-    mine.calc = calc
-    close(mine.get_potential_energy(), ref.get_potential_energy())
-    close(mine.get_forces(), ref.get_forces())
-    close(mine.get_stress(), ref.get_stress())
-    close(mine.get_potential_energies(), ref.get_potential_energies())
-    pred = model.predict([atoms])
-    close(sigma(calc, atoms, "system") ** 2, pred.energy_variance)
-    close(sigma(calc, atoms, "atom") ** 2, pred.local_energy_variance)
+    check_matches(model, calc, atoms)
 
 
 def test_two_species_cluster_calibrated_sigma_matches(cuag_export):
@@ -119,6 +128,48 @@ def test_two_species_cluster_calibrated_sigma_matches(cuag_export):
     assert pred.variance_form["energy"] == "calibrated+noise"
     close(sigma(calc, atoms, "system") ** 2, pred.energy_variance)
     close(sigma(calc, atoms, "atom") ** 2, pred.local_energy_variance)
+
+
+@pytest.fixture(scope="module")
+def cuag_bulk():
+    """Periodic fcc Cu with Ag swapped in, rattled, EMT labels (two species, stress)."""
+    rng = np.random.default_rng(1)
+    frames = []
+    for seed in range(8):
+        atoms = bulk("Cu", "fcc", a=3.62, cubic=True).repeat((2, 2, 1))
+        atoms.numbers[rng.choice(len(atoms), size=3 + seed % 4, replace=False)] = 47
+        atoms.rattle(0.12, seed=seed)
+        atoms.calc = EMT()
+        atoms.info["energy"] = atoms.get_potential_energy()
+        atoms.arrays["forces"] = atoms.get_forces()
+        atoms.calc = None
+        frames.append(atoms)
+    return frames
+
+
+def test_symmetry_functions_and_pair_baselines_match_gapkit(cuag_bulk, tmp_path):
+    """Symmetry functions (G2, G4 and G5; cosine and tanh cutoffs) with the SE and the
+    dot-product kernels, on top of ZBL, r12 and Lennard-Jones baselines: the export gives
+    gapkit's E, F, stress, per-atom E and sigma, also at a close contact where the core
+    repulsion acts."""
+    sf = SymmetryFunctions(cutoff=4.0, g5=[[0.05, 2.0, 1.0], [0.02, 1.0, -1.0]])
+    terms = [Term(sf, SEKernel(lengthscale=4.0, delta=0.3), n_sparse=30),
+             Term(SymmetryFunctions(cutoff=3.2, cutoff_function="tanh", g4=[[0.1, 4.0, -1.0]]),
+                  SOAPKernel(zeta=2, delta=0.1), n_sparse=15)]
+    baselines = [CoreRepulsion(), CoreRepulsion("r12", cutoff=2.0, A={"Cu-Cu": 30.0,
+                                                                     "Cu-Ag": 40.0,
+                                                                     "Ag-Ag": 50.0}),
+                 LennardJones.from_epsilon_sigma(0.01, 2.3, cutoff=5.0)]
+    model = GAP(terms, baselines=baselines, noise=NoiseModel(energy=0.01, forces=0.1),
+                progress=False).fit(cuag_bulk)
+    path = model.export(tmp_path / "sf.pt")
+    calc = MetatomicCalculator(str(path), check_consistency=True, uncertainty_threshold=None)
+    for k, atoms in enumerate([cuag_bulk[2].copy(), cuag_bulk[5].copy()]):
+        atoms.rattle(0.05, seed=10 + k)
+        if k == 1:  # two atoms 1.3 A apart: inside both core repulsions
+            atoms.positions[0] = atoms.positions[1] + [1.0, 0.7, 0.5]
+        pred = check_matches(model, calc, atoms)
+    assert abs(pred.baseline_energy[0]) > 1.0  # at the close contact, the baselines matter
 
 
 def test_forces_are_the_energy_gradient_of_the_export(si_export):
@@ -181,12 +232,14 @@ def test_export_bad_input(si_export, tmp_path):
     assert len(before) > 0
     with pytest.raises(RuntimeError, match="not fitted"):
         GAP().export(tmp_path / "x.pt")
-    with pytest.raises(ExportError, match=r"physics baselines \(CoreRepulsion\)"):
-        make_si_model().fit(frames[:4]).export(tmp_path / "x.pt")
-    sf = GAP([Term(SymmetryFunctions(cutoff=4.0), SEKernel(lengthscale=1.0), n_sparse=10)],
-             noise=SI_NOISE, energy_key="REF_energy", progress=False).fit(frames[:4])
-    with pytest.raises(ExportError, match=r"term 0 \(SymmetryFunctions descriptor"):
-        sf.export(tmp_path / "x.pt")
+    small = dict(noise=SI_NOISE, energy_key="REF_energy", progress=False)
+    ewald = GAP(_si_terms(), baselines=[Ewald({"Si": 0.0})], **small).fit(frames[:3])
+    with pytest.raises(ExportError, match=r"the Ewald baseline cannot be exported.*long-ranged"):
+        ewald.export(tmp_path / "x.pt")
+    ntk = GAP([Term(SOAP(cutoff=4.0, n_max=3, l_max=2), "ntk", n_sparse=10)],
+              **small).fit(frames[:3])
+    with pytest.raises(ExportError, match=r"term 0 \(SOAP descriptor with NTKKernel\)"):
+        ntk.export(tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
     # a species the model never saw: the engine refuses it before the model runs
     carbon = frames[0].copy()

@@ -142,8 +142,11 @@ class CoreRepulsion(Baseline):
                     f"{_where(frame_index)}no r12 prefactor A for species pair(s) {missing}; "
                     "add them to the A dict (eV·Å^12)")
 
-    def _tables(self, uniq: np.ndarray):
-        """Per species-pair tables (n_s, n_s): cutoff, switch start, and the pair law."""
+    def pair_tables(self, uniq: np.ndarray):
+        """Per species-pair tables (n_s, n_s) of the sorted atomic numbers ``uniq``: the
+        cutoff and switch start (Å), and the pair law: ``(k_e Z_i Z_j, a)`` (eV Å, Å) for
+        ZBL, ``(A,)`` (eV Å^12) for r12. :mod:`gapkit.export` builds its tables from
+        these."""
         if self._cutoff_rule == "covalent":
             rc = self.covalent_factor * (covalent_radii[uniq][:, None] + covalent_radii[uniq])
         else:
@@ -178,7 +181,7 @@ class CoreRepulsion(Baseline):
                     species_j: str | int) -> np.ndarray:
         """Pair energy φ(r)·S(r), eV, of one species pair at distances ``r`` (Å)."""
         uniq = np.unique([atomic_numbers[_symbol(species_i)], atomic_numbers[_symbol(species_j)]])
-        rc, r_on, law = self._tables(uniq)
+        rc, r_on, law = self.pair_tables(uniq)
         a, b = (np.searchsorted(uniq, atomic_numbers[_symbol(s)]) for s in (species_i, species_j))
         r = np.asarray(r, dtype=np.float64)
         phi, _ = self._phi(r, tuple(t[a, b] for t in law))
@@ -190,7 +193,7 @@ class CoreRepulsion(Baseline):
         self.check(atoms)
         numbers = np.asarray(atoms.numbers)
         uniq, idx = np.unique(numbers, return_inverse=True)
-        rc, r_on, law = self._tables(uniq)
+        rc, r_on, law = self.pair_tables(uniq)
         nl = build_neighbor_list([atoms], float(rc.max()))
         i, j = nl.centers, nl.neighbors
         si, sj = idx[i], idx[j]
