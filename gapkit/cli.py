@@ -277,7 +277,18 @@ def cmd_fit(args) -> int:
     _e0_star(model, frames)
     _say(args, f"gapkit fit: {len(frames)} frames, {sum(len(a) for a in frames)} atoms "
                f"from {train}")
-    model.fit(frames)
+    if args.budget is not None and not args.auto:
+        raise CLIError("--budget is the CPU time of --auto: give --auto too (or drop it)")
+    if args.auto:
+        from .auto import auto_fit, summary
+
+        model = auto_fit(frames, budget=args.budget or "20min", template=model,
+                         random_state=model.random_state or 0,
+                         log=lambda line: _say(args, line))
+        for line in summary(model.fit_info_["auto"])[1:2]:
+            _say(args, line)
+    else:
+        model.fit(frames)
     cv = model.fit_info_.get("noise_cv")
     if cv:
         _say(args, "  " + _cv_summary(cv))
@@ -497,6 +508,10 @@ def cmd_info(args) -> int:
         print(f"    config_type {ct}: " + ", ".join(f"{k} {v}" for k, v in over.items()))
     if model.fit_info_.get("noise_cv"):
         print(f"    {_cv_summary(model.fit_info_['noise_cv'])}")
+    if model.fit_info_.get("auto"):
+        from .auto import summary
+
+        print("\n".join("  " + line for line in summary(model.fit_info_["auto"])))
     fitted_on = [k for k, n in (model.fit_info_.get("n_observations") or {}).items() if n]
     print(f"  fitted on: {', '.join(fitted_on or model.use)}; keys " +
           ", ".join(f"{k}={v}" for k, v in model.keys.items()))
@@ -564,6 +579,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", metavar="NAME", default=None,
                    help="the data file's ase.io format (default: ase.io's guess; extxyz, db, "
                    "vasp-out, vasp-xml, traj, ...)")
+    p.add_argument("--auto", action="store_true",
+                   help="choose the SOAP settings (cutoff, n_max/l_max, atom_sigma, zeta, "
+                   "sparse points, a two-body term) by cross-validation within --budget; "
+                   "the config's terms are replaced, its other settings kept")
+    p.add_argument("--budget", metavar="TIME", default=None,
+                   help="CPU time for --auto: seconds or e.g. 90s, 20min, 1.5h (default 20min)")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("eval", parents=[quiet],

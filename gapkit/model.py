@@ -44,12 +44,9 @@ __all__ = ["FORMAT_VERSION", "GAP", "Prediction", "Term", "TrainingData", "clone
 
 def clone(estimator):
     """An unfitted copy of ``estimator`` with the same settings (scikit-learn's ``clone``):
-    ``type(estimator)(**deepcopy(estimator.get_params()))``.
-
-    Works for :class:`GAP` (terms, noise, e0, baselines and every other constructor
-    argument) and for anything else with ``get_params`` whose keys are its constructor
-    arguments (descriptors, kernels, baselines). Nothing fitted is copied.
-    """
+    ``type(estimator)(**deepcopy(estimator.get_params()))``, for :class:`GAP` and anything
+    whose ``get_params`` keys are its constructor arguments (descriptors, kernels,
+    baselines). Nothing fitted is copied."""
     if not hasattr(estimator, "get_params"):
         raise TypeError(f"cannot clone {type(estimator).__name__}: it has no get_params()")
     return type(estimator)(**copy.deepcopy(estimator.get_params()))
@@ -196,11 +193,9 @@ class GAP:
         """Fit on ``frames`` (list of ase.Atoms, or the path of any file ase.io reads, read
         with this model's label keys: :func:`gapkit.data.read_frames`) and return ``self``.
 
-        Frames may lack some labels: whatever energies, forces and virials are
-        present (and in ``use``) are fitted. Raises ValueError if nothing is.
-        The fit uses copies of the terms' kernels and ``noise`` as given
-        (``terms_``, ``noise_``); without ``noise`` it is chosen by cross-validation.
-        """
+        Whatever energies, forces and virials frames have (and ``use`` keeps) are fitted;
+        ValueError if none. The fit uses copies of the kernels and ``noise`` (``terms_``,
+        ``noise_``); without ``noise`` it is chosen by cross-validation."""
         frames = as_frames(frames, **self.keys)
         if self.noise is not None:
             return self._fit(frames)
@@ -209,6 +204,17 @@ class GAP:
         self.fit_info_.update(cpu_time_s=time.process_time() - cpu,
                               wall_time_s=time.perf_counter() - wall)
         return self
+
+    @classmethod
+    def auto(cls, frames, *, budget="20min", random_state: int = 0, **settings) -> "GAP":
+        """Descriptor settings chosen by cross-validation within a CPU ``budget`` (seconds
+        or e.g. ``"20min"``), the winner fitted (:mod:`gapkit.auto`; ``settings``: GAP's
+        other settings, for every candidate). What was tried: ``fit_info_["auto"]``."""
+        from .auto import auto_fit
+
+        template = cls(**settings)
+        return auto_fit(frames, budget=budget, random_state=random_state, template=template,
+                        log=print if template.progress else None)
 
     def _fit(self, frames, *, kernels=None, noise: NoiseModel | None = None) -> "GAP":
         """The fit, with ``kernels`` (one per term) and ``noise`` instead of copies of
@@ -291,12 +297,12 @@ class GAP:
         Parameters
         ----------
         frames : list of ase.Atoms or path, optional
-            The training frames: then evaluated, without refitting, from M x M statistics of
-            one pass (:mod:`gapkit.gp.hyperopt`); else the value at the fitted factors.
+            The training frames: evaluated without refitting from the M x M statistics of
+            one pass (:mod:`gapkit.gp.hyperopt`); without, the value of the fit.
         delta : sequence of float, optional
-            Per-term ``delta`` (eV) to evaluate at (default: the current ones).
+            Per-term ``delta`` (eV) (default: the current ones).
         noise_scale : sequence of 3 float, optional
-            Multipliers of the current energy, force and virial noise (default 1).
+            Multipliers of the energy, force and virial noise (default 1).
         """
         self.check_fitted()
         if frames is None:
@@ -563,12 +569,9 @@ class GAP:
         params, state = _io.read_model(path)
         model = cls(**{**params, "terms": [copy.copy(t) for t in params["terms"]]},
                     progress=False)
-        model.terms_ = params["terms"]
-        model.noise_ = params["noise"]
-        model.sparse_sets_ = state["sparse_sets"]
-        model.species_ = state["species"]
-        model.e0_ = state["e0"]
-        model.jitter_absolute_ = state["jitter_absolute"]
+        model.terms_, model.noise_ = params["terms"], params["noise"]
+        model.sparse_sets_, model.species_ = state["sparse_sets"], state["species"]
+        model.e0_, model.jitter_absolute_ = state["e0"], state["jitter_absolute"]
         model.alpha_, model.R_, model.U_ = state["alpha"], state["R"], state["U"]
         model.fit_info_ = state["fit_info"]
         for name in ("recalibration", "predictive"):
@@ -579,12 +582,9 @@ class GAP:
 
     @classmethod
     def from_config(cls, config: dict, *, base_dir=None, progress: bool = True):
-        """An unfitted GAP from a config dict (the TOML layout of :mod:`gapkit.cli`).
-
-        Returns ``(model, train_path, output_path)``; the paths are None when the
-        config lacks them, and relative ones are taken relative to ``base_dir``.
-        Raises :class:`gapkit.io.ConfigError` (a ValueError) naming the offending key.
-        """
+        """``(model, train_path, output_path)`` from a config dict (the TOML layout of
+        :mod:`gapkit.cli`): an unfitted GAP, the paths (None where the config has none;
+        relative to ``base_dir``). Raises :class:`gapkit.io.ConfigError` naming the key."""
         cfg = _io.from_config(config, base_dir=base_dir)
         try:
             model = cls(**cfg.params, progress=progress)

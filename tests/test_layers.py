@@ -25,7 +25,7 @@ LAYERS = [
     ("gapkit.kernels",),
     ("gapkit.gp",),
     ("gapkit.terms",),
-    ("gapkit.io", "gapkit.export", "gapkit._metatomic_modules"),
+    ("gapkit.io", "gapkit.export", "gapkit._metatomic_modules", "gapkit.auto"),
     ("gapkit.model",),
     ("gapkit.calculator", "gapkit.ntk", "gapkit.uq", "gapkit.generate", "gapkit.labelling"),
     ("gapkit.active", "gapkit.testing"),

@@ -1,0 +1,175 @@
+"""``auto`` (gapkit.auto, GAP.auto, gapkit fit --auto): the search scores candidates by
+cross-validation, finds the range of the interaction that made the labels, is reproducible
+from its seed, respects its CPU budget, and survives failures and Ctrl-C."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.io import write
+from ase.neighborlist import neighbor_list
+
+from gapkit import GAP
+from gapkit.auto import SPACE, _candidates, auto_fit, parse_budget, summary
+from gapkit.cli import main
+
+RANGE = 4.0  # the range of the pair interaction that makes the labels, Å
+#: a cheap search: small SOAP, few sparse points
+CHEAP = {"n_max_l_max": ((4, 2),), "atom_sigma": (0.5,), "zeta": (2,), "sparse_factor": (0.1,),
+         "two_body": (False,)}
+
+
+def pair_frames(n_frames: int, seed: int = 0, n_atoms: int = 8, box: float = 6.0):
+    """Random periodic Ar boxes labelled by ``phi(r) = -(1 - r^2/R^2)^2`` (eV) for
+    ``r < R = RANGE``: energies and forces of a pair interaction of known range."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    while len(frames) < n_frames:
+        pos = np.zeros((0, 3))
+        while len(pos) < n_atoms:  # random sequential addition: no pair closer than 2 Å
+            trial = rng.uniform(0, box, size=3)
+            gap = pos - trial
+            gap -= box * np.round(gap / box)
+            if not len(pos) or np.min(np.linalg.norm(gap, axis=1)) > 2.0:
+                pos = np.vstack([pos, trial])
+        atoms = Atoms(f"Ar{n_atoms}", positions=pos, cell=[box] * 3, pbc=True)
+        i, j, d, vec = neighbor_list("ijdD", atoms, RANGE)
+        x = 1.0 - (d / RANGE) ** 2
+        g = (2.0 * x * d / RANGE**2 / d)[:, None] * vec  # half of dE/d(vec), full list
+        forces = np.zeros((n_atoms, 3))
+        np.add.at(forces, i, g)
+        np.add.at(forces, j, -g)
+        atoms.info["energy"] = float(-0.5 * np.sum(x * x))
+        atoms.arrays["forces"] = forces
+        frames.append(atoms)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def frames64():
+    return pair_frames(64, seed=3)
+
+
+def test_pair_frames_forces_are_minus_the_energy_gradient():
+    atoms = pair_frames(1, seed=5)[0]
+
+    def energy(a):
+        d = neighbor_list("d", a, RANGE)
+        return -0.5 * np.sum((1.0 - (d / RANGE) ** 2) ** 2)
+
+    h = 1e-5
+    for k in range(3):
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[2, k] += h
+        minus.positions[2, k] -= h
+        assert atoms.arrays["forces"][2, k] == pytest.approx(
+            -(energy(plus) - energy(minus)) / (2 * h), abs=1e-7)
+
+
+def test_the_search_finds_the_range_of_the_interaction():
+    """Labels from a pair interaction of range 4 Å: a 3 Å cutoff cannot see part of it,
+    5.5 Å adds neighbours that carry nothing; cross-validation picks 4 Å."""
+    frames = pair_frames(40, seed=1)
+    model = auto_fit(frames, template=GAP(progress=False), budget=300,
+                     space={**CHEAP, "cutoff": (3.0, 4.0, 5.5)})
+    report = model.fit_info_["auto"]
+    assert report["winner_settings"]["cutoff"] == RANGE
+    assert model.terms_[0].descriptor.cutoff == RANGE
+    rows = {r["cutoff"]: r for r in report["table"]}
+    assert rows[3.0]["energy_mae"] > 5 * rows[RANGE]["energy_mae"]
+    assert rows[3.0]["forces_mae"] > 3 * rows[RANGE]["forces_mae"]
+    # the winner is the full default fit: noise by cross-validation, calibrated sigma
+    assert model.fit_info_["noise_cv"]["table"] and model.predictive_.get("forces")
+    assert report["why"].startswith("lowest cross-validated score")
+
+
+def test_successive_halving_is_reproducible_from_the_seed(frames64):
+    space = {**CHEAP, "cutoff": (3.5, 4.0, 5.0), "atom_sigma": (0.4, 0.6),
+             "two_body": (False, True)}
+    runs = [auto_fit(frames64, template=GAP(progress=False), budget=300, space=space,
+                     n_candidates=7, random_state=3) for _ in range(2)]
+    tables = [m.fit_info_["auto"]["table"] for m in runs]
+    assert [(r["settings"], r["energy_mae"], r["forces_mae"]) for r in tables[0]] == \
+        [(r["settings"], r["energy_mae"], r["forces_mae"]) for r in tables[1]]
+    assert np.array_equal(runs[0].alpha_.numpy(), runs[1].alpha_.numpy())
+    report = runs[0].fit_info_["auto"]
+    assert report["rungs"] == [21, 64]
+    first = [r for r in tables[0] if r["rung"] == 0]
+    second = [r for r in tables[0] if r["rung"] == 1]
+    assert len(first) == 7 and first[0]["settings"] == "rc 5 n4 l2 sigma 0.4 zeta 2 M x0.1"
+    best_third = sorted(first, key=lambda r: r["score"])[:3]
+    assert [r["settings"] for r in second] == [r["settings"] for r in best_third]
+    assert all(r["frames"] == 64 for r in second)
+    assert any(line.startswith("  rung") or "rung" in line for line in summary(report))
+
+
+def test_a_budget_too_small_names_the_smallest_that_works(frames64):
+    with pytest.raises(ValueError, match=r"too small for these data.*give budget >= \d+ s"
+                       ) as err:
+        auto_fit(frames64, template=GAP(progress=False), budget=0.01,
+                 space={**CHEAP, "cutoff": (4.0, 5.0)})
+    smallest = int(re.search(r"budget >= (\d+) s", str(err.value)).group(1))
+    model = auto_fit(frames64, template=GAP(progress=False), budget=smallest,
+                     space={**CHEAP, "cutoff": (4.0, 5.0)})
+    assert model.fit_info_["auto"]["table"][-1]["frames"] == 64
+
+
+def test_failed_candidates_and_ctrl_c(frames64, monkeypatch):
+    """A candidate out of memory is a row with a note; Ctrl-C keeps the best so far,
+    fitted on all frames."""
+    original = GAP.cross_validate_noise
+    calls = []
+
+    def flaky(self, frames, **kw):
+        calls.append(self.terms[0].descriptor.cutoff)
+        if self.terms[0].descriptor.cutoff == 5.0:
+            raise MemoryError("not enough memory (simulated)")
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return original(self, frames, **kw)
+
+    monkeypatch.setattr(GAP, "cross_validate_noise", flaky)
+    space = {**CHEAP, "cutoff": (3.5, 4.0, 5.0), "atom_sigma": (0.4, 0.6)}
+    model = auto_fit(frames64, template=GAP(progress=False), budget=300, space=space,
+                     n_candidates=6)
+    report = model.fit_info_["auto"]
+    assert report["interrupted"] and "Ctrl-C" in " ".join(report["notes"])
+    skipped = [r for r in report["table"] if r["status"] != "ok"]
+    assert skipped and all("MemoryError" in r["status"] and r["cutoff"] == 5.0
+                           for r in skipped)
+    assert report["table"][-1]["frames"] == 64 and model.fit_info_["n_frames"] == 64
+
+
+def test_molecules_try_one_cutoff_beyond_their_size():
+    rng = np.random.default_rng(0)
+    grid = {**SPACE, "cutoff": (3.0, 4.0, 6.0, 8.0)}
+    cutoffs = {c["cutoff"] for c in _candidates(grid, rng, 500, max_cutoff=5.0)}
+    assert cutoffs == {3.0, 4.0, 6.0}
+
+
+def test_parse_budget():
+    assert parse_budget(90) == 90.0
+    assert parse_budget("20min") == 1200.0
+    assert parse_budget("1.5h") == 5400.0
+    assert parse_budget("45 s") == 45.0
+    for bad in ("soon", "-3", 0, "10 parsecs"):
+        with pytest.raises(ValueError, match="budget"):
+            parse_budget(bad)
+
+
+def test_cli_fit_auto_and_info(frames64, tmp_path, capsys):
+    data = tmp_path / "train.xyz"
+    write(data, frames64)
+    out = tmp_path / "auto.gapkit"
+    assert main(["fit", "--auto", "--budget", "25", f"at_file={data}", f"gp_file={out}"]) == 0
+    said = capsys.readouterr().out
+    assert "gapkit auto:" in said and "winner:" in said
+    assert main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "settings chosen by auto" in info and "CPU-s" in info
+    assert GAP.load(out).fit_info_["auto"]["cpu_s"] < 25 * 1.5
+    assert main(["fit", "--budget", "25", f"at_file={data}", f"gp_file={tmp_path / 'x'}"]) == 2
+    assert "--budget is the CPU time of --auto" in capsys.readouterr().err
