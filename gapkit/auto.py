@@ -262,11 +262,18 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
     last_rung = len(subsets) - 1
     probe: list[float] = []  # CPU-s of the default on the first rung
 
+    measured: dict[str, tuple[int, float]] = {}  # label -> (rung, CPU-s) of its last fit
+
     def estimate(settings: dict, rung: int) -> float:
-        """CPU-s of one candidate on a rung, from the default's measured cost."""
+        """CPU-s of one candidate on a rung: its own cost on the rung before, else the
+        first candidate's, scaled by the frames times the sparse points (both grow with
+        the rung: the square of the frames; measured on Zuo Si, rung 0 -> 1 cost 8-9x)."""
         full = 1.3 if rung == last_rung else 1.0  # the full fit calibrates and refits
-        return (probe[0] * _relative_cost(settings) / _relative_cost(DEFAULT)
-                * len(subsets[rung]) / len(subsets[0]) * full)
+        before = measured.get(_label(settings))
+        if before is None:
+            before = (0, probe[0] * _relative_cost(settings) / _relative_cost(DEFAULT))
+        ratio = len(subsets[rung]) / len(subsets[before[0]])
+        return before[1] * ratio * ratio * full
 
     def reserve(rung: int, n_now: int) -> float:
         """CPU-s the later rungs need if this one sends them ``n_now / ETA`` candidates."""
@@ -302,6 +309,7 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
                             f"{math.ceil(need * 1.2)} s (or fewer frames)")
                 if row is None:
                     continue
+                measured[row["settings"]] = (rung, row["cpu_s"])
                 row["settings_dict"] = settings
                 rung_rows.append(row)
                 if full:
