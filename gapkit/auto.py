@@ -177,11 +177,17 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
     overrides entries of :data:`SPACE`; ``log`` receives one line per step (None: quiet).
     """
     from .data.files import as_frames
+    from .gp.cv import MIN_FRAMES
     from .gp.sparsify import auto_sparse_count
 
     cpu_start = time.process_time()
     limit = parse_budget(budget)
     frames = as_frames(frames, **template.keys)
+    if len(frames) < MIN_FRAMES:
+        raise ValueError(
+            f"auto scores settings by cross-validation over frames, which needs at least "
+            f"{MIN_FRAMES} frames; got {len(frames)}: give more frames, or the settings "
+            "yourself (GAP(terms) or gapkit fit's soap_* keys)")
     space = {**SPACE, **(space or {})}
     unknown = set(space) - set(SPACE)
     if unknown:

@@ -143,6 +143,11 @@ def test_failed_candidates_and_ctrl_c(frames64, monkeypatch):
     assert report["table"][-1]["frames"] == 64 and model.fit_info_["n_frames"] == 64
 
 
+def test_too_few_frames_to_cross_validate_is_refused():
+    with pytest.raises(ValueError, match=r"needs at least 10 frames; got 8"):
+        auto_fit(pair_frames(8), template=GAP(progress=False), budget=60, space=CHEAP)
+
+
 def test_molecules_try_one_cutoff_beyond_their_size():
     rng = np.random.default_rng(0)
     grid = {**SPACE, "cutoff": (3.0, 4.0, 6.0, 8.0)}
