@@ -7,6 +7,7 @@ environment variables before numpy/torch are imported.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -64,3 +65,12 @@ def base_machine_info() -> dict:
         "python": platform.python_version(),
         "gapkit_commit": commit or None,
     }
+
+
+def results_so_far(path: Path) -> dict:
+    """A fresh results file's content: this machine, and the ``results`` an earlier run
+    wrote to ``path`` (kept, so that runs of one data set at a time add up)."""
+    out: dict = {"machine": base_machine_info(), "results": {}}
+    if path.exists():
+        out["results"] = json.loads(path.read_text()).get("results", {})
+    return out

@@ -31,7 +31,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import base_machine_info  # noqa: E402
+from _common import results_so_far  # noqa: E402
 from scipy.stats import norm, spearmanr  # noqa: E402
 
 from gapkit import GAP, NoiseModel, uq  # noqa: E402
@@ -58,6 +58,16 @@ DATASETS = {
 #: 2020, meV per molecule, meV/Å)
 PUBLISHED = {"Si": (2.91, 0.07), "Li": (0.49, 0.01), "Cu": (0.46, 0.01), "Ni": (0.42, 0.02),
              "ethanol": (3.5, 18.1), "aspirin": (17.7, 44.9)}
+
+
+def load_dataset(name: str):
+    """``(train, test)`` frames of a data set of :data:`DATASETS` (its frame counts), or
+    None, said, when ``../shared/datasets`` lacks it."""
+    tr, te, n_train, n_test = DATASETS[name]
+    if not (SHARED / tr).exists():
+        print(f"{name}: {SHARED / tr} not found, skipped", flush=True)
+        return None
+    return read_extxyz(SHARED / tr)[:n_train], read_extxyz(SHARED / te)[:n_test]
 
 
 def area_all(err, var):
@@ -114,16 +124,12 @@ def main() -> None:
     ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    out: dict = {"machine": base_machine_info(), "results": {}}
-    if args.output.exists():  # keep what earlier runs measured
-        out["results"] = json.loads(args.output.read_text()).get("results", {})
+    out = results_so_far(args.output)
     for name in args.data:
-        tr, te, n_train, n_test = DATASETS[name]
-        if not (SHARED / tr).exists():
-            print(f"{name}: {SHARED / tr} not found, skipped", flush=True)
+        data = load_dataset(name)
+        if data is None:
             continue
-        train, test = read_extxyz(SHARED / tr), read_extxyz(SHARED / te)
-        train, test = train[:n_train], test[:n_test]
+        train, test = data
         res = out["results"].setdefault(name, {"published_gap": PUBLISHED[name]})
         for row in args.rows:
             cpu = time.process_time()

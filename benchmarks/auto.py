@@ -26,11 +26,10 @@ import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from _common import base_machine_info  # noqa: E402
-from accuracy import DATASETS, PUBLISHED, SHARED, score  # noqa: E402
+from _common import results_so_far  # noqa: E402
+from accuracy import PUBLISHED, load_dataset, score  # noqa: E402
 
 from gapkit import GAP  # noqa: E402
-from gapkit.data import read_extxyz  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "auto.json"
@@ -47,16 +46,13 @@ def main() -> None:
     ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    out: dict = {"machine": base_machine_info(), "results": {}}
-    if args.output.exists():  # keep what earlier runs measured
-        out["results"] = json.loads(args.output.read_text()).get("results", {})
+    out = results_so_far(args.output)
     defaults = (json.loads(ACCURACY.read_text())["results"] if ACCURACY.exists() else {})
     for name in args.data:
-        tr, te, n_train, n_test = DATASETS[name]
-        if not (SHARED / tr).exists():
-            print(f"{name}: {SHARED / tr} not found, skipped", flush=True)
+        data = load_dataset(name)
+        if data is None:
             continue
-        train, test = read_extxyz(SHARED / tr)[:n_train], read_extxyz(SHARED / te)[:n_test]
+        train, test = data
         cpu = time.process_time()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -332,7 +332,8 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
         report["interrupted"] = True
         report["notes"].append("interrupted (Ctrl-C): the best candidate so far is kept")
         say("  interrupted: keeping the best candidate so far")
-    for rung in {r["rung"] for r in rows if "score" not in r}:  # an interrupted rung
+    for rung in {r["rung"] for r in rows if "score" not in r and r["status"] == "ok"}:
+        # a rung Ctrl-C interrupted before it was scored
         score([r for r in rows if r["rung"] == rung and r["status"] == "ok"])
     scored = [r for r in rows if r["status"] == "ok"]
     if models:
