@@ -104,24 +104,39 @@ def functional_rows(kernel, result, sparse: SparseSet, *, energy: bool, forces: 
         g = result.torch("gradients", dtype=dtype)
         centre = torch.as_tensor(result.gradient_centre)
         atom = torch.as_tensor(result.gradient_atom_global)
-        rows = torch.zeros((int(result.n_atoms.sum()), 3, z.shape[0]), dtype=dtype)
-        for e0 in range(0, g.shape[0], ENTRY_CHUNK):
-            sl = slice(e0, e0 + ENTRY_CHUNK)
-            part = contract(q, z, g[sl], centre[sl]) * mask[centre[sl]][:, None, :]
-            rows.index_add_(0, atom[sl], part, alpha=-1.0)
-        out["forces"] = rows
+        out["forces"] = _contract_by_type(contract, q, sparse, g, centre, types, atom,
+                                          int(result.n_atoms.sum()), ENTRY_CHUNK)
     if virial:
-        s = result.torch("strain_gradients", dtype=dtype)
-        sym = voigt_symmetrised(s)  # (n_c, 6, D)
-        rows = torch.zeros((n_frames, 6, z.shape[0]), dtype=dtype)
-        centres = torch.arange(q.shape[0])
-        chunk = max(1, ENTRY_CHUNK // 2)
-        for c0 in range(0, q.shape[0], chunk):
-            sl = slice(c0, c0 + chunk)
-            part = contract(q, z, sym[sl], centres[sl]) * mask[sl][:, None, :]
-            rows.index_add_(0, structure[sl], part, alpha=-1.0)
-        out["virial"] = rows
+        sym = voigt_symmetrised(result.torch("strain_gradients", dtype=dtype))  # (n_c, 6, D)
+        out["virial"] = _contract_by_type(contract, q, sparse, sym, torch.arange(q.shape[0]),
+                                          types, structure, n_frames,
+                                          max(1, ENTRY_CHUNK // 2))
     return out
+
+
+def _contract_by_type(contract, q, sparse: SparseSet, g, centre, centre_types, target,
+                      n_target: int, chunk: int) -> torch.Tensor:
+    """``-sum_e dk(q_{centre_e}, z)/dq . g_e`` added into row ``target[e]``, shape
+    (n_target, components, M). Each kernel type is contracted only against its own sparse
+    points (the kernel between types is zero): with C, H and O in aspirin this does about a
+    third of the work of contracting every entry against all M columns and masking."""
+    m = sparse.n
+    rows = torch.zeros((n_target, g.shape[1], m), dtype=q.dtype)
+    entry_types = centre_types[centre]
+    for t in torch.unique(sparse.types).tolist():
+        cols = torch.nonzero(sparse.types == t)[:, 0]
+        entries = torch.nonzero(entry_types == t)[:, 0]
+        if entries.numel() == 0:
+            continue
+        z = sparse.points[cols]
+        block = rows if cols.numel() == m else torch.zeros((n_target, g.shape[1], cols.numel()),
+                                                           dtype=q.dtype)
+        for e0 in range(0, entries.numel(), chunk):
+            e = entries[e0:e0 + chunk]
+            block.index_add_(0, target[e], contract(q, z, g[e], centre[e]), alpha=-1.0)
+        if block is not rows:
+            rows[:, :, cols] = block
+    return rows
 
 
 def gather_rows(blocks: dict, obs, atom_offsets: np.ndarray) -> torch.Tensor:

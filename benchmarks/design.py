@@ -1,0 +1,96 @@
+"""Design pass (force rows) on a molecule with several species: gapkit's type-grouped
+contraction against the reference that contracts every gradient entry against all M
+sparse points and masks the columns of other species (gapkit until 0.9).
+
+rMD17 aspirin (C9H8O4; ``../shared/datasets/rmd17``, the first ``--frames`` training
+frames), SOAP cutoff 5, n_max 8, l_max 6, atom_sigma 0.3, zeta 4, ``--m`` CUR points split
+over the species as ``n_sparse`` splits them. CPU time (``time.process_time``), one
+thread, the two codes interleaved ``--repeats`` times; the rows of both are compared.
+Results: ``benchmarks/results/design.json``.
+"""
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from _common import base_machine_info  # noqa: E402
+
+from gapkit.data import read_extxyz  # noqa: E402
+from gapkit.descriptors import SOAP  # noqa: E402
+from gapkit.gp.design import ENTRY_CHUNK, functional_rows, type_mask  # noqa: E402
+from gapkit.gp.sparsify import sparse_points  # noqa: E402
+from gapkit.kernels import SOAPKernel  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "datasets" / "rmd17" / "rmd17_aspirin_train_01.xyz"
+
+
+def masked_reference(kernel, res, sparse) -> torch.Tensor:
+    """Force rows the way gapkit built them before: every entry against every column."""
+    q = res.torch("values", dtype=torch.float64)
+    g = res.torch("gradients", dtype=torch.float64)
+    centre = torch.as_tensor(res.gradient_centre)
+    atom = torch.as_tensor(res.gradient_atom_global)
+    mask = type_mask(torch.as_tensor(res.centre_types), sparse.types, q.dtype)
+    rows = torch.zeros((int(res.n_atoms.sum()), 3, sparse.n), dtype=q.dtype)
+    for e0 in range(0, g.shape[0], ENTRY_CHUNK):
+        sl = slice(e0, e0 + ENTRY_CHUNK)
+        part = (kernel.grad_contract(q, sparse.points, g[sl], centre[sl])
+                * mask[centre[sl]][:, None, :])
+        rows.index_add_(0, atom[sl], part, alpha=-1.0)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--m", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if not DATA.exists():
+        print(f"{DATA} not found: needs ../shared/datasets")
+        return
+    frames = read_extxyz(DATA)[:max(args.frames, 200)]
+    desc = SOAP(cutoff=5.0, cutoff_width=1.0, n_max=8, l_max=6, atom_sigma=0.3,
+                species=sorted({int(z) for a in frames for z in a.numbers}))
+    env = desc.compute(frames[:200])
+    sparse = sparse_points(np.asarray(env.values), args.m, types=env.centre_types,
+                           method="cur", random_state=0)
+    kernel = SOAPKernel(zeta=4)
+    res = desc.compute(frames[:args.frames], gradients=["positions"])
+    times: dict[str, list[float]] = {"grouped": [], "masked": []}
+    with torch.no_grad():
+        for _ in range(args.repeats):
+            t = time.process_time()
+            new = functional_rows(kernel, res, sparse, energy=False, forces=True,
+                                  virial=False)["forces"]
+            times["grouped"].append(time.process_time() - t)
+            t = time.process_time()
+            old = masked_reference(kernel, res, sparse)
+            times["masked"].append(time.process_time() - t)
+    diff = float((new - old).abs().max() / old.abs().max())
+    best = {k: min(v) for k, v in times.items()}
+    counts = {int(t): int(c) for t, c in zip(*np.unique(sparse.types.numpy(),
+                                                         return_counts=True))}
+    out = {"machine": base_machine_info(), "frames": args.frames, "m": sparse.n,
+           "m_per_species": counts, "entries": int(res.gradient_centre.size),
+           "cpu_s": best, "speedup": best["masked"] / best["grouped"],
+           "max_relative_difference": diff}
+    print(f"aspirin, {args.frames} frames, M {sparse.n} {counts}: force rows "
+          f"{best['grouped']:.2f} CPU-s grouped by species, {best['masked']:.2f} masked "
+          f"(x{out['speedup']:.2f}); rows agree to {diff:.1e}")
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "design.json").write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

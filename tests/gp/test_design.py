@@ -1,0 +1,107 @@
+"""Design rows (:func:`gapkit.gp.design.functional_rows`) against central differences of
+their own energy rows, with several kernel types whose sparse points are interleaved: a
+force row is minus the position derivative of the energy row, a virial row minus its
+strain derivative, and a column of one type is zero for every centre of another."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+
+from gapkit.descriptors import SOAP
+from gapkit.gp.design import SparseSet, functional_rows
+from gapkit.gp.observations import VOIGT
+from gapkit.kernels import SEKernel, SOAPKernel
+
+STEP = 1e-5
+
+
+def _frame() -> Atoms:
+    """A periodic Si2C cell (three atoms, two species) with short edges: every atom sees
+    several images of every atom."""
+    cell = np.array([[3.1, 0.0, 0.0], [0.6, 2.9, 0.0], [0.3, -0.4, 3.0]])
+    scaled = np.array([[0.02, 0.03, 0.01], [0.52, 0.46, 0.57], [0.25, 0.71, 0.33]])
+    return Atoms("SiCSi", scaled_positions=scaled, cell=cell, pbc=True)
+
+
+def _energy_rows(kernel, desc, atoms, sparse) -> np.ndarray:
+    res = desc.compute([atoms], gradients=False)
+    with torch.no_grad():
+        return functional_rows(kernel, res, sparse, energy=True, forces=False,
+                               virial=False)["energy"][0].numpy()
+
+
+@pytest.mark.parametrize("kind", ["soap", "se"])
+def test_force_and_virial_rows_are_minus_derivatives_of_the_energy_rows(kind):
+    desc = SOAP(cutoff=3.5, cutoff_width=0.5, n_max=3, l_max=2, species=[6, 14])
+    base = _frame()
+    # sparse points: environments of rattled copies, the types interleaved (C, Si, C, ...)
+    others = []
+    for seed in range(3):
+        a = base.copy()
+        a.rattle(0.1, seed=seed)
+        others.append(a)
+    env = desc.compute(others)
+    order = np.argsort(np.arange(len(env.centre_types)) % 2, kind="stable")
+    points = np.asarray(env.values)[order]
+    types = np.asarray(env.centre_types)[order]
+    assert len(set(types[:3].tolist())) == 2  # interleaved, not sorted by type
+    sparse = SparseSet(points, types)
+    kernel = (SOAPKernel(zeta=2, delta=0.7) if kind == "soap"
+              else SEKernel.with_scales_from(env, delta=0.7))
+
+    atoms = base.copy()
+    atoms.rattle(0.05, seed=11)
+    res = desc.compute([atoms], gradients=["positions", "strain"])
+    with torch.no_grad():
+        rows = functional_rows(kernel, res, sparse, energy=True, forces=True, virial=True,
+                               local=True)
+    forces, virial = rows["forces"].numpy(), rows["virial"][0].numpy()
+    assert np.abs(forces).max() > 1e-2
+
+    # a column of one kernel type is zero for every centre of the other
+    local = rows["local"].numpy()
+    other = np.asarray(res.centre_types)[:, None] != types[None, :]
+    assert np.all(local[other] == 0.0) and np.all(local[~other] != 0.0)
+
+    for j in range(len(atoms)):
+        for a in range(3):
+            plus, minus = atoms.copy(), atoms.copy()
+            plus.positions[j, a] += STEP
+            minus.positions[j, a] -= STEP
+            fd = -(_energy_rows(kernel, desc, plus, sparse)
+                   - _energy_rows(kernel, desc, minus, sparse)) / (2 * STEP)
+            np.testing.assert_allclose(forces[j, a], fd, rtol=0, atol=1e-7)
+
+    for v, (a, b) in enumerate(VOIGT):
+        eps = np.zeros((3, 3))
+        eps[a, b] += 0.5 * STEP
+        eps[b, a] += 0.5 * STEP
+        ends = []
+        for sign in (1, -1):
+            s = atoms.copy()
+            s.set_cell(atoms.cell.array @ (np.eye(3) + sign * eps), scale_atoms=True)
+            ends.append(_energy_rows(kernel, desc, s, sparse))
+        fd = -(ends[0] - ends[1]) / (2 * STEP)
+        np.testing.assert_allclose(virial[v], fd, rtol=0, atol=1e-7)
+
+
+def test_rows_are_the_same_with_the_points_sorted_by_type():
+    """Interleaved or sorted, every column is the same function of the configuration."""
+    desc = SOAP(cutoff=3.5, cutoff_width=0.5, n_max=3, l_max=2, species=[6, 14])
+    atoms = _frame()
+    atoms.rattle(0.05, seed=3)
+    env = desc.compute([atoms])
+    points, types = np.asarray(env.values), np.asarray(env.centre_types)
+    perm = np.array([1, 0, 2])
+    res = desc.compute([atoms], gradients=["positions", "strain"])
+    kernel = SOAPKernel(zeta=4)
+    with torch.no_grad():
+        a = functional_rows(kernel, res, SparseSet(points, types), energy=True, forces=True,
+                            virial=True)
+        b = functional_rows(kernel, res, SparseSet(points[perm], types[perm]), energy=True,
+                            forces=True, virial=True)
+    for key in ("energy", "forces", "virial"):
+        torch.testing.assert_close(a[key][..., perm], b[key], rtol=0, atol=1e-13)
