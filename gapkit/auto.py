@@ -178,6 +178,7 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
     """
     from .data.files import as_frames
     from .gp.cv import MIN_FRAMES
+    from .gp.design import design_cache
     from .gp.sparsify import auto_sparse_count
 
     cpu_start = time.process_time()
@@ -234,8 +235,9 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
                     model.fit(part)
                     cv = model.fit_info_.get("noise_cv")
                 else:
-                    model._fit(part)
-                    cv = model.cross_validate_noise(part, refit=False, predictive=False)
+                    with design_cache():  # the CV's passes read the fit's design rows
+                        model._fit(part)
+                        cv = model.cross_validate_noise(part, refit=False, predictive=False)
         except Exception as err:  # noqa: BLE001 -- a failed candidate is a row, not a crash
             if not _is_memory_error(err) and not isinstance(err, (ValueError,
                                                                   np.linalg.LinAlgError)):

@@ -30,7 +30,7 @@ from .baselines import subtract as subtract_baselines
 from .data import as_frames, check_label_keys, get_all_labels
 from .data.structures import check_species
 from .gp import observations, posterior
-from .gp.design import TrainingData, design_blocks, gradients_for
+from .gp.design import TrainingData, design_blocks, design_cache, gradients_for
 from .gp.observations import KINDS, NoiseModel, baseline_energies, build_observations, fit_e0
 from .gp.posterior import Prediction
 from .gp.predictive import apply_predictive
@@ -192,7 +192,6 @@ class GAP:
     def fit(self, frames) -> "GAP":
         """Fit on ``frames`` (list of ase.Atoms, or the path of any file ase.io reads, read
         with this model's label keys: :func:`gapkit.data.read_frames`) and return ``self``.
-
         Whatever energies, forces and virials frames have (and ``use`` keeps) are fitted;
         ValueError if none. The fit uses copies of the kernels and ``noise`` (``terms_``,
         ``noise_``); without ``noise`` it is chosen by cross-validation."""
@@ -200,7 +199,8 @@ class GAP:
         if self.noise is not None:
             return self._fit(frames)
         cpu, wall = time.process_time(), time.perf_counter()
-        self._fit(frames).cross_validate_noise(frames)
+        with design_cache():  # the noise CV's passes read the fit's design rows again
+            self._fit(frames).cross_validate_noise(frames)
         self.fit_info_.update(cpu_time_s=time.process_time() - cpu,
                               wall_time_s=time.perf_counter() - wall)
         return self

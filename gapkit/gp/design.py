@@ -16,6 +16,11 @@ autograd column by column. Kernels between centres of different type are zero.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import resource
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,8 +30,8 @@ from ..data import voigt_symmetrised
 from ..descriptors.base import frame_batches
 from .observations import ENERGY, FORCES, VIRIAL
 
-__all__ = ["SparseSet", "TrainingData", "design_blocks", "design_rows", "functional_rows",
-           "gather_rows", "gradients_for", "kmm", "type_mask"]
+__all__ = ["DesignCache", "SparseSet", "TrainingData", "design_blocks", "design_cache",
+           "design_rows", "functional_rows", "gather_rows", "gradients_for", "kmm", "type_mask"]
 
 #: gradient entries contracted at once (memory: entries x 3 x M floats)
 ENTRY_CHUNK = 1024
@@ -234,15 +239,103 @@ def design_blocks(terms, sparse_sets, frames, observations, gradients=None, *,
         from tqdm.auto import tqdm
 
         blocks = tqdm(blocks, desc=desc, leave=False)
+    cache = None if with_results else _ACTIVE.get()
     for start, stop in blocks:
         sel = np.nonzero((observations.frame >= start) & (observations.frame < stop))[0]
         if sel.size == 0:
             continue
         sub = observations.select(sel).shifted(start)
         results: list = []
-        rows = design_rows(terms, sparse_sets, frames[start:stop], sub, gradients, unit=unit,
-                           results=results)
+        key = None if cache is None else cache.key(terms, sparse_sets, frames[start:stop], sub,
+                                                   gradients, unit)
+        rows = None if cache is None else cache.get(key)
+        if rows is None:
+            rows = design_rows(terms, sparse_sets, frames[start:stop], sub, gradients,
+                               unit=unit, results=results)
+            if cache is not None:
+                cache.put(key, rows, (terms, sparse_sets, frames[start:stop]))
         yield (start, sel, sub, rows, results) if with_results else (start, sel, sub, rows)
+
+
+class DesignCache:
+    """Design rows kept in memory, up to ``max_bytes``, so that the later passes of one
+    fit over the same frames, terms and sparse points (the noise cross-validation's two
+    passes after the fit's) read them instead of recomputing descriptors and GEMMs.
+
+    A block's key is what its rows are a function of: the terms (descriptor and kernel
+    objects, and the kernel's parameters, which an optimiser may change in place), the
+    sparse sets, the frames of the block (objects: use the cache only while they are not
+    modified), its observation rows, the gradients and ``unit``. The keyed objects are
+    held, so no key can be reused by another object. Blocks past ``max_bytes`` are not
+    kept (computed each time, as without a cache). Consumers must not modify the rows they
+    are given (none in gapkit does)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self.hits = 0
+        self._rows: dict = {}
+        self._held: list = []
+
+    @staticmethod
+    def key(terms, sparse_sets, frames, sub, gradients, unit: bool) -> tuple:
+        digest = hashlib.blake2b(digest_size=16)
+        for arr in (sub.kind, sub.frame, sub.atom, sub.component):
+            digest.update(np.ascontiguousarray(arr).tobytes())
+        kernels = tuple((id(t.descriptor), id(t.kernel), repr(t.kernel.get_params()))
+                        for t in terms)
+        return (kernels, tuple(id(s.points) for s in sparse_sets), tuple(map(id, frames)),
+                digest.hexdigest(), tuple(sorted(gradients)), bool(unit))
+
+    def get(self, key):
+        rows = self._rows.get(key)
+        if rows is not None:
+            self.hits += 1
+        return rows
+
+    def put(self, key, rows: torch.Tensor, held) -> None:
+        size = rows.element_size() * rows.nelement()
+        if self.nbytes + size <= self.max_bytes:
+            self._rows[key] = rows
+            self._held.append(held)
+            self.nbytes += size
+
+
+_ACTIVE: ContextVar[DesignCache | None] = ContextVar("gapkit_design_cache", default=None)
+
+
+def default_cache_bytes() -> int:
+    """A quarter of the memory this process may use: the smaller of the machine's physical
+    memory and the address-space limit (``ulimit -v``/``prlimit --as``), or
+    ``GAPKIT_DESIGN_CACHE_GB`` (0: no cache)."""
+    env = os.environ.get("GAPKIT_DESIGN_CACHE_GB")
+    if env is not None:
+        return int(float(env) * 2**30)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 8 * 2**30
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit not in (resource.RLIM_INFINITY, -1):
+        total = min(total, limit)
+    return total // 4
+
+
+@contextlib.contextmanager
+def design_cache(max_bytes: int | None = None):
+    """Within the block, :func:`design_blocks` keeps the rows it computes
+    (:class:`DesignCache`, ``max_bytes`` default :func:`default_cache_bytes`) and serves
+    them again to later passes over the same block. Nested: the outer cache serves."""
+    active = _ACTIVE.get()
+    if active is not None:
+        yield active
+        return
+    cache = DesignCache(default_cache_bytes() if max_bytes is None else max_bytes)
+    token = _ACTIVE.set(cache)
+    try:
+        yield cache
+    finally:
+        _ACTIVE.reset(token)
 
 
 def kmm(terms, sparse_sets) -> torch.Tensor:

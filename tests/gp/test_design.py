@@ -105,3 +105,67 @@ def test_rows_are_the_same_with_the_points_sorted_by_type():
                             forces=True, virial=True)
     for key in ("energy", "forces", "virial"):
         torch.testing.assert_close(a[key][..., perm], b[key], rtol=0, atol=1e-13)
+
+
+# -- the design cache: later passes of one fit read the rows the first computed ---------
+
+
+def _small_gap(**kw):
+    from gapkit import GAP, Term
+
+    term = Term(SOAP(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2), SOAPKernel(zeta=4),
+                n_sparse=30)
+    return GAP([term], progress=False, batch_atoms=100, random_state=1, **kw)
+
+
+def test_cached_fit_is_the_fit_without_cache(monkeypatch):
+    """``GAP.fit`` (its noise cross-validation reads the fit's rows from the cache) gives
+    the same noise, weights and calibration as with no cache, and the cache is hit."""
+    from conftest import si_frames
+
+    from gapkit.gp import design
+
+    frames = si_frames(12)
+    hits = []
+    real = design.DesignCache.get
+
+    def counting_get(self, key):
+        rows = real(self, key)
+        hits.append(rows is not None)
+        return rows
+
+    monkeypatch.setattr(design.DesignCache, "get", counting_get)
+    cached = _small_gap().fit(frames)
+    assert sum(hits) >= 2 * (len(hits) // 3)  # the CV's two passes: every block a hit
+    monkeypatch.setenv("GAPKIT_DESIGN_CACHE_GB", "0")
+    hits.clear()
+    plain = _small_gap().fit(frames)
+    assert not any(hits)
+    assert cached.fit_info_["noise_cv"]["factors"] == plain.fit_info_["noise_cv"]["factors"]
+    torch.testing.assert_close(cached.alpha_, plain.alpha_, rtol=1e-12, atol=0)
+    assert cached.predictive_ == plain.predictive_
+
+
+def test_cache_key_follows_kernel_parameters_and_memory_cap():
+    from conftest import si_frames
+
+    from gapkit.gp.design import design_blocks, design_cache
+
+    frames = si_frames(6)
+    model = _small_gap(noise=None).fit(frames)
+    data = model.training_data(frames)
+
+    def rows_now():
+        return torch.cat([r for *_, r in design_blocks(
+            model.terms_, model.sparse_sets_, data.frames, data.observations,
+            set(data.gradients), batch_atoms=100)])
+
+    with design_cache() as cache:
+        first = rows_now()
+        assert cache.nbytes == first.element_size() * first.nelement()
+        assert rows_now() is not None and cache.hits > 0
+        model.terms_[0].kernel.delta = 2.0  # rows scale with delta^2: not the cached ones
+        torch.testing.assert_close(rows_now(), 4.0 * first, rtol=1e-12, atol=0)
+    with design_cache(max_bytes=first.element_size() * first.nelement() // 2) as cache:
+        rows_now()
+        assert 0 < cache.nbytes <= cache.max_bytes
