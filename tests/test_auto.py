@@ -178,3 +178,39 @@ def test_cli_fit_auto_and_info(frames64, tmp_path, capsys):
     assert GAP.load(out).fit_info_["auto"]["cpu_s"] < 25 * 1.5
     assert main(["fit", "--budget", "25", f"at_file={data}", f"gp_file={tmp_path / 'x'}"]) == 2
     assert "--budget is the CPU time of --auto" in capsys.readouterr().err
+
+
+def test_a_survivor_over_the_budget_left_is_passed_over_for_a_cheaper_one(frames64,
+                                                                          monkeypatch):
+    """On a fake CPU clock: the second-ranked survivor of rung 0 is estimated to cost more
+    on all frames than the budget leaves, so it is not tried, the third (cheap) still is,
+    and the notes name the one passed over."""
+    import types
+
+    import gapkit.auto
+
+    clock = [0.0]
+    monkeypatch.setattr(gapkit.auto, "time", types.SimpleNamespace(
+        process_time=lambda: clock[0]))
+    scores = {(5.0, 0.5): 1.0, (4.0, 0.6): 1.1, (3.5, 0.4): 1.2}
+
+    def fake_cv(self, frames, **kw):
+        key = (self.terms[0].descriptor.cutoff, self.terms[0].descriptor.atom_sigma)
+        clock[0] += (8.0 if key == (4.0, 0.6) else 1.0) * (len(frames) / 21) ** 2
+        err = scores.get(key, 2.0 + key[0] / 10 + key[1])
+        report = {"table": [{"energy": 1.0, "virial": 1.0}],
+                  "best": {"energy_mae": 0.01 * err, "forces_mae": 0.1 * err}}
+        self.fit_info_["noise_cv"] = report
+        return report
+
+    monkeypatch.setattr(GAP, "cross_validate_noise", fake_cv)
+    space = {**CHEAP, "cutoff": (3.5, 4.0, 5.0), "atom_sigma": (0.4, 0.5, 0.6)}
+    model = auto_fit(frames64, template=GAP(progress=False), budget=60, space=space,
+                     n_candidates=9)
+    report = model.fit_info_["auto"]
+    assert report["rungs"] == [21, 64]
+    last = [r["settings"] for r in report["table"] if r["rung"] == 1]
+    assert last == ["rc 5 n4 l2 sigma 0.5 zeta 2 M x0.1", "rc 3.5 n4 l2 sigma 0.4 zeta 2 M x0.1"]
+    note = next(n for n in report["notes"] if "over the budget left" in n)
+    assert "rung 1: 1 candidates" in note and "rc 4 n4 l2 sigma 0.6" in note
+    assert report["winner"] == last[0] and report["cpu_s"] <= 60
