@@ -494,7 +494,11 @@ def cmd_info(args) -> int:
                         f" {c}" for z, c in zip(types, counts))
         print(f"  term {i}: {td['descriptor']['type']}({dp})")
         print(f"          {td['kernel']['type']}({kp})")
-        print(f"          {sparse.n} sparse points ({td['sparse_method']}; {per})")
+        given = td["n_sparse"]
+        how = ("per species as given (gap_fit's count)" if isinstance(given, dict) else
+               f"n_sparse={given} in all, split "
+               + str((td.get("sparse_options") or {}).get("split", "equal")))
+        print(f"          {sparse.n} sparse points ({td['sparse_method']}; {per}; {how})")
     nz = model.noise_
     print(f"  noise: energy {nz.energy} eV{'/atom' if nz.per_atom else ''}, forces {nz.forces} "
           f"eV/Å, virial {nz.virial} eV{'/atom' if nz.per_atom else ''}")

@@ -26,16 +26,19 @@ class Term:
         a two-body kernel takes the descriptor's cutoff, and a kernel whose own
         setting contradicts the descriptor's is refused with a ValueError.
     n_sparse : int, dict, "all" or "auto"
-        Number of sparse points (or ``{type: count}``); split over kernel types
-        (central species for SOAP, species pairs for two-body) in proportion to
-        their number of environments. ``"all"``: every distinct training
+        Number of sparse points (or ``{type: count}``, gap_fit's per-species count); a
+        total is split over kernel types (central species for SOAP, species pairs for
+        two-body) equally, a type with fewer environments than its share getting all of
+        them (``sparse_options={"split": "proportional"}``: in proportion to their
+        environments, gapkit's rule before 0.2). ``"all"``: every distinct training
         environment (the exact-GP limit; for small data). ``"auto"``: one point per 13
         training environments, at least 500 and at most 2000
         (:func:`gapkit.gp.sparsify.auto_sparse_count`), the default.
     sparse_method : {"cur", "fps", "random", "uniform"}
         How sparse points are chosen ("uniform": an even grid, for two-body).
     sparse_options : dict, optional
-        Passed to :func:`gapkit.gp.sparsify.sparse_points`. For "cur" the default
+        ``split`` (above); the rest is passed to
+        :func:`gapkit.gp.sparsify.sparse_points`. For "cur" the default
         is ``cur_mode="sample"``: rows drawn with probability proportional to their
         leverage (seeded by ``GAP(random_state=...)``), as gap_fit's ``cur_points``
         (benchmarks/README.md compares it with ``cur_mode="deterministic"``).

@@ -23,9 +23,9 @@ Common behaviour
 * **Per type.** With ``types`` (the kernel type of each row, e.g. the central species
   for SOAP or the species-pair code for two-body) points are chosen separately for
   each type. An integer budget is split over the types in proportion to their row
-  counts, at least one point each, by largest-remainder rounding so that the total is
-  exactly ``n_sparse`` (:func:`split_budget`); a ``{type: count}`` dict sets the
-  counts explicitly.
+  counts (or equally, ``split="equal"``: what a fitted term does), at least one point
+  each, by largest-remainder rounding so that the total is exactly ``n_sparse``
+  (:func:`split_budget`); a ``{type: count}`` dict sets the counts explicitly.
 * **Duplicates.** Identical rows (the same environment in many frames, symmetry-
   equivalent atoms of a crystal) are collapsed before selection, keeping the first
   occurrence, so no two selected rows are duplicates. Rows count as identical when
@@ -56,6 +56,7 @@ from .design import SparseSet
 
 __all__ = [
     "SPARSE_METHODS",
+    "SPLITS",
     "auto_sparse_count",
     "leverage_scores",
     "select_sparse_points",
@@ -274,7 +275,12 @@ def _select_random(X, m, rng):
 _SELECTORS: dict[str, Any] = {"cur": _select_cur, "fps": _select_fps, "random": _select_random}
 
 
-def split_budget(types, n_sparse: int | Mapping[int, int]) -> dict[int, int]:
+#: how an integer ``n_sparse`` is shared over kernel types (:func:`split_budget`)
+SPLITS = ("proportional", "equal")
+
+
+def split_budget(types, n_sparse: int | Mapping[int, int],
+                 split: str = "proportional") -> dict[int, int]:
     """Number of sparse points of each kernel type.
 
     Parameters
@@ -282,11 +288,19 @@ def split_budget(types, n_sparse: int | Mapping[int, int]) -> dict[int, int]:
     types : array_like of int, shape (n,)
         Kernel type of each row.
     n_sparse : int or dict {type: count}
-        Total budget, split in proportion to the row count of each type with at least
-        one point per type; largest-remainder (Hamilton) rounding makes the counts sum
-        exactly to ``n_sparse`` (remainder ties go to the smaller type code). Types
-        bumped to one point take it from the type most above its exact quota. A dict is
-        checked (every type present, counts >= 0, no unknown types) and returned.
+        Total budget, split by ``split`` with at least one point per type;
+        largest-remainder (Hamilton) rounding makes the counts sum exactly to
+        ``n_sparse`` (remainder ties go to the smaller type code). Types bumped to one
+        point take it from the type most above its exact quota. A dict is checked (every
+        type present, counts >= 0, no unknown types) and returned.
+    split : {"proportional", "equal"}
+        ``"proportional"``: in proportion to the row count of each type.
+        ``"equal"``: the same count for every type (as gap_fit's ``n_sparse`` with
+        ``add_species=T``), a type with fewer rows than its share getting all its rows
+        and the rest shared equally over the others; with more points than rows in all,
+        as ``"proportional"``. On rMD17 ethanol and aspirin (300 frames, M 1,000 and
+        1,500) ``"equal"`` gave 12% and 9% lower energy and 5% and 2% lower force errors
+        than ``"proportional"``, which leaves C and O a fraction of hydrogen's points.
 
     Returns
     -------
@@ -318,12 +332,16 @@ def split_budget(types, n_sparse: int | Mapping[int, int]) -> dict[int, int]:
                              f"(types present: {utypes})")
         return {t: given[t] for t in utypes}
     n_sparse = _check_count(n_sparse, "n_sparse")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     T = len(utypes)
     if n_sparse < T:
         raise ValueError(f"n_sparse={n_sparse} is less than the number of kernel types ({T}: "
                          f"{utypes}), but every type needs at least one sparse point; raise "
                          "n_sparse or pass a dict {type: count}")
     quota = n_sparse * counts / counts.sum()
+    if split == "equal" and n_sparse <= counts.sum():
+        quota = _equal_quota(n_sparse, counts.astype(float))
     alloc = np.floor(quota).astype(np.int64)
     rest = n_sparse - int(alloc.sum())
     frac = quota - alloc
@@ -334,6 +352,23 @@ def split_budget(types, n_sparse: int | Mapping[int, int]) -> dict[int, int]:
         alloc[d] -= 1
         alloc[z] = 1
     return dict(zip(utypes, (int(a) for a in alloc)))
+
+
+def _equal_quota(n: int, counts: np.ndarray) -> np.ndarray:
+    """Equal shares of ``n`` capped at ``counts`` (water filling; ``n <= counts.sum()``)."""
+    quota = np.zeros_like(counts)
+    free = np.ones(counts.size, dtype=bool)
+    left = float(n)
+    while free.any():
+        share = left / free.sum()
+        full = free & (counts <= share)
+        if not full.any():
+            quota[free] = share
+            break
+        quota[full] = counts[full]
+        left -= float(counts[full].sum())
+        free &= ~full
+    return quota
 
 
 def _clamp(m: int, available: int, label: str) -> int:
@@ -533,7 +568,7 @@ AUTO_SPARSE_RANGE = (500, 2000)
 
 def auto_sparse_count(n_environments: int) -> int:
     """``n_sparse="auto"``: ``n_environments / 13`` clipped to [500, 2000] (split over kernel
-    types in proportion to their environments, as any total is)."""
+    types as any total is: :func:`term_sparse_set`)."""
     lo, hi = AUTO_SPARSE_RANGE
     return int(min(max(round(n_environments / AUTO_ENVIRONMENTS_PER_POINT), lo), hi))
 
@@ -544,7 +579,8 @@ def term_sparse_set(term, frames, random_state) -> SparseSet:
     ``n_sparse`` (an int, a per-species dict, ``"all"`` or ``"auto"``:
     :func:`auto_sparse_count`), ``sparse_method`` and
     ``sparse_options`` (CUR samples by leverage, as gap_fit's ``cur_points``, unless
-    ``cur_mode`` says otherwise). float64 points."""
+    ``cur_mode`` says otherwise; an integer total is shared over the species by
+    ``split``, default ``"equal"``: :func:`split_budget`). float64 points."""
     import torch
 
     res = term.descriptor.compute(frames)
@@ -560,6 +596,9 @@ def term_sparse_set(term, frames, random_state) -> SparseSet:
         if term.n_sparse == "all":  # duplicates are dropped, silently here
             warnings.simplefilter("ignore", UserWarning)
         options = dict(term.sparse_options or {})
+        split = options.pop("split", "equal")
+        if not isinstance(n_sparse, Mapping):  # the total, shared over the species
+            n_sparse = split_budget(res.centre_types, n_sparse, split)
         if term.sparse_method == "cur":
             options.setdefault("cur_mode", "sample")
         chosen = sparse_points(res.values, n_sparse, method=term.sparse_method,

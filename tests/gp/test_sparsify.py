@@ -180,6 +180,27 @@ def test_split_budget_proportional():
     assert split_budget(types, 10) == {3: 8, 5: 2}  # 7.5/2.5: tie -> smaller type code
 
 
+@pytest.mark.parametrize("n_sparse", [3, 10, 37, 100, 1032])
+def test_equal_split_sums_exactly_and_fills_the_small_types(n_sparse):
+    types = np.repeat([1, 6, 8], [1000, 30, 2])
+    b = split_budget(types, n_sparse, "equal")
+    assert sum(b.values()) == n_sparse and min(b.values()) >= 1
+    assert all(b[t] <= c for t, c in ((1, 1000), (6, 30), (8, 2)))
+    if n_sparse >= 6:  # O gets both its rows, C all of its or as many as H, H the rest
+        assert b[8] == 2 and (b[6] == 30 or abs(b[6] - b[1]) <= 1)
+
+
+def test_equal_split_is_gap_fits_per_species_count():
+    types = np.repeat([1, 6, 8], [600, 200, 100])  # ethanol: 6 H, 2 C, 1 O per molecule
+    assert split_budget(types, 300, "equal") == {1: 100, 6: 100, 8: 100}
+    assert split_budget(types, 300) == {1: 200, 6: 67, 8: 33}
+    assert split_budget(types, 400, "equal") == {1: 150, 6: 150, 8: 100}  # O: all its rows
+    # more points than rows: as proportional (then clamped, with a warning, at selection)
+    assert split_budget(types, 1800, "equal") == split_budget(types, 1800)
+    with pytest.raises(ValueError, match="split must be one of"):
+        split_budget(types, 300, "per_species")
+
+
 @pytest.mark.parametrize("method", ROW_METHODS)
 def test_per_type_selection(method):
     X = _cloud(n=300)
