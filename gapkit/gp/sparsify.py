@@ -299,7 +299,7 @@ def split_budget(types, n_sparse: int | Mapping[int, int],
         ``add_species=T``), a type with fewer rows than its share getting all its rows
         and the rest shared equally over the others; with more points than rows in all,
         as ``"proportional"``. On rMD17 ethanol and aspirin (300 frames, M 1,000 and
-        1,500) ``"equal"`` gave 12% and 9% lower energy and 5% and 2% lower force errors
+        1,500) ``"equal"`` gave 12% and 9% lower energy and 8% and 2% lower force errors
         than ``"proportional"``, which leaves C and O a fraction of hydrogen's points.
 
     Returns
