@@ -310,7 +310,14 @@ def default_cache_bytes() -> int:
     ``GAPKIT_DESIGN_CACHE_GB`` (0: no cache)."""
     env = os.environ.get("GAPKIT_DESIGN_CACHE_GB")
     if env is not None:
-        return int(float(env) * 2**30)
+        try:
+            gb = float(env)
+        except ValueError:
+            gb = -1.0
+        if not gb >= 0:
+            raise ValueError(f"GAPKIT_DESIGN_CACHE_GB={env!r} is not a size: give the GB of "
+                             "design rows a fit may keep in memory (0: none), or unset it")
+        return int(gb * 2**30)
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):

@@ -597,6 +597,9 @@ def term_sparse_set(term, frames, random_state) -> SparseSet:
             warnings.simplefilter("ignore", UserWarning)
         options = dict(term.sparse_options or {})
         split = options.pop("split", "equal")
+        if split not in SPLITS:
+            raise ValueError(f"Term(sparse_options={{'split': {split!r}}}): the split of a total "
+                             f"n_sparse over species must be one of {SPLITS} (default 'equal')")
         if not isinstance(n_sparse, Mapping):  # the total, shared over the species
             n_sparse = split_budget(res.centre_types, n_sparse, split)
         if term.sparse_method == "cur":

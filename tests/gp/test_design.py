@@ -169,3 +169,12 @@ def test_cache_key_follows_kernel_parameters_and_memory_cap():
     with design_cache(max_bytes=first.element_size() * first.nelement() // 2) as cache:
         rows_now()
         assert 0 < cache.nbytes <= cache.max_bytes
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "nan"])
+def test_a_bad_cache_size_is_a_clear_error(monkeypatch, value):
+    from gapkit.gp.design import default_cache_bytes
+
+    monkeypatch.setenv("GAPKIT_DESIGN_CACHE_GB", value)
+    with pytest.raises(ValueError, match="GAPKIT_DESIGN_CACHE_GB=.* is not a size"):
+        default_cache_bytes()

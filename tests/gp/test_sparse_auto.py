@@ -66,3 +66,5 @@ def test_a_total_is_shared_equally_over_the_species_unless_asked_otherwise(tmp_p
     equal.save(tmp_path / "m.gapkit")
     assert main(["info", str(tmp_path / "m.gapkit")]) == 0
     assert "H 20, C 20, O 20; n_sparse=60 in all, split equal" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"Term\(sparse_options=\{'split': 'bogus'\}\)"):
+        fitted(split="bogus")
