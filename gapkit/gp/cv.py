@@ -86,10 +86,17 @@ def assign_folds(config_types, n_folds: int, seed: int = 0) -> np.ndarray:
 
 @dataclass
 class FoldGrams:
-    """Per fold and kind, the whitened Gram matrix ``G = B^T W B`` (n_folds, 3, M, M),
-    right-hand side ``h = B^T W y`` (n_folds, 3, M), row count, ``y^T W y`` and the sum
-    of ``log sigma`` (n_folds, 3 each), with the ``U`` factor that whitens
-    (``B = K U^-1``)."""
+    """Per fold and kind, the whitened statistics of the rows: the Gram matrix
+    ``G_fk = B^T W B``, right-hand side ``h = B^T W y`` (n_folds, 3, M), row count,
+    ``y^T W y`` and the sum of ``log sigma`` (n_folds, 3 each), with the ``U`` factor that
+    whitens (``B = K U^-1``).
+
+    Memory: a kind with many rows keeps its Grams, ``gram`` (n_folds, len(dense), M, M)
+    for the kinds ``dense``; a kind with at most M rows in all (energies of most data
+    sets, often virials) keeps its whitened rows ``W^1/2 B`` instead, ``rows[k][f]``
+    (n_fk, M): at most M x M numbers for the kind, not n_folds x M x M. Only the kinds
+    present are stored: rMD17 aspirin at M = 8,000 holds one force Gram per fold (2.6 GB),
+    not three (7.7 GB). :meth:`weighted` gives the sums the solves need either way."""
 
     gram: torch.Tensor
     rhs: torch.Tensor
@@ -97,10 +104,42 @@ class FoldGrams:
     u_factor: torch.Tensor
     yy: np.ndarray
     sum_log_sigma: np.ndarray
+    dense: tuple = (0, 1, 2)
+    rows: dict = dataclasses.field(default_factory=dict)
 
     @property
     def n_folds(self) -> int:
-        return int(self.gram.shape[0])
+        return int(self.counts.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the stored Grams and rows."""
+        return (self.gram.element_size() * self.gram.nelement()
+                + sum(r.element_size() * r.nelement() for rs in self.rows.values() for r in rs))
+
+    def _total(self) -> torch.Tensor:
+        """The dense kinds' Grams summed over folds (len(dense), M, M), kept once made."""
+        total = self.__dict__.get("_total_gram")
+        if total is None:
+            total = self.__dict__["_total_gram"] = self.gram.sum(0)
+        return total
+
+    def weighted(self, s, without: int | None = None) -> torch.Tensor:
+        """``sum_k G_k / s_k^2`` (M x M) over all folds, or over all folds but
+        ``without`` (the dense kinds' total less that fold's; the row kinds' other folds)."""
+        s = np.asarray(s, dtype=float)
+        m = self.u_factor.shape[0]
+        out = torch.zeros((m, m), dtype=self.u_factor.dtype)
+        total = self._total()
+        for j, k in enumerate(self.dense):  # no M x M temporaries
+            out.add_(total[j], alpha=1.0 / s[k] ** 2)
+            if without is not None:
+                out.sub_(self.gram[without, j], alpha=1.0 / s[k] ** 2)
+        for k, per_fold in self.rows.items():
+            b = torch.cat([r for f, r in enumerate(per_fold) if f != without])
+            if b.shape[0]:
+                out.addmm_(b.T, b, alpha=1.0 / s[k] ** 2)
+        return out
 
 
 def _whiten(rows: torch.Tensor, u_factor: torch.Tensor) -> torch.Tensor:
@@ -109,13 +148,21 @@ def _whiten(rows: torch.Tensor, u_factor: torch.Tensor) -> torch.Tensor:
 
 
 def fold_grams(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
-               batch_atoms: int, progress: bool = False) -> FoldGrams:
-    """One pass over the design rows: :class:`FoldGrams` for the frames' ``folds``."""
+               batch_atoms: int, progress: bool = False,
+               low_rank_rows: int | None = None) -> FoldGrams:
+    """One pass over the design rows: :class:`FoldGrams` for the frames' ``folds``. A kind
+    with at most ``low_rank_rows`` rows in all (default M) keeps its whitened rows instead
+    of Grams; a kind without rows keeps neither."""
     folds = np.asarray(folds, dtype=np.int64)
     n_folds = int(folds.max()) + 1
     m = u_factor.shape[0]
     dtype = u_factor.dtype
-    gram = torch.zeros((n_folds, len(KINDS), m, m), dtype=dtype)
+    n_rows = np.bincount(obs.kind, minlength=len(KINDS))
+    limit = m if low_rank_rows is None else int(low_rank_rows)
+    low = [k for k in range(len(KINDS)) if 0 < n_rows[k] <= limit]
+    dense = tuple(k for k in range(len(KINDS)) if n_rows[k] > limit)
+    gram = torch.zeros((n_folds, len(dense), m, m), dtype=dtype)
+    parts: dict = {k: [[] for _ in range(n_folds)] for k in low}
     rhs = torch.zeros((n_folds, len(KINDS), m), dtype=dtype)
     counts = np.zeros((n_folds, len(KINDS)), dtype=np.int64)
     yy = np.zeros((n_folds, len(KINDS)))
@@ -133,12 +180,17 @@ def fold_grams(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
                 if idx.size == 0:
                     continue
                 bi = b[torch.as_tensor(idx)]
-                gram[f, k] += bi.T @ bi
+                if k in parts:
+                    parts[k][f].append(bi)
+                else:
+                    gram[f, dense.index(k)].addmm_(bi.T, bi)
                 rhs[f, k] += bi.T @ yw[torch.as_tensor(idx)]
                 counts[f, k] += idx.size
                 yy[f, k] += float((yw[torch.as_tensor(idx)] ** 2).sum())
                 sum_log_sigma[f, k] += float(np.log(sub.sigma[idx]).sum())
-    return FoldGrams(gram, rhs, counts, u_factor, yy, sum_log_sigma)
+    low_rows = {k: [torch.cat(p) if p else torch.zeros((0, m), dtype=dtype) for p in per_fold]
+                for k, per_fold in parts.items()}
+    return FoldGrams(gram, rhs, counts, u_factor, yy, sum_log_sigma, dense, low_rows)
 
 
 def full_solution(grams: FoldGrams, factors, jitter_absolute: float):
@@ -151,8 +203,8 @@ def full_solution(grams: FoldGrams, factors, jitter_absolute: float):
 
     s = np.asarray(factors, dtype=float)
     u = grams.u_factor
-    h = _weighted(grams.rhs.sum(0), s, matrix=False)
-    chol, alpha, beta = _solve_whitened(grams.gram.sum(0), grams.rhs.sum(0), u, s)
+    h = _weighted(grams.rhs.sum(0), s)
+    chol, alpha, beta = _solve_whitened(grams.weighted(s), h, u)
     r_factor = chol.T @ u
     yy = float((grams.yy.sum(0) / s**2).sum())
     counts = grams.counts.sum(0)
@@ -164,62 +216,52 @@ def full_solution(grams: FoldGrams, factors, jitter_absolute: float):
                        float((svu[0] / svu[-1]) ** 2))
 
 
-def _weighted(stat: torch.Tensor, s, *, matrix: bool) -> torch.Tensor:
-    """``sum_k stat_k / s_k^2`` over the kind axis of Grams (``matrix``: (..., 3, M, M)) or
-    right-hand sides ((..., 3, M))."""
-    inv = torch.as_tensor(1.0 / np.asarray(s, dtype=float) ** 2, dtype=stat.dtype)
-    return torch.einsum("k,...kij->...ij" if matrix else "k,...ki->...i", inv, stat)
+def _weighted(rhs: torch.Tensor, s) -> torch.Tensor:
+    """``sum_k h_k / s_k^2`` over the kind axis of right-hand sides (..., 3, M)."""
+    inv = torch.as_tensor(1.0 / np.asarray(s, dtype=float) ** 2, dtype=rhs.dtype)
+    return torch.einsum("k,...ki->...i", inv, rhs)
 
 
-def _solve_whitened(gram: torch.Tensor, rhs: torch.Tensor, u_factor: torch.Tensor, s):
-    """The DTC solve in whitened coordinates at multipliers ``s``, batched over any leading
-    axes (folds): ``A = I + sum_k G_k / s_k^2 = L L^T``, ``beta = A^-1 sum_k h_k / s_k^2``,
-    ``alpha = U^-1 beta``. Returns ``(L, alpha, beta)``."""
-    eye = torch.eye(gram.shape[-1], dtype=gram.dtype)
-    chol = torch.linalg.cholesky(eye + _weighted(gram, s, matrix=True))
-    beta = torch.cholesky_solve(_weighted(rhs, s, matrix=False)[..., None], chol)[..., 0]
-    alpha = torch.linalg.solve_triangular(u_factor, beta.reshape(-1, beta.shape[-1]).T,
-                                          upper=True).T.reshape(beta.shape)
+def _solve_whitened(gram: torch.Tensor, rhs: torch.Tensor, u_factor: torch.Tensor):
+    """The DTC solve in whitened coordinates: ``A = I + gram = L L^T``,
+    ``beta = A^-1 rhs``, ``alpha = U^-1 beta`` (``gram``, ``rhs``: the weighted sums at
+    the noise multipliers; ``gram`` becomes ``A``). Returns ``(L, alpha, beta)``."""
+    gram.diagonal().add_(1.0)  # in place: the caller's sum, made for this solve
+    chol = torch.linalg.cholesky(gram)
+    beta = torch.cholesky_solve(rhs[:, None], chol)[:, 0]
+    alpha = torch.linalg.solve_triangular(u_factor, beta[:, None], upper=True)[:, 0]
     return chol, alpha, beta
 
 
-def _fold_solves(grams: FoldGrams, s, *, keep_factors: bool):
-    """The fit without each fold at multipliers ``s``, one fold at a time:
-    ``A_f = I + sum_k (G_k - G_fk) / s_k^2``. Memory is the Grams, their sum over folds
-    and a few M x M matrices, not the (F, 3, M, M) statistics of every fold's complement
-    at once: measured at M = 2,000 (Grams 0.48 GB), 0.47 GB above the Grams instead of
-1.13 (at M = 8,000, ~7.5 GB instead of ~18). Returns the weights (F, M) and,
-    with ``keep_factors``, the Cholesky factors ``L_f`` (F, M, M), else None."""
-    n_folds, m = grams.n_folds, grams.gram.shape[-1]
-    dtype = grams.gram.dtype
-    total = grams.gram.sum(0)  # (3, M, M)
-    rest_h = _weighted(grams.rhs.sum(0)[None] - grams.rhs, s, matrix=False)  # (F, M)
-    factors = torch.empty((n_folds, m, m), dtype=dtype) if keep_factors else None
-    betas = torch.empty((n_folds, m), dtype=dtype)
-    eye = torch.eye(m, dtype=dtype)
-    for f in range(n_folds):
-        chol = torch.linalg.cholesky(eye + _weighted(total - grams.gram[f], s, matrix=True))
-        betas[f] = torch.cholesky_solve(rest_h[f][:, None], chol)[:, 0]
-        if factors is not None:
-            factors[f] = chol
-    alphas = torch.linalg.solve_triangular(grams.u_factor, betas.T, upper=True).T
-    return alphas, factors
+def _fold_solve(grams: FoldGrams, s, fold: int):
+    """The fit without ``fold`` at multipliers ``s``: ``A_f = I + sum_k (G_k - G_fk) /
+    s_k^2 = L_f L_f^T``. Memory: a few M x M matrices beside the statistics, one fold at
+    a time. Returns ``(L_f, alpha_f)``."""
+    rest_h = _weighted(grams.rhs.sum(0) - grams.rhs[fold], s)
+    chol, alpha, _ = _solve_whitened(grams.weighted(s, without=fold), rest_h, grams.u_factor)
+    return chol, alpha
+
+
+def _fold_alphas(grams: FoldGrams, s) -> torch.Tensor:
+    """The weights of the fit without each fold at multipliers ``s`` (n_folds, M)."""
+    return torch.stack([_fold_solve(grams, s, f)[1] for f in range(grams.n_folds)])
 
 
 def grid_alphas(grams: FoldGrams, grid: np.ndarray) -> torch.Tensor:
     """The weights ``alpha`` of the fit without each fold at each grid point, shape
     (n_points, n_folds, M); ``grid`` is (n_points, 3) noise multipliers (energy, forces,
     virial) relative to the base sigmas."""
-    return torch.stack([_fold_solves(grams, s, keep_factors=False)[0]
-                        for s in np.asarray(grid, dtype=float)])
+    return torch.stack([_fold_alphas(grams, s) for s in np.asarray(grid, dtype=float)])
 
 
 def fold_factors(grams: FoldGrams, factors) -> tuple[torch.Tensor, torch.Tensor]:
     """At noise multipliers ``factors`` (energy, forces, virial): the Cholesky factors
     ``L_f`` of ``A_f = I + sum_k (G_k - G_fk) / s_k^2`` (n_folds, M, M) and the weights of
-    the fit without each fold (n_folds, M)."""
-    alpha, chol = _fold_solves(grams, np.asarray(factors, dtype=float), keep_factors=True)
-    return chol, alpha
+    the fit without each fold (n_folds, M). (n_folds x M x M numbers: the passes of this
+    module factor one fold at a time instead.)"""
+    s = np.asarray(factors, dtype=float)
+    pairs = [_fold_solve(grams, s, f) for f in range(grams.n_folds)]
+    return torch.stack([c for c, _ in pairs]), torch.stack([a for _, a in pairs])
 
 
 def _priors(terms, results, sub) -> np.ndarray:
@@ -250,27 +292,32 @@ def held_out_variances(terms, sparse_sets, frames, obs, gradients, folds, grams:
     as :meth:`gapkit.GAP.predict` computes them. Returns ``{kind: (residual, latent,
     prior)}`` (flat arrays over that kind's rows, in row order) for the kinds present."""
     folds = np.asarray(folds, dtype=np.int64)
-    chol, alphas = fold_factors(grams, factors)
+    s = np.asarray(factors, dtype=float)
     n = obs.kind.size
     residual, latent, prior = np.zeros(n), np.zeros(n), np.zeros(n)
-    for start, sel, sub, rows, results in design_blocks(
-            terms, sparse_sets, frames, obs, gradients, batch_atoms=batch_atoms,
-            progress=progress, desc="noise CV: predictive variance", with_results=True):
-        p = _priors(terms, results, sub)
-        b = _whiten(rows, grams.u_factor)
-        nystrom = (b * b).sum(1).numpy()
-        fold_of_row = folds[sub.frame + start]
-        for f in np.unique(fold_of_row).tolist():
-            idx = np.nonzero(fold_of_row == f)[0]
-            ti = torch.as_tensor(idx)
-            residual[sel[idx]] = sub.y[idx] - (rows[ti] @ alphas[f]).numpy()
-            sol = torch.linalg.solve_triangular(chol[f], b[ti].T, upper=False)
-            latent[sel[idx]] = (sol * sol).sum(0).numpy()
-        virial = sub.kind == VIRIAL
-        p[virial] = nystrom[virial]
-        exact = ~virial
-        latent[sel[exact]] += p[exact] - nystrom[exact]
-        prior[sel] = p
+    for f in range(grams.n_folds):  # one factor in memory at a time, each frame read once
+        keep = np.nonzero(folds == f)[0]
+        if keep.size == 0:
+            continue
+        chol, alpha = _fold_solve(grams, s, f)
+        rows_of = np.nonzero(np.isin(obs.frame, keep))[0]  # this fold's rows, in order
+        sub_frames, sub_obs, _ = _frame_subset(frames, obs, folds, keep)
+        for _, sel, sub, rows, results in design_blocks(
+                terms, sparse_sets, sub_frames, sub_obs, gradients, batch_atoms=batch_atoms,
+                progress=progress, desc=f"noise CV: predictive variance, fold {f + 1}",
+                with_results=True):
+            p = _priors(terms, results, sub)
+            b = _whiten(rows, grams.u_factor)
+            nystrom = (b * b).sum(1).numpy()
+            where = rows_of[sel]
+            residual[where] = sub.y - (rows @ alpha).numpy()
+            sol = torch.linalg.solve_triangular(chol, b.T, upper=False)
+            lat = (sol * sol).sum(0).numpy()
+            virial = sub.kind == VIRIAL
+            p[virial] = nystrom[virial]
+            lat[~virial] += p[~virial] - nystrom[~virial]
+            latent[where] = lat
+            prior[where] = p
     return {KINDS[k]: (residual[obs.kind == k], np.maximum(latent[obs.kind == k], 0.0),
                        prior[obs.kind == k])
             for k in range(len(KINDS)) if np.any(obs.kind == k)}

@@ -21,6 +21,7 @@ from gapkit.gp.cv import (
     ENERGY_FACTORS,
     VIRIAL_FACTORS,
     assign_folds,
+    full_solution,
     grid_alphas,
     held_out_errors,
 )
@@ -65,9 +66,18 @@ def test_folds_are_stratified_and_seeded():
         assign_folds(cts, 1)
 
 
-def test_fold_fits_equal_brute_force_refits_and_their_held_out_errors(fitted):
+@pytest.mark.parametrize("low_rank_rows", [None, 0, 10**6])
+def test_fold_fits_equal_brute_force_refits_and_their_held_out_errors(fitted, low_rank_rows):
+    """Kinds kept as Grams (0: all), as whitened rows (10**6: all) or by the default rule
+    (M = 12 here, so dense): the same fold fits, the same full fit."""
     frames, model = fitted
-    data, obs, folds, grams, rows = fold_setup(model, frames, 4)
+    data, obs, folds, grams, rows = fold_setup(model, frames, 4, low_rank_rows)
+    m = model.U_.shape[0]
+    n_dense = {None: 3, 0: 3, 10**6: 0}[low_rank_rows]
+    assert grams.gram.shape == (4, n_dense, m, m) and len(grams.rows) == 3 - n_dense
+    if low_rank_rows == 10**6:  # rows in place of Grams: each fold's rows of each kind
+        assert [sum(r.shape[0] for r in grams.rows[k]) for k in range(3)] == \
+            np.bincount(obs.kind, minlength=3).tolist()
     grid = np.array([[1.0, 1.0, 1.0], [4.0, 1.0, 0.5]])
     alphas = grid_alphas(grams, grid)
     n_atoms = np.array([len(a) for a in frames], dtype=float)
@@ -86,6 +96,10 @@ def test_fold_fits_equal_brute_force_refits_and_their_held_out_errors(fitted):
             err[per_atom] /= n_atoms[obs.frame[held][per_atom]]
             for k, kind in enumerate(("energy", "forces", "virial")):
                 expected[kind][p] += err[obs.kind[held] == k].sum()
+        _, alpha = fold_refit(model, rows, obs, folds, -1, sigma)  # every fold: the full fit
+        np.testing.assert_allclose(full_solution(grams, factors, 0.0).alpha.numpy(),
+                                   alpha.numpy(), rtol=0,
+                                   atol=RTOL * float(alpha.abs().max()))
     errors = held_out_errors(model.terms_, model.sparse_sets_, frames, obs, data.gradients,
                              folds, alphas, batch_atoms=64)
     for k, kind in enumerate(("energy", "forces", "virial")):
