@@ -66,20 +66,23 @@ def test_folds_are_stratified_and_seeded():
         assign_folds(cts, 1)
 
 
-@pytest.mark.parametrize("low_rank_rows", [None, 0, 10**6])
-def test_fold_fits_equal_brute_force_refits_and_their_held_out_errors(fitted, low_rank_rows):
-    """Kinds kept as Grams (0: all), as whitened rows (10**6: all) or by the default rule
-    (M = 12 here, so dense): the same fold fits, the same full fit."""
+@pytest.mark.parametrize("low_rank_rows,woodbury", [
+    (None, None), (0, None), (10**6, False), (10**6, True), (100, True)])
+def test_fold_fits_equal_brute_force_refits_and_their_held_out_errors(fitted, low_rank_rows,
+                                                                      woodbury):
+    """Kinds kept as Grams (0: all), as whitened rows (10**6: all; 100: energies and
+    virials, forces as Grams) or by the default rule (M = 12 here, so Grams); the grid
+    solved directly or by Woodbury: the same fold fits, the same full fit."""
     frames, model = fitted
     data, obs, folds, grams, rows = fold_setup(model, frames, 4, low_rank_rows)
     m = model.U_.shape[0]
-    n_dense = {None: 3, 0: 3, 10**6: 0}[low_rank_rows]
+    n_dense = {None: 3, 0: 3, 10**6: 0, 100: 1}[low_rank_rows]
     assert grams.gram.shape == (4, n_dense, m, m) and len(grams.rows) == 3 - n_dense
     if low_rank_rows == 10**6:  # rows in place of Grams: each fold's rows of each kind
         assert [sum(r.shape[0] for r in grams.rows[k]) for k in range(3)] == \
             np.bincount(obs.kind, minlength=3).tolist()
     grid = np.array([[1.0, 1.0, 1.0], [4.0, 1.0, 0.5]])
-    alphas = grid_alphas(grams, grid)
+    alphas = grid_alphas(grams, grid, woodbury=woodbury)
     n_atoms = np.array([len(a) for a in frames], dtype=float)
     expected = {kind: np.zeros(len(grid)) for kind in ("energy", "forces", "virial")}
     for p, factors in enumerate(grid):
