@@ -14,9 +14,12 @@ The search is successive halving: all candidates (a seeded sample of the grid
 frames, stratified by config_type; the best third on a subset three times larger; the
 last few on all frames with the full fit (noise by cross-validation and the calibrated
 predictive variance). The budget is CPU time (``time.process_time``, all threads); each
-rung spends its share and the full fits of the last rung are reserved from the start; a
-candidate estimated to cost more than the budget leaves is passed over for the next one
-(the notes name it).
+rung may spend an equal share of what is free (the budget less one candidate's fit on
+every later rung: rung 0 of three a third, rung 1 half of what is then free, the last
+rung the rest), so that neither the first rung starves the later ones nor a pessimistic
+estimate of them starves the first; costs grow as frames^:data:`COST_EXPONENT` between
+rungs. A candidate estimated to cost more than its rung's share leaves is passed over for
+the next one (the notes name it).
 The table of every candidate tried, and why the winner won, is ``fit_info_["auto"]`` of
 the returned model (saved with it: ``gapkit info`` prints it).
 
@@ -60,6 +63,10 @@ DEFAULT = {"cutoff": 5.0, "n_max_l_max": (8, 6), "atom_sigma": 0.5, "zeta": 4,
 ETA = 3
 #: the smallest frame subset a rung uses (5-fold cross-validation needs a few per fold)
 MIN_RUNG_FRAMES = 20
+#: a candidate's CPU grows as frames^COST_EXPONENT from one rung to the next (its sparse
+#: points grow with the frames, fixed costs weigh on small subsets): measured, default
+#: settings, Zuo Si 23 -> 214 frames ~1.6, Zuo Cu 29 -> 87 frames 1.4
+COST_EXPONENT = 1.5
 #: candidates sampled from the grid (the default included)
 N_CANDIDATES = 27
 
@@ -276,22 +283,17 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
 
     def estimate(settings: dict, rung: int) -> float:
         """CPU-s of one candidate on a rung: its own cost on the rung before, else the
-        first candidate's, scaled by the frames times the sparse points (both grow with
-        the rung: the square of the frames; measured on Zuo Si, rung 0 -> 1 cost 8-9x)."""
+        first candidate's, scaled by the frames^COST_EXPONENT."""
         full = 1.3 if rung == last_rung else 1.0  # the full fit calibrates and refits
         before = measured.get(_label(settings))
         if before is None:
             before = (0, probe[0] * _relative_cost(settings) / _relative_cost(DEFAULT))
         ratio = len(subsets[rung]) / len(subsets[before[0]])
-        return before[1] * ratio * ratio * full
+        return before[1] * ratio ** COST_EXPONENT * full
 
-    def reserve(rung: int, n_now: int) -> float:
-        """CPU-s the later rungs need if this one sends them ``n_now / ETA`` candidates."""
-        total, n = 0.0, n_now
-        for later in range(rung + 1, len(subsets)):
-            n = max(1, math.ceil(n / ETA))
-            total += n * estimate(DEFAULT, later)
-        return total
+    def reserve(rung: int) -> float:
+        """CPU-s the later rungs need at the least: one candidate's fit on each."""
+        return sum(estimate(DEFAULT, later) for later in range(rung + 1, len(subsets)))
 
     survivors = candidates
     over_budget: list[str] = []
@@ -300,20 +302,23 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
         for rung, subset in enumerate(subsets):
             full = rung == last_rung
             rung_rows: list[dict] = []
+            rung_start, end = spent(), limit
             for k, settings in enumerate(survivors):
                 if probe and k > 0:  # the first of a rung always runs
-                    left = limit - spent() - reserve(rung, len(rung_rows) + 1)
+                    if end == limit:  # this rung's share of what is free, once measured
+                        free = limit - rung_start - reserve(rung)
+                        end = rung_start + max(free, 0.0) / (last_rung - rung + 1)
+                    left = min(end, limit - reserve(rung)) - spent()
                     if estimate(settings, rung) > left:  # a cheaper one may still fit
                         over_budget.append(_label(settings))
                         continue
                 row, model = evaluate(settings, subset, rung, full)
                 if not probe:
                     probe.append(row["cpu_s"] if row else spent())
-                    # the full fit from this one: frames and sparse points both grow, but
-                    # fixed costs weigh at this size (Zuo Si: 2.2 CPU-s on 23 frames,
-                    # 89 on 214, ~ frames^1.6): the error is for budgets surely too small
+                    # the full fit from this one (COST_EXPONENT): the error is for budgets
+                    # surely too small
                     ratio = len(subsets[-1]) / len(subset)
-                    need = spent() + (0.0 if full else probe[0] * ratio ** 1.5)
+                    need = spent() + (0.0 if full else probe[0] * ratio ** COST_EXPONENT)
                     if need > limit:
                         raise ValueError(
                             f"budget {limit:.0f} CPU-s is too small for these data: the "

@@ -214,3 +214,45 @@ def test_a_survivor_over_the_budget_left_is_passed_over_for_a_cheaper_one(frames
     note = next(n for n in report["notes"] if "over the budget left" in n)
     assert "rung 1: 1 candidates" in note and "rc 4 n4 l2 sigma 0.6" in note
     assert report["winner"] == last[0] and report["cpu_s"] <= 60
+
+
+def _fake_clock(monkeypatch, cost):
+    """A fake CPU clock that a cross-validated fit on ``n`` frames advances by
+    ``cost(settings key, n)``; every candidate scores by its (cutoff, atom_sigma)."""
+    import types
+
+    import gapkit.auto
+
+    clock = [0.0]
+    monkeypatch.setattr(gapkit.auto, "time", types.SimpleNamespace(
+        process_time=lambda: clock[0]))
+
+    def fake_cv(self, frames, **kw):
+        key = (self.terms[0].descriptor.cutoff, self.terms[0].descriptor.atom_sigma)
+        clock[0] += cost(key, len(frames))
+        err = 1.0 + key[0] / 10 + key[1]
+        report = {"table": [{"energy": 1.0, "virial": 1.0}],
+                  "best": {"energy_mae": 0.01 * err, "forces_mae": 0.1 * err}}
+        self.fit_info_["noise_cv"] = report
+        return report
+
+    monkeypatch.setattr(GAP, "cross_validate_noise", fake_cv)
+
+
+@pytest.mark.parametrize("budget,n_first,n_last", [(40, 9, 3), (20, 7, 2)])
+def test_each_rung_gets_its_share_of_the_budget(frames64, monkeypatch, budget, n_first,
+                                                n_last):
+    """Costs that grow as frames^1.4 between rungs (Zuo Cu, measured): the first rung
+    spends at most its share of what is free (half, of two rungs) and the last rung the
+    rest, within the budget (rung 0 estimates by the relative cost of the settings, so
+    a cheap candidate may still run near the end of its share). The former reserve
+    (every survivor's fit at frames^2) left rung 0 six of nine candidates at 40 CPU-s and
+    a single one on Cu at 12 minutes."""
+    _fake_clock(monkeypatch, lambda key, n: (n / 21) ** 1.4)
+    space = {**CHEAP, "cutoff": (3.5, 4.0, 5.0), "atom_sigma": (0.4, 0.5, 0.6)}
+    model = auto_fit(frames64, template=GAP(progress=False), budget=budget, space=space,
+                     n_candidates=9)
+    report = model.fit_info_["auto"]
+    assert report["rungs"] == [21, 64]
+    tried = [sum(r["rung"] == k for r in report["table"]) for k in (0, 1)]
+    assert tried == [n_first, n_last] and report["cpu_s"] <= budget
