@@ -210,7 +210,7 @@ def full_solution(grams: FoldGrams, factors, jitter_absolute: float):
     ``R = L^T U`` (so ``R^T R = U^T A U = K_MM + K^T Sigma^-1 K``), and the log marginal
     likelihood of :func:`gapkit.gp.sparse.dtc_log_marginal_likelihood` with
     ``r^2 = y^T Sigma^-1 y - |L^-1 h|^2``. A :class:`~gapkit.gp.sparse.DTCSolution`."""
-    from .sparse import DTCSolution, dtc_log_marginal_likelihood
+    from .sparse import DTCSolution, condition_number, dtc_log_marginal_likelihood
 
     s = np.asarray(factors, dtype=float)
     u = grams.u_factor
@@ -222,9 +222,8 @@ def full_solution(grams: FoldGrams, factors, jitter_absolute: float):
     sum_log = float(grams.sum_log_sigma.sum() + (counts * np.log(s)).sum())
     resid = torch.as_tensor(max(yy - float(h @ beta), 0.0) ** 0.5)  # |L^-1 h|^2 = h.beta
     lml = dtc_log_marginal_likelihood(r_factor, u, resid, sum_log, int(counts.sum()))
-    sv, svu = torch.linalg.svdvals(r_factor), torch.linalg.svdvals(u)
-    return DTCSolution(alpha, r_factor, u, jitter_absolute, lml, float(sv[0] / sv[-1]),
-                       float((svu[0] / svu[-1]) ** 2))
+    return DTCSolution(alpha, r_factor, u, jitter_absolute, lml, condition_number(r_factor),
+                       condition_number(u) ** 2)
 
 
 def _weighted(rhs: torch.Tensor, s) -> torch.Tensor:

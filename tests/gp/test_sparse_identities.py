@@ -410,3 +410,21 @@ def test_adding_observations_never_increases_variance(train, probe_frames):
                 slack = 1e-9 * np.abs(v_few).max()
                 assert np.all(v_more <= v_few + slack), (form, fewer, more, name)
                 assert np.any(v_more < v_few - slack), (form, fewer, more, name)
+
+
+@pytest.mark.parametrize("spread", [1e-2, 1e-5])
+def test_condition_number_estimate_is_a_close_lower_bound(monkeypatch, spread):
+    """Beyond EXACT_CONDITION_SIZE the condition number of a triangular factor is a power
+    estimate: within 5 % of the singular values' ratio, from below; exact up to it."""
+    from gapkit.gp import sparse
+
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(700, 600, dtype=torch.float64, generator=gen)
+    a[:, :4] *= spread  # a few weak directions, as near-duplicate sparse points give
+    r = torch.linalg.cholesky(a.T @ a).T
+    sv = torch.linalg.svdvals(r)
+    exact = float(sv[0] / sv[-1])
+    assert sparse.condition_number(r) == pytest.approx(exact, rel=1e-12)
+    monkeypatch.setattr(sparse, "EXACT_CONDITION_SIZE", 100)
+    estimate = sparse.condition_number(r)
+    assert 0.95 * exact <= estimate <= exact * (1 + 1e-10)
