@@ -244,8 +244,8 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
                     model.fit(part)
                     cv = model.fit_info_.get("noise_cv")
                 else:
-                    with design_cache():  # the CV's passes read the fit's design rows
-                        model._fit(part)
+                    with design_cache():  # the CV's passes read the same design rows
+                        model._fit(part, solve=False)  # its scores need no fit on all
                         cv = model.cross_validate_noise(part, refit=False, predictive=False)
         except Exception as err:  # noqa: BLE001 -- a failed candidate is a row, not a crash
             if not _is_memory_error(err) and not isinstance(err, (ValueError,

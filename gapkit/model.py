@@ -99,11 +99,9 @@ class GAP:
         Progress bars on descriptors and design-matrix assembly.
     baselines : Baseline or list of Baseline, optional
         Physics terms (:mod:`gapkit.baselines`: core repulsion, Ewald or Coulomb
-        electrostatics, a pair potential) whose energies, forces and virials are
-        subtracted from the labels before the fit, so that the GP learns the
-        residual, and added back to every prediction (and so to
-        :class:`GAPCalculator`). Their parameters are fixed, not fitted; the
-        posterior variances are those of the GP part.
+        electrostatics, a pair potential) subtracted from the labels before the fit (the
+        GP learns the residual) and added back to every prediction (and so to
+        :class:`GAPCalculator`). Fixed, not fitted; the variances are the GP part's.
     """
 
     dtype = torch.float64
@@ -133,11 +131,8 @@ class GAP:
         if unknown:
             raise ValueError(f"use: unknown observation kinds {sorted(unknown)}; use some of "
                              f"{list(KINDS)}")
-        self.energy_key = energy_key
-        self.forces_key = forces_key
-        self.virial_key = virial_key
-        self.stress_key = stress_key
-        self.config_type_key = config_type_key
+        self.energy_key, self.forces_key, self.virial_key = energy_key, forces_key, virial_key
+        self.stress_key, self.config_type_key = stress_key, config_type_key
         self.batch_atoms = count(batch_atoms, "batch_atoms")
         self.random_state = random_state
         self.progress = progress
@@ -199,8 +194,11 @@ class GAP:
         if self.noise is not None:
             return self._fit(frames)
         cpu, wall = time.process_time(), time.perf_counter()
-        with design_cache():  # the noise CV's passes read the fit's design rows again
-            self._fit(frames).cross_validate_noise(frames)
+        with design_cache():  # the CV's closed form makes the fit from its own pass
+            self._fit(frames, solve=False).cross_validate_noise(frames)
+            if self.alpha_ is None:  # too few frames to cross-validate: the streaming fit
+                report = self.fit_info_["noise_cv"]
+                self._fit(frames).fit_info_["noise_cv"] = report
         self.fit_info_.update(cpu_time_s=time.process_time() - cpu,
                               wall_time_s=time.perf_counter() - wall)
         return self
@@ -216,9 +214,10 @@ class GAP:
         return auto_fit(frames, budget=budget, random_state=random_state, template=template,
                         log=print if template.progress else None)
 
-    def _fit(self, frames, *, kernels=None, noise: NoiseModel | None = None) -> "GAP":
-        """The fit, with ``kernels`` (one per term) and ``noise`` instead of copies of
-        the user's: the refit of :meth:`optimize_hyperparameters`."""
+    def _fit(self, frames, *, kernels=None, noise: NoiseModel | None = None,
+             solve: bool = True) -> "GAP":
+        """The fit, with ``kernels`` (one per term) and ``noise`` instead of copies of the
+        user's (refits); without ``solve``, ``alpha_`` None (the noise CV's solves it)."""
         t_start, cpu_start = time.perf_counter(), time.process_time()
         for name in ("recalibration_", "predictive_"):  # calibrations belong to one fit
             self.__dict__.pop(name, None)
@@ -238,7 +237,7 @@ class GAP:
         self.sparse_sets_ = [term_sparse_set(term, frames, None if seed is None else seed + i)
                              for i, term in enumerate(self.terms_)]
         sol = solve_dtc(self.terms_, self.sparse_sets_, frames, obs, jitter=self.jitter,
-                        batch_atoms=self.batch_atoms, progress=self.progress)
+                        batch_atoms=self.batch_atoms, progress=self.progress, solve=solve)
         self.alpha_, self.R_, self.U_ = sol.alpha, sol.R, sol.U
         self.jitter_absolute_ = sol.jitter_absolute
         self.log_marginal_likelihood_ = sol.log_marginal_likelihood
@@ -266,10 +265,8 @@ class GAP:
 
     # ------------------------------------------------------- hyper-parameters
     def training_data(self, frames) -> TrainingData:
-        """``frames`` (the training set of this fitted model) as the passes over the
-        training data see them (:class:`TrainingData`): what
-        :func:`gapkit.gp.design.design_blocks`, the hyper-parameter statistics and
-        :func:`gapkit.uq.leave_one_out` iterate."""
+        """``frames`` (this model's training set) as the passes over the training data
+        (:func:`~gapkit.gp.design.design_blocks`, statistics, LOO) see them."""
         self.check_fitted()
         frames = as_frames(frames)
         labels = self._labels(frames)
@@ -277,8 +274,7 @@ class GAP:
         return TrainingData(frames, obs, frozenset(gradients_for(obs)))
 
     def design_blocks(self, data: TrainingData, *, unit: bool = False, desc=None):
-        """:func:`gapkit.gp.design.design_blocks` over ``data`` with this model's fitted
-        terms and sparse points."""
+        """:func:`gapkit.gp.design.design_blocks` over ``data``, this model's terms."""
         return design_blocks(self.terms_, self.sparse_sets_, data.frames, data.observations,
                              set(data.gradients), batch_atoms=self.batch_atoms, unit=unit,
                              progress=bool(desc) and self.progress, desc=desc or "")
@@ -436,10 +432,14 @@ class GAP:
         self.noise_ = self.noise_.rescaled(report["factors"])
         sol = report.pop("solution", None)  # the fit at that noise, from the fold statistics
         if refit and sol is not None:
+            deferred = self.alpha_ is None  # the fit left its solve to this closed form
             self.alpha_, self.R_ = sol.alpha, sol.R
             self.log_marginal_likelihood_ = sol.log_marginal_likelihood
             self.fit_info_.update(log_marginal_likelihood=sol.log_marginal_likelihood,
-                                  condition_number_R=sol.condition_number_R)
+                                  condition_number_R=sol.condition_number_R,
+                                  **({"n_zero_rows": sol.n_zero_rows} if deferred else {}))
+            if deferred and sol.symmetry_violations:
+                warn_symmetry(sol.symmetry_violations, stacklevel=3)
             if any(report["predictive"].values()):  # fitted at the noise refitted with
                 self.predictive_ = report["predictive"]
         self.fit_info_["noise_cv"] = report

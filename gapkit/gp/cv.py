@@ -40,6 +40,7 @@ from .design import design_blocks
 from .observations import ENERGY, FORCES, KINDS, VIRIAL
 from .posterior import prior_energy_variances, prior_force_variances
 from .predictive import TAIL_SHARE, TAIL_Z, fit_predictive
+from .sparse import informative_rows, symmetry_violations
 
 __all__ = ["ENERGY_FACTORS", "VIRIAL_FACTORS", "FoldGrams", "assign_folds",
            "calibrate_predictive", "calibration_frames", "fold_factors", "fold_grams",
@@ -106,6 +107,10 @@ class FoldGrams:
     sum_log_sigma: np.ndarray
     dense: tuple = (0, 1, 2)
     rows: dict = dataclasses.field(default_factory=dict)
+    #: exactly zero design rows, and those whose labels break symmetry
+    #: (:func:`gapkit.gp.sparse.symmetry_violations`), as the streaming fit counts them
+    n_zero_rows: int = 0
+    symmetry_violations: tuple = ()
 
     @property
     def n_folds(self) -> int:
@@ -178,9 +183,14 @@ def fold_grams(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
     counts = np.zeros((n_folds, len(KINDS)), dtype=np.int64)
     yy = np.zeros((n_folds, len(KINDS)))
     sum_log_sigma = np.zeros((n_folds, len(KINDS)))
+    n_zero, violations = 0, []
     for start, _, sub, rows in design_blocks(terms, sparse_sets, frames, obs, gradients,
                                                batch_atoms=batch_atoms, progress=progress,
                                                desc="noise CV: statistics"):
+        zero = ~informative_rows(rows, [z.n for z in sparse_sets]).numpy()
+        if zero.any():
+            n_zero += int(zero.sum())
+            violations += symmetry_violations(sub, zero, start)
         w = 1.0 / torch.as_tensor(sub.sigma)
         b = _whiten(rows, u_factor) * w[:, None]
         yw = torch.as_tensor(sub.y) * w
@@ -201,7 +211,8 @@ def fold_grams(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
                 sum_log_sigma[f, k] += float(np.log(sub.sigma[idx]).sum())
     low_rows = {k: [torch.cat(p) if p else torch.zeros((0, m), dtype=dtype) for p in per_fold]
                 for k, per_fold in parts.items()}
-    return FoldGrams(gram, rhs, counts, u_factor, yy, sum_log_sigma, dense, low_rows)
+    return FoldGrams(gram, rhs, counts, u_factor, yy, sum_log_sigma, dense, low_rows, n_zero,
+                     tuple(violations))
 
 
 def full_solution(grams: FoldGrams, factors, jitter_absolute: float):
@@ -223,7 +234,7 @@ def full_solution(grams: FoldGrams, factors, jitter_absolute: float):
     resid = torch.as_tensor(max(yy - float(h @ beta), 0.0) ** 0.5)  # |L^-1 h|^2 = h.beta
     lml = dtc_log_marginal_likelihood(r_factor, u, resid, sum_log, int(counts.sum()))
     return DTCSolution(alpha, r_factor, u, jitter_absolute, lml, condition_number(r_factor),
-                       condition_number(u) ** 2)
+                       condition_number(u) ** 2, grams.n_zero_rows, grams.symmetry_violations)
 
 
 def _weighted(rhs: torch.Tensor, s) -> torch.Tensor:

@@ -136,14 +136,19 @@ class DTCSolution:
 
 
 def solve_dtc(terms, sparse_sets, frames, observations, *, jitter: float, batch_atoms: int,
-              progress: bool = False) -> DTCSolution:
+              progress: bool = False, solve: bool = True) -> DTCSolution:
     """The projected-process (DTC) fit: the streaming QR of ``[Sigma^-1/2 K_NM; U]`` over
     blocks of design rows (:func:`gapkit.gp.design.design_blocks`), then
     ``alpha = R^-1 Q^T [Sigma^-1/2 y; 0]`` (DESIGN.md section 3: A = QR). Memory is
-    O(M^2 + one block) whatever the number of observations."""
+    O(M^2 + one block) whatever the number of observations. Without ``solve``, only ``U``
+    (``alpha``, ``R`` None; likelihood and cond(R) NaN): for the noise cross-validation,
+    whose closed form makes the fit from its own pass (:mod:`gapkit.gp.cv`)."""
     from .design import design_blocks, gradients_for, kmm
 
     u, jitter_absolute = cholesky_upper(kmm(terms, sparse_sets), jitter)
+    if not solve:
+        return DTCSolution(None, None, u, jitter_absolute, math.nan, math.nan,  # type: ignore[arg-type]
+                           condition_number(u) ** 2)
     qr = IncrementalQR(u)
     n_zero, violations = 0, []
     for start, _, block_obs, rows in design_blocks(

@@ -193,6 +193,35 @@ def test_without_a_noise_model_the_fit_cross_validates_it(fitted):
     assert to_config(auto)["noise"]["scale"]  # the chosen noise, for a refit as given
 
 
+def test_the_default_fit_leaves_its_solve_to_the_closed_form():
+    """GAP().fit skips the streaming QR fit (the CV's refit from its fold statistics
+    replaces it anyway): the same model as the streaming fit followed by the CV, with
+    the zero design rows (a perfect cell: forces zero by symmetry) counted by the CV's
+    pass; too few frames to cross-validate get the streaming fit."""
+    from gapkit.testing import label
+
+    frames = _cu(14, 5) + [label(bulk("Cu", "fcc", a=3.61, cubic=True), EMT())]
+    soap = SOAP(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2)
+
+    def gap():
+        return GAP([Term(soap, SOAPKernel(zeta=4), n_sparse=12)], progress=False)
+
+    deferred = gap().fit(frames)
+    streamed = gap()._fit(frames)
+    zero_rows = streamed.fit_info_["n_zero_rows"]
+    streamed.cross_validate_noise(frames)
+    assert zero_rows == deferred.fit_info_["n_zero_rows"] > 0
+    assert torch.equal(deferred.alpha_, streamed.alpha_)
+    assert torch.equal(deferred.R_, streamed.R_)
+    assert deferred.log_marginal_likelihood_ == streamed.log_marginal_likelihood_
+    assert deferred.predictive_ == streamed.predictive_
+    few = frames[:6]
+    small = gap().fit(few)
+    assert "not cross-validated" in small.fit_info_["noise_cv"]["note"]
+    plain = GAP(gap().terms, noise=NoiseModel(), progress=False).fit(few)
+    assert torch.equal(small.alpha_, plain.alpha_)
+
+
 def test_the_command_line_reports_the_cross_validated_noise(tmp_path, capsys):
     import ase.io
 
