@@ -22,7 +22,9 @@ exactly the DTC solve of :mod:`gapkit.gp.sparse` on the other folds (same sparse
 and kernels), an M x M Cholesky per fold and grid point, never ``K_MM + K^T W K`` itself.
 A second pass predicts every held-out row at every grid point (one GEMM per block) and
 accumulates the mean absolute errors: energy per atom, force components, virial per atom.
-Together with the fit before and the refit after, the search costs about four fits.
+The refit at the chosen noise is the same closed form on all folds, so ``GAP().fit`` makes
+no streaming fit before the search (:meth:`gapkit.GAP.fit`; the statistics pass counts the
+zero design rows it would have counted).
 """
 
 from __future__ import annotations
