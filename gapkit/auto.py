@@ -17,9 +17,9 @@ predictive variance). The budget is CPU time (``time.process_time``, all threads
 rung may spend an equal share of what is free (the budget less one candidate's fit on
 every later rung: rung 0 of three a third, rung 1 half of what is then free, the last
 rung the rest), so that neither the first rung starves the later ones nor a pessimistic
-estimate of them starves the first; costs grow as frames^:data:`COST_EXPONENT` between
-rungs. A candidate estimated to cost more than its rung's share leaves is passed over for
-the next one (the notes name it).
+estimate of them starves the first; costs are estimated by :func:`estimate_cost`
+(``A n + B n^3`` in the frames). A candidate estimated to cost more than its rung's share
+leaves is passed over for the next one, on the last rung too (the notes name it).
 The table of every candidate tried, and why the winner won, is ``fit_info_["auto"]`` of
 the returned model (saved with it: ``gapkit info`` prints it).
 
@@ -44,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT", "SPACE", "auto_fit", "candidate_terms", "parse_budget", "summary"]
+__all__ = ["DEFAULT", "SPACE", "auto_fit", "candidate_terms", "estimate_cost", "parse_budget",
+           "summary"]
 
 #: the settings searched (``sparse_factor`` multiplies ``n_sparse="auto"``'s count on all
 #: frames, capped at the number of environments)
@@ -63,14 +64,38 @@ DEFAULT = {"cutoff": 5.0, "n_max_l_max": (8, 6), "atom_sigma": 0.5, "zeta": 4,
 ETA = 3
 #: the smallest frame subset a rung uses (5-fold cross-validation needs a few per fold)
 MIN_RUNG_FRAMES = 20
-#: a candidate's CPU grows as frames^COST_EXPONENT from one rung to the next (its sparse
-#: points grow with the frames, fixed costs weigh on small subsets): measured, default
-#: settings, Zuo Si 23 -> 214 frames ~1.6, Zuo Cu 29 -> 87 frames 1.4
+#: the least a fit's CPU grows with the frames, frames^COST_EXPONENT (the "budget too
+#: small" check): measured, default settings, Zuo Si 23 -> 214 frames 1.66, Cu 29 -> 87 1.4
 COST_EXPONENT = 1.5
+#: a candidate's CPU on n frames is modelled as ``A n + B n^3`` (descriptors and design
+#: rows grow as the frames, the solves as frames x M^2 with M growing as the frames);
+#: through one measurement, the cubic part is this share of it (fitted to the default's
+#: three fits on Zuo Cu, 6.5 / 29.9 / 340 CPU-s on 29 / 87 / 262 frames, 6 %; Si 4 %).
+#: A frames^1.5 rule under-estimated the last rung 3-6x (Li: 8.5 -> 178 CPU-s for 3x the
+#: frames; Cu: 77 -> over 1,000), so the search overran its budget.
+CUBIC_SHARE = 0.05
 #: candidates sampled from the grid (the default included)
 N_CANDIDATES = 27
 
 _UNITS = {"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+def estimate_cost(points, n: int) -> float:
+    """CPU-s of a fit on ``n`` frames from a candidate's fits ``points`` [(frames, CPU-s)]:
+    the largest of ``A n + B n^3`` through each point with :data:`CUBIC_SHARE` cubic and
+    through the last two (kept non-negative). Small subsets are dominated by costs linear
+    in the frames, so a curve through two of them alone under-estimates a larger fit
+    (Li: 19 against 110 CPU-s measured), and one point alone misses a steep growth
+    (Cu: 650 against over 1,000); the largest is the safe side of a budget."""
+    out = 0.0
+    for n1, c1 in points:
+        out = max(out, (1 - CUBIC_SHARE) * c1 * n / n1 + CUBIC_SHARE * c1 * (n / n1) ** 3)
+    if len(points) >= 2 and points[-2][0] != points[-1][0]:
+        (n0, c0), (n1, c1) = points[-2], points[-1]
+        b = max((c1 / n1 - c0 / n0) / (n1**2 - n0**2), 0.0)
+        a = max(c1 / n1 - b * n1**2, 0.0)
+        out = max(out, a * n + b * n**3)
+    return out
 
 
 def parse_budget(budget) -> float:
@@ -279,17 +304,15 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
     last_rung = len(subsets) - 1
     probe: list[float] = []  # CPU-s of the default on the first rung
 
-    measured: dict[str, tuple[int, float]] = {}  # label -> (rung, CPU-s) of its last fit
+    measured: dict[str, list] = {}  # label -> [(frames, CPU-s)] of its fits
 
     def estimate(settings: dict, rung: int) -> float:
-        """CPU-s of one candidate on a rung: its own cost on the rung before, else the
-        first candidate's, scaled by the frames^COST_EXPONENT."""
+        """CPU-s of one candidate on a rung (:func:`estimate_cost`) from its own fits, else
+        from the first candidate's, scaled by the relative cost of the settings."""
         full = 1.3 if rung == last_rung else 1.0  # the full fit calibrates and refits
-        before = measured.get(_label(settings))
-        if before is None:
-            before = (0, probe[0] * _relative_cost(settings) / _relative_cost(DEFAULT))
-        ratio = len(subsets[rung]) / len(subsets[before[0]])
-        return before[1] * ratio ** COST_EXPONENT * full
+        points = measured.get(_label(settings)) or [
+            (len(subsets[0]), probe[0] * _relative_cost(settings) / _relative_cost(DEFAULT))]
+        return estimate_cost(points, len(subsets[rung])) * full
 
     def reserve(rung: int) -> float:
         """CPU-s the later rungs need at the least: one candidate's fit on each."""
@@ -304,7 +327,7 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
             rung_rows: list[dict] = []
             rung_start, end = spent(), limit
             for k, settings in enumerate(survivors):
-                if probe and k > 0:  # the first of a rung always runs
+                if probe and (k > 0 or full):  # the first of a rung but the last runs
                     if end == limit:  # this rung's share of what is free, once measured
                         free = limit - rung_start - reserve(rung)
                         end = rung_start + max(free, 0.0) / (last_rung - rung + 1)
@@ -328,7 +351,7 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
                             f"{math.ceil(need * 1.2)} s (or fewer frames)")
                 if row is None:
                     continue
-                measured[row["settings"]] = (rung, row["cpu_s"])
+                measured.setdefault(row["settings"], []).append((len(subset), row["cpu_s"]))
                 row["settings_dict"] = settings
                 rung_rows.append(row)
                 if full:
@@ -362,7 +385,12 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
             raise RuntimeError("gapkit auto: no candidate could be fitted (see the "
                                "notes above); check the data or give settings explicitly")
         last = max(r["rung"] for r in scored)
-        best = min((r for r in scored if r["rung"] == last), key=lambda r: r["score"])
+        pool = sorted((r for r in scored if r["rung"] == last), key=lambda r: r["score"])
+        fits = [r for r in pool  # the best whose full fit fits the budget, else the cheapest
+                if report["interrupted"] or estimate(r["settings_dict"], last_rung)
+                <= limit - spent()]
+        best = fits[0] if fits else min(pool, key=lambda r: estimate(r["settings_dict"],
+                                                                      last_rung))
         say(f"  fitting the best so far on all {len(frames)} frames: {best['settings']}")
         report["notes"].append(f"the best of rung {last} fitted on all frames without "
                                "competing there (interrupted, or the budget left was short)")
