@@ -118,12 +118,6 @@ class FoldGrams:
     def n_folds(self) -> int:
         return int(self.counts.shape[0])
 
-    @property
-    def nbytes(self) -> int:
-        """The bytes of the stored Grams and rows."""
-        return (self.gram.element_size() * self.gram.nelement()
-                + sum(r.element_size() * r.nelement() for rs in self.rows.values() for r in rs))
-
     def _total(self) -> torch.Tensor:
         """The dense kinds' Grams summed over folds (len(dense), M, M), kept once made."""
         total = self.__dict__.get("_total_gram")
@@ -367,8 +361,7 @@ def held_out_variances(terms, sparse_sets, frames, obs, gradients, folds, grams:
         if keep.size == 0:
             continue
         chol, alpha = _fold_solve(grams, s, f)
-        rows_of = np.nonzero(np.isin(obs.frame, keep))[0]  # this fold's rows, in order
-        sub_frames, sub_obs, _ = _frame_subset(frames, obs, folds, keep)
+        sub_frames, sub_obs, _, rows_of = _frame_subset(frames, obs, folds, keep)
         for _, sel, sub, rows, results in design_blocks(
                 terms, sparse_sets, sub_frames, sub_obs, gradients, batch_atoms=batch_atoms,
                 progress=progress, desc=f"noise CV: predictive variance, fold {f + 1}",
@@ -414,14 +407,15 @@ def calibration_frames(obs, n_frames: int, seed: int = 0, *,
 
 
 def _frame_subset(frames, obs, folds, keep: np.ndarray):
-    """``frames``, their observation rows and folds restricted to the frames ``keep``."""
+    """``frames``, their observation rows and folds restricted to the frames ``keep``, and
+    the indices of those rows in ``obs``."""
     if keep.size == len(frames):
-        return frames, obs, folds
+        return frames, obs, folds, np.arange(obs.kind.size)
     new = np.full(len(frames), -1, dtype=np.int64)
     new[keep] = np.arange(keep.size)
     rows = np.nonzero(new[obs.frame] >= 0)[0]
     sub = dataclasses.replace(obs.select(rows), frame=new[obs.frame[rows]])
-    return [frames[i] for i in keep.tolist()], sub, np.asarray(folds)[keep]
+    return [frames[i] for i in keep.tolist()], sub, np.asarray(folds)[keep], rows
 
 
 def calibrate_predictive(terms, sparse_sets, frames, obs, gradients, folds,
@@ -437,7 +431,7 @@ def calibrate_predictive(terms, sparse_sets, frames, obs, gradients, folds,
     whose labels carry noise). Each form records ``n_frames``, the frames it was fitted on."""
     keep = calibration_frames(obs, len(frames), seed, max_force_rows=max_force_rows,
                               min_frames=min_frames)
-    frames, obs, folds = _frame_subset(frames, obs, folds, keep)
+    frames, obs, folds, _ = _frame_subset(frames, obs, folds, keep)
     held = held_out_variances(terms, sparse_sets, frames, obs, gradients, folds, grams,
                               factors, batch_atoms=batch_atoms, progress=progress)
     out = {kind: fit_predictive(*held[kind]) if kind in held else None for kind in KINDS}
