@@ -6,7 +6,7 @@ atom_sigma ``--atom-sigma`` (0.3, as the GAP authors advise with hydrogen), zeta
 ``--m`` CUR sparse points in all (shared equally over the species), the noise chosen by
 cross-validation and the predictive variance calibrated: ``GAP(terms).fit``, the default
 path. One thread. Printed and written to ``benchmarks/results/large_m.json``: fit CPU-s,
-peak RSS (``ru_maxrss``, the whole process), CPU-s per stage, test E MAE (meV per
+peak RSS (``ru_maxrss``, the whole process), CPU-s and peak RSS per stage, test E MAE (meV per
 molecule), F MAE (meV/Å) and the force calibration area. Target (issue 25): aspirin at
 M 8,000 in <= 15 CPU-minutes and <= 8 GB. Run in the background, e.g.
 
@@ -21,6 +21,7 @@ for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -44,21 +45,50 @@ STAGES = {gapkit.model: ("term_sparse_set", "solve_dtc"),
                          "calibrate_predictive")}
 
 
-def _timer(stages: dict, name: str, func):
+class RSSWatch(threading.Thread):
+    """Samples the resident memory every ``interval`` s (``/proc/self/statm``; Linux) and
+    keeps the largest seen while each stage runs (``peaks``, GB; "other" outside them)."""
+
+    def __init__(self, interval: float = 0.2):
+        super().__init__(daemon=True)
+        self.interval, self.stage, self.peaks = interval, ["other"], {}
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss_gb(self) -> float:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self._page / 2**30
+
+    def run(self) -> None:
+        while True:
+            self.note()
+            time.sleep(self.interval)
+
+    def note(self) -> None:
+        name = self.stage[-1]
+        self.peaks[name] = max(self.peaks.get(name, 0.0), self.rss_gb())
+
+
+def _timer(stages: dict, name: str, func, watch: RSSWatch | None):
     def wrapper(*a, **kw):
         cpu = time.process_time()
+        if watch is not None:
+            watch.stage.append(name)
         try:
             return func(*a, **kw)
         finally:
+            if watch is not None:
+                watch.note()
+                watch.stage.pop()
             stages[name] = stages.get(name, 0.0) + time.process_time() - cpu
     return wrapper
 
 
-def timed(stages: dict):
-    """Wrap the :data:`STAGES` functions so that their CPU-s add up in ``stages``."""
+def timed(stages: dict, watch: RSSWatch | None = None):
+    """Wrap the :data:`STAGES` functions so that their CPU-s add up in ``stages`` (and
+    ``watch`` knows which one runs)."""
     for module, names in STAGES.items():
         for name in names:
-            setattr(module, name, _timer(stages, name, getattr(module, name)))
+            setattr(module, name, _timer(stages, name, getattr(module, name), watch))
 
 
 def main() -> None:
@@ -78,7 +108,10 @@ def main() -> None:
     train = read_extxyz(path)[:args.train]
     test = read_extxyz(SHARED / "rmd17" / f"rmd17_{args.data}_test_01.xyz")[:args.test]
     stages: dict = {}
-    timed(stages)
+    watch = RSSWatch() if Path("/proc/self/statm").exists() else None
+    timed(stages, watch)
+    if watch is not None:
+        watch.start()
     term = Term(SOAP(cutoff=5.0, cutoff_width=1.0, n_max=8, l_max=6,
                      atom_sigma=args.atom_sigma), SOAPKernel(zeta=4), n_sparse=args.m,
                 sparse_method="cur")
@@ -89,7 +122,9 @@ def main() -> None:
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     row = score(model, test, f"m{args.m}")
+    rss = {} if watch is None else {k: round(v, 2) for k, v in watch.peaks.items()}
     row.update(fit_cpu_s=cpu, fit_wall_s=wall, peak_rss_gb=peak_gb, stages_cpu_s=stages,
+               stages_peak_rss_gb=rss,
                n_sparse=model.fit_info_["n_sparse"], train=len(train), test=len(test),
                atom_sigma=args.atom_sigma, noise_factors=model.fit_info_["noise_cv"]["factors"],
                published_gap=PUBLISHED.get(args.data),
@@ -98,6 +133,9 @@ def main() -> None:
           f"{peak_gb:.2f} GB; E {row['energy_mae_mev_per_frame']:.2f} meV, F "
           f"{1e3 * row['forces_mae']:.1f} meV/Å, area {row['forces_area_all']:.3f}")
     print("  stages (CPU-s): " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()))
+    if rss:
+        print("  peak RSS while each ran (GB): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in rss.items()))
     out = results_so_far(args.output)
     out["results"][f"{args.data}_m{args.m}_train{len(train)}"] = row
     args.output.parent.mkdir(exist_ok=True)

@@ -118,25 +118,17 @@ class FoldGrams:
     def n_folds(self) -> int:
         return int(self.counts.shape[0])
 
-    def _total(self) -> torch.Tensor:
-        """The dense kinds' Grams summed over folds (len(dense), M, M), kept once made."""
-        total = self.__dict__.get("_total_gram")
-        if total is None:
-            total = self.__dict__["_total_gram"] = self.gram.sum(0)
-        return total
-
     def weighted(self, s, without: int | None = None, *, rows: bool = True) -> torch.Tensor:
         """``sum_k G_k / s_k^2`` (M x M) over all folds, or over all folds but
-        ``without`` (the dense kinds' total less that fold's; the row kinds' other folds);
-        without ``rows``, the dense kinds only."""
+        ``without``; without ``rows``, the dense kinds only. Summed fold by fold each time
+        (a few M^2 additions): no total is kept beside the fold Grams (0.5 GB at M 8,000)."""
         s = np.asarray(s, dtype=float)
         m = self.u_factor.shape[0]
         out = torch.zeros((m, m), dtype=self.u_factor.dtype)
-        total = self._total()
         for j, k in enumerate(self.dense):  # no M x M temporaries
-            out.add_(total[j], alpha=1.0 / s[k] ** 2)
-            if without is not None:
-                out.sub_(self.gram[without, j], alpha=1.0 / s[k] ** 2)
+            for f in range(self.n_folds):
+                if f != without:
+                    out.add_(self.gram[f, j], alpha=1.0 / s[k] ** 2)
         for k, per_fold in (self.rows.items() if rows else ()):
             b = torch.cat([r for f, r in enumerate(per_fold) if f != without])
             if b.shape[0]:
@@ -157,6 +149,27 @@ class FoldGrams:
 def _whiten(rows: torch.Tensor, u_factor: torch.Tensor) -> torch.Tensor:
     """``rows U^-1`` (n, M) by a triangular solve."""
     return torch.linalg.solve_triangular(u_factor, rows, upper=True, left=False)
+
+
+#: column block of :func:`_add_gram_`: the upper block triangle costs (k + 1) / 2k of
+#: the full product with k blocks (M 8,000: 0.56); blocks of 1,024 keep the GEMMs efficient
+GRAM_BLOCK = 1024
+
+
+def _add_gram_(gram: torch.Tensor, b: torch.Tensor, block: int | None = None) -> None:
+    """``gram += b^T b`` on the block upper triangle only (the diagonal blocks whole):
+    about half the FLOPs of ``addmm_`` (1.75x faster at M 8,000, one thread; torch has no
+    SYRK). :func:`_mirror_gram_` fills the lower blocks once the sums are complete."""
+    m, block = gram.shape[0], block or GRAM_BLOCK
+    for i in range(0, m, block):
+        gram[i:i + block, i:].addmm_(b[:, i:i + block].T, b[:, i:])
+
+
+def _mirror_gram_(gram: torch.Tensor, block: int | None = None) -> None:
+    """Copy the upper blocks that :func:`_add_gram_` filled onto the lower ones."""
+    m, block = gram.shape[0], block or GRAM_BLOCK
+    for i in range(block, m, block):
+        gram[i:i + block, :i].copy_(gram[:i, i:i + block].T)
 
 
 def fold_grams(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
@@ -200,11 +213,13 @@ def fold_grams(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
                 if k in parts:
                     parts[k][f].append(bi)
                 else:
-                    gram[f, dense.index(k)].addmm_(bi.T, bi)
+                    _add_gram_(gram[f, dense.index(k)], bi)
                 rhs[f, k] += bi.T @ yw[torch.as_tensor(idx)]
                 counts[f, k] += idx.size
                 yy[f, k] += float((yw[torch.as_tensor(idx)] ** 2).sum())
                 sum_log_sigma[f, k] += float(np.log(sub.sigma[idx]).sum())
+    for g in gram.flatten(0, 1):
+        _mirror_gram_(g)
     low_rows = {k: [torch.cat(p) if p else torch.zeros((0, m), dtype=dtype) for p in per_fold]
                 for k, per_fold in parts.items()}
     return FoldGrams(gram, rhs, counts, u_factor, yy, sum_log_sigma, dense, low_rows, n_zero,

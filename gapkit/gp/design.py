@@ -239,66 +239,98 @@ def design_blocks(terms, sparse_sets, frames, observations, gradients=None, *,
         from tqdm.auto import tqdm
 
         blocks = tqdm(blocks, desc=desc, leave=False)
-    cache = None if with_results else _ACTIVE.get()
+    cache = _ACTIVE.get()
     for start, stop in blocks:
         sel = np.nonzero((observations.frame >= start) & (observations.frame < stop))[0]
         if sel.size == 0:
             continue
         sub = observations.select(sel).shifted(start)
         results: list = []
-        key = None if cache is None else cache.key(terms, sparse_sets, frames[start:stop], sub,
-                                                   gradients, unit)
-        rows = None if cache is None else cache.get(key)
+        rows = None if cache is None else cache.get(terms, sparse_sets, frames[start:stop],
+                                                    sub, gradients, unit)
         if rows is None:
             rows = design_rows(terms, sparse_sets, frames[start:stop], sub, gradients,
                                unit=unit, results=results)
             if cache is not None:
-                cache.put(key, rows, (terms, sparse_sets, frames[start:stop]))
+                cache.put(terms, sparse_sets, frames[start:stop], sub, gradients, unit, rows)
+        elif with_results:  # the rows from the cache, the descriptors computed again
+            results = [t.descriptor.compute(frames[start:stop],
+                                            gradients=sorted(gradients) or False)
+                       for t in terms]
         yield (start, sel, sub, rows, results) if with_results else (start, sel, sub, rows)
 
 
 class DesignCache:
     """Design rows kept in memory, up to ``max_bytes``, so that the later passes of one
-    fit over the same frames, terms and sparse points (the noise cross-validation's two
-    passes after the fit's) read them instead of recomputing descriptors and GEMMs.
+    fit over the same frames, terms and sparse points (the noise cross-validation's passes
+    after the first) read them instead of recomputing descriptors and GEMMs.
 
-    A block's key is what its rows are a function of: the terms (descriptor and kernel
-    objects, and the kernel's parameters, which an optimiser may change in place), the
-    sparse sets, the frames of the block (objects: use the cache only while they are not
-    modified), its observation rows, the gradients and ``unit``. The keyed objects are
-    held, so no key can be reused by another object. Blocks past ``max_bytes`` are not
-    kept (computed each time, as without a cache). Consumers must not modify the rows they
-    are given (none in gapkit does)."""
+    Rows are found frame by frame: a later pass may cut the frames into other blocks (the
+    predictive-variance pass reads a subset of the frames, fold by fold) and still read the
+    rows of every frame it finds. A frame's key is what its rows are a function of: the
+    terms (descriptor and kernel objects, and the kernel's parameters, which an optimiser
+    may change in place), the sparse sets, the frame (the object: use the cache only while
+    it is not modified), its observation rows, the gradients and ``unit``. The keyed
+    objects are held, so no key can be reused by another object. Blocks past ``max_bytes``
+    are not kept (computed each time, as without a cache). Consumers must not modify the
+    rows they are given (none in gapkit does)."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = int(max_bytes)
         self.nbytes = 0
         self.hits = 0
-        self._rows: dict = {}
+        self._frames: dict = {}  # frame key -> (block rows, row indices in the block)
         self._held: list = []
 
     @staticmethod
-    def key(terms, sparse_sets, frames, sub, gradients, unit: bool) -> tuple:
-        digest = hashlib.blake2b(digest_size=16)
-        for arr in (sub.kind, sub.frame, sub.atom, sub.component):
-            digest.update(np.ascontiguousarray(arr).tobytes())
+    def _keys(terms, sparse_sets, frames, sub, gradients, unit: bool):
+        """``(frame index in the block, its rows in the block, its key)`` per frame."""
         kernels = tuple((id(t.descriptor), id(t.kernel), repr(t.kernel.get_params()))
                         for t in terms)
-        return (kernels, tuple(id(s.points) for s in sparse_sets), tuple(map(id, frames)),
-                digest.hexdigest(), tuple(sorted(gradients)), bool(unit))
+        common = (kernels, tuple(id(s.points) for s in sparse_sets),
+                  tuple(sorted(gradients)), bool(unit))
+        order = np.argsort(sub.frame, kind="stable")
+        bounds = np.searchsorted(sub.frame[order], np.arange(len(frames) + 1))
+        for k, atoms in enumerate(frames):
+            idx = order[bounds[k]:bounds[k + 1]]
+            if idx.size == 0:
+                continue
+            digest = hashlib.blake2b(digest_size=16)
+            for arr in (sub.kind, sub.atom, sub.component):
+                digest.update(np.ascontiguousarray(arr[idx]).tobytes())
+            yield k, idx, (common, id(atoms), digest.hexdigest())
 
-    def get(self, key):
-        rows = self._rows.get(key)
-        if rows is not None:
-            self.hits += 1
-        return rows
+    def get(self, terms, sparse_sets, frames, sub, gradients, unit: bool):
+        """The rows of observations ``sub`` of ``frames`` (one block), or None unless every
+        frame's rows are kept. Served as kept when they are one kept block, in order."""
+        found = []
+        for _, idx, key in self._keys(terms, sparse_sets, frames, sub, gradients, unit):
+            kept = self._frames.get(key)
+            if kept is None:
+                return None
+            found.append((idx, *kept))
+        self.hits += 1
+        first = found[0][1]
+        if all(rows is first for _, rows, _ in found) and first.shape[0] == sub.kind.size:
+            at = np.concatenate([where for *_, where in found])
+            if np.array_equal(at, np.arange(at.size)) and np.array_equal(
+                    np.concatenate([idx for idx, *_ in found]), at):
+                return first
+        out = torch.empty((sub.kind.size, first.shape[1]), dtype=first.dtype)
+        for idx, rows, where in found:
+            out[torch.as_tensor(idx)] = rows[torch.as_tensor(where)]
+        return out
 
-    def put(self, key, rows: torch.Tensor, held) -> None:
+    def put(self, terms, sparse_sets, frames, sub, gradients, unit: bool,
+            rows: torch.Tensor) -> None:
+        """Keep a block's rows if they fit in what is left of ``max_bytes``."""
         size = rows.element_size() * rows.nelement()
-        if self.nbytes + size <= self.max_bytes:
-            self._rows[key] = rows
-            self._held.append(held)
-            self.nbytes += size
+        if self.nbytes + size > self.max_bytes:
+            return
+        for _, idx, key in self._keys(terms, sparse_sets, frames, sub, gradients, unit):
+            self._frames[key] = (rows, idx)
+        self._held.append((terms, sparse_sets, frames))
+        self.nbytes += size
 
 
 _ACTIVE: ContextVar[DesignCache | None] = ContextVar("gapkit_design_cache", default=None)

@@ -20,6 +20,8 @@ from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term
 from gapkit.gp.cv import (
     ENERGY_FACTORS,
     VIRIAL_FACTORS,
+    _add_gram_,
+    _mirror_gram_,
     assign_folds,
     full_solution,
     grid_alphas,
@@ -66,13 +68,32 @@ def test_folds_are_stratified_and_seeded():
         assign_folds(cts, 1)
 
 
-@pytest.mark.parametrize("low_rank_rows,woodbury", [
-    (None, None), (0, None), (10**6, False), (10**6, True), (100, True)])
-def test_fold_fits_equal_brute_force_refits_and_their_held_out_errors(fitted, low_rank_rows,
-                                                                      woodbury):
+@pytest.mark.parametrize("m,block", [(7, 3), (9, 3), (5, 8), (6, 1)])
+def test_the_block_triangle_gram_equals_the_full_product(m, block):
+    """Rank updates on the upper blocks, then mirrored: ``sum b^T b`` (the fold Grams)."""
+    rng = np.random.default_rng(m)
+    gram, ref = torch.zeros((m, m), dtype=torch.float64), torch.zeros((m, m), dtype=torch.float64)
+    for r in (1, 4, 13):
+        b = torch.as_tensor(rng.normal(size=(r, m)))
+        _add_gram_(gram, b, block)
+        ref.addmm_(b.T, b)
+    assert not torch.equal(gram, gram.T) or m <= block  # the lower blocks wait for the mirror
+    _mirror_gram_(gram, block)
+    np.testing.assert_allclose(gram.numpy(), ref.numpy(), rtol=1e-13, atol=1e-12)
+    assert torch.equal(gram, gram.T)
+
+
+@pytest.mark.parametrize("low_rank_rows,woodbury,gram_block", [
+    (None, None, None), (0, None, 5), (10**6, False, None), (10**6, True, None),
+    (100, True, 5)])
+def test_fold_fits_equal_brute_force_refits_and_their_held_out_errors(
+        fitted, low_rank_rows, woodbury, gram_block, monkeypatch):
     """Kinds kept as Grams (0: all), as whitened rows (10**6: all; 100: energies and
-    virials, forces as Grams) or by the default rule (M = 12 here, so Grams); the grid
-    solved directly or by Woodbury: the same fold fits, the same full fit."""
+    virials, forces as Grams) or by the default rule (M = 12 here, so Grams); Grams summed
+    in one block or in blocks of 5 (5, 5, 2); the grid solved directly or by Woodbury: the
+    same fold fits, the same full fit."""
+    if gram_block is not None:
+        monkeypatch.setattr("gapkit.gp.cv.GRAM_BLOCK", gram_block)
     frames, model = fitted
     data, obs, folds, grams, rows = fold_setup(model, frames, 4, low_rank_rows)
     m = model.U_.shape[0]

@@ -129,8 +129,8 @@ def test_cached_fit_is_the_fit_without_cache(monkeypatch):
     hits = []
     real = design.DesignCache.get
 
-    def counting_get(self, key):
-        rows = real(self, key)
+    def counting_get(self, *key):
+        rows = real(self, *key)
         hits.append(rows is not None)
         return rows
 
@@ -169,6 +169,38 @@ def test_cache_key_follows_kernel_parameters_and_memory_cap():
     with design_cache(max_bytes=first.element_size() * first.nelement() // 2) as cache:
         rows_now()
         assert 0 < cache.nbytes <= cache.max_bytes
+
+
+def test_the_cache_serves_other_blocks_of_the_same_frames(monkeypatch):
+    """The predictive-variance pass reads a subset of the frames in other blocks (fold by
+    fold): its rows come from the cache, frame by frame, equal to those computed, with the
+    descriptor results it asks for; nothing is recomputed."""
+    from conftest import si_frames
+
+    from gapkit.gp import design
+    from gapkit.gp.cv import _frame_subset
+
+    frames = si_frames(6)
+    model = _small_gap(noise=None).fit(frames)
+    data = model.training_data(frames)
+    obs = data.observations
+    sub_frames, sub_obs, _, rows_of = _frame_subset(data.frames, obs, np.zeros(6),
+                                                    np.array([1, 3, 4]))
+    args = (model.terms_, model.sparse_sets_)
+    with design.design_cache() as cache:
+        full = torch.cat([r for *_, r in design.design_blocks(
+            *args, data.frames, obs, set(data.gradients), batch_atoms=100)])
+        calls = []
+        real = design.design_rows
+        monkeypatch.setattr(design, "design_rows", lambda *a, **kw: calls.append(1) or
+                            real(*a, **kw))
+        got = list(design.design_blocks(*args, sub_frames, sub_obs, set(data.gradients),
+                                         batch_atoms=20, with_results=True))
+    assert not calls and cache.hits == len(got) > 1
+    assert all(len(res) == 1 and res[0].n_structures == np.unique(sub.frame).size
+               for _, _, sub, _, res in got)
+    torch.testing.assert_close(torch.cat([r for *_, r, _ in got]), full[rows_of],
+                               rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", "nan"])
