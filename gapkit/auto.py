@@ -44,19 +44,27 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT", "SPACE", "auto_fit", "candidate_terms", "estimate_cost", "parse_budget",
-           "summary"]
+__all__ = ["DEFAULT", "SPACE", "auto_fit", "candidate_terms", "estimate_cost", "max_sparse",
+           "parse_budget", "summary"]
 
 #: the settings searched (``sparse_factor`` multiplies ``n_sparse="auto"``'s count on all
-#: frames, capped at the number of environments)
+#: frames; ``inf``: every environment; each capped at the number of environments and at
+#: what the memory allows, :func:`max_sparse`)
 SPACE: dict[str, tuple] = {
     "cutoff": (4.0, 5.0, 6.0),
     "n_max_l_max": ((6, 4), (8, 6), (10, 6)),
     "atom_sigma": (0.3, 0.5, 0.7),
     "zeta": (2, 4),
-    "sparse_factor": (1.0, 2.0, 4.0),
+    "sparse_factor": (1.0, 2.0, 4.0, math.inf),
     "two_body": (False, True),
 }
+#: M x M float64 matrices a fit with M sparse points holds at its peak, per fold and
+#: beyond them: the noise CV's force Gram of each fold, and K_MM, U, the weighted sum, its
+#: Cholesky factor and R (measured: rMD17 aspirin, M 8,000, 5 folds)
+MATRICES_PER_FOLD, MATRICES_BESIDE = 1, 5
+#: the share of the memory a search lets the sparse-point matrices take (the design cache
+#: takes a quarter, :func:`gapkit.gp.design.default_cache_bytes`)
+MEMORY_SHARE = 0.5
 #: today's default settings (:func:`gapkit.terms.default_terms`), always candidate 0
 DEFAULT = {"cutoff": 5.0, "n_max_l_max": (8, 6), "atom_sigma": 0.5, "zeta": 4,
            "sparse_factor": 1.0, "two_body": False}
@@ -98,6 +106,13 @@ def estimate_cost(points, n: int) -> float:
     return out
 
 
+def max_sparse(memory_bytes: float, n_folds: int = 5) -> int:
+    """The most sparse points whose M x M matrices (:data:`MATRICES_PER_FOLD` per fold and
+    :data:`MATRICES_BESIDE`, float64) fit in ``memory_bytes``."""
+    per_m2 = 8.0 * (MATRICES_PER_FOLD * n_folds + MATRICES_BESIDE)
+    return max(1, int(math.sqrt(max(memory_bytes, 0.0) / per_m2)))
+
+
 def parse_budget(budget) -> float:
     """CPU seconds of ``budget``: a number (seconds) or a string such as ``"90s"``,
     ``"20min"``, ``"1.5h"``."""
@@ -137,18 +152,22 @@ def candidate_terms(settings: dict, n_sparse) -> list:
 
 def _label(settings: dict) -> str:
     n, l = settings["n_max_l_max"]
+    factor = settings["sparse_factor"]
+    sparse = "M all" if math.isinf(factor) else f"M x{factor:g}"
     return (f"rc {settings['cutoff']:g} n{n} l{l} sigma {settings['atom_sigma']:g} "
-            f"zeta {settings['zeta']} M x{settings['sparse_factor']:g}"
+            f"zeta {settings['zeta']} {sparse}"
             + (" +2b" if settings["two_body"] else ""))
 
 
-def _relative_cost(settings: dict) -> float:
+def _relative_cost(settings: dict, all_factor: float = 8.0) -> float:
     """A rough cost of a candidate relative to the default: the design pass scales with
-    the sparse points, the power spectrum's width and the neighbours in the sphere."""
+    the sparse points, the power spectrum's width and the neighbours in the sphere
+    (``all_factor``: the multiple of the default points that "every environment" is)."""
     n, l = settings["n_max_l_max"]
     n0, l0 = DEFAULT["n_max_l_max"]
     width = n * n * (l + 1) / (n0 * n0 * (l0 + 1))
-    return (settings["sparse_factor"] * (0.5 + 0.5 * width)
+    factor = min(settings["sparse_factor"], all_factor)
+    return (factor * (0.5 + 0.5 * width)
             * (settings["cutoff"] / DEFAULT["cutoff"]) ** 3 * (1.2 if settings["two_body"]
                                                                else 1.0))
 
@@ -202,17 +221,19 @@ def _is_memory_error(err: BaseException) -> bool:
 
 def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
              space: dict | None = None, n_candidates: int = N_CANDIDATES,
-             log: Callable[[str], None] | None = None):
+             log: Callable[[str], None] | None = None, memory: float | None = None):
     """Search the settings and return the fitted :class:`~gapkit.GAP` of the winner (see
     the module docstring). ``template``: a :class:`~gapkit.GAP` whose settings other than
     ``terms`` (keys, e0, noise, baselines, batch size) every candidate keeps (this module
     sits below :mod:`gapkit.model`, which calls it: it copies the template by its
     ``get_params``, as :func:`gapkit.clone`); ``space``
-    overrides entries of :data:`SPACE`; ``log`` receives one line per step (None: quiet).
+    overrides entries of :data:`SPACE`; ``log`` receives one line per step (None: quiet);
+    ``memory`` (bytes, default :func:`gapkit.gp.design.usable_memory`) caps the sparse points at
+    :func:`max_sparse` of :data:`MEMORY_SHARE` of it (stated in the report).
     """
     from .data.files import as_frames
     from .gp.cv import MIN_FRAMES
-    from .gp.design import design_cache
+    from .gp.design import design_cache, usable_memory
     from .gp.sparsify import auto_sparse_count
 
     cpu_start = time.process_time()
@@ -233,19 +254,27 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
     explicit_noise = template.noise is not None
     n_env = sum(len(a) for a in frames)
     m_auto = auto_sparse_count(n_env)
+    memory = float(usable_memory() if memory is None else memory)
+    m_cap = max_sparse(MEMORY_SHARE * memory)
+    all_factor = min(n_env, m_cap) / m_auto
     molecules = [a for a in frames if not np.any(a.pbc)]
     max_cutoff = None
     if molecules and len(molecules) == len(frames):
         max_cutoff = max(float(a.get_all_distances().max()) for a in molecules) + 1.0
     candidates = _candidates(space, rng, n_candidates, max_cutoff)
     first = candidates[0]
-    candidates.sort(key=lambda c: (c != first, _relative_cost(c)))
+    candidates.sort(key=lambda c: (c != first, _relative_cost(c, all_factor)))
     cts = [str(a.info.get(template.config_type_key, "default")) for a in frames]
     subsets = _subsets(cts, rng)
     rows: list[dict] = []
     report: dict[str, Any] = {"budget_cpu_s": limit, "random_state": random_state,
                               "n_frames": len(frames), "rungs": [len(s) for s in subsets],
-                              "interrupted": False, "notes": []}
+                              "interrupted": False, "notes": [],
+                              "memory_gb": round(memory / 2**30, 2), "max_sparse": m_cap}
+    if m_cap < n_env:
+        report["notes"].append(
+            f"sparse points at most {m_cap} ({MEMORY_SHARE:.0%} of {memory / 2**30:.1f} GB "
+            f"for the M x M matrices; every environment would be {n_env})")
 
     def spent() -> float:
         return time.process_time() - cpu_start
@@ -253,8 +282,8 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
     def evaluate(settings: dict, subset: np.ndarray, rung: int, full: bool):
         part = [frames[i] for i in subset]
         share = len(subset) / len(frames)
-        m = min(max(50, round(settings["sparse_factor"] * m_auto * share)),
-                sum(len(a) for a in part))
+        target = min(settings["sparse_factor"] * m_auto, n_env, m_cap)  # on all frames
+        m = min(max(50, round(target * share)), sum(len(a) for a in part))
         model = type(template)(**copy.deepcopy(template.get_params()))
         model.set_params(terms=candidate_terms(settings, m), progress=False,
                          random_state=random_state)
@@ -311,7 +340,8 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
         from the first candidate's, scaled by the relative cost of the settings."""
         full = 1.3 if rung == last_rung else 1.0  # the full fit calibrates and refits
         points = measured.get(_label(settings)) or [
-            (len(subsets[0]), probe[0] * _relative_cost(settings) / _relative_cost(DEFAULT))]
+            (len(subsets[0]),
+             probe[0] * _relative_cost(settings, all_factor) / _relative_cost(DEFAULT))]
         return estimate_cost(points, len(subsets[rung])) * full
 
     def reserve(rung: int) -> float:

@@ -287,3 +287,24 @@ def test_cost_estimates_of_measured_searches():
     assert 1.3 * estimate_cost([(29, 10.9), (87, 76.7)], 262) > 1080  # Cu, stopped there
     assert 89 < 1.3 * estimate_cost([(23, 2.2)], 214) < 1.7 * 89  # Si
     assert estimate_cost([(20, 2.0), (20, 2.0)], 20) == pytest.approx(2.0)
+
+
+def test_every_environment_within_the_memory_it_states(frames64):
+    """``sparse_factor`` inf: every environment as a sparse point, unless the M x M
+    matrices would not fit in half the memory; the cap is in the report and its notes."""
+    import math
+
+    from gapkit.auto import max_sparse
+
+    assert max_sparse(8.0 * 10 * 1000**2) == 1000  # 5 fold Grams + 5 beside, float64
+    assert max_sparse(8.0 * 10 * 1000**2, n_folds=10) == int(math.sqrt(1000**2 * 10 / 15))
+    space = {**CHEAP, "sparse_factor": (math.inf,)}
+    n_env = sum(len(a) for a in frames64)
+    free = auto_fit(frames64, template=GAP(progress=False), budget=300, space=space)
+    assert free.fit_info_["n_sparse"] == [n_env]
+    assert free.fit_info_["auto"]["winner"].endswith("M all")
+    capped = auto_fit(frames64, template=GAP(progress=False), budget=300, space=space,
+                      memory=2 * 8.0 * 10 * 60**2)  # half of it holds M = 60
+    report = capped.fit_info_["auto"]
+    assert report["max_sparse"] == 60 and capped.fit_info_["n_sparse"] == [60]
+    assert any("at most 60" in note and str(n_env) in note for note in report["notes"])

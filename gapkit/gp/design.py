@@ -31,7 +31,8 @@ from ..descriptors.base import frame_batches
 from .observations import ENERGY, FORCES, VIRIAL
 
 __all__ = ["DesignCache", "SparseSet", "TrainingData", "design_blocks", "design_cache",
-           "design_rows", "functional_rows", "gather_rows", "gradients_for", "kmm", "type_mask"]
+           "design_rows", "functional_rows", "gather_rows", "gradients_for", "kmm", "type_mask",
+           "usable_memory"]
 
 #: gradient entries contracted at once (memory: entries x 3 x M floats)
 ENTRY_CHUNK = 1024
@@ -350,6 +351,12 @@ def default_cache_bytes() -> int:
             raise ValueError(f"GAPKIT_DESIGN_CACHE_GB={env!r} is not a size: give the GB of "
                              "design rows a fit may keep in memory (0: none), or unset it")
         return int(gb * 2**30)
+    return usable_memory() // 4
+
+
+def usable_memory() -> int:
+    """Bytes this process may use: the machine's physical memory, or less under an
+    address-space limit (``ulimit -v`` / ``prlimit --as``)."""
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
@@ -357,7 +364,7 @@ def default_cache_bytes() -> int:
     limit = resource.getrlimit(resource.RLIMIT_AS)[0]
     if limit not in (resource.RLIM_INFINITY, -1):
         total = min(total, limit)
-    return total // 4
+    return int(total)
 
 
 @contextlib.contextmanager
