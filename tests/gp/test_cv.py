@@ -21,6 +21,7 @@ from gapkit.gp.cv import (
     ENERGY_FACTORS,
     VIRIAL_FACTORS,
     _add_gram_,
+    _cholesky_,
     _mirror_gram_,
     assign_folds,
     full_solution,
@@ -81,6 +82,20 @@ def test_the_block_triangle_gram_equals_the_full_product(m, block):
     _mirror_gram_(gram, block)
     np.testing.assert_allclose(gram.numpy(), ref.numpy(), rtol=1e-13, atol=1e-12)
     assert torch.equal(gram, gram.T)
+
+
+@pytest.mark.parametrize("m,block", [(10, 3), (9, 3), (4, 8), (5, 1)])
+def test_the_in_place_cholesky_equals_torchs(m, block):
+    rng = np.random.default_rng(m)
+    a = rng.normal(size=(m, m + 2))
+    spd = torch.as_tensor(a @ a.T + 0.1 * np.eye(m))
+    work = spd.clone()
+    factor = _cholesky_(work, block)
+    assert factor is work  # in place: the factor is the matrix given
+    torch.testing.assert_close(factor, torch.linalg.cholesky(spd), rtol=1e-12, atol=1e-12)
+    spd[m - 1, m - 1] = -1.0
+    with pytest.raises(torch.linalg.LinAlgError):
+        _cholesky_(spd, block)
 
 
 @pytest.mark.parametrize("low_rank_rows,woodbury,gram_block", [
