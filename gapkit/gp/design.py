@@ -210,7 +210,7 @@ def design_rows(terms, sparse_sets, frames, observations, gradients=None, *,
     offsets = np.concatenate([[0], np.cumsum([len(a) for a in frames])])
     out = []
     for term, sparse in zip(terms, sparse_sets):
-        res = term.descriptor.compute(frames, gradients=sorted(gradients) or False)
+        res = _descriptors(term, frames, gradients)
         if results is not None:
             results.append(res)
         with torch.no_grad():
@@ -219,6 +219,11 @@ def design_rows(terms, sparse_sets, frames, observations, gradients=None, *,
                                      local=False, unit=unit)
         out.append(gather_rows(blocks, observations, offsets))
     return torch.cat(out, dim=1)
+
+
+def _descriptors(term, frames, gradients):
+    """The term's descriptor result of ``frames`` with the ``gradients`` asked for."""
+    return term.descriptor.compute(frames, gradients=sorted(gradients) or False)
 
 
 def design_blocks(terms, sparse_sets, frames, observations, gradients=None, *,
@@ -255,9 +260,7 @@ def design_blocks(terms, sparse_sets, frames, observations, gradients=None, *,
             if cache is not None:
                 cache.put(terms, sparse_sets, frames[start:stop], sub, gradients, unit, rows)
         elif with_results:  # the rows from the cache, the descriptors computed again
-            results = [t.descriptor.compute(frames[start:stop],
-                                            gradients=sorted(gradients) or False)
-                       for t in terms]
+            results = [_descriptors(t, frames[start:stop], gradients) for t in terms]
         yield (start, sel, sub, rows, results) if with_results else (start, sel, sub, rows)
 
 
@@ -285,7 +288,7 @@ class DesignCache:
 
     @staticmethod
     def _keys(terms, sparse_sets, frames, sub, gradients, unit: bool):
-        """``(frame index in the block, its rows in the block, its key)`` per frame."""
+        """``(its rows in the block, its key)`` per frame of the block with rows."""
         kernels = tuple((id(t.descriptor), id(t.kernel), repr(t.kernel.get_params()))
                         for t in terms)
         common = (kernels, tuple(id(s.points) for s in sparse_sets),
@@ -299,13 +302,13 @@ class DesignCache:
             digest = hashlib.blake2b(digest_size=16)
             for arr in (sub.kind, sub.atom, sub.component):
                 digest.update(np.ascontiguousarray(arr[idx]).tobytes())
-            yield k, idx, (common, id(atoms), digest.hexdigest())
+            yield idx, (common, id(atoms), digest.hexdigest())
 
     def get(self, terms, sparse_sets, frames, sub, gradients, unit: bool):
         """The rows of observations ``sub`` of ``frames`` (one block), or None unless every
         frame's rows are kept. Served as kept when they are one kept block, in order."""
         found = []
-        for _, idx, key in self._keys(terms, sparse_sets, frames, sub, gradients, unit):
+        for idx, key in self._keys(terms, sparse_sets, frames, sub, gradients, unit):
             kept = self._frames.get(key)
             if kept is None:
                 return None
@@ -328,7 +331,7 @@ class DesignCache:
         size = rows.element_size() * rows.nelement()
         if self.nbytes + size > self.max_bytes:
             return
-        for _, idx, key in self._keys(terms, sparse_sets, frames, sub, gradients, unit):
+        for idx, key in self._keys(terms, sparse_sets, frames, sub, gradients, unit):
             self._frames[key] = (rows, idx)
         self._held.append((terms, sparse_sets, frames))
         self.nbytes += size
