@@ -332,14 +332,22 @@ class SOAP(OwnsCutoff, Descriptor):
             # within CHUNK_BYTES: with three species (2,100 features) 1,024 pairs were
             # 68 MB of new pages every chunk, 1.4x the CPU of 256 pairs (aspirin)
             target = max(16, min(self.chunk_pairs, CHUNK_BYTES // (24 * n_features)))
+        # cutoff, radial functions and harmonics of every pair at once: the chunks with
+        # gradients are small (CHUNK_BYTES), and these are many small ops per call
+        spline = self._radial()
+        fc, dfc = self.cutoff_fn(distances)
+        radial, dradial = spline(distances, derivative=want_grad)  # (P, n, L+1)
+        ylm, dylm = real_spherical_harmonics(vectors, self.l_max, gradients=want_grad)
         c0 = 0
         while c0 < N:
             # as many centres as fit in `target` pairs (at least one)
             c1 = int(np.searchsorted(pair_start, pair_start[c0] + target, side="right")) - 1
             c1 = min(max(c1, c0 + 1), N)
             p0, p1 = int(pair_start[c0]), int(pair_start[c1])
+            pairs = [None if t is None else t[p0:p1]
+                     for t in (vectors, distances, fc, dfc, radial, dradial, ylm, dylm)]
             self._compute_chunk(
-                c0, c1, group[p0:p1] - c0 * S, vectors[p0:p1], distances[p0:p1],
+                c0, c1, group[p0:p1] - c0 * S, pairs,
                 torch.as_tensor(atom_sp[c0:c1], device=device), S, blocks, values, want_grad,
                 strain, out, grads, p0, p1)
             c0 = c1
@@ -364,9 +372,11 @@ class SOAP(OwnsCutoff, Descriptor):
             strain_gradients=np_(strain),
             info={"descriptor": "SOAP", **self.get_params(), "species": list(species)})
 
-    def _compute_chunk(self, c0, c1, group, vec, dist, centre_sp, S, blocks, values_out,
+    def _compute_chunk(self, c0, c1, group, pairs, centre_sp, S, blocks, values_out,
                        want_grad, strain_out, out, grads_out, p0, p1):
-        """Values (and gradients) of centres c0..c1 whose sorted pairs are given."""
+        """Values (and gradients) of centres c0..c1 whose sorted pairs are given (``pairs``:
+        vectors, distances, cutoff and its derivative, radial functions and their
+        derivatives, harmonics and their gradients)."""
         dtype, device = self.dtype, self.device
         n, L = self.n_max, self.l_max
         k = S * n
@@ -380,10 +390,8 @@ class SOAP(OwnsCutoff, Descriptor):
                                device=device)
         n_slots = nc * S * J
 
+        vec, dist, fc, dfc, radial, dradial, ylm, dylm = pairs
         spline = self._radial()
-        fc, dfc = self.cutoff_fn(dist)
-        radial, dradial = spline(dist, derivative=want_grad)  # (P, n, L+1)
-        ylm, dylm = real_spherical_harmonics(vec, L, gradients=want_grad)
 
         # padded radial functions (L+1, slots, n) and harmonics (slots, lm)
         r_pad = torch.zeros((L + 1, n_slots, n), dtype=dtype, device=device)
