@@ -12,7 +12,8 @@ import torch
 from .._checks import atomic_number, count, is_integer
 from ..data import as_frames
 
-__all__ = ["Descriptor", "DescriptorResult", "fold_pair_gradients", "resolve_species"]
+__all__ = ["Descriptor", "DescriptorResult", "empty_array", "empty_tensor",
+           "fold_pair_gradients", "resolve_species"]
 
 #: arrays at least this large are mapped on transparent huge pages where the OS offers
 #: them (Linux ``madvise`` mode): first touching 1 GB of gradients then costs 550 page
@@ -35,6 +36,13 @@ def empty_array(shape, dtype=np.float64) -> np.ndarray:
     except OSError:  # huge pages switched off: ordinary pages
         pass
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
+def empty_tensor(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``torch.empty``, through :func:`empty_array` (huge pages) for float64 on the CPU."""
+    if device.type == "cpu" and dtype == torch.float64:
+        return torch.from_numpy(empty_array(shape))
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 @dataclass(frozen=True)

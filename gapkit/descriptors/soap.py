@@ -12,7 +12,7 @@ from .._checks import is_integer, positive
 from ..neighbors import build_neighbor_list
 from ._radial import RadialSpline
 from ._spherical import harmonic_constants, real_spherical_harmonics
-from .base import Descriptor, DescriptorResult, empty_array
+from .base import Descriptor, DescriptorResult, empty_tensor
 from .cutoff import CosineCutoff, OwnsCutoff
 
 __all__ = ["SOAP"]
@@ -46,10 +46,7 @@ class _PositionGradientLayout:
         shape = (self.dummy + 1, 3, n_features)
         self.pair_pos = self.pair_pos.to(device)
         self.own_pos = self.own_pos.to(device)
-        if device.type == "cpu" and dtype == torch.float64:
-            grads = torch.from_numpy(empty_array(shape))
-        else:
-            grads = torch.empty(shape, dtype=dtype, device=device)
+        grads = empty_tensor(shape, dtype, device)
         return grads if self.copy else grads.zero_()
 
     def write(self, grads, p0, p1, c0, c1, slot, slot_values, totals):
@@ -318,9 +315,7 @@ class SOAP(OwnsCutoff, Descriptor):
         values = torch.empty((N, n_features), dtype=dtype, device=device)
         strain = grads = gcentre = gatom = out = None
         if want_strain:
-            strain = (torch.from_numpy(empty_array((N, 3, 3, n_features)))
-                      if device.type == "cpu" and dtype == torch.float64 else
-                      torch.empty((N, 3, 3, n_features), dtype=dtype, device=device))
+            strain = empty_tensor((N, 3, 3, n_features), dtype, device)
         if want_pos:
             out = _PositionGradientLayout(centres_sorted, nl.neighbors[order],
                                           nl.atom_offsets, nl.atom_structure)
@@ -386,8 +381,8 @@ class SOAP(OwnsCutoff, Descriptor):
         counts = np.bincount(group, minlength=nc * S)
         J = max(int(counts.max()) if counts.size else 0, 1)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        slot = torch.as_tensor(group * J + (np.arange(group.shape[0]) - starts[group]),
-                               device=device)
+        rank = np.arange(group.shape[0]) - starts[group]  # a pair's place in its group
+        slot = torch.as_tensor(group * J + rank, device=device)
         n_slots = nc * S * J
 
         vec, dist, fc, dfc, radial, dradial, ylm, dylm = pairs
@@ -440,7 +435,10 @@ class SOAP(OwnsCutoff, Descriptor):
         y_padN = y_pad.view(nc, S * J, n_lm)
 
         if S > 1:
-            self._species_gradients(nc, S, J, slot, group, r_pad, dr_pad, unit_pad, dy_pad3,
+            # the pair's row in _species_gradients' (species, centre, J + 1) layout
+            pos = torch.as_tensor(((group % S) * nc + group // S) * (J + 1) + rank,
+                                  device=device)
+            self._species_gradients(nc, S, J, pos, r_pad, dr_pad, unit_pad, dy_pad3,
                                     y_padN, coeffs, values, inv, vec, strain_out, out,
                                     grads_out, c0, c1, p0, p1)
             return
@@ -476,7 +474,7 @@ class SOAP(OwnsCutoff, Descriptor):
             out.write(grads_out, p0, p1, c0, c1, slot, pair_grad.view(n_slots, 3, n_features),
                       pair_grad.sum(1))
 
-    def _species_gradients(self, nc, S, J, slot, group, r_pad, dr_pad, unit_pad, dy_pad3,
+    def _species_gradients(self, nc, S, J, pos, r_pad, dr_pad, unit_pad, dy_pad3,
                            y_padN, coeffs, values, inv, vec, strain_out, out, grads_out,
                            c0, c1, p0, p1):
         """Position (and strain) gradients of a chunk with several species.
@@ -527,10 +525,6 @@ class SOAP(OwnsCutoff, Descriptor):
             grad.view(S, nc, (J + 1) * 3, n_features).addcmul_(proj, q[None, :, None, :],
                                                                value=-1.0)
         totals = grad[:, :, J].sum(0)  # (nc, 3, F)
-        centre_local = torch.as_tensor(group // S, device=device)
-        species_of = torch.as_tensor(group % S, device=device)
-        rank = slot - torch.as_tensor(group * J, device=device)
-        pos = (species_of * nc + centre_local) * (J + 1) + rank
         if strain_out is not None:
             vec_pad = torch.zeros((S, nc, J + 1, 3), dtype=dtype, device=device)
             vec_pad.view(-1, 3).index_copy_(0, pos, vec)
