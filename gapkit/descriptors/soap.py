@@ -419,28 +419,28 @@ class SOAP(OwnsCutoff, Descriptor):
             return
 
         # with normalisation, q = p/|p| and dq = (dp - q (q.dp)) / |p|: 1/|p| goes into
-        # the padded radial factors, the projection is one in-place update below
+        # the radial factors, the projection is one in-place update below
+        rs = fc[:, None, None] * radial
         dr = dfc[:, None, None] * radial + fc[:, None, None] * dradial
         if inv is not None:
             pair_inv = inv[torch.as_tensor(group // S, device=device)][:, None, None]
-            r_pad.index_copy_(1, slot, (fc[:, None, None] * radial * pair_inv).permute(2, 0, 1))
+            rs = rs * pair_inv
             dr = dr * pair_inv
+            r_pad.index_copy_(1, slot, rs.permute(2, 0, 1))
         dr_pad = torch.zeros((L + 1, n_slots, n), dtype=dtype, device=device)
         dr_pad.index_copy_(1, slot, dr.permute(2, 0, 1))
+        unit = vec / dist[:, None]
         unit_pad = torch.zeros((n_slots, 3), dtype=dtype, device=device)
-        unit_pad.index_copy_(0, slot, vec / dist[:, None])
+        unit_pad.index_copy_(0, slot, unit)
         dy_pad = torch.zeros((n_slots, 3, n_lm), dtype=dtype, device=device)
         dy_pad.index_copy_(0, slot, dylm)
         dy_pad3 = dy_pad.view(nc, S * J * 3, n_lm)
         y_padN = y_pad.view(nc, S * J, n_lm)
 
         if S > 1:
-            # the pair's row in _species_gradients' (species, centre, J + 1) layout
-            pos = torch.as_tensor(((group % S) * nc + group // S) * (J + 1) + rank,
-                                  device=device)
-            self._species_gradients(nc, S, J, pos, r_pad, dr_pad, unit_pad, dy_pad3,
-                                    y_padN, coeffs, values, inv, vec, strain_out, out,
-                                    grads_out, c0, c1, p0, p1)
+            self._species_gradients(nc, S, J, group, slot, (rs, dr, unit, vec),
+                                    (r_pad, dr_pad, unit_pad, dy_pad3, y_padN), coeffs,
+                                    values, inv, strain_out, out, grads_out, c0, c1, p0, p1)
             return
         pair_grad = torch.empty((nc, 1, J, 3, n_features), dtype=dtype, device=device)
         for l, blk in enumerate(blocks):
@@ -474,19 +474,19 @@ class SOAP(OwnsCutoff, Descriptor):
             out.write(grads_out, p0, p1, c0, c1, slot, pair_grad.view(n_slots, 3, n_features),
                       pair_grad.sum(1))
 
-    def _species_gradients(self, nc, S, J, pos, r_pad, dr_pad, unit_pad, dy_pad3,
-                           y_padN, coeffs, values, inv, vec, strain_out, out, grads_out,
-                           c0, c1, p0, p1):
+    def _species_gradients(self, nc, S, J, group, slot, pair, padded, coeffs, values, inv,
+                           strain_out, out, grads_out, c0, c1, p0, p1):
         """Position (and strain) gradients of a chunk with several species.
 
-        ``X`` of every l (n x k per slot and direction, with the feature scale
-        sqrt(2/(2l+1)) folded into ``u`` and ``v``) goes into one buffer ``xb`` laid out
-        (species, centre, slot, direction, l-row-column) with a spare zero entry last;
-        per species one ``index_select`` (:meth:`_species_index`) then writes every
-        feature of its slots once, zeros included, so no zero-filled dense gradient
-        array is written twice and no scattered write is needed. Slot ``J`` of each
-        (species, centre) holds the sum of the others: after the normalisation it is
-        that species' share of the centre's own (negated) gradient.
+        ``X`` of every l (n x k per pair and direction, the feature scale sqrt(2/(2l+1))
+        folded into ``u`` and ``v``) is built for the real pairs only, in (species,
+        centre) order, in a buffer ``xr`` with a spare zero entry last; per species one
+        ``index_select`` (:meth:`_species_index`) then writes every feature of its pairs
+        once, zeros included, so no dense gradient array is zero-filled, padded or
+        written twice. The sums over a (centre, species) group's pairs weighted by 1 and
+        by the pair vector's components (the centre's own entry and the strain
+        gradients, both linear in ``X``) are contractions over the group's pairs,
+        batched GEMMs on the padded slots, gathered the same way from ``xs``.
         """
         dtype, device = self.dtype, self.device
         n, L = self.n_max, self.l_max
@@ -494,46 +494,84 @@ class SOAP(OwnsCutoff, Descriptor):
         nk = n * k
         n_features = values.shape[1]
         width = (L + 1) * nk + 1
-        xb = torch.empty((S, nc, J + 1, 3, width), dtype=dtype, device=device)
-        xb[..., -1] = 0.0
-        xv = xb.permute(1, 0, 2, 3, 4)  # (nc, S, J + 1, 3, width)
+        rs, dr, unit, vec = pair
+        r_pad, dr_pad, unit_pad, dy_pad3, y_padN = padded
+        n_slots, G = nc * S * J, nc * S
+        n_pairs = rs.shape[0]
+        # the pairs in (species, centre) order (they come in (centre, species) order)
+        key = (group % S) * nc + group // S
+        order = np.argsort(key, kind="stable")
+        bounds = np.searchsorted(key[order], np.arange(S + 1) * nc)
+        order_t = torch.as_tensor(order, device=device)
+        real = slot.index_select(0, order_t)
+        rs, dr, unit = (t.index_select(0, order_t) for t in (rs, dr, unit))
+        # weights of the group sums: 1 (own entry) and the pair vector (strain)
+        W = 1 if strain_out is None else 4
+        w_pad = torch.zeros((n_slots, W), dtype=dtype, device=device)
+        w_pair = torch.ones((n_pairs, W), dtype=dtype, device=device)
+        if W > 1:
+            w_pair[:, 1:] = vec
+        w_pad.index_copy_(0, slot, w_pair)
+        wu_pad = (w_pad[:, :, None] * unit_pad[:, None, :]).view(n_slots, W * 3, 1)
+
+        xr = torch.empty((n_pairs, 3, width), dtype=dtype, device=device)
+        xr[..., -1] = 0.0
+        xs = torch.empty((S, nc, W, 3, width), dtype=dtype, device=device)
+        xs[..., -1] = 0.0
+        xsv = xs.permute(1, 0, 2, 3, 4)  # (nc, S, W, 3, width): the padded group order
         for l in range(L + 1):
             ct = coeffs[l].transpose(1, 2) * math.sqrt(2.0 / (2 * l + 1))
             lm = slice(l * l, (l + 1) ** 2)
-            u = torch.bmm(y_padN[:, :, lm], ct).view(nc, S, J, 1, 1, k)
-            v = torch.bmm(dy_pad3[:, :, lm], ct).view(nc, S, J, 3, 1, k)
-            x = xv[:, :, :J, :, l * nk:(l + 1) * nk].unflatten(-1, (n, k))
-            torch.mul(dr_pad[l].view(nc, S, J, 1, n, 1),
-                      unit_pad.view(nc, S, J, 3, 1, 1) * u, out=x)
-            x.addcmul_(r_pad[l].view(nc, S, J, 1, n, 1), v)
+            u_pad = torch.bmm(y_padN[:, :, lm], ct).view(n_slots, k)
+            v_pad = torch.bmm(dy_pad3[:, :, lm], ct).view(n_slots, 3, k)
+            cols = slice(l * nk, (l + 1) * nk)
+            # X[a, n, beta] = dR_n rhat_a u_beta + R_n v_(a, beta), per real pair
+            u = u_pad.index_select(0, real)
+            v = v_pad.index_select(0, real)
+            x = xr[:, :, cols].unflatten(-1, (n, k))
+            torch.mul(dr[:, None, :, l, None], (unit[:, :, None] * u[:, None, :])[:, :, None],
+                      out=x)
+            x.addcmul_(rs[:, None, :, l, None], v[:, :, None, :])
+            # sum_j w_j X_j per group: (W 3 n) x k and (W n) x (3 k) GEMMs over the slots
+            a1 = (wu_pad * dr_pad[l][:, None, :]).view(G, J, W * 3 * n)
+            s1 = torch.bmm(a1.transpose(1, 2), u_pad.view(G, J, k))
+            a2 = (w_pad[:, :, None] * r_pad[l][:, None, :]).view(G, J, W * n)
+            s2 = torch.bmm(a2.transpose(1, 2), v_pad.view(G, J, 3 * k))
+            xg = xsv[..., cols].unflatten(-1, (n, k))  # (nc, S, W, 3, n, k)
+            torch.add(s1.view(nc, S, W, 3, n, k),
+                      s2.view(nc, S, W, n, 3, k).transpose(3, 4), out=xg)
             for s in range(S):
                 # symmetrise the diagonal block; its diagonal carries scale 1, not sqrt 2
-                d = x[:, s, ..., s * n:(s + 1) * n]
-                d.add_(d.transpose(-1, -2).clone())
-                d.diagonal(dim1=-2, dim2=-1).mul_(math.sqrt(0.5))
-        torch.sum(xb[:, :, :J, :, :-1], dim=2, out=xb[:, :, J, :, :-1])
-        rows = nc * (J + 1) * 3
-        grad = torch.empty((S, nc, J + 1, 3, n_features), dtype=dtype, device=device)
+                for d in (x[bounds[s]:bounds[s + 1], ..., s * n:(s + 1) * n],
+                          xg[:, s, ..., s * n:(s + 1) * n]):
+                    d.add_(d.transpose(-1, -2).clone())
+                    d.diagonal(dim1=-2, dim2=-1).mul_(math.sqrt(0.5))
+        grad = torch.empty((n_pairs, 3, n_features), dtype=dtype, device=device)
+        sums = torch.empty((S, nc, W, 3, n_features), dtype=dtype, device=device)
         for s, index in enumerate(self._species_index(S)):
-            torch.index_select(xb[s].view(rows, width), 1, index,
-                               out=grad[s].view(rows, n_features))
+            a, b = int(bounds[s]), int(bounds[s + 1])
+            # gather with a broadcast index: 2x index_select's speed along dim 1
+            if b > a:
+                torch.gather(xr[a:b].view(-1, width), 1,
+                             index[None].expand(3 * (b - a), n_features),
+                             out=grad[a:b].view(-1, n_features))
+            torch.gather(xs[s].view(-1, width), 1,
+                         index[None].expand(nc * W * 3, n_features),
+                         out=sums[s].view(-1, n_features))
         if inv is not None:
             # dq = (dp - q (q . dp)) / |p|, 1/|p| already in the radial factors
             q = values
-            proj = torch.stack([torch.bmm(grad[s].view(nc, (J + 1) * 3, n_features),
-                                          q[:, :, None]) for s in range(S)])
-            grad.view(S, nc, (J + 1) * 3, n_features).addcmul_(proj, q[None, :, None, :],
-                                                               value=-1.0)
-        totals = grad[:, :, J].sum(0)  # (nc, 3, F)
-        if strain_out is not None:
-            vec_pad = torch.zeros((S, nc, J + 1, 3), dtype=dtype, device=device)
-            vec_pad.view(-1, 3).index_copy_(0, pos, vec)
-            st = torch.zeros((nc, 3, 3 * n_features), dtype=dtype, device=device)
+            q_pair = q.index_select(0, torch.as_tensor((group // S)[order], device=device))
+            proj = torch.bmm(grad, q_pair[:, :, None])
+            grad.addcmul_(proj, q_pair[:, None, :], value=-1.0)
             for s in range(S):
-                # strain[c, a, b, f] = sum_j g[c, j, a, f] r[c, j, b]
-                st.baddbmm_(vec_pad[s].transpose(1, 2),
-                            grad[s].view(nc, J + 1, 3 * n_features))
-            strain_out[c0:c1] = st.view(nc, 3, 3, n_features).transpose(1, 2)
+                g_s = sums[s].view(nc, W * 3, n_features)
+                g_s.addcmul_(torch.bmm(g_s, q[:, :, None]), q[:, None, :], value=-1.0)
+        totals = sums[:, :, 0].sum(0)  # (nc, 3, F)
+        if strain_out is not None:
+            # strain[c, a, b, f] = sum_j g[c, j, a, f] r[c, j, b]; sums hold (b, a)
+            strain_out[c0:c1] = sums[:, :, 1:].sum(0).transpose(1, 2)
         if out is not None:
-            out.write(grads_out, p0, p1, c0, c1, pos,
-                      grad.view(S * nc * (J + 1), 3, n_features), totals)
+            inverse = torch.empty(n_pairs, dtype=torch.int64, device=device)
+            inverse[order_t] = torch.arange(n_pairs, device=device)
+            out.write(grads_out, p0, p1, c0, c1, inverse, grad, totals)
