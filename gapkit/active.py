@@ -9,7 +9,9 @@ loop:
    largest predicted per-atom energy variance (``strategy="energy"``, eV^2/atom^2) or
    force variance (``"forces"``: the largest over a frame's atoms of the mean
    force-component variance, eV^2/Å^2), with a diversity rule so that one batch does
-   not pick near-duplicates; ``"random"`` is the baseline;
+   not pick near-duplicates; or by the force variance a frame *covers* in the pool
+   (``"coverage"``, :func:`select_coverage`: a frame in a dense uncertain region before a
+   lone outlier); ``"random"`` is the baseline;
 3. label the batch, refit, evaluate on a test set (force MAE eV/Å, energy MAE eV/atom)
    and repeat until the label budget or the pool is spent.
 
@@ -29,9 +31,12 @@ from .data import get_all_labels
 from .labelling import label
 from .model import clone
 
-__all__ = ["LearningCurve", "active_learning", "compare_strategies", "labels_to_reach"]
+__all__ = ["LearningCurve", "active_learning", "compare_strategies", "labels_to_reach",
+           "select_batch", "select_coverage"]
 
-STRATEGIES = ("energy", "forces", "random")
+STRATEGIES = ("energy", "forces", "coverage", "random")
+#: coverage length in units of the median nearest-neighbour fingerprint distance
+COVERAGE_LENGTH = 2.0
 
 
 
@@ -149,6 +154,30 @@ def select_batch(scores: np.ndarray, fingerprints: np.ndarray | None, batch_size
     return chosen
 
 
+def select_coverage(variance: np.ndarray, fingerprints: np.ndarray, batch_size: int,
+                    length: float) -> list[int]:
+    """Greedy batch by the uncertainty a frame covers in the pool, not its own.
+
+    Frame ``x``'s gain is ``sum_p rho(p, x)^2 v_p`` over the candidates ``p`` (``v``: their
+    predicted variances, ``rho = exp(-d^2 / 2 length^2)`` of the fingerprint distance), the
+    variance that labelling ``x`` would explain if the GP's correlations were ``rho``: a
+    lone outlier gains only its own ``v``, a frame in a dense uncertain region gains its
+    neighbours' too. After each pick the candidates' variances are conditioned on it,
+    ``v_p <- v_p (1 - rho(p, x)^2)``, so one batch does not cover one region twice.
+    """
+    v = np.asarray(variance, dtype=float).copy()
+    d2 = ((fingerprints[:, None, :] - fingerprints[None, :, :]) ** 2).sum(-1)
+    rho2 = np.exp(-d2 / length ** 2)  # rho^2
+    chosen: list[int] = []
+    for _ in range(min(batch_size, v.size)):
+        gain = rho2 @ v
+        gain[chosen] = -np.inf
+        k = int(np.argmax(gain))
+        chosen.append(k)
+        v *= 1.0 - rho2[:, k]
+    return chosen
+
+
 def _evaluate(model, test) -> tuple[float, float]:
     if not test:
         return float("nan"), float("nan")
@@ -180,11 +209,14 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
         with labels; ``None``: the pool frames carry the labels already.
     test : list of ase.Atoms, optional
         Labelled frames for the learning curve (force MAE eV/Å, energy MAE eV/atom).
-    strategy : {"forces", "energy", "random"}
+    strategy : {"forces", "energy", "coverage", "random"}
         Selection by the largest predicted force variance (max over atoms of the
         mean component variance, eV^2/Å^2, in the form ``forces_variance``), per-atom
         energy variance
-        (eV^2/atom^2, DTC form), or at random (the baseline).
+        (eV^2/atom^2, DTC form), the force variance a frame covers in the pool
+        (:func:`select_coverage`, correlation length ``COVERAGE_LENGTH`` times the median
+        nearest-neighbour fingerprint distance; ``diversity`` is not used), or at random
+        (the baseline).
     n_initial : int
         Random frames labelled before the first fit (the same for every strategy at a
         given seed).
@@ -283,7 +315,7 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
                 per_atom = pred.forces_variance.mean(axis=1)
                 score = np.maximum.reduceat(per_atom, pred.atom_offsets[:-1])
             fp = None
-            if diversity > 0 and n_pick > 1:
+            if (diversity > 0 and n_pick > 1) or strategy == "coverage":
                 if fingerprints is None:  # the descriptor is fixed: compute once
                     fingerprints = _fingerprints(fitted, [_unlabelled(a) for a in pool])
                     d = np.linalg.norm(fingerprints[:, None] - fingerprints[None], axis=-1)
@@ -292,7 +324,10 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
                     d0 = float(np.median(nn[np.isfinite(nn)])) if np.isfinite(nn).any() else 1.0
                     d0 = d0 if d0 > 0 else 1.0
                 fp = fingerprints[remaining]
-            local = select_batch(score, fp, n_pick, diversity, d0 or 1.0)
+            if strategy == "coverage":
+                local = select_coverage(score, fp, n_pick, (d0 or 1.0) * COVERAGE_LENGTH)
+            else:
+                local = select_batch(score, fp, n_pick, diversity, d0 or 1.0)
             sc = score[local]
         picked = [remaining[j] for j in local]
         labelled.extend(label_fn(pool[i]) for i in picked)

@@ -14,7 +14,8 @@ from ase.calculators.emt import EMT
 from conftest import make_si_model, si_frames
 
 from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term
-from gapkit.active import active_learning, compare_strategies, labels_to_reach, select_batch
+from gapkit.active import (active_learning, compare_strategies, labels_to_reach, select_batch,
+                           select_coverage)
 from gapkit.baselines import CoreRepulsion
 from gapkit.testing import label
 
@@ -116,6 +117,29 @@ def test_diversity_rule_skips_near_duplicates():
     fp = np.array([[1.0, 0.0], [1.0, 1e-6], [0.0, 1.0], [0.7, 0.7]])
     assert select_batch(scores, fp, 2, diversity=0.0, d0=1.0) == [0, 1]
     assert select_batch(scores, fp, 2, diversity=1.0, d0=1.0) == [0, 2]
+
+
+def test_coverage_prefers_a_dense_uncertain_region_to_a_lone_outlier():
+    """Five near-identical frames of variance 0.5 and one far-off frame of variance 1: by
+    its own variance the outlier comes first; by the variance it covers, the cluster (2.5),
+    then the outlier, since the first pick explained most of the cluster's variance."""
+    rng = np.random.default_rng(0)
+    fp = np.vstack([rng.normal(scale=0.01, size=(5, 2)), [[10.0, 0.0]]])
+    v = np.array([0.5] * 5 + [1.0])
+    assert select_batch(v, fp, 1, diversity=0.0, d0=1.0) == [5]
+    first, second = select_coverage(v, fp, 2, length=1.0)
+    assert first < 5 and second == 5
+    # with no correlation (a tiny length) it is selection by variance
+    assert select_coverage(v, fp, 2, length=1e-6)[0] == 5
+
+
+def test_coverage_strategy_runs_end_to_end(pool, test_set):
+    curve = active_learning(_model(), pool, EMT(), test=test_set, strategy="coverage",
+                            n_initial=4, batch_size=3, max_labels=10, seed=0)
+    picked = [i for batch in curve.selected for i in batch]
+    assert len(picked) == len(set(picked)) == 10
+    assert curve.n_labelled.tolist() == [4, 7, 10]
+    assert np.all(np.isfinite(curve.force_mae))
 
 
 def test_bad_arguments():
