@@ -481,7 +481,7 @@ class SOAP(OwnsCutoff, Descriptor):
         ``X`` of every l (n x k per pair and direction, the feature scale sqrt(2/(2l+1))
         folded into ``u`` and ``v``) is built for the real pairs only, in (species,
         centre) order, in a buffer ``xr`` with a spare zero entry last; per species one
-        ``index_select`` (:meth:`_species_index`) then writes every feature of its pairs
+        ``gather`` (:meth:`_species_index`) then writes every feature of its pairs
         once, zeros included, so no dense gradient array is zero-filled, padded or
         written twice. The sums over a (centre, species) group's pairs weighted by 1 and
         by the pair vector's components (the centre's own entry and the strain
@@ -572,6 +572,6 @@ class SOAP(OwnsCutoff, Descriptor):
             # strain[c, a, b, f] = sum_j g[c, j, a, f] r[c, j, b]; sums hold (b, a)
             strain_out[c0:c1] = sums[:, :, 1:].sum(0).transpose(1, 2)
         if out is not None:
-            inverse = torch.empty(n_pairs, dtype=torch.int64, device=device)
-            inverse[order_t] = torch.arange(n_pairs, device=device)
+            # pair i (chunk order) is row inverse[i] of grad
+            inverse = torch.as_tensor(np.argsort(order), device=device)
             out.write(grads_out, p0, p1, c0, c1, inverse, grad, totals)
