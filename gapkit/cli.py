@@ -279,6 +279,9 @@ def cmd_fit(args) -> int:
                f"from {train}")
     if args.budget is not None and not args.auto:
         raise CLIError("--budget is the CPU time of --auto: give --auto too (or drop it)")
+    if args.auto and (args.workers or args.scheduler):
+        raise CLIError("--auto budgets the CPU time of this process: run it without "
+                       "--workers/--scheduler")
     if args.auto:
         from .auto import auto_fit, summary
 
@@ -288,7 +291,7 @@ def cmd_fit(args) -> int:
         for line in summary(model.fit_info_["auto"])[1:2]:
             _say(args, line)
     else:
-        model.fit(frames)
+        model.fit(frames, **_dask(args))
     cv = model.fit_info_.get("noise_cv")
     if cv:
         _say(args, "  " + _cv_summary(cv))
@@ -309,6 +312,29 @@ def cmd_fit(args) -> int:
                f"observations {info['n_observations']}")
     _say(args, f"wrote {output}")
     return 0
+
+
+def _dask(args) -> dict:
+    """``client``/``n_workers`` of :meth:`gapkit.GAP.fit` and ``predict`` from
+    ``--scheduler``/``--workers`` (empty without: one process)."""
+    if args.workers is not None and args.scheduler is not None:
+        raise CLIError("give --workers N (a local cluster) or --scheduler ADDRESS, not both")
+    if args.scheduler is not None:
+        return {"client": args.scheduler}
+    if args.workers is not None:
+        if args.workers < 1:
+            raise CLIError(f"--workers must be at least 1, got {args.workers}")
+        return {"n_workers": args.workers}
+    return {}
+
+
+def _add_dask_options(p) -> None:
+    p.add_argument("--workers", metavar="N", type=int, default=None,
+                   help="run the passes over the frames on N Dask worker processes on this "
+                   "machine (one thread each; pip install 'gapkit[distributed]')")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="run them on the workers of a running Dask scheduler, e.g. "
+                   "tcp://node01:8786 (dask-jobqueue, dask-mpi or 'dask scheduler')")
 
 
 def _cv_summary(cv: dict) -> str:
@@ -428,7 +454,7 @@ def cmd_predict(args) -> int:
     model = _load_model(args.model, args)
     frames = read_frames(args.input, format=args.format)
     fv = None if args.forces_variance == "none" else args.forces_variance
-    pred = model.predict(frames, forces_variance=fv)
+    pred = model.predict(frames, forces_variance=fv, **_dask(args))
     off = pred.atom_offsets
     ours = {"gap_energy", "gap_energy_variance", "gap_forces", "gap_forces_variance",
             "gap_local_energy", "gap_local_energy_variance", "gap_virial",
@@ -589,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the config's terms are replaced, its other settings kept")
     p.add_argument("--budget", metavar="TIME", default=None,
                    help="CPU time for --auto: seconds or e.g. 90s, 20min, 1.5h (default 20min)")
+    _add_dask_options(p)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("eval", parents=[quiet],
@@ -629,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", metavar="NAME", default=None,
                    help="IN's ase.io format (default: ase.io's guess; extxyz, db, "
                    "vasp-out, vasp-xml, traj, ...)")
+    _add_dask_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("info", parents=[quiet], help="print a model card",
@@ -703,7 +731,8 @@ def main(argv=None) -> int:
         try:
             _threads.set_threads(args.threads)
             return args.func(args)
-        except (ValueError, OSError) as err:  # bad input, paths, a full disk
+        except (ValueError, OSError, ImportError) as err:  # bad input, paths, a full disk,
+            # an optional package missing, Dask workers without this gapkit
             msg = " ".join(str(err).split()) or type(err).__name__
             print(f"gapkit: error: {msg}", file=sys.stderr)
             return 2

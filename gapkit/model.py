@@ -31,6 +31,7 @@ from .data import as_frames, check_label_keys, get_all_labels
 from .data.structures import check_species
 from .gp import observations, posterior
 from .gp.design import TrainingData, design_blocks, design_cache, gradients_for
+from .gp.parallel import dask_passes
 from .gp.observations import KINDS, NoiseModel, baseline_energies, build_observations, fit_e0
 from .gp.posterior import Prediction
 from .gp.predictive import apply_predictive
@@ -177,28 +178,24 @@ class GAP:
                 + (f", baselines={self.baselines!r}" if self.baselines else "") + ")")
 
     # ------------------------------------------------------------------ fit
-    def _progress(self, iterable, desc, total=None):
-        if not self.progress:
-            return iterable
-        from tqdm.auto import tqdm
-
-        return tqdm(iterable, desc=desc, total=total, leave=False)
-
-    def fit(self, frames) -> "GAP":
+    def fit(self, frames, *, client=None, n_workers: int | None = None) -> "GAP":
         """Fit on ``frames`` (list of ase.Atoms, or the path of any file ase.io reads, read
         with this model's label keys: :func:`gapkit.data.read_frames`) and return ``self``.
         Whatever energies, forces and virials frames have (and ``use`` keeps) are fitted;
         ValueError if none. The fit uses copies of the kernels and ``noise`` (``terms_``,
-        ``noise_``); without ``noise`` it is chosen by cross-validation."""
+        ``noise_``); without ``noise`` it is chosen by cross-validation. With ``client`` (a
+        dask.distributed Client or scheduler address) or ``n_workers`` (a LocalCluster here)
+        the passes over the frames run on Dask workers (:mod:`gapkit.gp.parallel`)."""
         frames = as_frames(frames, **self.keys)
-        if self.noise is not None:
-            return self._fit(frames)
         cpu, wall = time.process_time(), time.perf_counter()
-        with design_cache():  # the CV's closed form makes the fit from its own pass
-            self._fit(frames, solve=False).cross_validate_noise(frames)
-            if self.alpha_ is None:  # too few frames to cross-validate: the streaming fit
-                report = self.fit_info_["noise_cv"]
-                self._fit(frames).fit_info_["noise_cv"] = report
+        with dask_passes(client, n_workers):
+            if self.noise is not None:
+                return self._fit(frames)
+            with design_cache():  # the CV's closed form makes the fit from its own pass
+                self._fit(frames, solve=False).cross_validate_noise(frames)
+                if self.alpha_ is None:  # too few frames to cross-validate: streaming fit
+                    report = self.fit_info_["noise_cv"]
+                    self._fit(frames).fit_info_["noise_cv"] = report
         self.fit_info_.update(cpu_time_s=time.process_time() - cpu,
                               wall_time_s=time.perf_counter() - wall)
         return self
@@ -455,7 +452,8 @@ class GAP:
 
     def predict(self, frames, *, forces: bool = True, virial: bool | None = None,
                 return_variance: bool = True, forces_variance: str | None = "exact",
-                calibrated: bool = True, variance=UNSET, force_variance=UNSET) -> Prediction:
+                calibrated: bool = True, variance=UNSET, force_variance=UNSET, client=None,
+                n_workers: int | None = None) -> Prediction:
         """Posterior mean and variance of energies, forces, virials and local energies.
 
         Means: forces and virials are the exact derivatives of the predicted
@@ -484,7 +482,6 @@ class GAP:
         ----------
         frames : list of ase.Atoms, ase.Atoms or path
         forces : bool
-            Predict forces.
         virial : bool, optional
             Predict virials (default: when every frame is periodic in 3D).
         return_variance : bool
@@ -492,11 +489,12 @@ class GAP:
             unless ``forces_variance`` is None).
         forces_variance : {"exact", "projected", None}
             Which force variance (above).
-        calibrated : bool
-            Apply the model's predictive-variance calibration, if it has one.
+        calibrated : bool (apply the model's predictive-variance calibration, if any)
         variance, force_variance
             The names of ``return_variance`` and ``forces_variance`` before 0.2
             (DeprecationWarning; removed in 0.3). Returns a :class:`Prediction`.
+        client, n_workers
+            Predict on Dask workers, as :meth:`fit` (partitions of the frames).
         """
         return_variance = renamed(variance, return_variance, "variance", "return_variance",
                                   "GAP.predict")
@@ -513,11 +511,12 @@ class GAP:
         if self.baselines:  # first: evaluate checks every frame before the heavy work
             b_results = _evaluate_baselines(self.baselines, frames, forces=forces, virial=virial)
         offsets = np.concatenate([[0], np.cumsum([len(a) for a in frames])]).astype(np.int64)
-        arrays = posterior.predict_frames(
-            self.terms_, self.sparse_sets_, self.alpha_, self.R_, self.U_, frames,
-            batch_atoms=self.batch_atoms, forces=forces, virial=virial,
-            return_variance=return_variance, forces_variance=forces_variance,
-            progress=lambda blocks: self._progress(blocks, "GAP predict", total=len(blocks)))
+        with dask_passes(client, n_workers):
+            arrays = posterior.predict_frames(
+                self.terms_, self.sparse_sets_, self.alpha_, self.R_, self.U_, frames,
+                batch_atoms=self.batch_atoms, forces=forces, virial=virial,
+                return_variance=return_variance, forces_variance=forces_variance,
+                progress=self.progress)
         energy = arrays["energy"] + baseline_energies(frames, self.e0_)
         local = arrays["local_energy"] + np.array([self.e0_[int(z)] for a in frames
                                                    for z in a.numbers])

@@ -201,12 +201,29 @@ def fold_grams(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
     of Grams; a kind without rows keeps neither."""
     folds = np.asarray(folds, dtype=np.int64)
     n_folds = int(folds.max()) + 1
+    n_rows = np.bincount(obs.kind, minlength=len(KINDS))
+    limit = u_factor.shape[0] if low_rank_rows is None else int(low_rank_rows)
+    low = tuple(k for k in range(len(KINDS)) if 0 < n_rows[k] <= limit)
+    dense = tuple(k for k in range(len(KINDS)) if n_rows[k] > limit)
+    from . import parallel
+
+    passes = parallel.active()
+    if passes is None:
+        return _grams_pass(frames, obs, 0, terms, sparse_sets, u_factor, gradients, folds,
+                           n_folds, dense, low, batch_atoms, progress)
+    return passes.reduce(_add_grams, passes.map(
+        _grams_pass, frames, obs, terms, sparse_sets, u_factor, gradients, folds, n_folds,
+        dense, low, batch_atoms, False))
+
+
+def _grams_pass(frames, obs, offset: int, terms, sparse_sets, u_factor, gradients, folds,
+                n_folds: int, dense: tuple, low: tuple, batch_atoms: int,
+                progress: bool) -> FoldGrams:
+    """:class:`FoldGrams` of the rows of ``frames``, the first of which is frame ``offset``
+    of the fit (``folds``: those of all the fit's frames), kinds ``dense`` as Grams and
+    ``low`` as rows."""
     m = u_factor.shape[0]
     dtype = u_factor.dtype
-    n_rows = np.bincount(obs.kind, minlength=len(KINDS))
-    limit = m if low_rank_rows is None else int(low_rank_rows)
-    low = [k for k in range(len(KINDS)) if 0 < n_rows[k] <= limit]
-    dense = tuple(k for k in range(len(KINDS)) if n_rows[k] > limit)
     gram = torch.zeros((n_folds, len(dense), m, m), dtype=dtype)
     parts: dict = {k: [[] for _ in range(n_folds)] for k in low}
     rhs = torch.zeros((n_folds, len(KINDS), m), dtype=dtype)
@@ -217,6 +234,7 @@ def fold_grams(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
     for start, _, sub, rows in design_blocks(terms, sparse_sets, frames, obs, gradients,
                                                batch_atoms=batch_atoms, progress=progress,
                                                desc="noise CV: statistics"):
+        start += offset
         zero = ~informative_rows(rows, [z.n for z in sparse_sets]).numpy()
         if zero.any():
             n_zero += int(zero.sum())
@@ -245,6 +263,18 @@ def fold_grams(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
                 for k, per_fold in parts.items()}
     return FoldGrams(gram, rhs, counts, u_factor, yy, sum_log_sigma, dense, low_rows, n_zero,
                      tuple(violations))
+
+
+def _add_grams(a: FoldGrams, b: FoldGrams) -> FoldGrams:
+    """The statistics of the rows of ``a`` and then ``b`` (in place in ``a``)."""
+    a.gram += b.gram
+    a.rhs += b.rhs
+    rows = {k: [torch.cat([x, y]) for x, y in zip(a.rows[k], b.rows[k])] for k in a.rows}
+    return dataclasses.replace(a, counts=a.counts + b.counts, yy=a.yy + b.yy,
+                               sum_log_sigma=a.sum_log_sigma + b.sum_log_sigma, rows=rows,
+                               n_zero_rows=a.n_zero_rows + b.n_zero_rows,
+                               symmetry_violations=a.symmetry_violations
+                               + b.symmetry_violations)
 
 
 def full_solution(grams: FoldGrams, factors, jitter_absolute: float):
@@ -380,43 +410,71 @@ def _priors(terms, results, sub) -> np.ndarray:
 
 
 def held_out_variances(terms, sparse_sets, frames, obs, gradients, folds, grams: FoldGrams,
-                       factors, *, batch_atoms: int, progress: bool = False) -> dict:
-    """For every row, from the fit without its fold at noise multipliers ``factors``: the
-    residual ``y - prediction``, the latent variance and the prior variance (the pass that
-    :func:`calibrate_predictive` fits on). Energies and forces: the DTC latent variance
-    ``p - |b|^2 + |L_f^-1 b|^2`` with the exact prior ``p``; virials: the projected form
-    ``|L_f^-1 b|^2`` with the Nyström prior ``|b|^2`` (``b = U^-T k*``, the whitened row),
-    as :meth:`gapkit.GAP.predict` computes them. Returns ``{kind: (residual, latent,
-    prior)}`` (flat arrays over that kind's rows, in row order) for the kinds present."""
+                       factors, *, batch_atoms: int, progress: bool = False,
+                       keep=None) -> dict:
+    """For every row of the frames ``keep`` (sorted indices; default all), from the fit
+    without its fold at noise multipliers ``factors``: the residual ``y - prediction``, the
+    latent variance and the prior variance (the pass that :func:`calibrate_predictive` fits
+    on). Energies and forces: the DTC latent variance ``p - |b|^2 + |L_f^-1 b|^2`` with the
+    exact prior ``p``; virials: the projected form ``|L_f^-1 b|^2`` with the Nyström prior
+    ``|b|^2`` (``b = U^-T k*``, the whitened row), as :meth:`gapkit.GAP.predict` computes
+    them. Returns ``{kind: (residual, latent, prior)}`` (flat arrays over that kind's rows
+    of those frames, in row order) for the kinds present."""
+    from . import parallel
+
     folds = np.asarray(folds, dtype=np.int64)
     s = np.asarray(factors, dtype=float)
+    keep = np.arange(len(frames)) if keep is None else np.asarray(keep, dtype=np.int64)
     n = obs.kind.size
     residual, latent, prior = np.zeros(n), np.zeros(n), np.zeros(n)
+    passes = parallel.active()
     for f in range(grams.n_folds):  # one factor in memory at a time, each frame read once
-        keep = np.nonzero(folds == f)[0]
-        if keep.size == 0:
+        fold_keep = keep[folds[keep] == f]
+        if fold_keep.size == 0:
             continue
         chol, alpha = _fold_solve(grams, s, f)
-        sub_frames, sub_obs, _, rows_of = _frame_subset(frames, obs, folds, keep)
+        args = (terms, sparse_sets, gradients, fold_keep, chol, alpha, grams.u_factor,
+                batch_atoms)
+        if passes is None:
+            parts = [(np.arange(n), _variances_pass(frames, obs, 0, *args, progress, f))]
+        else:
+            futures = passes.map(_variances_pass, frames, obs, *args, False, f)
+            parts = list(zip(passes.rows(obs), passes.gather(futures)))
+        for rows_of, (where, res, lat, pri) in parts:
+            residual[rows_of[where]], latent[rows_of[where]] = res, lat
+            prior[rows_of[where]] = pri
+    used = np.isin(obs.frame, keep)
+    return {KINDS[k]: (residual[m], np.maximum(latent[m], 0.0), prior[m])
+            for k in range(len(KINDS)) if np.any(m := used & (obs.kind == k))}
+
+
+def _variances_pass(frames, obs, offset: int, terms, sparse_sets, gradients, keep, chol,
+                    alpha, u_factor, batch_atoms: int, progress: bool, fold: int):
+    """:func:`held_out_variances` of the frames ``keep`` (indices in the fit) among
+    ``frames`` (the first is frame ``offset`` of the fit), from the factor ``chol`` and
+    weights ``alpha`` of the fit without their fold: ``(rows, residual, latent, prior)``,
+    ``rows`` the indices in ``obs``."""
+    local = keep[(keep >= offset) & (keep < offset + len(frames))] - offset
+    out: list = [[], [], [], []]
+    if local.size:
+        sub_frames, sub_obs, _, rows_of = _frame_subset(frames, obs, np.zeros(len(frames)),
+                                                        local)
         for _, sel, sub, rows, results in design_blocks(
                 terms, sparse_sets, sub_frames, sub_obs, gradients, batch_atoms=batch_atoms,
-                progress=progress, desc=f"noise CV: predictive variance, fold {f + 1}",
+                progress=progress, desc=f"noise CV: predictive variance, fold {fold + 1}",
                 with_results=True):
             p = _priors(terms, results, sub)
-            b = _whiten(rows, grams.u_factor)
+            b = _whiten(rows, u_factor)
             nystrom = (b * b).sum(1).numpy()
-            where = rows_of[sel]
-            residual[where] = sub.y - (rows @ alpha).numpy()
             sol = torch.linalg.solve_triangular(chol, b.T, upper=False)
             lat = (sol * sol).sum(0).numpy()
             virial = sub.kind == VIRIAL
             p[virial] = nystrom[virial]
             lat[~virial] += p[~virial] - nystrom[~virial]
-            latent[where] = lat
-            prior[where] = p
-    return {KINDS[k]: (residual[obs.kind == k], np.maximum(latent[obs.kind == k], 0.0),
-                       prior[obs.kind == k])
-            for k in range(len(KINDS)) if np.any(obs.kind == k)}
+            for acc, value in zip(out, (rows_of[sel], sub.y - (rows @ alpha).numpy(), lat, p)):
+                acc.append(value)
+    return tuple(np.concatenate(a) if a else np.zeros(0, dtype=np.int64 if i == 0 else float)
+                 for i, a in enumerate(out))
 
 
 def calibration_frames(obs, n_frames: int, seed: int = 0, *,
@@ -467,9 +525,8 @@ def calibrate_predictive(terms, sparse_sets, frames, obs, gradients, folds,
     whose labels carry noise). Each form records ``n_frames``, the frames it was fitted on."""
     keep = calibration_frames(obs, len(frames), seed, max_force_rows=max_force_rows,
                               min_frames=min_frames)
-    frames, obs, folds, _ = _frame_subset(frames, obs, folds, keep)
     held = held_out_variances(terms, sparse_sets, frames, obs, gradients, folds, grams,
-                              factors, batch_atoms=batch_atoms, progress=progress)
+                              factors, batch_atoms=batch_atoms, progress=progress, keep=keep)
     out = {kind: fit_predictive(*held[kind]) if kind in held else None for kind in KINDS}
     for spec in out.values():
         if spec is not None:
@@ -492,6 +549,24 @@ def held_out_errors(terms, sparse_sets, frames, obs, gradients, folds, alphas, *
     (eV/atom), ``forces`` (eV/Å), ``virial`` (eV/atom), each an array (n_points,), or
     None for a kind without observations; ``alphas`` from :func:`grid_alphas`."""
     folds = np.asarray(folds, dtype=np.int64)
+    from . import parallel
+
+    passes = parallel.active()
+    if passes is None:
+        sums, counts = _errors_pass(frames, obs, 0, terms, sparse_sets, gradients, folds,
+                                    alphas, batch_atoms, progress)
+    else:
+        sums, counts = passes.reduce(_add_pairs, passes.map(
+            _errors_pass, frames, obs, terms, sparse_sets, gradients, folds, alphas,
+            batch_atoms, False))
+    return {kind: (sums[k] / counts[k] if counts[k] else None) for k, kind in enumerate(KINDS)}
+
+
+def _errors_pass(frames, obs, offset: int, terms, sparse_sets, gradients, folds, alphas,
+                 batch_atoms: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out absolute errors of the rows of ``frames`` (the first is frame
+    ``offset`` of the fit), summed per kind and grid point (3, n_points), and the rows
+    per kind."""
     n_atoms = np.array([len(a) for a in frames], dtype=float)
     n_points = alphas.shape[0]
     sums = np.zeros((len(KINDS), n_points))
@@ -500,7 +575,7 @@ def held_out_errors(terms, sparse_sets, frames, obs, gradients, folds, alphas, *
                                                batch_atoms=batch_atoms, progress=progress,
                                                desc="noise CV: held-out errors"):
         frame = sub.frame + start
-        fold_of_row = folds[frame]
+        fold_of_row = folds[frame + offset]
         y = np.asarray(sub.y)
         for f in np.unique(fold_of_row).tolist():
             idx = np.nonzero(fold_of_row == f)[0]
@@ -513,7 +588,11 @@ def held_out_errors(terms, sparse_sets, frames, obs, gradients, folds, alphas, *
                 if mask.any():
                     sums[k] += err[mask].sum(0)
                     counts[k] += int(mask.sum())
-    return {kind: (sums[k] / counts[k] if counts[k] else None) for k, kind in enumerate(KINDS)}
+    return sums, counts
+
+
+def _add_pairs(a: tuple, b: tuple) -> tuple:
+    return tuple(x + y for x, y in zip(a, b))
 
 
 def _grid(energy_factors, virial_factors, kinds_present) -> np.ndarray:

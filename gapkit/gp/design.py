@@ -387,6 +387,17 @@ def design_cache(max_bytes: int | None = None):
         _ACTIVE.reset(token)
 
 
+@contextlib.contextmanager
+def using_cache(cache: DesignCache):
+    """Within the block, :func:`design_blocks` reads and keeps rows in ``cache`` (a Dask
+    worker's cache of its partition: :mod:`gapkit.gp.parallel`)."""
+    token = _ACTIVE.set(cache)
+    try:
+        yield cache
+    finally:
+        _ACTIVE.reset(token)
+
+
 def kmm(terms, sparse_sets) -> torch.Tensor:
     """K_MM: the kernel between the sparse points of each term (zero between different
     kernel types), block-diagonal over terms (M x M, eV^2)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -314,13 +315,26 @@ def predict_block(terms, sparse_sets, alpha: torch.Tensor, r_factor: torch.Tenso
 def predict_frames(terms, sparse_sets, alpha, r_factor, u_factor, frames, *,
                    batch_atoms: int, progress=None, **options) -> dict:
     """:func:`predict_block` over blocks of about ``batch_atoms`` atoms, concatenated
-    (``options`` as :func:`predict_block` takes them; ``progress`` wraps the list of
-    blocks). Also ``energy_prior``, ``forces_prior`` (exact force variances only) and
-    ``virial_prior`` (the Nyström prior), the prior variances that a predictive-variance
-    calibration reads, when variances are computed."""
+    (``options`` as :func:`predict_block` takes them; ``progress``: a bar over the blocks,
+    or a function wrapping their list). Also ``energy_prior``, ``forces_prior`` (exact force
+    variances only) and ``virial_prior`` (the Nyström prior), the prior variances that a
+    predictive-variance calibration reads, when variances are computed. Within
+    :func:`gapkit.gp.parallel.dask_passes`, one task per partition of the frames."""
     from ..descriptors.base import frame_batches
+    from . import parallel
 
+    passes = parallel.active()
+    if passes is not None and len(frames) > 1:  # one task per partition on the workers
+        futures = passes.map(_predict_pass, frames, None, terms, sparse_sets, alpha,
+                             r_factor, u_factor, batch_atoms, options)
+        done = passes.gather(futures)
+        return {name: None if any(p[name] is None for p in done)
+                else np.concatenate([p[name] for p in done]) for name in done[0]}
     blocks = list(frame_batches(frames, batch_atoms)) or [(0, 0)]  # no frames: empty
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        progress = partial(tqdm, desc="GAP predict", leave=False)
     parts: dict = {}
     for start, stop in (progress(blocks) if progress else blocks):
         block = predict_block(terms, sparse_sets, alpha, r_factor, u_factor,
@@ -330,3 +344,9 @@ def predict_frames(terms, sparse_sets, alpha, r_factor, u_factor, frames, *,
     return {name: None if any(v is None for v in values) else np.concatenate(values)
             for name, values in parts.items()}
 
+
+def _predict_pass(frames, _obs, _offset, terms, sparse_sets, alpha, r_factor, u_factor,
+                  batch_atoms, options) -> dict:
+    """:func:`predict_frames` of one partition of the frames, on a Dask worker."""
+    return predict_frames(terms, sparse_sets, alpha, r_factor, u_factor, frames,
+                          batch_atoms=batch_atoms, **options)

@@ -143,13 +143,59 @@ def solve_dtc(terms, sparse_sets, frames, observations, *, jitter: float, batch_
     O(M^2 + one block) whatever the number of observations. Without ``solve``, only ``U``
     (``alpha``, ``R`` None; likelihood and cond(R) NaN): for the noise cross-validation,
     whose closed form makes the fit from its own pass (:mod:`gapkit.gp.cv`)."""
-    from .design import design_blocks, gradients_for, kmm
+    from .design import kmm
 
     u, jitter_absolute = cholesky_upper(kmm(terms, sparse_sets), jitter)
     if not solve:
         return DTCSolution(None, None, u, jitter_absolute, math.nan, math.nan,  # type: ignore[arg-type]
                            condition_number(u) ** 2)
-    qr = IncrementalQR(u)
+    from . import parallel
+
+    passes = parallel.active()
+    if passes is None:
+        part = _qr_pass(frames, observations, 0, terms, sparse_sets, u, batch_atoms, progress)
+    else:  # R of each partition's rows on the workers, then R of [U; R_1; ...; R_W] (TSQR)
+        zero = torch.zeros_like(u)
+        part = passes.reduce(_stack_qr, passes.map(_qr_pass, frames, observations, terms,
+                                                   sparse_sets, zero, batch_atoms, False))
+        part = _stack_qr(_QRPart(_augmented(u), 0, 0.0, 0, ()), part)
+    m = u.shape[0]
+    r, b, resid = part.aug[:m, :m], part.aug[:m, m], part.aug[m, m]
+    alpha = torch.linalg.solve_triangular(r, b[:, None], upper=True)[:, 0]
+    return DTCSolution(alpha, r, u, jitter_absolute,
+                       dtc_log_marginal_likelihood(r, u, resid, part.sum_log_sigma,
+                                                   part.n_rows),
+                       condition_number(r), condition_number(u) ** 2, part.n_zero,
+                       part.violations)
+
+
+@dataclass(frozen=True)
+class _QRPart:
+    """The streaming QR of some rows: ``aug = [R, b; 0, r]`` (M + 1 square), the rows
+    added, their sum of log sigma, the zero rows and the symmetry violations among them."""
+
+    aug: torch.Tensor
+    n_rows: int
+    sum_log_sigma: float
+    n_zero: int
+    violations: tuple
+
+
+def _augmented(u: torch.Tensor) -> torch.Tensor:
+    m = u.shape[0]
+    aug = torch.zeros((m + 1, m + 1), dtype=u.dtype)
+    aug[:m, :m] = u
+    return aug
+
+
+def _qr_pass(frames, observations, offset: int, terms, sparse_sets, initial, batch_atoms,
+             progress) -> _QRPart:
+    """The streaming QR of ``[initial, 0; Sigma^-1/2 K_NM, Sigma^-1/2 y]`` over ``frames``
+    (the first of which is frame ``offset`` of the fit: symmetry violations name frames by
+    their index in the fit)."""
+    from .design import design_blocks, gradients_for
+
+    qr = IncrementalQR(initial)
     n_zero, violations = 0, []
     for start, _, block_obs, rows in design_blocks(
             terms, sparse_sets, frames, observations, gradients_for(observations),
@@ -159,14 +205,19 @@ def solve_dtc(terms, sparse_sets, frames, observations, *, jitter: float, batch_
         if not bool(keep.all()):  # zero rows change nothing in R or alpha; name bad labels
             zero = ~keep.numpy()
             n_zero += int(zero.sum())
-            violations += symmetry_violations(block_obs, zero, start)
+            violations += symmetry_violations(block_obs, zero, start + offset)
         qr.add(rows, y, sigma)
-    r, b, resid = qr.finish()
-    alpha = torch.linalg.solve_triangular(r, b[:, None], upper=True)[:, 0]
-    return DTCSolution(alpha, r, u, jitter_absolute,
-                       dtc_log_marginal_likelihood(r, u, resid, qr.sum_log_sigma, qr.n_rows),
-                       condition_number(r), condition_number(u) ** 2, n_zero,
-                       tuple(violations))
+    qr.finish()
+    return _QRPart(qr._aug, qr.n_rows, qr.sum_log_sigma, n_zero, tuple(violations))
+
+
+def _stack_qr(a: _QRPart, b: _QRPart) -> _QRPart:
+    """The QR state of the rows of ``a`` and then ``b``: the R of ``[R_a; R_b]``."""
+    r = torch.linalg.qr(torch.cat([a.aug, b.aug]), mode="r").R
+    signs = torch.sign(torch.diagonal(r))
+    signs[signs == 0] = 1.0
+    return _QRPart(r * signs[:, None], a.n_rows + b.n_rows, a.sum_log_sigma + b.sum_log_sigma,
+                   a.n_zero + b.n_zero, a.violations + b.violations)
 
 
 def condition_number(r: torch.Tensor, *, iterations: int = 40) -> float:

@@ -1,0 +1,246 @@
+"""The passes of a fit over its training frames, spread over Dask workers.
+
+Every pass a fit makes over the data is a function of a contiguous range of frames whose
+results combine exactly: the streaming QR of the DTC solve gives the R factor of its rows,
+and R factors of stacked row blocks combine by one QR of the stacked factors (TSQR: the R
+of ``[R_1; R_2]`` is the R of ``[A_1; A_2]``); the noise cross-validation's fold Grams,
+right-hand sides and error sums add; its per-row held-out variances concatenate. So within
+``with dask_passes(client):`` each pass runs as one task per partition of the frames on the
+workers of ``client`` (``dask.distributed``; no scheduler of our own), and only M x M
+matrices and sums come back, combined pairwise on the workers (a tree: log2 W rounds of
+M^2 x 8 bytes). Without it, the passes run in this process exactly as before.
+
+The frames go to the workers once per fit, one partition each (balanced by atoms), as a
+task Dask can recompute on another worker if one dies; a worker keeps its partition's
+design rows (:class:`~gapkit.gp.design.DesignCache`, a quarter of its memory limit) for the
+later passes of the same fit, as one process does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["DaskPasses", "Partition", "active", "dask_passes", "partition_bounds"]
+
+_ACTIVE: ContextVar["DaskPasses | None"] = ContextVar("gapkit_dask_passes", default=None)
+
+#: how long (s) a client waits for a scheduler address to answer before the clear error
+CONNECT_TIMEOUT = 20
+
+
+def active() -> "DaskPasses | None":
+    """The :class:`DaskPasses` of the enclosing :func:`dask_passes`, or None (one process)."""
+    return _ACTIVE.get()
+
+
+def partition_bounds(n_atoms, n_parts: int) -> list[tuple[int, int]]:
+    """Contiguous frame ranges ``(start, stop)``, at most ``n_parts`` (fewer with fewer
+    frames), each with about the same number of atoms (the cost of a pass is about linear
+    in atoms), none empty."""
+    n_atoms = np.asarray(n_atoms, dtype=float)
+    n_parts = max(1, min(int(n_parts), n_atoms.size))
+    ends = np.cumsum(n_atoms)
+    cuts = np.searchsorted(ends, ends[-1] * np.arange(1, n_parts) / n_parts, side="left") + 1
+    edges = np.unique(np.concatenate([[0], np.clip(cuts, 1, n_atoms.size), [n_atoms.size]]))
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+@dataclass
+class Partition:
+    """A worker's frames: ``frames[start:stop]`` of the fit's list, and the design rows it
+    has computed for them (made on the worker on first use)."""
+
+    frames: list
+    start: int
+    cache: object = field(default=None, repr=False)
+
+
+def _make_partition(frames, start: int) -> Partition:
+    return Partition(list(frames), int(start))
+
+
+@dataclass
+class _Shared:
+    """The arguments every task of one pass shares (terms, sparse points, factors), sent to
+    every worker once per pass instead of once per task."""
+
+    args: tuple
+
+
+def _worker_cache_bytes() -> int:
+    from .design import default_cache_bytes
+
+    budget = default_cache_bytes()
+    try:
+        from distributed import get_worker
+
+        limit = get_worker().memory_manager.memory_limit
+    except (ImportError, ValueError, AttributeError):  # not on a worker
+        limit = None
+    return int(min(budget, limit // 4)) if limit else budget
+
+
+def _run(fn, part: Partition, obs, shared: _Shared):
+    """One pass on one partition, with the worker's design rows of that partition."""
+    from . import design
+
+    if part.cache is None:
+        part.cache = design.DesignCache(_worker_cache_bytes())
+    with design.using_cache(part.cache):  # type: ignore[arg-type]
+        return fn(part.frames, obs, part.start, *shared.args)
+
+
+class DaskPasses:
+    """Runs passes over frames on the workers of a ``dask.distributed`` client: one
+    partition of the frames per worker (``partitions_per_worker`` more for finer load
+    balance)."""
+
+    def __init__(self, client, *, partitions_per_worker: int = 1):
+        self.client = client
+        self.partitions_per_worker = int(partitions_per_worker)
+        self._key: tuple | None = None
+        self._frames: list | None = None
+        self.bounds: list[tuple[int, int]] = []
+        self._parts: list = []
+        self.tasks = 0
+
+    @property
+    def n_workers(self) -> int:
+        return len(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    def partitions(self, frames) -> list[tuple[int, int]]:
+        """Send ``frames`` to the workers (once per list of frames; the same frames again
+        reuse what is there) and return the partitions' frame ranges."""
+        key = tuple(map(id, frames))
+        if key != self._key:
+            n = max(1, self.n_workers) * self.partitions_per_worker
+            if len(frames) < n:
+                warnings.warn(f"{len(frames)} frames for {n} Dask partitions: "
+                              f"{len(frames)} partitions (one frame each); the other workers "
+                              "stay idle", UserWarning, stacklevel=4)
+            self.bounds = partition_bounds([len(a) for a in frames], n)
+            self._parts = [self.client.submit(_make_partition, frames[a:b], a, pure=False)
+                           for a, b in self.bounds]
+            self._key, self._frames = key, frames  # held: the ids stay those of these frames
+        return self.bounds
+
+    def rows(self, obs) -> list[np.ndarray]:
+        """The indices of each partition's observation rows in ``obs``."""
+        return [np.nonzero((obs.frame >= a) & (obs.frame < b))[0] for a, b in self.bounds]
+
+    def map(self, fn, frames, obs, *args) -> list:
+        """Futures of ``fn(frames_p, obs_p, start_p, *args)`` for every partition ``p``
+        (``obs_p``: its rows of the observations ``obs``, frame indices relative to
+        ``start_p``; None without ``obs``)."""
+        self.partitions(frames)
+        shared = self._scatter(_Shared(args))
+        futures = []
+        rows = self.rows(obs) if obs is not None else [None] * len(self.bounds)
+        for (a, _), part, r in zip(self.bounds, self._parts, rows):
+            sub = None if obs is None else obs.select(r).shifted(a)
+            futures.append(self.client.submit(_run, fn, part, sub, shared, pure=False))
+        self.tasks += len(futures)
+        return futures
+
+    def _scatter(self, value, attempts: int = 3):
+        """``value`` on every worker; tried again if a worker goes away meanwhile (the
+        others keep their copies; a restarted worker fetches one when it needs it)."""
+        for attempt in range(attempts):
+            try:
+                return self.client.scatter(value, broadcast=True, hash=False)
+            except OSError:  # CommClosedError: a worker died during the transfer
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(1.0)
+
+    def gather(self, futures) -> list:
+        return self.client.gather(futures)
+
+    def reduce(self, combine, futures):
+        """``combine`` the futures' results pairwise on the workers (a binary tree, in
+        partition order) and return the one result."""
+        level = list(futures)
+        while len(level) > 1:
+            nxt = [self.client.submit(combine, level[i], level[i + 1], pure=False)
+                   for i in range(0, len(level) - 1, 2)]
+            if len(level) % 2:
+                nxt.append(level[-1])
+            level = nxt
+        return self.client.gather(level[0])
+
+    def close(self) -> None:
+        """Release the partitions on the workers."""
+        for f in self._parts:
+            f.release()
+        self._parts, self._key, self._frames = [], None, None
+
+
+def _check_workers(client) -> None:
+    """A clear error when a worker cannot run gapkit or runs another version of it."""
+    from .._version import __version__
+
+    def version():
+        try:
+            from gapkit._version import __version__ as v
+        except ImportError as exc:  # pragma: no cover - runs on a worker
+            return f"not importable ({exc})"
+        return v
+
+    found = client.run(version)
+    other = {addr: v for addr, v in found.items() if v != __version__}
+    if other:
+        raise ImportError(
+            f"Dask workers run another gapkit than this process ({__version__}): "
+            + ", ".join(f"{a}: {v}" for a, v in sorted(other.items()))
+            + ". Install the same gapkit version on every worker")
+
+
+@contextlib.contextmanager
+def dask_passes(client=None, n_workers: int | None = None):
+    """Within the block, the passes of a fit run on Dask workers: those of ``client`` (a
+    ``distributed.Client`` or a scheduler address, e.g. ``"tcp://host:8786"``), or of a
+    ``LocalCluster`` of ``n_workers`` single-threaded processes started here and closed
+    at the end. Neither: the block runs in this process, as without it. Yields the
+    :class:`DaskPasses` (None without workers)."""
+    if client is None and n_workers is None:
+        yield None
+        return
+    if client is not None and n_workers is not None:
+        raise ValueError("give client= (a Dask client or scheduler address) or n_workers= "
+                         "(a LocalCluster started here), not both")
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise ImportError("distributed fits need dask.distributed: pip install "
+                          "'gapkit[distributed]' (or dask[distributed])") from exc
+    with contextlib.ExitStack() as stack:
+        if n_workers is not None:
+            from .._checks import count
+
+            n = count(n_workers, "n_workers")
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None))
+            client = stack.enter_context(Client(cluster))
+        elif isinstance(client, str):
+            address = client
+            try:
+                client = stack.enter_context(Client(address, timeout=CONNECT_TIMEOUT))
+            except (OSError, TimeoutError) as exc:
+                raise ConnectionError(
+                    f"no Dask scheduler answered at {address!r} within {CONNECT_TIMEOUT} s "
+                    f"({exc}). Start one (dask scheduler; dask worker {address}) or check "
+                    "the address") from exc
+        _check_workers(client)
+        passes = DaskPasses(client)
+        token = _ACTIVE.set(passes)
+        try:
+            yield passes
+        finally:
+            _ACTIVE.reset(token)
+            passes.close()
