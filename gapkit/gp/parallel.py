@@ -67,8 +67,9 @@ def _make_partition(frames, start: int) -> Partition:
 
 @dataclass
 class _Shared:
-    """The arguments every task of one pass shares (terms, sparse points, factors), sent to
-    every worker once per pass instead of once per task."""
+    """An argument every task of a pass shares (terms, sparse points, factors), sent to
+    every worker once instead of once per task (boxed: Dask scatters a bare list's items
+    one by one)."""
 
     args: tuple
 
@@ -86,14 +87,14 @@ def _worker_cache_bytes() -> int:
     return int(min(budget, limit // 4)) if limit else budget
 
 
-def _run(fn, part: Partition, obs, shared: _Shared):
+def _run(fn, part: Partition, obs, *shared: _Shared):
     """One pass on one partition, with the worker's design rows of that partition."""
     from . import design
 
     if part.cache is None:
         part.cache = design.DesignCache(_worker_cache_bytes())
     with design.using_cache(part.cache):  # type: ignore[arg-type]
-        return fn(part.frames, obs, part.start, *shared.args)
+        return fn(part.frames, obs, part.start, *(box.args[0] for box in shared))
 
 
 class DaskPasses:
@@ -108,6 +109,7 @@ class DaskPasses:
         self._frames: list | None = None
         self.bounds: list[tuple[int, int]] = []
         self._parts: list = []
+        self._held: dict = {}  # id -> (argument, its future on the workers)
         self.tasks = 0
 
     @property
@@ -139,14 +141,29 @@ class DaskPasses:
         (``obs_p``: its rows of the observations ``obs``, frame indices relative to
         ``start_p``; None without ``obs``)."""
         self.partitions(frames)
-        shared = self._scatter(_Shared(args))
+        shared = self._share(args)
         futures = []
         rows = self.rows(obs) if obs is not None else [None] * len(self.bounds)
         for (a, _), part, r in zip(self.bounds, self._parts, rows):
             sub = None if obs is None else obs.select(r).shifted(a)
-            futures.append(self.client.submit(_run, fn, part, sub, shared, pure=False))
+            futures.append(self.client.submit(_run, fn, part, sub, *shared, pure=False))
         self.tasks += len(futures)
         return futures
+
+    def _share(self, args) -> list:
+        """A future per argument on every worker. An argument sent for an earlier pass of
+        the fit (the same object) is not sent again and stays the same object on the
+        workers, which the design-row cache keys on (terms, sparse points); the others
+        sent before are released."""
+        held, self._held = self._held, {}
+        for arg in args:
+            self._held[id(arg)] = held.get(id(arg)) or (arg, self._scatter(_Shared((arg,))))
+        for key, (_, future) in held.items():
+            if key not in self._held and not isinstance(held[key][0], (list, tuple)):
+                future.release()
+            elif key not in self._held:
+                self._held[key] = held[key]  # terms and sparse sets: kept for the fit
+        return [self._held[id(arg)][1] for arg in args]
 
     def _scatter(self, value, attempts: int = 3):
         """``value`` on every worker; tried again if a worker goes away meanwhile (the
@@ -176,9 +193,9 @@ class DaskPasses:
 
     def close(self) -> None:
         """Release the partitions on the workers."""
-        for f in self._parts:
+        for f in self._parts + [future for _, future in self._held.values()]:
             f.release()
-        self._parts, self._key, self._frames = [], None, None
+        self._parts, self._key, self._frames, self._held = [], None, None, {}
 
 
 def _check_workers(client) -> None:
