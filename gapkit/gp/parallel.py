@@ -87,14 +87,18 @@ def _worker_cache_bytes() -> int:
     return int(min(budget, limit // 4)) if limit else budget
 
 
-def _run(fn, part: Partition, obs, *shared: _Shared):
-    """One pass on one partition, with the worker's design rows of that partition."""
+def _run(fn, part: Partition, obs, cache: bool, *shared: _Shared):
+    """One pass on one partition; with ``cache``, with the worker's design rows of that
+    partition."""
     from . import design
 
+    args = (part.frames, obs, part.start, *(box.args[0] for box in shared))
+    if not cache:
+        return fn(*args)
     if part.cache is None:
         part.cache = design.DesignCache(_worker_cache_bytes())
     with design.using_cache(part.cache):  # type: ignore[arg-type]
-        return fn(part.frames, obs, part.start, *(box.args[0] for box in shared))
+        return fn(*args)
 
 
 class DaskPasses:
@@ -140,13 +144,17 @@ class DaskPasses:
         """Futures of ``fn(frames_p, obs_p, start_p, *args)`` for every partition ``p``
         (``obs_p``: its rows of the observations ``obs``, frame indices relative to
         ``start_p``; None without ``obs``)."""
+        from .design import _ACTIVE as driver_cache
+
         self.partitions(frames)
         shared = self._share(args)
+        cache = driver_cache.get() is not None  # as here: the CV's passes, not a single one
         futures = []
         rows = self.rows(obs) if obs is not None else [None] * len(self.bounds)
         for (a, _), part, r in zip(self.bounds, self._parts, rows):
             sub = None if obs is None else obs.select(r).shifted(a)
-            futures.append(self.client.submit(_run, fn, part, sub, *shared, pure=False))
+            futures.append(self.client.submit(_run, fn, part, sub, cache, *shared,
+                                              pure=False))
         self.tasks += len(futures)
         return futures
 
@@ -196,6 +204,30 @@ class DaskPasses:
         for f in self._parts + [future for _, future in self._held.values()]:
             f.release()
         self._parts, self._key, self._frames, self._held = [], None, None, {}
+
+
+#: glibc ``mallopt`` parameters and the values a worker gets: Dask starts workers with
+#: ``MALLOC_TRIM_THRESHOLD_=65536``, which turns off glibc's adaptive mmap threshold, so every
+#: tensor over 128 kB is a fresh mmap whose pages fault in on first touch (measured: a
+#: worker took 2x the CPU of one process for the same passes). These are the adaptive
+#: scheme's ceiling (32 MB) and the trim threshold it pairs with it (twice that).
+MALLOPT = {-3: 32 * 2**20, -1: 64 * 2**20}  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+
+
+def _tune_malloc() -> bool:
+    """Apply :data:`MALLOPT` in this process (a worker); False where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return all(libc.mallopt(ctypes.c_int(k), ctypes.c_int(v)) == 1
+                   for k, v in MALLOPT.items())
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return False
 
 
 def _check_workers(client) -> None:
@@ -254,6 +286,7 @@ def dask_passes(client=None, n_workers: int | None = None):
                     f"({exc}). Start one (dask scheduler; dask worker {address}) or check "
                     "the address") from exc
         _check_workers(client)
+        client.run(_tune_malloc)
         passes = DaskPasses(client)
         token = _ACTIVE.set(passes)
         try:

@@ -583,7 +583,16 @@ def term_sparse_set(term, frames, random_state) -> SparseSet:
     ``split``, default ``"equal"``: :func:`split_budget`). float64 points."""
     import torch
 
-    res = term.descriptor.compute(frames)
+    from . import parallel
+
+    passes = parallel.active()
+    if passes is None or len(frames) < 2:
+        res = term.descriptor.compute(frames)
+    else:  # each worker its partition's descriptors (values only), concatenated here
+        from ..descriptors.base import concatenate
+
+        parts = passes.gather(passes.map(_descriptor_pass, frames, None, term.descriptor))
+        res = concatenate(parts, [start for start, _ in passes.bounds])
     n_sparse = term.n_sparse
     if n_sparse == "all":
         types_, counts = np.unique(res.centre_types, return_counts=True)
@@ -608,3 +617,7 @@ def term_sparse_set(term, frames, random_state) -> SparseSet:
                                types=res.centre_types, random_state=random_state, **options)
     return SparseSet(chosen.points.to(torch.float64), chosen.types, chosen.indices)
 
+
+def _descriptor_pass(frames, _obs, _offset, descriptor):
+    """The descriptor values of one partition of the frames, on a Dask worker."""
+    return descriptor.compute(frames)
