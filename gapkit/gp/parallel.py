@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 import warnings
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -59,6 +60,13 @@ class Partition:
     frames: list
     start: int
     cache: object = field(default=None, repr=False)
+    shared: dict = field(default_factory=dict, repr=False)  # token -> the object
+
+
+    def __getstate__(self) -> dict:
+        """A copy for another worker (Dask moves data to a worker that steals a task) takes
+        the frames only: the cache holds rows keyed on this worker's objects, and is big."""
+        return {"frames": self.frames, "start": self.start, "cache": None, "shared": {}}
 
 
 def _make_partition(frames, start: int) -> Partition:
@@ -72,6 +80,9 @@ class _Shared:
     one by one)."""
 
     args: tuple
+    #: set for the terms and sparse sets: a worker gives every task of the fit the first
+    #: object it saw under this token (Dask may hand a worker a second copy of a value)
+    token: str | None = None
 
 
 def _worker_cache_bytes() -> int:
@@ -92,7 +103,10 @@ def _run(fn, part: Partition, obs, cache: bool, *shared: _Shared):
     partition."""
     from . import design
 
-    args = (part.frames, obs, part.start, *(box.args[0] for box in shared))
+    args = (part.frames, obs, part.start,
+            *(box.args[0] if box.token is None else part.shared.setdefault(box.token,
+                                                                             box.args[0])
+              for box in shared))
     if not cache:
         return fn(*args)
     if part.cache is None:
@@ -131,8 +145,14 @@ class DaskPasses:
                               f"{len(frames)} partitions (one frame each); the other workers "
                               "stay idle", UserWarning, stacklevel=4)
             self.bounds = partition_bounds([len(a) for a in frames], n)
-            self._parts = [self.client.submit(_make_partition, frames[a:b], a, pure=False)
-                           for a, b in self.bounds]
+            # partition p on worker p (round robin): left to itself the scheduler may put
+            # them all on the first worker, and every later task follows its data there
+            # (seen: 2 workers, both partitions on one). Elsewhere if that worker dies.
+            workers = sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+            self._parts = [self.client.submit(_make_partition, frames[a:b], a, pure=False,
+                                              workers=[workers[p % len(workers)]],
+                                              allow_other_workers=True)
+                           for p, (a, b) in enumerate(self.bounds)]
             self._key, self._frames = key, frames  # held: the ids stay those of these frames
         return self.bounds
 
@@ -151,10 +171,13 @@ class DaskPasses:
         cache = driver_cache.get() is not None  # as here: the CV's passes, not a single one
         futures = []
         rows = self.rows(obs) if obs is not None else [None] * len(self.bounds)
+        where = self.client.who_has(self._parts)
         for (a, _), part, r in zip(self.bounds, self._parts, rows):
             sub = None if obs is None else obs.select(r).shifted(a)
+            holder = list(where.get(part.key, ()))  # there if it can (its cache)
+            pin = {"workers": holder, "allow_other_workers": True} if holder else {}
             futures.append(self.client.submit(_run, fn, part, sub, cache, *shared,
-                                              pure=False))
+                                              pure=False, **pin))
         self.tasks += len(futures)
         return futures
 
@@ -165,7 +188,9 @@ class DaskPasses:
         sent before are released."""
         held, self._held = self._held, {}
         for arg in args:
-            self._held[id(arg)] = held.get(id(arg)) or (arg, self._scatter(_Shared((arg,))))
+            token = uuid.uuid4().hex if isinstance(arg, (list, tuple)) else None
+            self._held[id(arg)] = held.get(id(arg)) or (arg, self._scatter(_Shared((arg,),
+                                                                                   token)))
         for key, (_, future) in held.items():
             if key not in self._held and not isinstance(held[key][0], (list, tuple)):
                 future.release()
