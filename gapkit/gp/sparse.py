@@ -70,9 +70,7 @@ class IncrementalQR:
     def __init__(self, u: torch.Tensor, block_rows: int | None = None):
         m = u.shape[0]
         self.m = m
-        aug = torch.zeros((m + 1, m + 1), dtype=u.dtype)
-        aug[:m, :m] = u
-        self._aug = aug  # [R, b; 0, r]
+        self._aug = _augmented(u)  # [R, b; 0, r]
         self.block_rows = block_rows or max(2 * m, 2048)
         self._buffer: list[torch.Tensor] = []
         self._buffered = 0
@@ -94,19 +92,28 @@ class IncrementalQR:
     def _flush(self) -> None:
         if not self._buffer:
             return
-        stacked = torch.cat([self._aug] + self._buffer, dim=0)
-        r = torch.linalg.qr(stacked, mode="r").R
-        # fix the sign ambiguity of QR: positive diagonal
-        signs = torch.sign(torch.diagonal(r))
-        signs[signs == 0] = 1.0
-        self._aug = r * signs[:, None]
+        self._aug = _positive_r(torch.cat([self._aug] + self._buffer, dim=0))
         self._buffer, self._buffered = [], 0
 
     def finish(self):
         """``(R, b, r)``: R (M, M) upper triangular, b (M,), residual r."""
-        self._flush()
         m = self.m
-        return self._aug[:m, :m], self._aug[:m, m], self._aug[m, m]
+        aug = self.augmented()
+        return aug[:m, :m], aug[:m, m], aug[m, m]
+
+    def augmented(self) -> torch.Tensor:
+        """``[R, b; 0, r]`` ((M + 1) square) of every row added."""
+        self._flush()
+        return self._aug
+
+
+def _positive_r(stacked: torch.Tensor) -> torch.Tensor:
+    """The R factor of ``stacked`` with a non-negative diagonal (QR's sign ambiguity
+    fixed, so that R factors of the same rows compare)."""
+    r = torch.linalg.qr(stacked, mode="r").R
+    signs = torch.sign(torch.diagonal(r))
+    signs[signs == 0] = 1.0
+    return r * signs[:, None]
 
 
 def dtc_log_marginal_likelihood(r_factor, u_factor, residual, sum_log_sigma, n_rows) -> float:
@@ -155,9 +162,9 @@ def solve_dtc(terms, sparse_sets, frames, observations, *, jitter: float, batch_
     if passes is None:
         part = _qr_pass(frames, observations, 0, terms, sparse_sets, u, batch_atoms, progress)
     else:  # R of each partition's rows on the workers, then R of [U; R_1; ...; R_W] (TSQR)
-        zero = torch.zeros_like(u)
         part = passes.reduce(_stack_qr, passes.map(_qr_pass, frames, observations, terms,
-                                                   sparse_sets, zero, batch_atoms, False))
+                                                   sparse_sets, u.shape[0], batch_atoms,
+                                                   False))
         part = _stack_qr(_QRPart(_augmented(u), 0, 0.0, 0, ()), part)
     m = u.shape[0]
     r, b, resid = part.aug[:m, :m], part.aug[:m, m], part.aug[m, m]
@@ -192,9 +199,12 @@ def _qr_pass(frames, observations, offset: int, terms, sparse_sets, initial, bat
              progress) -> _QRPart:
     """The streaming QR of ``[initial, 0; Sigma^-1/2 K_NM, Sigma^-1/2 y]`` over ``frames``
     (the first of which is frame ``offset`` of the fit: symmetry violations name frames by
-    their index in the fit)."""
+    their index in the fit); ``initial`` an int M: zeros (a worker's rows alone, combined
+    with U later: no M x M matrix sent)."""
     from .design import design_blocks, gradients_for
 
+    if isinstance(initial, int):
+        initial = torch.zeros((initial, initial), dtype=torch.float64)
     qr = IncrementalQR(initial)
     n_zero, violations = 0, []
     for start, _, block_obs, rows in design_blocks(
@@ -207,17 +217,14 @@ def _qr_pass(frames, observations, offset: int, terms, sparse_sets, initial, bat
             n_zero += int(zero.sum())
             violations += symmetry_violations(block_obs, zero, start + offset)
         qr.add(rows, y, sigma)
-    qr.finish()
-    return _QRPart(qr._aug, qr.n_rows, qr.sum_log_sigma, n_zero, tuple(violations))
+    return _QRPart(qr.augmented(), qr.n_rows, qr.sum_log_sigma, n_zero, tuple(violations))
 
 
 def _stack_qr(a: _QRPart, b: _QRPart) -> _QRPart:
     """The QR state of the rows of ``a`` and then ``b``: the R of ``[R_a; R_b]``."""
-    r = torch.linalg.qr(torch.cat([a.aug, b.aug]), mode="r").R
-    signs = torch.sign(torch.diagonal(r))
-    signs[signs == 0] = 1.0
-    return _QRPart(r * signs[:, None], a.n_rows + b.n_rows, a.sum_log_sigma + b.sum_log_sigma,
-                   a.n_zero + b.n_zero, a.violations + b.violations)
+    return _QRPart(_positive_r(torch.cat([a.aug, b.aug])), a.n_rows + b.n_rows,
+                   a.sum_log_sigma + b.sum_log_sigma, a.n_zero + b.n_zero,
+                   a.violations + b.violations)
 
 
 def condition_number(r: torch.Tensor, *, iterations: int = 40) -> float:
