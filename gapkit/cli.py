@@ -244,7 +244,7 @@ def _e0_star(model, frames):
 
 
 def cmd_fit(args) -> int:
-    from .data import read_frames
+    from .data import as_frames, read_frames
 
     config, base = {}, None
     kv = list(args.settings)
@@ -270,7 +270,10 @@ def cmd_fit(args) -> int:
     if train is None:
         raise CLIError("no training data: set [data] train = \"...\" or at_file=...")
     _refuse_overwrite(output, args, "model file")
-    frames = read_frames(train, format=args.format, **model.keys)
+    if _dask(args) and args.format in (None, "extxyz", "xyz"):  # workers read their frames
+        frames = as_frames(train, lazy=True, **model.keys)
+    else:
+        frames = read_frames(train, format=args.format, **model.keys)
     if "gap_per_species" in overrides:  # gap_fit's add_species=T: n_sparse per species
         resolve_per_species(model, overrides["gap_per_species"],
                             {z for a in frames for z in a.numbers})
@@ -334,7 +337,8 @@ def _add_dask_options(p) -> None:
                    "machine (one thread each; pip install 'gapkit[distributed]')")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="run them on the workers of a running Dask scheduler, e.g. "
-                   "tcp://node01:8786 (dask-jobqueue, dask-mpi or 'dask scheduler')")
+                   "tcp://node01:8786, or its scheduler file (*.json) (dask-jobqueue, "
+                   "dask-mpi or 'dask scheduler')")
 
 
 def _cv_summary(cv: dict) -> str:
@@ -731,8 +735,9 @@ def main(argv=None) -> int:
         try:
             _threads.set_threads(args.threads)
             return args.func(args)
-        except (ValueError, OSError, ImportError) as err:  # bad input, paths, a full disk,
-            # an optional package missing, Dask workers without this gapkit
+        except (ValueError, OSError, ImportError, MemoryError) as err:  # bad input, paths, a
+            # full disk, an optional package missing, Dask workers without this gapkit or out
+            # of memory (the message names the partition and what to lower)
             msg = " ".join(str(err).split()) or type(err).__name__
             print(f"gapkit: error: {msg}", file=sys.stderr)
             return 2

@@ -185,10 +185,11 @@ class GAP:
         ValueError if none. The fit uses copies of the kernels and ``noise`` (``terms_``,
         ``noise_``); without ``noise`` it is chosen by cross-validation. With ``client`` (a
         dask.distributed Client or scheduler address) or ``n_workers`` (a LocalCluster here)
-        the passes over the frames run on Dask workers (:mod:`gapkit.gp.parallel`)."""
-        frames = as_frames(frames, **self.keys)
+        the passes over the frames run on Dask workers (:mod:`gapkit.gp.parallel`), which
+        read their own frames of an extxyz path (:class:`gapkit.data.FrameFile`)."""
+        frames = as_frames(frames, lazy=client is not None or bool(n_workers), **self.keys)
         cpu, wall = time.process_time(), time.perf_counter()
-        with dask_passes(client, n_workers):
+        with dask_passes(client, n_workers, progress=self.progress):
             if self.noise is not None:
                 return self._fit(frames)
             with design_cache():  # the CV's closed form makes the fit from its own pass
@@ -503,7 +504,7 @@ class GAP:
         self.check_fitted()
         if forces_variance not in ("projected", "exact", None):
             raise ValueError("forces_variance must be 'projected', 'exact' or None")
-        frames = as_frames(frames)
+        frames = as_frames(frames, lazy=client is not None or bool(n_workers))
         check_species(frames, self.species_)
         if virial is None:
             virial = all(bool(np.all(a.pbc)) for a in frames)
@@ -511,7 +512,7 @@ class GAP:
         if self.baselines:  # first: evaluate checks every frame before the heavy work
             b_results = _evaluate_baselines(self.baselines, frames, forces=forces, virial=virial)
         offsets = np.concatenate([[0], np.cumsum([len(a) for a in frames])]).astype(np.int64)
-        with dask_passes(client, n_workers):
+        with dask_passes(client, n_workers, progress=self.progress):
             arrays = posterior.predict_frames(
                 self.terms_, self.sparse_sets_, self.alpha_, self.R_, self.U_, frames,
                 batch_atoms=self.batch_atoms, forces=forces, virial=virial,

@@ -7,6 +7,7 @@ closed at its end; nothing outside the test needs to be running.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -84,6 +85,45 @@ def test_two_worker_fit_equals_one_process(client, frames, test_frames):
     assert two.log_marginal_likelihood_ == pytest.approx(one.log_marginal_likelihood_,
                                                          rel=1e-9)
     assert two.fit_info_["n_zero_rows"] == one.fit_info_["n_zero_rows"]
+    _same_predictions(one, two, test_frames)
+
+
+def test_fit_from_a_file_workers_read_their_frames(client, frames, test_frames, tmp_path,
+                                                  monkeypatch):
+    """An extxyz path on workers: each worker reads its own frame range from the file (a
+    FrameFile range is what is sent), this process reads at most a chunk of frames at a
+    time, and the model is that of the frames in memory."""
+    import ase.io
+
+    from gapkit.data import framefile
+
+    path = tmp_path / "train.xyz"
+    ase.io.write(path, frames)
+    seen: list = []
+    read = framefile.FrameFile._read
+
+    def counted(self, numbers):
+        seen.append(len(numbers))
+        return read(self, numbers)
+
+    monkeypatch.setattr(framefile, "READ_CHUNK", 4)  # here only: not on the workers
+    monkeypatch.setattr(framefile.FrameFile, "_read", counted)
+    sent: list = []
+    submit = client.submit
+
+    def spy(fn, *args, **kw):
+        if fn is parallel._make_partition:
+            sent.append(args[0])
+        return submit(fn, *args, **kw)
+
+    monkeypatch.setattr(client, "submit", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = GAP(noise=_noise(), progress=False).fit(frames)
+        two = GAP(noise=_noise(), progress=False).fit(str(path), client=client)
+    assert len(sent) == 2 and all(isinstance(p, framefile.FrameFile) for p in sent)
+    assert sum(len(p) for p in sent) == len(frames)
+    assert seen and max(seen) <= 4
     _same_predictions(one, two, test_frames)
 
 
@@ -174,6 +214,67 @@ def test_killed_worker_is_recomputed(client, frames, test_frames):
     client.wait_for_workers(2, timeout=60)
 
 
+def _short_of_memory(frames, obs, start):
+    """A pass that runs out of memory on every partition but the first."""
+    if start > 0:
+        raise MemoryError("test: no memory")
+    return len(frames)
+
+
+def _worker_dies(frames, obs, start):
+    """A pass that ends its worker's process, as the operating system does out of memory."""
+    os._exit(1)
+
+
+@pytest.fixture
+def by_value():
+    """The passes above are pickled by value: the workers cannot import this module."""
+    import sys
+
+    import cloudpickle
+
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)
+    yield
+    cloudpickle.unregister_pickle_by_value(module)
+
+
+def test_out_of_memory_names_the_partition(client, frames, by_value):
+    """A pass out of memory on a worker (a MemoryError there, or the worker killed again
+    and again: Dask's KilledWorker) stops the fit with an error naming the partition's
+    frames and what to lower."""
+    passes = parallel.DaskPasses(client)
+    try:
+        futures = passes.map(_short_of_memory, frames, None)
+        a, b = passes.bounds[1]
+        with pytest.raises(MemoryError, match=rf"_short_of_memory on the partition of frames "
+                           rf"{a}-{b - 1} of the fit, \d+ atoms .*--memory-limit"):
+            passes.gather(futures)
+        scheduler = client.cluster.scheduler
+        allowed, scheduler.allowed_failures = scheduler.allowed_failures, 0
+        try:
+            futures = passes.map(_worker_dies, frames, None)
+            with pytest.raises(MemoryError, match=r"Dask workers died running worker_dies on "
+                               r"the partition of frames \d+-\d+ of the fit, \d+ atoms.*"
+                               r"out of memory.*batch_atoms"):
+                passes.gather(futures)
+        finally:
+            scheduler.allowed_failures = allowed
+    finally:
+        passes.close()
+        client.wait_for_workers(2, timeout=60)
+
+
+def test_progress_bar_per_pass(client, frames, capsys):
+    """With progress, each pass on the workers shows a bar over its partitions."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        GAP(noise=_noise(), progress=True).fit(frames[:8], client=client)
+    err = capsys.readouterr().err
+    for name in ("descriptor_pass", "qr_pass"):  # the sparse points' descriptors, the QR
+        assert f"{name} on 2 Dask workers:" in err and "/2 [" in err
+
+
 def test_bad_setups(monkeypatch, client, frames):
     with pytest.raises(ValueError, match="not both"):
         GAP(noise=_noise(), progress=False).fit(frames, client=client, n_workers=2)
@@ -182,6 +283,8 @@ def test_bad_setups(monkeypatch, client, frames):
     with pytest.raises(ConnectionError, match="no Dask scheduler answered at 'tcp://127.0.0.1:9'"):
         GAP(noise=_noise(), progress=False).fit(frames, client="tcp://127.0.0.1:9")
     assert time.monotonic() - start < 30
+    with pytest.raises(FileNotFoundError, match="no such scheduler file"):
+        GAP(noise=_noise(), progress=False).fit(frames, client="nowhere/scheduler.json")
     import gapkit._version
 
     monkeypatch.setattr(gapkit._version, "__version__", "0.0.0-test")
@@ -202,8 +305,10 @@ def test_cli_fit_and_predict_on_workers(tmp_path, client, capsys):
                 "n_sparse=40", "default_sigma={0.002 0.05 0.02 0}"]
     one, two = tmp_path / "one.gapkit", tmp_path / "two.gapkit"
     assert main(["--quiet", "fit", *settings, "-o", str(one)]) == 0
+    scheduler_file = tmp_path / "scheduler.json"  # as dask-mpi --scheduler-file writes
+    scheduler_file.write_text(json.dumps({"address": client.scheduler.address}))
     assert main(["--quiet", "fit", *settings, "-o", str(two), "--scheduler",
-                 client.scheduler.address]) == 0
+                 str(scheduler_file)]) == 0
     test = read_frames(bundled_path("Si_test.xyz"))[:4]
     _same_predictions(GAP.load(one), GAP.load(two), test)
     ase.io.write(tmp_path / "in.xyz", test)

@@ -19,11 +19,13 @@ This module depends on numpy and ASE only, so that every other layer can use it.
 The package: :mod:`~gapkit.data.labels` (what a frame's labels are and where they are read
 from), :mod:`~gapkit.data.structures` (checks of a frame, composition),
 :mod:`~gapkit.data.voigt` (Voigt and virial conventions), :mod:`~gapkit.data.files`
-(extended XYZ and every other ase.io format, bundled data, ``as_frames``).
+(extended XYZ and every other ase.io format, bundled data, ``as_frames``),
+:mod:`~gapkit.data.framefile` (an extxyz file read frame by frame when used).
 """
 
 from __future__ import annotations
 
+from .framefile import FrameFile
 from .files import as_frames, bundled_path, load_bundled, read_extxyz, read_frames
 from .labels import (LABEL_NAMES, SIGMA_KEYS, Labels, check_label_keys, get_all_labels,
                      get_labels)
@@ -32,6 +34,7 @@ from .voigt import (VOIGT, matrix_to_voigt, stress_to_virial, virial_to_stress,
                     voigt_symmetrised, voigt_to_matrix)
 
 __all__ = [
+    "FrameFile",
     "Labels",
     "as_frames",
     "check_label_keys",

@@ -11,45 +11,10 @@ from typing import Any
 import ase
 import ase.io
 
-from .labels import _labels_of_frames, _normalise_require
-from .structures import validate_structure
+from .framefile import FrameFile, _check_file, _checked
+from .labels import _normalise_require
 
 _DATA_DIR = Path(__file__).resolve().parents[2] / "data"
-
-
-def _frame_numbers(index: int | str | slice | None) -> tuple[Iterable[int], str]:
-    """Map positions in the list read with ``index`` to frame numbers in the file, when that is
-    possible without knowing the file's length; otherwise count from the first frame read and
-    say so."""
-    if index is None or index == ":":
-        return range(10**18), ""
-    if isinstance(index, int) and index >= 0:
-        return [index], ""
-    if isinstance(index, str):
-        try:
-            parts = [int(p) if p.strip() else None for p in index.split(":")]
-        except ValueError:
-            parts = []
-        if 2 <= len(parts) <= 3:
-            index = slice(*parts)
-    if isinstance(index, slice):
-        start, step = index.start or 0, index.step or 1
-        if start >= 0 and step > 0:
-            return range(start, 10**18, step), ""
-    return range(10**18), f" (frame numbers count the frames selected by index={index!r})"
-
-
-def _checked(frames: list, index: Any, names: tuple[str, ...], keys: dict, where: str) -> list:
-    """``frames`` after every structure and its labels are checked; a ValueError starts
-    with ``where`` and names the frame."""
-    numbers, note = _frame_numbers(index)
-    try:
-        for atoms, k in zip(frames, numbers):
-            validate_structure(atoms, frame_index=k)
-        _labels_of_frames(frames, numbers, names, keys)
-    except ValueError as err:
-        raise ValueError(f"{where}: {err}{note}") from err
-    return frames
 
 
 def read_extxyz(
@@ -123,15 +88,8 @@ _NOT_LABELS = {
     "lammps-data": "a LAMMPS data file holds no energies or forces",
 }
 _EXTXYZ = ("extxyz", "xyz")
-
-
-def _check_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file; check the path (cwd is {Path.cwd()})")
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; give the path of {what}")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: the file is empty; expected {what}")
+#: the label-key arguments of the readers (what a FrameFile takes)
+_KEY_NAMES = {"energy_key", "forces_key", "virial_key", "stress_key", "config_type_key"}
 
 
 def _file_format(path: Path, format: str | None) -> str:
@@ -307,11 +265,22 @@ def load_bundled(name: str, **kw: Any) -> list[ase.Atoms]:
     return read_extxyz(bundled_path(name), **kw)
 
 
-def as_frames(frames: Any, *, require: str | None = None, **read_kwargs: Any) -> list:
+def as_frames(frames: Any, *, require: str | None = None, lazy: bool = False,
+              **read_kwargs: Any) -> list:
     """``frames`` as a list of ase.Atoms: a path of any file ase.io reads (read by
     :func:`read_frames` with ``read_kwargs``, e.g. the label keys), one Atoms, or any
     iterable of them. ``require``: the name of the caller, and an empty list raises
-    ValueError ("no frames given to ...") instead of being returned."""
+    ValueError ("no frames given to ...") instead of being returned. A
+    :class:`~gapkit.data.framefile.FrameFile` is returned as it is (read when used); with
+    ``lazy``, so is an extended-XYZ path, as a FrameFile with the label keys of
+    ``read_kwargs``."""
+    if isinstance(frames, FrameFile):  # a Sequence of Atoms, as a list is to its users
+        return frames  # type: ignore[return-value]
+    if lazy and isinstance(frames, (str, Path)) and set(read_kwargs) <= _KEY_NAMES:
+        path = Path(frames)
+        _check_file(path, "a data file ase.io reads")
+        if _file_format(path, None) in _EXTXYZ:
+            return FrameFile(path, **read_kwargs)  # type: ignore[return-value]
     if isinstance(frames, (str, Path)):
         out = read_frames(frames, **read_kwargs)
     elif isinstance(frames, ase.Atoms):

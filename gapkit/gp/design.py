@@ -252,15 +252,18 @@ def design_blocks(terms, sparse_sets, frames, observations, gradients=None, *,
             continue
         sub = observations.select(sel).shifted(start)
         results: list = []
-        rows = None if cache is None else cache.get(terms, sparse_sets, frames[start:stop],
-                                                    sub, gradients, unit)
+        # a list: frames read from a file (FrameFile) are read once per block, and the
+        # cache holds the Atoms it keys on (their ids are not reused while it holds them)
+        block = list(frames[start:stop])
+        rows = None if cache is None else cache.get(terms, sparse_sets, block, sub,
+                                                    gradients, unit)
         if rows is None:
-            rows = design_rows(terms, sparse_sets, frames[start:stop], sub, gradients,
-                               unit=unit, results=results)
+            rows = design_rows(terms, sparse_sets, block, sub, gradients, unit=unit,
+                               results=results)
             if cache is not None:
-                cache.put(terms, sparse_sets, frames[start:stop], sub, gradients, unit, rows)
+                cache.put(terms, sparse_sets, block, sub, gradients, unit, rows)
         elif with_results:  # the rows from the cache, the descriptors computed again
-            results = [_descriptors(t, frames[start:stop], gradients) for t in terms]
+            results = [_descriptors(t, block, gradients) for t in terms]
         yield (start, sel, sub, rows, results) if with_results else (start, sel, sub, rows)
 
 

@@ -19,6 +19,7 @@ later passes of the same fit, as one process does.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 import warnings
@@ -27,7 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["DaskPasses", "Partition", "active", "dask_passes", "partition_bounds"]
+__all__ = ["MEMORY_ADVICE", "DaskPasses", "Partition", "active", "dask_passes", "describe",
+           "partition_bounds"]
 
 _ACTIVE: ContextVar["DaskPasses | None"] = ContextVar("gapkit_dask_passes", default=None)
 
@@ -70,6 +72,7 @@ class Partition:
 
 
 def _make_partition(frames, start: int) -> Partition:
+    """On the worker: its frames as a list (a FrameFile range is read here, from the file)."""
     return Partition(list(frames), int(start))
 
 
@@ -98,21 +101,48 @@ def _worker_cache_bytes() -> int:
     return int(min(budget, limit // 4)) if limit else budget
 
 
+#: what to lower when a partition's pass runs out of memory
+MEMORY_ADVICE = ("give the workers more memory (dask worker --memory-limit; a LocalCluster's "
+                 "memory_limit), use more workers (smaller partitions), or lower batch_atoms "
+                 "(design rows per block) or the number of sparse points (M)")
+
+
+def describe(bounds: tuple[int, int], n_atoms: int | None = None) -> str:
+    """``frames a-b of the fit`` (and its atoms): how errors name a partition."""
+    atoms = "" if n_atoms is None else f", {n_atoms} atoms"
+    return f"frames {bounds[0]}-{bounds[1] - 1} of the fit{atoms}"
+
+
+def _allocation_failed(exc: BaseException) -> bool:
+    """A MemoryError, or torch's allocator failing (a RuntimeError)."""
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
 def _run(fn, part: Partition, obs, cache: bool, *shared: _Shared):
     """One pass on one partition; with ``cache``, with the worker's design rows of that
-    partition."""
+    partition. Out of memory: a MemoryError naming the partition and what to lower."""
     from . import design
 
     args = (part.frames, obs, part.start,
             *(box.args[0] if box.token is None else part.shared.setdefault(box.token,
                                                                              box.args[0])
               for box in shared))
-    if not cache:
-        return fn(*args)
-    if part.cache is None:
-        part.cache = design.DesignCache(_worker_cache_bytes())
-    with design.using_cache(part.cache):  # type: ignore[arg-type]
-        return fn(*args)
+    try:
+        if not cache:
+            return fn(*args)
+        if part.cache is None:
+            part.cache = design.DesignCache(_worker_cache_bytes())
+        with design.using_cache(part.cache):  # type: ignore[arg-type]
+            return fn(*args)
+    except (MemoryError, RuntimeError) as exc:
+        if not _allocation_failed(exc):
+            raise
+        part.cache = None  # give back what the rows held
+        where = describe((part.start, part.start + len(part.frames)),
+                         sum(len(a) for a in part.frames))
+        raise MemoryError(f"a Dask worker ran out of memory in {fn.__name__} on the partition "
+                          f"of {where} ({exc}); {MEMORY_ADVICE}") from None
 
 
 class DaskPasses:
@@ -120,14 +150,18 @@ class DaskPasses:
     partition of the frames per worker (``partitions_per_worker`` more for finer load
     balance)."""
 
-    def __init__(self, client, *, partitions_per_worker: int = 1):
+    def __init__(self, client, *, partitions_per_worker: int = 1, progress: bool = False):
         self.client = client
         self.partitions_per_worker = int(partitions_per_worker)
+        #: a progress bar over the partitions of each pass as the workers finish them
+        self.progress = bool(progress)
+        self._owner: dict = {}  # task key -> (its pass, its partition's index)
         self._key: tuple | None = None
         self._frames: list | None = None
         self.bounds: list[tuple[int, int]] = []
         self._parts: list = []
         self._held: dict = {}  # id -> (argument, its future on the workers)
+        self._atoms: list[int] = []  # atoms per partition
         self.tasks = 0
 
     @property
@@ -137,14 +171,18 @@ class DaskPasses:
     def partitions(self, frames) -> list[tuple[int, int]]:
         """Send ``frames`` to the workers (once per list of frames; the same frames again
         reuse what is there) and return the partitions' frame ranges."""
-        key = tuple(map(id, frames))
+        # a FrameFile (frames read from a file when used) says what it is; a list, its Atoms
+        key = getattr(frames, "partition_key", None) or tuple(map(id, frames))
         if key != self._key:
             n = max(1, self.n_workers) * self.partitions_per_worker
             if len(frames) < n:
                 warnings.warn(f"{len(frames)} frames for {n} Dask partitions: "
                               f"{len(frames)} partitions (one frame each); the other workers "
                               "stay idle", UserWarning, stacklevel=4)
-            self.bounds = partition_bounds([len(a) for a in frames], n)
+            sizes = getattr(frames, "n_atoms", None)  # a FrameFile's, from its index
+            sizes = np.asarray([len(a) for a in frames] if sizes is None else sizes)
+            self.bounds = partition_bounds(sizes, n)
+            self._atoms = [int(sizes[a:b].sum()) for a, b in self.bounds]
             # partition p on worker p (round robin): left to itself the scheduler may put
             # them all on the first worker, and every later task follows its data there
             # (seen: 2 workers, both partitions on one). Elsewhere if that worker dies.
@@ -153,6 +191,8 @@ class DaskPasses:
                                               workers=[workers[p % len(workers)]],
                                               allow_other_workers=True)
                            for p, (a, b) in enumerate(self.bounds)]
+            self._owner.update({f.key: ("reading the frames", p)
+                                for p, f in enumerate(self._parts)})
             self._key, self._frames = key, frames  # held: the ids stay those of these frames
         return self.bounds
 
@@ -178,6 +218,7 @@ class DaskPasses:
             pin = {"workers": holder, "allow_other_workers": True} if holder else {}
             futures.append(self.client.submit(_run, fn, part, sub, cache, *shared,
                                               pure=False, **pin))
+        self._owner.update({f.key: (fn.__name__, p) for p, f in enumerate(futures)})
         self.tasks += len(futures)
         return futures
 
@@ -210,7 +251,10 @@ class DaskPasses:
                 time.sleep(1.0)
 
     def gather(self, futures) -> list:
-        return self.client.gather(futures)
+        """The results of a pass's futures (from :meth:`map`), in partition order."""
+        with self._explained():
+            self._watch(futures)
+            return self.client.gather(futures)
 
     def reduce(self, combine, futures):
         """``combine`` the futures' results pairwise on the workers (a binary tree, in
@@ -222,7 +266,39 @@ class DaskPasses:
             if len(level) % 2:
                 nxt.append(level[-1])
             level = nxt
-        return self.client.gather(level[0])
+        with self._explained():
+            self._watch(futures)
+            return self.client.gather(level[0])
+
+    def _watch(self, futures) -> None:
+        """With :attr:`progress`, a bar over the pass's partitions as workers finish them."""
+        if not self.progress or not futures:
+            return
+        from distributed import as_completed
+        from tqdm.auto import tqdm
+
+        name = self._owner.get(futures[0].key, ("pass",))[0].strip("_")
+        with tqdm(total=len(futures), desc=f"{name} on {self.n_workers} Dask workers",
+                  unit="partition", leave=False) as bar:
+            for _ in as_completed(futures):
+                bar.update()
+
+    @contextlib.contextmanager
+    def _explained(self):
+        """A task that killed its workers (Dask's KilledWorker: most often the operating
+        system or the nanny ending a worker out of memory) as a MemoryError naming the
+        partition and what to lower."""
+        from distributed.scheduler import KilledWorker
+
+        try:
+            yield
+        except KilledWorker as exc:
+            name, p = self._owner.get(exc.task, ("a pass", None))
+            where = ("an unknown partition" if p is None or p >= len(self.bounds) else
+                     f"the partition of {describe(self.bounds[p], self._atoms[p])}")
+            raise MemoryError(
+                f"Dask workers died running {name.strip('_')} on {where} ({exc}; most often "
+                f"out of memory: the worker's log says). {MEMORY_ADVICE}") from exc
 
     def close(self) -> None:
         """Release the partitions on the workers."""
@@ -276,12 +352,15 @@ def _check_workers(client) -> None:
 
 
 @contextlib.contextmanager
-def dask_passes(client=None, n_workers: int | None = None):
+def dask_passes(client=None, n_workers: int | None = None, *, progress: bool = False):
     """Within the block, the passes of a fit run on Dask workers: those of ``client`` (a
     ``distributed.Client`` or a scheduler address, e.g. ``"tcp://host:8786"``), or of a
     ``LocalCluster`` of ``n_workers`` single-threaded processes started here and closed
-    at the end. Neither: the block runs in this process, as without it. Yields the
-    :class:`DaskPasses` (None without workers)."""
+    at the end (a path ending ``.json`` is a scheduler file, as ``dask-mpi
+    --scheduler-file`` writes). Neither: the block runs in this process, as without it.
+    Yields the
+    :class:`DaskPasses` (None without workers); ``progress``: a bar per pass over the
+    partitions the workers have finished."""
     if client is None and n_workers is None:
         yield None
         return
@@ -303,8 +382,15 @@ def dask_passes(client=None, n_workers: int | None = None):
             client = stack.enter_context(Client(cluster))
         elif isinstance(client, str):
             address = client
+            # a scheduler file (dask-mpi --scheduler-file, dask scheduler --scheduler-file)
+            where = ({"scheduler_file": address} if address.endswith(".json")
+                     else {"address": address})
+            if "scheduler_file" in where and not os.path.isfile(address):
+                raise FileNotFoundError(f"{address}: no such scheduler file; start the "
+                                        "scheduler with --scheduler-file there, or give its "
+                                        "address (tcp://host:8786)")
             try:
-                client = stack.enter_context(Client(address, timeout=CONNECT_TIMEOUT))
+                client = stack.enter_context(Client(**where, timeout=CONNECT_TIMEOUT))
             except (OSError, TimeoutError) as exc:
                 raise ConnectionError(
                     f"no Dask scheduler answered at {address!r} within {CONNECT_TIMEOUT} s "
@@ -312,7 +398,7 @@ def dask_passes(client=None, n_workers: int | None = None):
                     "the address") from exc
         _check_workers(client)
         client.run(_tune_malloc)
-        passes = DaskPasses(client)
+        passes = DaskPasses(client, progress=progress)
         token = _ACTIVE.set(passes)
         try:
             yield passes
