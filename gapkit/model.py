@@ -36,7 +36,7 @@ from .gp.observations import KINDS, NoiseModel, baseline_energies, build_observa
 from .gp.posterior import Prediction
 from .gp.predictive import apply_predictive
 from .gp.sparse import solve_dtc, warn_symmetry
-from .gp.sparsify import term_sparse_set
+from .gp.sparse_sets import term_sparse_set
 from .io import FORMAT_VERSION
 from .terms import Term, default_terms
 

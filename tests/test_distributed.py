@@ -127,6 +127,39 @@ def test_fit_from_a_file_workers_read_their_frames(client, frames, test_frames, 
     _same_predictions(one, two, test_frames)
 
 
+@pytest.mark.parametrize("mode", ["sample", "deterministic"])
+def test_cur_on_workers_chooses_the_points_of_one_process(client, frames, mode, monkeypatch):
+    """CUR on the workers (the descriptors stay there: hashes for the distinct rows, the
+    summed Gram matrix for the leverage scores) picks the very rows one process picks: Si
+    (one type, n >= 10 D: the Gram path) and ethanol (H by the Gram path; C and O have
+    n < 10 D rows and are gathered and chosen by the SVD, as in one process)."""
+    from gapkit import SOAP, SOAPKernel, Term
+    from gapkit.gp import sparse_sets as cur_dask
+    from gapkit.gp.sparse_sets import term_sparse_set
+
+    calls: list = []
+    gram = cur_dask._gram_leverage
+    monkeypatch.setattr(cur_dask, "_gram_leverage",
+                        lambda *a: calls.append(a[3]) or gram(*a))
+    ethanol = read_frames(bundled_path("ethanol_rmd17_200.xyz"))[:120]
+    cases = [(frames, SOAP(cutoff=4.5, n_max=4, l_max=3), 100),
+             (ethanol, SOAP(cutoff=4.0, n_max=2, l_max=2), 90)]
+    for data, soap, n_sparse in cases:
+        species = sorted({int(z) for a in data for z in a.numbers})
+        term = Term(soap, SOAPKernel(zeta=4), n_sparse=n_sparse,
+                    sparse_options={"cur_mode": mode}).for_species(species, SOAPKernel(zeta=4))
+        one = term_sparse_set(term, data, 0)
+        with parallel.dask_passes(client):
+            two = term_sparse_set(term, data, 0)
+        assert np.array_equal(one.indices, two.indices)
+        assert torch_equal(one.points, two.points) and torch_equal(one.types, two.types)
+    assert len(calls) == 2  # Si's one type and ethanol's H went through the Gram path
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())
+
+
 def test_symmetry_warning_names_the_frame_of_the_fit(client, frames):
     """A label breaking symmetry in the second partition is named by its frame in the fit,
     not in the partition."""
@@ -271,7 +304,7 @@ def test_progress_bar_per_pass(client, frames, capsys):
         warnings.simplefilter("ignore")
         GAP(noise=_noise(), progress=True).fit(frames[:8], client=client)
     err = capsys.readouterr().err
-    for name in ("descriptor_pass", "qr_pass"):  # the sparse points' descriptors, the QR
+    for name in ("summary", "qr_pass"):  # the sparse points' descriptors, the QR
         assert f"{name} on 2 Dask workers:" in err and "/2 [" in err
 
 

@@ -277,7 +277,9 @@ class DaskPasses:
         from distributed import as_completed
         from tqdm.auto import tqdm
 
-        name = self._owner.get(futures[0].key, ("pass",))[0].strip("_")
+        from dask.utils import key_split
+
+        name = self._owner.get(futures[0].key, (key_split(futures[0].key),))[0].strip("_")
         with tqdm(total=len(futures), desc=f"{name} on {self.n_workers} Dask workers",
                   unit="partition", leave=False) as bar:
             for _ in as_completed(futures):

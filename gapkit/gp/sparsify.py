@@ -62,7 +62,6 @@ __all__ = [
     "select_sparse_points",
     "sparse_points",
     "split_budget",
-    "term_sparse_set",
     "uniform_grid",
 ]
 
@@ -226,8 +225,12 @@ def leverage_scores(X, k: int | None = None, *, solver: str = "auto") -> np.ndar
 def _select_cur(X, m, rng, *, cur_mode="deterministic", cur_solver="auto"):
     if cur_mode not in ("deterministic", "sample"):
         raise ValueError(f"unknown cur_mode {cur_mode!r}; choose 'deterministic' or 'sample'")
-    n = X.shape[0]
-    lev = leverage_scores(X, m, solver=cur_solver)
+    return _cur_rows(leverage_scores(X, m, solver=cur_solver), m, rng, cur_mode)
+
+
+def _cur_rows(lev: np.ndarray, m: int, rng, cur_mode: str) -> np.ndarray:
+    """The ``m`` rows CUR takes given the rows' leverage scores ``lev``."""
+    n = lev.size
     if cur_mode == "deterministic":
         # round away floating-point noise so that equal leverages tie exactly and the
         # tie is broken by row index, independently of BLAS summation order
@@ -571,53 +574,3 @@ def auto_sparse_count(n_environments: int) -> int:
     types as any total is: :func:`term_sparse_set`)."""
     lo, hi = AUTO_SPARSE_RANGE
     return int(min(max(round(n_environments / AUTO_ENVIRONMENTS_PER_POINT), lo), hi))
-
-
-def term_sparse_set(term, frames, random_state) -> SparseSet:
-    """The sparse points of a fitted term (a :class:`gapkit.Term` whose descriptor knows
-    the species) from the descriptors of every environment of ``frames``, by the term's
-    ``n_sparse`` (an int, a per-species dict, ``"all"`` or ``"auto"``:
-    :func:`auto_sparse_count`), ``sparse_method`` and
-    ``sparse_options`` (CUR samples by leverage, as gap_fit's ``cur_points``, unless
-    ``cur_mode`` says otherwise; an integer total is shared over the species by
-    ``split``, default ``"equal"``: :func:`split_budget`). float64 points."""
-    import torch
-
-    from . import parallel
-
-    passes = parallel.active()
-    if passes is None or len(frames) < 2:
-        res = term.descriptor.compute(frames)
-    else:  # each worker its partition's descriptors (values only), concatenated here
-        from ..descriptors.base import concatenate
-
-        parts = passes.gather(passes.map(_descriptor_pass, frames, None, term.descriptor))
-        res = concatenate(parts, [start for start, _ in passes.bounds])
-    n_sparse = term.n_sparse
-    if n_sparse == "all":
-        types_, counts = np.unique(res.centre_types, return_counts=True)
-        n_sparse = {int(t): int(c) for t, c in zip(types_, counts)}
-    elif n_sparse == "auto":
-        n_sparse = auto_sparse_count(len(res.centre_types))
-    elif isinstance(n_sparse, str):
-        raise ValueError(f"n_sparse must be an int, a dict, 'all' or 'auto', got {n_sparse!r}")
-    with warnings.catch_warnings():
-        if term.n_sparse == "all":  # duplicates are dropped, silently here
-            warnings.simplefilter("ignore", UserWarning)
-        options = dict(term.sparse_options or {})
-        split = options.pop("split", "equal")
-        if split not in SPLITS:
-            raise ValueError(f"Term(sparse_options={{'split': {split!r}}}): the split of a total "
-                             f"n_sparse over species must be one of {SPLITS} (default 'equal')")
-        if not isinstance(n_sparse, Mapping):  # the total, shared over the species
-            n_sparse = split_budget(res.centre_types, n_sparse, split)
-        if term.sparse_method == "cur":
-            options.setdefault("cur_mode", "sample")
-        chosen = sparse_points(res.values, n_sparse, method=term.sparse_method,
-                               types=res.centre_types, random_state=random_state, **options)
-    return SparseSet(chosen.points.to(torch.float64), chosen.types, chosen.indices)
-
-
-def _descriptor_pass(frames, _obs, _offset, descriptor):
-    """The descriptor values of one partition of the frames, on a Dask worker."""
-    return descriptor.compute(frames)

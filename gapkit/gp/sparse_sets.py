@@ -1,0 +1,270 @@
+"""The sparse points of a fit's terms (:func:`term_sparse_set`), in this process or on
+Dask workers, where CUR runs without bringing the descriptors to one process.
+
+:func:`gapkit.gp.sparsify.select_sparse_points` with ``method="cur"`` needs, per kernel
+type, the distinct rows of the descriptor matrix X and their rank-k leverage scores. Both
+come from statistics that combine over the partitions of the rows:
+
+* distinct rows: each worker hashes its rows rounded to the grid ``duplicate_tol * max|X|``
+  (the maximum over all partitions; 128-bit hashes), and the first occurrence of each hash
+  in the fit's order is kept — the rows ``_distinct_rows`` keeps in one process;
+* leverage (the ``"gram"`` solver, which one process uses for tall X, n >= 10 D): the Gram
+  matrix X^T X is the sum of the partitions' (D x D each, added pairwise on the workers);
+  its eigenvectors V_k come back to every worker, the column norms of X V_k are added, and
+  each worker computes the scores of its rows.
+
+This process then holds O(n) numbers (hashes, types, scores: 8-16 bytes per environment),
+never the n x D descriptors; the same seeded draw as one process picks the rows, and only
+the chosen rows' values are fetched. A type with n < 10 D distinct rows (where one process
+uses the SVD of X) is small by that bound (at most 10 D^2 values) and is gathered here and
+chosen exactly as in one process.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+
+from . import sparsify as sp
+from .design import SparseSet
+
+__all__ = ["cur_on_workers", "handles", "term_sparse_set"]
+
+
+def handles(method: str, options: dict) -> bool:
+    """Whether :func:`cur_on_workers` chooses these points (CUR with the default or the
+    ``"gram"`` leverage solver); the other methods gather the descriptors."""
+    return method == "cur" and options.get("cur_solver", "auto") in ("auto", "gram")
+
+
+# ------------------------------------------------------------------ on the workers
+
+def _values(res) -> np.ndarray:
+    return np.asarray(res.values, dtype=np.float64)
+
+
+def _summary(res) -> tuple[dict, dict]:
+    """Rows, features, kernel types, non-finite rows and max |X| per type of a partition."""
+    X = _values(res)
+    types = np.asarray(res.centre_types, dtype=np.int64)
+    bad = ~np.isfinite(X).all(axis=1)
+    absmax = {int(t): float(np.abs(X[types == t]).max(initial=0.0))
+              for t in np.unique(types)} if not bad.any() else {}
+    return {"n": X.shape[0], "D": X.shape[1], "types": types,
+            "bad": np.flatnonzero(bad), "nan": bool(np.isnan(X).any())}, absmax
+
+
+#: seed of the hash weights (any fixed value: every worker must use the same)
+_HASH_SEED = 0x5EED_CAFE
+
+
+def _digests(res, rows: np.ndarray, scale: float, tol: float) -> np.ndarray:
+    """Two 64-bit hashes per row (16 bytes) of the row rounded as ``_distinct_rows``
+    rounds it: its float64 words times two fixed random odd weight vectors, modulo 2^64
+    (integer matrix products). Equal rows hash equal; two different rows collide with
+    probability about 2^-128 (each word difference is nonzero modulo 2^64, and odd weights
+    are units)."""
+    X = _values(res)[rows]
+    if tol > 0 and scale > 0:
+        key = np.multiply(X, 1.0 / (tol * scale), order="C")
+        np.rint(key, out=key)
+    else:
+        key = np.array(X, order="C")
+    key += 0.0  # -0.0 -> +0.0, so that they hash equal
+    weights = np.random.default_rng(_HASH_SEED).integers(
+        0, 2**63, size=(key.shape[1], 2), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    return np.ascontiguousarray(key.view(np.uint64) @ weights)
+
+
+def _gram(res, rows: np.ndarray) -> np.ndarray:
+    X = _values(res)[rows]
+    return X.T @ X
+
+
+def _norms2(res, rows: np.ndarray, V: np.ndarray) -> np.ndarray:
+    norms2 = np.zeros(V.shape[1])
+    X = _values(res)
+    for b in range(0, rows.size, sp._BLOCK_ROWS):
+        XV = X[rows[b:b + sp._BLOCK_ROWS]] @ V
+        norms2 += np.einsum("ij,ij->j", XV, XV)
+    return norms2
+
+
+def _leverage(res, rows: np.ndarray, W: np.ndarray) -> np.ndarray:
+    X = _values(res)
+    lev = np.empty(rows.size)
+    for b in range(0, rows.size, sp._BLOCK_ROWS):
+        XW = X[rows[b:b + sp._BLOCK_ROWS]] @ W
+        lev[b:b + sp._BLOCK_ROWS] = np.einsum("ij,ij->i", XW, XW)
+    return lev
+
+
+def _rows_of(res, rows: np.ndarray) -> np.ndarray:
+    return _values(res)[rows]
+
+
+def _add(a, b):
+    return a + b
+
+
+# ------------------------------------------------------------------ here
+
+def cur_on_workers(passes, futures, n_sparse, *, split: str, random_state,
+                   duplicate_tol: float = 1e-8, cur_mode: str = "sample",
+                   cur_solver: str = "auto"):
+    """The sparse set :func:`gapkit.gp.sparsify.sparse_points` chooses by CUR from the
+    descriptor results ``futures`` (one per partition, in the fit's order, left on the
+    workers), with ``n_sparse`` an int (shared over types by ``split``), a dict or
+    ``"auto"``/``"all"``. Returns ``(points, types, indices)``."""
+    if cur_mode not in ("deterministic", "sample"):
+        raise ValueError(f"unknown cur_mode {cur_mode!r}; choose 'deterministic' or 'sample'")
+    client = passes.client
+
+    def each(fn, *args):
+        return [client.submit(fn, f, *(a[p] if isinstance(a, _PerPart) else a for a in args),
+                              pure=False) for p, f in enumerate(futures)]
+
+    summaries = passes.gather(each(_summary))
+    stats = [s for s, _ in summaries]
+    starts = np.cumsum([0] + [s["n"] for s in stats])
+    bad = np.concatenate([s["bad"] + a for s, a in zip(stats, starts[:-1])])
+    if bad.size:
+        kind = "NaN" if any(s["nan"] for s in stats) else "infinite"
+        raise ValueError(f"X contains {kind} values (rows {bad[:10].tolist()}"
+                         f"{' ...' if bad.size > 10 else ''}); fix the descriptors before "
+                         "choosing sparse points")
+    types = np.concatenate([s["types"] for s in stats])
+    D = stats[0]["D"]
+    if n_sparse == "all":
+        utypes, counts = np.unique(types, return_counts=True)
+        n_sparse = {int(t): int(c) for t, c in zip(utypes, counts)}
+    elif n_sparse == "auto":
+        n_sparse = sp.auto_sparse_count(types.size)
+    budget = sp.split_budget(types, n_sparse, split)
+    rng = sp._rng(random_state)
+    part_of = np.searchsorted(starts, np.arange(types.size), side="right") - 1
+    chosen = []
+    for t, m in budget.items():
+        if m == 0:
+            continue
+        rows = np.flatnonzero(types == t)
+        distinct = rows[_distinct(each, passes, rows, starts, part_of, summaries, t,
+                                  duplicate_tol)]
+        m = sp._clamp(m, distinct.size, f"type {t}")
+        if m == distinct.size:
+            chosen.append(distinct)
+            continue
+        local = _PerPart.split(distinct, starts, part_of)
+        solver = cur_solver
+        if solver == "auto":
+            solver = "gram" if distinct.size >= 10 * D else "svd"
+        if solver == "svd":  # n < 10 D rows: small, chosen here as in one process
+            X = np.concatenate(passes.gather(each(_rows_of, local)))
+            pick = sp._select_cur(X, m, rng, cur_mode=cur_mode, cur_solver="svd")
+        else:
+            lev = _gram_leverage(each, passes, local, distinct.size, D, m)
+            pick = sp._cur_rows(lev, m, rng, cur_mode)
+        chosen.append(distinct[np.asarray(pick, dtype=np.int64)])
+    if not chosen:
+        return np.zeros((0, D)), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    idx = np.sort(np.concatenate(chosen)).astype(np.int64)
+    points = np.concatenate(passes.gather(each(_rows_of, _PerPart.split(idx, starts,
+                                                                        part_of))))
+    return points, types[idx], idx
+
+
+class _PerPart(list):
+    """An argument with one value per partition (the rows of the fit's order that fall in
+    each, as indices within it)."""
+
+    @classmethod
+    def split(cls, rows: np.ndarray, starts: np.ndarray, part_of: np.ndarray) -> "_PerPart":
+        return cls(rows[part_of[rows] == p] - starts[p] for p in range(starts.size - 1))
+
+
+def _distinct(each, passes, rows, starts, part_of, summaries, t, tol) -> np.ndarray:
+    """Positions in ``rows`` (one type's rows, in the fit's order) of the first occurrence
+    of each distinct row, as ``_distinct_rows`` finds them on all the rows at once."""
+    if tol < 0 or not np.isfinite(tol):
+        raise ValueError(f"duplicate_tol must be a finite number >= 0; got {tol}")
+    if rows.size == 1:
+        return np.zeros(1, dtype=np.int64)
+    scale = max(absmax.get(int(t), 0.0) for _, absmax in summaries)
+    local = _PerPart.split(rows, starts, part_of)
+    keys = np.concatenate(passes.gather(each(_digests, local, scale, tol)))
+    void = keys.view(np.dtype((np.void, 16))).ravel()
+    _, first = np.unique(void, return_index=True)
+    return np.sort(first).astype(np.int64)
+
+
+def _gram_leverage(each, passes, local, n: int, D: int, k: int) -> np.ndarray:
+    """``leverage_scores(X, k, solver="gram")`` of the rows ``local`` of each partition,
+    from the summed Gram matrix (in the fit's order of the rows)."""
+    lam, V = np.linalg.eigh(passes.reduce(_add, each(_gram, local)))
+    lam, V = lam[::-1], V[:, ::-1]
+    if lam[0] <= 0.0:
+        return np.zeros(n)
+    rank = int(np.count_nonzero(lam > max(n, D) * sp._EPS * lam[0]))
+    V = np.ascontiguousarray(V[:, :min(k, rank)])
+    norms2 = passes.reduce(_add, each(_norms2, local, V))
+    W = V / np.sqrt(norms2)
+    return np.concatenate(passes.gather(each(_leverage, local, W)))
+
+
+# ------------------------------------------------------------------ the fit's sparse sets
+
+def term_sparse_set(term, frames, random_state) -> SparseSet:
+    """The sparse points of a fitted term (a :class:`gapkit.Term` whose descriptor knows
+    the species) from the descriptors of every environment of ``frames``, by the term's
+    ``n_sparse`` (an int, a per-species dict, ``"all"`` or ``"auto"``:
+    :func:`~gapkit.gp.sparsify.auto_sparse_count`), ``sparse_method`` and
+    ``sparse_options`` (CUR samples by leverage, as gap_fit's ``cur_points``, unless
+    ``cur_mode`` says otherwise; an integer total is shared over the species by
+    ``split``, default ``"equal"``: :func:`~gapkit.gp.sparsify.split_budget`). float64 points."""
+    import torch
+
+    from . import parallel
+
+    options = dict(term.sparse_options or {})
+    split = options.pop("split", "equal")
+    if split not in sp.SPLITS:
+        raise ValueError(f"Term(sparse_options={{'split': {split!r}}}): the split of a total "
+                         f"n_sparse over species must be one of {sp.SPLITS} (default 'equal')")
+    if term.sparse_method == "cur":
+        options.setdefault("cur_mode", "sample")
+    n_sparse = term.n_sparse
+    if isinstance(n_sparse, str) and n_sparse not in ("all", "auto"):
+        raise ValueError(f"n_sparse must be an int, a dict, 'all' or 'auto', got {n_sparse!r}")
+    passes = parallel.active()
+    if passes is None or len(frames) < 2:
+        res = term.descriptor.compute(frames)
+    else:  # each worker its partition's descriptors (values only), left there
+        from ..descriptors.base import concatenate
+
+        futures = passes.map(_descriptor_pass, frames, None, term.descriptor)
+        if n_sparse != "all" and handles(term.sparse_method, options):
+            sp._check_method("cur", options, row_only=True)
+            points, types, idx = cur_on_workers(
+                passes, futures, n_sparse, split=split, random_state=random_state, **options)
+            return SparseSet(torch.as_tensor(points), torch.as_tensor(types), idx)
+        res = concatenate(passes.gather(futures), [start for start, _ in passes.bounds])
+    if n_sparse == "all":
+        types_, counts = np.unique(res.centre_types, return_counts=True)
+        n_sparse = {int(t): int(c) for t, c in zip(types_, counts)}
+    elif n_sparse == "auto":
+        n_sparse = sp.auto_sparse_count(len(res.centre_types))
+    with warnings.catch_warnings():
+        if term.n_sparse == "all":  # duplicates are dropped, silently here
+            warnings.simplefilter("ignore", UserWarning)
+        if not isinstance(n_sparse, Mapping):  # the total, shared over the species
+            n_sparse = sp.split_budget(res.centre_types, n_sparse, split)
+        chosen = sp.sparse_points(res.values, n_sparse, method=term.sparse_method,
+                               types=res.centre_types, random_state=random_state, **options)
+    return SparseSet(chosen.points.to(torch.float64), chosen.types, chosen.indices)
+
+
+def _descriptor_pass(frames, _obs, _offset, descriptor):
+    """The descriptor values of one partition of the frames, on a Dask worker."""
+    return descriptor.compute(frames)
