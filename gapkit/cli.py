@@ -285,30 +285,34 @@ def cmd_fit(args) -> int:
     if args.auto and (args.workers or args.scheduler):
         raise CLIError("--auto budgets the CPU time of this process: run it without "
                        "--workers/--scheduler")
-    if args.auto:
-        from .auto import auto_fit, summary
+    from .gp.parallel import dask_passes
 
-        model = auto_fit(frames, budget=args.budget or "20min", template=model,
-                         random_state=model.random_state or 0,
-                         log=lambda line: _say(args, line))
-        for line in summary(model.fit_info_["auto"])[1:2]:
-            _say(args, line)
-    else:
-        model.fit(frames, **_dask(args))
-    cv = model.fit_info_.get("noise_cv")
-    if cv:
-        _say(args, "  " + _cv_summary(cv))
-    if args.learn_noise:
-        report = model.optimize_hyperparameters(frames, noise_groups=args.learn_noise)
-        _say(args, f"  learnt noise ({args.learn_noise}): log marginal likelihood "
-                   f"{report['log_marginal_likelihood_before']:.1f} -> "
-                   f"{report['log_marginal_likelihood_refit']:.1f}")
-        for kind in LABEL_NAMES:
-            if model.fit_info_["n_observations"].get(kind):
-                cts = sorted({str(ct) for ct in model.noise_.config_type_scale})
-                per_ct = "".join(f", {ct} {model.noise_.sigma(kind, ct):.3g}" for ct in cts
-                                 if kind in model.noise_.config_type_scale[ct])
-                _say(args, f"    sigma {kind}: {model.noise_.sigma(kind):.3g}{per_ct}")
+    # one set of workers for the fit and --learn-noise's statistics (--auto: this process)
+    with dask_passes(**({} if args.auto else _dask(args)), progress=not args.quiet):
+        if args.auto:
+            from .auto import auto_fit, summary
+
+            model = auto_fit(frames, budget=args.budget or "20min", template=model,
+                             random_state=model.random_state or 0,
+                             log=lambda line: _say(args, line))
+            for line in summary(model.fit_info_["auto"])[1:2]:
+                _say(args, line)
+        else:
+            model.fit(frames)
+        cv = model.fit_info_.get("noise_cv")
+        if cv:
+            _say(args, "  " + _cv_summary(cv))
+        if args.learn_noise:
+            report = model.optimize_hyperparameters(frames, noise_groups=args.learn_noise)
+            _say(args, f"  learnt noise ({args.learn_noise}): log marginal likelihood "
+                       f"{report['log_marginal_likelihood_before']:.1f} -> "
+                       f"{report['log_marginal_likelihood_refit']:.1f}")
+            for kind in LABEL_NAMES:
+                if model.fit_info_["n_observations"].get(kind):
+                    cts = sorted({str(ct) for ct in model.noise_.config_type_scale})
+                    per_ct = "".join(f", {ct} {model.noise_.sigma(kind, ct):.3g}" for ct in cts
+                                     if kind in model.noise_.config_type_scale[ct])
+                    _say(args, f"    sigma {kind}: {model.noise_.sigma(kind):.3g}{per_ct}")
     model.save(output, overwrite=args.force)
     info = model.fit_info_
     _say(args, f"  {info['wall_time_s']:.1f} s; sparse points {info['n_sparse']}; "

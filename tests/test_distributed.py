@@ -160,6 +160,46 @@ def torch_equal(a, b) -> bool:
     return a.shape == b.shape and bool((a == b).all())
 
 
+def test_hyperparameter_statistics_on_workers(client, frames):
+    """The statistics of the noise and delta learning (per group of rows: the QR factor,
+    sums) made on the workers are those of one process, by kind and by kind x config_type
+    (rows grouped per partition); a kernel changed in place between passes is sent again,
+    never used stale; optimize_hyperparameters inside dask_passes learns the same noise."""
+    from gapkit.gp.hyperopt import noise_groups
+
+    frames = frames[:12]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = GAP(noise=_noise(), progress=False).fit(frames)
+    data = model.training_data(frames)
+    groups, names = noise_groups(data.observations, 5)
+    for grouping in ((None, None), (groups, len(names))):
+        one = model._statistics(data, *grouping)
+        with parallel.dask_passes(client):
+            two = model._statistics(data, *grouping)
+            kernel = model.terms_[0].kernel
+            kernel.zeta = kernel.zeta + 1  # in place, as the length-scale search does
+            three = model._statistics(data, *grouping)
+        four = model._statistics(data, *grouping)
+        kernel.zeta = kernel.zeta - 1
+        for a, b in ((one, two), (four, three)):
+            for name in ("R", "b", "yy", "n", "sum_log_base"):
+                assert _relative(getattr(a, name), getattr(b, name)) < 1e-10, name
+            for name in ("zero_n", "zero_yy"):  # exactly zero rows (virials by symmetry)
+                np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-12)
+        assert _relative(one.R, four.R) > 1e-3  # the change mattered
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = GAP(noise=_noise(), progress=False).fit(frames)
+        r1 = ref.optimize_hyperparameters(frames, noise_groups="config_type")
+        dist = GAP(noise=_noise(), progress=False).fit(frames)
+        with parallel.dask_passes(client):
+            r2 = dist.optimize_hyperparameters(frames, noise_groups="config_type")
+    assert r2["noise_scale"] == pytest.approx(r1["noise_scale"], rel=1e-6)
+    assert r2["log_marginal_likelihood_refit"] == pytest.approx(
+        r1["log_marginal_likelihood_refit"], rel=1e-9)
+
+
 def test_symmetry_warning_names_the_frame_of_the_fit(client, frames):
     """A label breaking symmetry in the second partition is named by its frame in the fit,
     not in the partition."""
@@ -337,11 +377,13 @@ def test_cli_fit_and_predict_on_workers(tmp_path, client, capsys):
     settings = [f"at_file={train}", "soap_cutoff=4.0", "soap_n_max=4", "soap_l_max=3",
                 "n_sparse=40", "default_sigma={0.002 0.05 0.02 0}"]
     one, two = tmp_path / "one.gapkit", tmp_path / "two.gapkit"
-    assert main(["--quiet", "fit", *settings, "-o", str(one)]) == 0
+    learn = ["--learn-noise", "kind"]  # on the fit's workers too
+    assert main(["--quiet", "fit", *settings, "-o", str(one), *learn]) == 0
     scheduler_file = tmp_path / "scheduler.json"  # as dask-mpi --scheduler-file writes
     scheduler_file.write_text(json.dumps({"address": client.scheduler.address}))
     assert main(["--quiet", "fit", *settings, "-o", str(two), "--scheduler",
-                 str(scheduler_file)]) == 0
+                 str(scheduler_file), *learn]) == 0
+    assert GAP.load(two).noise_ != _noise()  # learnt
     test = read_frames(bundled_path("Si_test.xyz"))[:4]
     _same_predictions(GAP.load(one), GAP.load(two), test)
     ase.io.write(tmp_path / "in.xyz", test)

@@ -30,7 +30,7 @@ import torch
 
 from .design import design_blocks, type_mask
 from .observations import KINDS
-from .sparse import IncrementalQR, informative_rows
+from .sparse import IncrementalQR, _positive_r, informative_rows
 
 __all__ = ["Statistics", "collect_statistics", "lengthscale_kernels", "lml_from_statistics",
            "noise_groups", "optimize", "search_lengthscale", "split_factors"]
@@ -80,6 +80,8 @@ def collect_statistics(terms, sparse_sets, frames, obs, gradients, *, batch_atom
     n_groups : int, optional
         Number of groups (default ``groups.max() + 1``, or 3 for kinds).
     """
+    from . import parallel
+
     dtype = sparse_sets[0].points.dtype
     m = sum(s.n for s in sparse_sets)
     if groups is None:
@@ -89,8 +91,38 @@ def collect_statistics(terms, sparse_sets, frames, obs, gradients, *, batch_atom
         raise ValueError(f"groups must have one entry per observation ({obs.n_rows}), got "
                          f"shape {groups.shape}")
     n_groups = int(groups.max()) + 1 if n_groups is None else int(n_groups)
+    passes = parallel.active()
+    if passes is None:
+        part = _statistics_pass(frames, obs, 0, terms, sparse_sets, gradients, groups,
+                                n_groups, batch_atoms)
+    else:  # per worker its rows' factors per group, stacked pairwise (TSQR), sums added
+        part = passes.reduce(_add_statistics, passes.map(
+            _statistics_pass, frames, obs, terms, sparse_sets, gradients,
+            parallel.PerRow(groups), n_groups, batch_atoms))
+    augs, yy, n_rows, sum_log, zero_n, zero_log, zero_yy = part
+    blocks, cols = [], []
+    for i, (term, z) in enumerate(zip(terms, sparse_sets)):
+        with torch.no_grad():
+            blocks.append(term.kernel.unit_value(z.points, z.points)
+                          * type_mask(z.types, z.types, dtype))
+        cols.append(torch.full((z.n,), i))
+    return Statistics(
+        torch.block_diag(*blocks), torch.cat(cols), torch.stack([a[:m, :m] for a in augs]),
+        torch.stack([a[:m, m] for a in augs]), torch.as_tensor(yy, dtype=dtype),
+        torch.as_tensor(n_rows, dtype=dtype), torch.as_tensor(sum_log, dtype=dtype), jitter,
+        torch.as_tensor(zero_n), torch.as_tensor(zero_log), torch.as_tensor(zero_yy))
+
+
+def _statistics_pass(frames, obs, offset: int, terms, sparse_sets, gradients, groups,
+                     n_groups: int, batch_atoms: int) -> tuple:
+    """Per group of rows (``groups``: one per row of ``obs``) the QR state ``[R, b; 0, r]``
+    of the unit-kernel rows of ``frames``, the rows' sum of (y / sigma)^2, their count and
+    sum of log sigma, and the same sums for exactly zero rows: a partition's share of
+    :func:`collect_statistics` (:func:`_add_statistics` combines two)."""
+    m = sum(s.n for s in sparse_sets)
+    dtype = sparse_sets[0].points.dtype
     qrs = [IncrementalQR(torch.zeros((m, m), dtype=dtype)) for _ in range(n_groups)]
-    yy = torch.zeros(n_groups, dtype=dtype)
+    yy = np.zeros(n_groups)
     zero_n, zero_log, zero_yy = np.zeros(n_groups), np.zeros(n_groups), np.zeros(n_groups)
     for _, sel, sub, rows in design_blocks(terms, sparse_sets, frames, obs, gradients,
                                            batch_atoms=batch_atoms, unit=True):
@@ -109,20 +141,16 @@ def collect_statistics(terms, sparse_sets, frames, obs, gradients, *, batch_atom
             k = torch.as_tensor(np.nonzero(block_groups == g)[0])
             if k.numel():
                 qrs[g].add(rows[k], y[k], sigma[k])
-                yy[g] += ((y[k] / sigma[k]) ** 2).sum()
-    factors = [q.finish() for q in qrs]
-    blocks, cols = [], []
-    for i, (term, z) in enumerate(zip(terms, sparse_sets)):
-        with torch.no_grad():
-            blocks.append(term.kernel.unit_value(z.points, z.points)
-                          * type_mask(z.types, z.types, dtype))
-        cols.append(torch.full((z.n,), i))
-    return Statistics(
-        torch.block_diag(*blocks), torch.cat(cols), torch.stack([f[0] for f in factors]),
-        torch.stack([f[1] for f in factors]), yy,
-        torch.tensor([float(q.n_rows) for q in qrs], dtype=dtype),
-        torch.tensor([q.sum_log_sigma for q in qrs], dtype=dtype), jitter,
-        torch.as_tensor(zero_n), torch.as_tensor(zero_log), torch.as_tensor(zero_yy))
+                yy[g] += float(((y[k] / sigma[k]) ** 2).sum())
+    return ([q.augmented() for q in qrs], yy, np.array([float(q.n_rows) for q in qrs]),
+            np.array([q.sum_log_sigma for q in qrs]), zero_n, zero_log, zero_yy)
+
+
+def _add_statistics(a: tuple, b: tuple) -> tuple:
+    """The statistics of the rows of ``a`` and then ``b``: per group the R of the stacked
+    states (TSQR), the sums added."""
+    return ([_positive_r(torch.cat([x, y])) for x, y in zip(a[0], b[0])],
+            *(x + y for x, y in zip(a[1:], b[1:])))
 
 
 def lml_from_statistics(stats: Statistics, log_delta: torch.Tensor,

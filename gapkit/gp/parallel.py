@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["MEMORY_ADVICE", "DaskPasses", "Partition", "active", "dask_passes", "describe",
-           "partition_bounds"]
+__all__ = ["MEMORY_ADVICE", "DaskPasses", "Partition", "PerRow", "active", "dask_passes",
+           "describe", "partition_bounds"]
 
 _ACTIVE: ContextVar["DaskPasses | None"] = ContextVar("gapkit_dask_passes", default=None)
 
@@ -74,6 +74,23 @@ class Partition:
 def _make_partition(frames, start: int) -> Partition:
     """On the worker: its frames as a list (a FrameFile range is read here, from the file)."""
     return Partition(list(frames), int(start))
+
+
+def _fingerprint(arg) -> tuple:
+    """What identifies an argument sent to the workers: the object, and for terms the
+    kernels' parameters, which an optimiser changes in place (the length-scale search):
+    changed, the terms are sent again instead of the workers' stale copy being used."""
+    items = arg if isinstance(arg, (list, tuple)) else ()
+    return (id(arg), tuple(repr(x.kernel.get_params()) for x in items if hasattr(x, "kernel")))
+
+
+class PerRow:
+    """An argument of :meth:`DaskPasses.map` with one value per observation row (an array
+    over the rows of ``obs``): each partition's task gets its own rows' values (in one
+    process, pass the array itself)."""
+
+    def __init__(self, values):
+        self.values = np.asarray(values)
 
 
 @dataclass
@@ -207,7 +224,7 @@ class DaskPasses:
         from .design import _ACTIVE as driver_cache
 
         self.partitions(frames)
-        shared = self._share(args)
+        shared = self._share([a for a in args if not isinstance(a, PerRow)])
         cache = driver_cache.get() is not None  # as here: the CV's passes, not a single one
         futures = []
         rows = self.rows(obs) if obs is not None else [None] * len(self.bounds)
@@ -216,7 +233,10 @@ class DaskPasses:
             sub = None if obs is None else obs.select(r).shifted(a)
             holder = list(where.get(part.key, ()))  # there if it can (its cache)
             pin = {"workers": holder, "allow_other_workers": True} if holder else {}
-            futures.append(self.client.submit(_run, fn, part, sub, cache, *shared,
+            it = iter(shared)
+            boxes = [_Shared((arg.values[r],)) if isinstance(arg, PerRow) else next(it)
+                     for arg in args]
+            futures.append(self.client.submit(_run, fn, part, sub, cache, *boxes,
                                               pure=False, **pin))
         self._owner.update({f.key: (fn.__name__, p) for p, f in enumerate(futures)})
         self.tasks += len(futures)
@@ -230,14 +250,14 @@ class DaskPasses:
         held, self._held = self._held, {}
         for arg in args:
             token = uuid.uuid4().hex if isinstance(arg, (list, tuple)) else None
-            self._held[id(arg)] = held.get(id(arg)) or (arg, self._scatter(_Shared((arg,),
-                                                                                   token)))
+            key = _fingerprint(arg)
+            self._held[key] = held.get(key) or (arg, self._scatter(_Shared((arg,), token)))
         for key, (_, future) in held.items():
             if key not in self._held and not isinstance(held[key][0], (list, tuple)):
                 future.release()
             elif key not in self._held:
                 self._held[key] = held[key]  # terms and sparse sets: kept for the fit
-        return [self._held[id(arg)][1] for arg in args]
+        return [self._held[_fingerprint(arg)][1] for arg in args]
 
     def _scatter(self, value, attempts: int = 3):
         """``value`` on every worker; tried again if a worker goes away meanwhile (the
