@@ -177,7 +177,7 @@ class DaskPasses:
         self._frames: list | None = None
         self.bounds: list[tuple[int, int]] = []
         self._parts: list = []
-        self._held: dict = {}  # id -> (argument, its future on the workers)
+        self._held: dict = {}  # _fingerprint -> (argument, its future on the workers)
         self._atoms: list[int] = []  # atoms per partition
         self.tasks = 0
 
@@ -327,6 +327,7 @@ class DaskPasses:
         for f in self._parts + [future for _, future in self._held.values()]:
             f.release()
         self._parts, self._key, self._frames, self._held = [], None, None, {}
+        self._owner = {}
 
 
 #: glibc ``mallopt`` parameters and the values a worker gets: Dask starts workers with
