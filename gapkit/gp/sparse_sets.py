@@ -66,13 +66,7 @@ def _digests(res, rows: np.ndarray, scale: float, tol: float) -> np.ndarray:
     (integer matrix products). Equal rows hash equal; two different rows collide with
     probability about 2^-128 (each word difference is nonzero modulo 2^64, and odd weights
     are units)."""
-    X = _values(res)[rows]
-    if tol > 0 and scale > 0:
-        key = np.multiply(X, 1.0 / (tol * scale), order="C")
-        np.rint(key, out=key)
-    else:
-        key = np.array(X, order="C")
-    key += 0.0  # -0.0 -> +0.0, so that they hash equal
+    key = sp._grid_keys(_values(res)[rows], scale, tol)
     weights = np.random.default_rng(_HASH_SEED).integers(
         0, 2**63, size=(key.shape[1], 2), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     return np.ascontiguousarray(key.view(np.uint64) @ weights)
@@ -164,7 +158,7 @@ def cur_on_workers(passes, futures, n_sparse, *, split: str, random_state,
             X = np.concatenate(passes.gather(each(_rows_of, local)))
             pick = sp._select_cur(X, m, rng, cur_mode=cur_mode, cur_solver="svd")
         else:
-            lev = _gram_leverage(each, passes, local, distinct.size, D, m)
+            lev = _gram_leverage(each, passes, local, distinct.size, m)
             pick = sp._cur_rows(lev, m, rng, cur_mode)
         chosen.append(distinct[np.asarray(pick, dtype=np.int64)])
     if not chosen:
@@ -199,15 +193,12 @@ def _distinct(each, passes, rows, starts, part_of, summaries, t, tol) -> np.ndar
     return np.sort(first).astype(np.int64)
 
 
-def _gram_leverage(each, passes, local, n: int, D: int, k: int) -> np.ndarray:
+def _gram_leverage(each, passes, local, n: int, k: int) -> np.ndarray:
     """``leverage_scores(X, k, solver="gram")`` of the rows ``local`` of each partition,
     from the summed Gram matrix (in the fit's order of the rows)."""
-    lam, V = np.linalg.eigh(passes.reduce(_add, each(_gram, local)))
-    lam, V = lam[::-1], V[:, ::-1]
-    if lam[0] <= 0.0:
+    V = sp._gram_basis(*np.linalg.eigh(passes.reduce(_add, each(_gram, local))), n, k)
+    if V is None:
         return np.zeros(n)
-    rank = int(np.count_nonzero(lam > max(n, D) * sp._EPS * lam[0]))
-    V = np.ascontiguousarray(V[:, :min(k, rank)])
     norms2 = passes.reduce(_add, each(_norms2, local, V))
     W = V / np.sqrt(norms2)
     return np.concatenate(passes.gather(each(_leverage, local, W)))

@@ -143,16 +143,33 @@ def _distinct_rows(X: np.ndarray, duplicate_tol: float) -> np.ndarray:
         raise ValueError(f"duplicate_tol must be a finite number >= 0; got {duplicate_tol}")
     if X.shape[0] == 1:
         return np.zeros(1, dtype=np.int64)
-    scale = float(np.abs(X).max())
-    if duplicate_tol > 0 and scale > 0:
-        key = np.multiply(X, 1.0 / (duplicate_tol * scale), order="C")
+    key = _grid_keys(X, float(np.abs(X).max()), duplicate_tol)
+    void = key.view(np.dtype((np.void, key.dtype.itemsize * key.shape[1]))).ravel()
+    _, first = np.unique(void, return_index=True)
+    return np.sort(first).astype(np.int64)
+
+
+def _grid_keys(X: np.ndarray, scale: float, tol: float) -> np.ndarray:
+    """X rounded to the grid ``tol * scale`` (X itself when either is 0), C order, -0.0 as
+    +0.0: rows equal here, as bytes, are duplicates."""
+    if tol > 0 and scale > 0:
+        key = np.multiply(X, 1.0 / (tol * scale), order="C")
         np.rint(key, out=key)
     else:
         key = np.array(X, order="C")
     key += 0.0  # -0.0 -> +0.0, so that they compare equal as bytes
-    void = key.view(np.dtype((np.void, key.dtype.itemsize * key.shape[1]))).ravel()
-    _, first = np.unique(void, return_index=True)
-    return np.sort(first).astype(np.int64)
+    return key
+
+
+def _gram_basis(lam: np.ndarray, V: np.ndarray, n: int, k: int | None) -> np.ndarray | None:
+    """The leading ``min(k, rank)`` eigenvectors (columns) of a Gram matrix of ``n`` rows
+    from its ``eigh`` (ascending), or None when it is zero; rank counts eigenvalues above
+    ``max(n, D) * eps`` of the largest."""
+    lam, V = lam[::-1], V[:, ::-1]
+    if lam[0] <= 0.0:
+        return None
+    rank = int(np.count_nonzero(lam > max(n, V.shape[0]) * _EPS * lam[0]))
+    return np.ascontiguousarray(V[:, :rank if k is None else min(k, rank)])
 
 
 def _rng(random_state) -> np.random.Generator:
@@ -202,13 +219,10 @@ def leverage_scores(X, k: int | None = None, *, solver: str = "auto") -> np.ndar
         rank = int(np.count_nonzero(s > rtol * s[0]))
         k_eff = rank if k is None else min(k, rank)
         return np.einsum("ij,ij->i", U[:, :k_eff], U[:, :k_eff])
-    lam, V = np.linalg.eigh(X.T @ X)
-    lam, V = lam[::-1], V[:, ::-1]
-    if lam[0] <= 0.0:
+    V = _gram_basis(*np.linalg.eigh(X.T @ X), n, k)
+    if V is None:
         return np.zeros(n)
-    rank = int(np.count_nonzero(lam > rtol * lam[0]))
-    k_eff = rank if k is None else min(k, rank)
-    V = V[:, :k_eff]
+    k_eff = V.shape[1]
     # normalise each column of X V by its actual norm: robust to errors in small lam
     norms2 = np.zeros(k_eff)
     for b in range(0, n, _BLOCK_ROWS):
