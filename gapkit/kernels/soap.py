@@ -55,21 +55,27 @@ class SOAPKernel(DescriptorKernel):
     def force_prior_variance(self, q, g, centre, atom, types, n_atoms) -> torch.Tensor:
         """Batched over atoms: the entries of each atom are padded to a common count
         and ``sum_{ef} [(zeta-1) s^(zeta-2) (g_e.q_f)(g_f.q_e) + s^(zeta-1) g_e.g_f]``
-        becomes a few batched GEMMs (see :meth:`DescriptorKernel.force_prior_variance`)."""
+        becomes a few batched GEMMs (see :meth:`DescriptorKernel.force_prior_variance`):
+        ``g_e . q_f`` for the three directions in one, ``g_e . g_f`` one per direction
+        on a strided view (no copy)."""
         z = self.zeta
         out = torch.zeros((n_atoms, 3), dtype=q.dtype)
         for a0, a1, qa, ga, mask in padded_entries_by_atom(q, g, centre, atom, types, n_atoms):
+            na, width, d = qa.shape
             mask = mask.to(q.dtype)
             s = torch.bmm(qa, qa.transpose(1, 2))  # (na, J, J)
             w1 = z * s ** (z - 1) * mask
             w2 = z * (z - 1) * s ** (z - 2) * mask if z > 1 else None
+            gq = None
+            if w2 is not None:  # (g_e . q_f) for every direction: (na, J, 3, J)
+                gq = torch.matmul(ga.view(na, width * 3, d), qa.transpose(1, 2))
+                gq = gq.view(na, width, 3, width)
             for a in range(3):
                 gx = ga[:, :, a, :]
-                gg = torch.bmm(gx, gx.transpose(1, 2))
-                total = (w1 * gg).sum((1, 2))
-                if w2 is not None:
-                    gq = torch.bmm(gx, qa.transpose(1, 2))  # (g_e . q_f)
-                    total = total + (w2 * gq * gq.transpose(1, 2)).sum((1, 2))
+                total = (w1 * torch.bmm(gx, gx.transpose(1, 2))).sum((1, 2))
+                if gq is not None and w2 is not None:
+                    ga_q = gq[:, :, a, :]
+                    total = total + (w2 * ga_q * ga_q.transpose(1, 2)).sum((1, 2))
                 out[a0:a1, a] = total
         return self.variance * out
 
