@@ -7,10 +7,15 @@ zeta 4) on rattled diamond silicon (64 and 1000 atoms) in four modes:
 (a) energy + forces, no variance (``variance=False``);
 (b) (a) + energy and local-energy variances (``variance=True, forces_variance=None``);
 (c) (b) + projected force variances (``forces_variance="projected"``);
-(d) (b) + exact force variances (``forces_variance="exact"``; small systems only),
+(d) (b) + exact force variances (``forces_variance="exact"``),
 
 and, when quippy is installed, energy + forces of ``quippy.potential.Potential``
-with a gap_fit model trained on the same data with the same settings.
+with a gap_fit model trained on the same data with the same settings. The modes are
+timed interleaved (a b c d quip, a b c d quip, ...), by CPU time (``time.process_time``,
+the figure quoted) and wall time. A second table splits mode (d) into its stages
+(descriptors, the kernel of E+F, the force rows, the energy variances, the prior force
+variances, the force-variance solves), each timed alone on the same structure by the
+functions ``GAP.predict`` calls, with their sum beside the measured (d).
 
 The gapkit model is ``--model PATH`` (a file from ``GAP.save``, e.g. the one
 ``benchmarks/fit.py`` writes) or, by default, a quick fit on every 4th frame of
@@ -73,14 +78,73 @@ MODE_KWARGS = {"a": dict(variance=False),
                "d": dict(variance=True, forces_variance="exact")}
 
 
-def time_call(fn, repeats: int):
-    result = fn()  # warm-up
-    times = []
+def time_interleaved(fns: dict, repeats: int):
+    """``{name: (cpu_times, wall_times, result or None, error or None)}``: one untimed
+    warm-up call of each, then ``repeats`` rounds calling each once in turn (A B A B),
+    so that a change of the machine's load falls on every code alike."""
+    out = {}
+    for name, fn in fns.items():
+        try:
+            out[name] = [[], [], fn(), None]
+        except Exception as error:  # noqa: BLE001
+            out[name] = [None, None, None,
+                         f"failed: {type(error).__name__}: {error}".splitlines()[0]]
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return times, result
+        for name, fn in fns.items():
+            if out[name][3] is not None:
+                continue
+            cpu, wall = time.process_time(), time.perf_counter()
+            out[name][2] = fn()
+            out[name][0].append(time.process_time() - cpu)
+            out[name][1].append(time.perf_counter() - wall)
+    return {name: tuple(v) for name, v in out.items()}
+
+
+def stage_times(model, atoms, repeats: int) -> dict:
+    """CPU seconds (best of ``repeats``) of each stage of mode (d), each run alone on
+    ``atoms`` with the functions ``gapkit.gp.posterior.predict_block`` calls in it."""
+    from gapkit.gp.design import functional_rows
+    from gapkit.gp.posterior import (derivative_means, dtc_variance, prior_energy_variances,
+                                     prior_force_variances)
+
+    n_atoms = len(atoms)
+    alphas = torch.split(model.alpha_, [s.n for s in model.sparse_sets_])
+    pairs = list(zip(model.terms_, model.sparse_sets_, alphas))
+    results = [t.descriptor.compute([atoms], gradients=["positions"]) for t, _, _ in pairs]
+
+    def descriptors():
+        return [t.descriptor.compute([atoms], gradients=["positions"]) for t, _, _ in pairs]
+
+    def kernel_mean():  # energy and local-energy rows, the force mean
+        for (t, z, a), res in zip(pairs, results):
+            functional_rows(t.kernel, res, z, energy=True, forces=False, virial=False,
+                            local=True)
+            derivative_means(t.kernel, z, a, res, True, False)
+
+    def force_rows():
+        return torch.cat([functional_rows(t.kernel, res, z, energy=False, forces=True,
+                                          virial=False)["forces"]
+                          for (t, z, _), res in zip(pairs, results)], dim=-1)
+
+    rows = force_rows().reshape(3 * n_atoms, -1)
+    e_rows = torch.cat([functional_rows(t.kernel, res, z, energy=True, forces=False,
+                                        virial=False)["energy"]
+                        for (t, z, _), res in zip(pairs, results)], dim=1)
+    prior_f = prior_force_variances(model.terms_, results, n_atoms).reshape(-1)
+
+    def energy_variances():
+        prior_e, _ = prior_energy_variances(model.terms_, results, 1, n_atoms)
+        return dtc_variance(e_rows, prior_e, model.R_, model.U_)
+
+    stages = {"descriptors": descriptors, "kernel E+F": kernel_mean,
+              "energy variances": energy_variances, "force rows": force_rows,
+              "prior force variances": lambda: prior_force_variances(model.terms_, results,
+                                                                     n_atoms),
+              "force-variance solves": lambda: dtc_variance(rows, prior_f, model.R_,
+                                                            model.U_)}
+    with torch.no_grad():
+        timed = time_interleaved(stages, repeats)
+    return {name: min(cpu) for name, (cpu, _, _, _) in timed.items()}
 
 
 # --------------------------------------------------------------------------- models
@@ -147,8 +211,8 @@ def print_tables(report: dict) -> None:
     def find(system, mode):
         return next((r for r in rows if r["system"] == system and r["mode"] == mode), None)
 
-    print(f"\nms/atom, {report['machine']['threads']} thread(s): best (median) of "
-          f"{report['settings']['repeats']} calls after a warm-up\n")
+    print(f"\nCPU ms/atom, {report['machine']['threads']} thread(s): best (median) of "
+          f"{report['settings']['repeats']} interleaved calls after a warm-up\n")
     header = f"{'system':<18}{'atoms':>6}" + "".join(f"{MODE_TITLES[m]:>19}" for m in MODES)
     print(header)
     print("-" * len(header))
@@ -168,6 +232,16 @@ def print_tables(report: dict) -> None:
             v = e.get("best_ms_per_atom") if e else None
             cells.append("-" if not base or v is None else f"{v / base:.2f}")
         print(f"{system:<18}" + "".join(f"{c:>10}" for c in cells[:3]) + f"{cells[3]:>13}")
+    stages = report.get("stages_ms_per_atom") or {}
+    if stages:
+        names = list(next(iter(stages.values())))
+        print("\nStages of (d), CPU ms/atom, each timed alone (best), their sum and (d):\n")
+        print(f"{'system':<18}" + "".join(f"{n:>23}" for n in names)
+              + f"{'sum':>8}{'(d)':>8}")
+        for system, st in stages.items():
+            d = find(system, "d")
+            print(f"{system:<18}" + "".join(f"{st[n]:>23.3f}" for n in names)
+                  + f"{sum(st.values()):>8.3f}{d['best_ms_per_atom']:>8.3f}")
     notes = [f"{r['system']} {r['mode']}: {r['note']}" for r in rows if r.get("note")]
     for note in notes:
         print(f"  note: {note}")
@@ -203,7 +277,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed calls per measurement after a warm-up (default 5; 2 "
                              "with --quick)")
-    parser.add_argument("--exact-max-atoms", type=int, default=64,
+    parser.add_argument("--exact-max-atoms", type=int, default=1000,
                         help="run mode (d), exact force variances, up to this many atoms")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: Si 64 only, 2 repeats, l_max 6 quick fits")
@@ -243,18 +317,15 @@ def main(argv=None) -> dict:
             pot, quip_info = quip_potential(args, settings, train, Path(tmp))
 
         systems = [(f"Si{n} (diamond)", silicon(n)) for n in args.sizes]
-        results, check = [], {}
+        results, check, stages = [], {}, {}
         for system, atoms in systems:
             n_atoms = len(atoms)
             print(f"== {system}: {n_atoms} atoms", flush=True)
-            last = {}
+            fns, notes = {}, {}
             for mode in MODES:
-                entry = {"system": system, "n_atoms": n_atoms, "mode": mode, "note": "",
-                         "times_s": None, "best_ms_per_atom": None, "median_ms_per_atom": None}
                 if mode == "quip":
                     if pot is None:
-                        entry["note"] = quip_info.get("note", "")
-                        results.append(entry)
+                        notes[mode] = quip_info.get("note", "")
                         continue
                     work = atoms.copy()
 
@@ -263,25 +334,36 @@ def main(argv=None) -> dict:
                         return pot.results["energy"], pot.results["forces"].copy()
                 else:
                     if mode == "d" and n_atoms > args.exact_max_atoms:
-                        entry["note"] = f"skipped (> --exact-max-atoms {args.exact_max_atoms})"
-                        results.append(entry)
+                        notes[mode] = f"skipped (> --exact-max-atoms {args.exact_max_atoms})"
                         continue
                     kwargs = MODE_KWARGS[mode]
 
                     def fn(kwargs=kwargs, atoms=atoms):
                         return model.predict([atoms], forces=True, virial=False, **kwargs)
-                try:
-                    times, result = time_call(fn, args.repeats)
-                except Exception as error:  # noqa: BLE001
-                    entry["note"] = f"failed: {type(error).__name__}: {error}".splitlines()[0]
-                else:
-                    entry.update(times_s=times,
-                                 best_ms_per_atom=min(times) / n_atoms * 1e3,
-                                 median_ms_per_atom=statistics.median(times) / n_atoms * 1e3)
-                    last[mode] = result
+                fns[mode] = fn
+            timed = time_interleaved(fns, args.repeats)
+            last = {}
+            for mode in MODES:
+                entry = {"system": system, "n_atoms": n_atoms, "mode": mode,
+                         "note": notes.get(mode, ""), "cpu_s": None, "wall_s": None,
+                         "best_ms_per_atom": None, "median_ms_per_atom": None,
+                         "best_wall_ms_per_atom": None}
+                if mode in timed:
+                    cpu, wall, result, error = timed[mode]
+                    if error is not None:
+                        entry["note"] = error
+                    else:
+                        entry.update(cpu_s=cpu, wall_s=wall,
+                                     best_ms_per_atom=min(cpu) / n_atoms * 1e3,
+                                     median_ms_per_atom=statistics.median(cpu) / n_atoms * 1e3,
+                                     best_wall_ms_per_atom=min(wall) / n_atoms * 1e3)
+                        last[mode] = result
                 results.append(entry)
-                print(f"   {MODE_TITLES[mode]:<18} {fmt_entry(entry):>20} ms/atom  "
+                print(f"   {MODE_TITLES[mode]:<18} {fmt_entry(entry):>20} ms/atom CPU  "
                       f"{entry['note']}", flush=True)
+            if "d" in last:
+                stages[system] = {name: t / n_atoms * 1e3 for name, t in
+                                  stage_times(model, atoms, args.repeats).items()}
             if "a" in last and "quip" in last:
                 e_q, f_q = last["quip"]
                 pa = last["a"]
@@ -299,7 +381,8 @@ def main(argv=None) -> dict:
         "machine": {**machine, "load_average_before": load_before,
                     "load_average_after": load_average()},
         "settings": {**settings, "repeats": args.repeats, "warmup_calls": 1,
-                     "timer": "time.perf_counter", "threads": THREADS,
+                     "timer": "time.process_time (CPU, quoted) and time.perf_counter "
+                              "(wall); modes interleaved", "threads": THREADS,
                      "predict_call": "GAP.predict([atoms], forces=True, virial=False, ...)",
                      "quip_call": "Potential.calculate(atoms, ['energy', 'forces'], "
                                   "all_changes)",
@@ -309,6 +392,7 @@ def main(argv=None) -> dict:
         "models": {"gapkit": model_info, "quip": {**quip_info,
                                                   "quippy_ase": version("quippy-ase")}},
         "results": results,
+        "stages_ms_per_atom": stages,
         "check": check,
     }
     print_tables(report)
