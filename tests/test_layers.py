@@ -28,7 +28,7 @@ LAYERS = [
     ("gapkit.io", "gapkit.export", "gapkit._metatomic_modules", "gapkit.auto"),
     ("gapkit.model",),
     ("gapkit.calculator", "gapkit.ntk", "gapkit.uq", "gapkit.generate", "gapkit.labelling"),
-    ("gapkit.active", "gapkit.testing"),
+    ("gapkit.active", "gapkit.otf", "gapkit.testing"),
     ("gapkit.plot", "gapkit.cli", "gapkit.demo", "gapkit.__main__", "gapkit"),
 ]
 

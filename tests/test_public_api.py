@@ -59,6 +59,7 @@ PUBLIC = {
         "read_model", "to_config", "write_model"],
     "gapkit.active": ["LearningCurve", "active_learning", "compare_strategies",
                       "labels_to_reach"],
+    "gapkit.otf": ["OTFEvent", "OTFRun", "otf_md", "update"],
     "gapkit.ntk": [
         "ACTIVATIONS", "AtomicMLP", "KERNEL_NAMES", "KernelPair", "NTKKernel",
         "PARAMETERIZATIONS", "compare_models", "empirical_ntk", "kernel_alignment",

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DTCSolution", "IncrementalQR", "cholesky_upper", "condition_number", "solve_dtc"]
+__all__ = ["DTCSolution", "IncrementalQR", "cholesky_upper", "condition_number", "fold_dtc",
+           "solve_dtc"]
 
 #: up to this size condition numbers are exact (singular values); beyond, estimated
 EXACT_CONDITION_SIZE = 2000
@@ -174,6 +175,47 @@ def solve_dtc(terms, sparse_sets, frames, observations, *, jitter: float, batch_
                                                    part.n_rows),
                        condition_number(r), condition_number(u) ** 2, part.n_zero,
                        part.violations)
+
+
+@dataclass(frozen=True)
+class FoldedDTC:
+    """A DTC solution with more rows folded in (:func:`fold_dtc`): the new ``alpha`` and
+    ``R``, the change of the log marginal likelihood, the rows added, the exactly zero
+    rows among them and the symmetry violations they carry."""
+
+    alpha: torch.Tensor
+    R: torch.Tensor
+    delta_log_marginal_likelihood: float
+    n_rows: int
+    n_zero_rows: int
+    symmetry_violations: tuple
+
+
+def fold_dtc(terms, sparse_sets, alpha: torch.Tensor, r_factor: torch.Tensor, frames,
+             observations, *, batch_atoms: int, frame_offset: int = 0) -> FoldedDTC:
+    """The DTC fit with the rows of ``observations`` of ``frames`` added, at the same
+    sparse points, kernels and noise: the fit from scratch on the old and the new rows,
+    at O(new rows x M^2) (the streaming QR of the new rows, stacked on ``[R, R alpha]``).
+
+    ``R alpha`` is ``Q^T [Sigma^-1/2 y; 0]`` of the old rows, so the old labels are not
+    needed. The old residual ``r`` is not either: the log marginal likelihood changes by
+    ``-r'^2/2 + sum log R_ii - sum log R'_ii - sum log sigma_new - n_new/2 log 2 pi``,
+    ``r'`` the residual the new rows leave (``r^2`` of the old rows adds to both).
+    """
+    m = r_factor.shape[0]
+    new = _qr_pass(frames, observations, frame_offset, terms, sparse_sets, m, batch_atoms,
+                   False)
+    old = torch.zeros((m + 1, m + 1), dtype=r_factor.dtype)
+    old[:m, :m] = r_factor
+    old[:m, m] = r_factor @ alpha
+    both = _stack_qr(_QRPart(old, 0, 0.0, 0, ()), new)
+    r_new, b, resid = both.aug[:m, :m], both.aug[:m, m], both.aug[m, m]
+    alpha_new = torch.linalg.solve_triangular(r_new, b[:, None], upper=True)[:, 0]
+    logdet = float(torch.log(torch.abs(torch.diagonal(r_factor))).sum()
+                   - torch.log(torch.abs(torch.diagonal(r_new))).sum())
+    delta = (-0.5 * float(resid) ** 2 + logdet - new.sum_log_sigma
+             - 0.5 * new.n_rows * math.log(2.0 * math.pi))
+    return FoldedDTC(alpha_new, r_new, delta, new.n_rows, new.n_zero, new.violations)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,309 @@
+"""On-the-fly learning: MD with a GAP that asks an oracle for labels when it is unsure.
+
+:func:`otf_md` runs any ASE dynamics (Verlet, Langevin, NPT, an optimizer) with a
+:class:`~gapkit.calculator.GAPCalculator` and, every ``interval`` steps, compares the
+largest per-atom force σ of the current frame with ``threshold`` times the model's force
+noise σ_F (``model.noise_.forces``: the threshold is stated in the noise's units). Above
+it, the frame is labelled by the oracle (any ASE calculator: EMT or LJ in tests, DFT in
+practice), its rows are folded into the fitted factors by :func:`update` (the fit from
+scratch on all rows at the same sparse points, at the cost of the new rows), and the
+dynamics go on from the same state with the updated model. ``refit_every`` labels, the
+model is fitted again from scratch on everything labelled, so that new environments
+also get sparse points of their own.
+
+Everything is recorded (:class:`OTFEvent` per check: step, σ, threshold, labelled or
+not, why, the oracle's and the update's seconds), and with ``checkpoint`` (a folder) every
+label is appended to ``labels.xyz`` the moment it is paid for, the dynamics state to
+``state.npz`` and the log to ``log.json``: a run started again with the same
+``checkpoint`` folds the labels already paid for into the model and resumes at the step
+and state it stopped at.
+
+The per-atom σ is the root mean square of the atom's three force-component σ (eV/Å),
+calibrated when the model has a calibration (``GAP()`` defaults), latent otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ase.optimize.optimize import Optimizer
+
+from .calculator import GAPCalculator
+from .data import as_frames
+from .gp.sparse import condition_number, fold_dtc, warn_symmetry
+from .labelling import label
+from .model import clone
+
+__all__ = ["OTFEvent", "OTFRun", "otf_md", "update"]
+
+
+def update(model, frames):
+    """Fold labelled ``frames`` into the fitted ``model``, in place, and return it.
+
+    The result is the fit from scratch on the old and the new rows at the model's sparse
+    points, kernels, noise and e0 (to rounding; tested), computed from the R factor and the
+    weights alone at O(new rows x M^2): the old frames are not needed. The noise, e0, the
+    sparse points and a predictive-variance calibration stay those of the last fit (the
+    calibration's law is applied to the updated latent and prior variances); a refit
+    chooses them again. ``fit_info_["updates"]`` records each update.
+    """
+    model.check_fitted()
+    frames = as_frames(frames, require="update", **model.keys)
+    known = set(model.species_)
+    for i, atoms in enumerate(frames):
+        unknown = sorted(set(int(z) for z in np.unique(atoms.numbers)) - known)
+        if unknown:
+            raise ValueError(f"frame {i} has species {unknown} that the model was not fitted "
+                             f"for (species {sorted(known)}): fit the model again with a "
+                             "frame of each species instead of updating it")
+    data = model.training_data(frames)
+    folded = fold_dtc(model.terms_, model.sparse_sets_, model.alpha_, model.R_, data.frames,
+                      data.observations, batch_atoms=model.batch_atoms)
+    if folded.symmetry_violations:
+        warn_symmetry(folded.symmetry_violations, stacklevel=2)
+    model.alpha_, model.R_ = folded.alpha, folded.R
+    model.log_marginal_likelihood_ = (float(model.log_marginal_likelihood_)
+                                      + folded.delta_log_marginal_likelihood)
+    info = model.fit_info_
+    info["n_frames"] = int(info.get("n_frames", 0)) + len(frames)
+    info["condition_number_R"] = condition_number(folded.R)
+    info["log_marginal_likelihood"] = model.log_marginal_likelihood_
+    info.setdefault("updates", []).append({"n_frames": len(frames), "n_rows": folded.n_rows,
+                                           "n_zero_rows": folded.n_zero_rows})
+    return model
+
+
+@dataclass(frozen=True)
+class OTFEvent:
+    """One check of the on-the-fly run.
+
+    ``step`` (MD steps done), ``sigma_max`` (the largest per-atom force σ, eV/Å),
+    ``threshold`` (eV/Å), ``labelled`` (the oracle was called and the label used),
+    ``reason`` ("sigma above threshold", "below threshold", "oracle failed: ...",
+    "label not finite"), ``oracle_s`` and ``update_s`` (wall seconds; 0 when not called),
+    ``atom`` (the atom with the largest σ)."""
+
+    step: int
+    sigma_max: float
+    threshold: float
+    labelled: bool
+    reason: str
+    oracle_s: float = 0.0
+    update_s: float = 0.0
+    atom: int = -1
+
+
+@dataclass
+class OTFRun:
+    """What :func:`otf_md` did: its ``events``, the ``labels`` it paid for (labelled
+    Atoms, in order), the final ``model`` and ``stopped_reason``."""
+
+    events: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    model: Any = None
+    stopped_reason: str = ""
+    steps: int = 0
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.labels)
+
+    def to_dict(self) -> dict:
+        """JSON-friendly record (without the model and the frames)."""
+        return {"steps": self.steps, "n_labels": self.n_labels,
+                "stopped_reason": self.stopped_reason,
+                "events": [asdict(e) for e in self.events]}
+
+
+def _sigma_per_atom(calc: GAPCalculator) -> np.ndarray:
+    variance = np.asarray(calc.results["forces_variance"], dtype=float)
+    return np.sqrt(np.maximum(variance, 0.0).mean(axis=1))
+
+
+def _finite_label(frame) -> bool:
+    try:
+        energy = frame.get_potential_energy()
+        forces = frame.get_forces()
+    except Exception:  # noqa: BLE001  (no labels at all)
+        return False
+    return bool(np.isfinite(energy) and np.all(np.isfinite(forces)))
+
+
+class _Checkpoint:
+    """``labels.xyz`` (appended per label, extxyz: training data as it is), ``state.npz``
+    (numbers, positions, momenta, cell and step, lossless) and ``log.json`` in a folder."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.labels = self.folder / "labels.xyz"
+        self.state = self.folder / "state.npz"
+        self.log = self.folder / "log.json"
+
+    def read(self):
+        import ase.io
+
+        labels = ase.io.read(self.labels, index=":") if self.labels.exists() else []
+        state = dict(np.load(self.state)) if self.state.exists() else None
+        log = json.loads(self.log.read_text()) if self.log.exists() else {}
+        return labels, state, log
+
+    def add_label(self, frame) -> None:
+        import ase.io
+
+        ase.io.write(self.labels, frame, format="extxyz", append=True)
+
+    def save(self, atoms, run: OTFRun) -> None:
+        tmp = self.folder / "state.tmp.npz"
+        np.savez(tmp, numbers=atoms.numbers, positions=atoms.positions,
+                 momenta=atoms.get_momenta(), cell=np.asarray(atoms.cell),
+                 step=np.array(run.steps))  # lossless: the resumed run is the same run
+        tmp.replace(self.state)  # never a half-written state
+        tmp = self.log.with_suffix(".tmp.json")
+        tmp.write_text(json.dumps(run.to_dict(), indent=1) + "\n")
+        tmp.replace(self.log)
+
+
+def otf_md(model, atoms, dynamics: Callable, oracle, *, steps: int, threshold: float = 2.0,
+           interval: int = 1, refit_every: int | None = None, max_labels: int | None = None,
+           max_consecutive: int = 10, on_oracle_error: str = "skip", checkpoint=None,
+           train=None) -> OTFRun:
+    """Run ``steps`` MD steps of ``atoms`` with ``model``, labelling where it is unsure.
+
+    Parameters
+    ----------
+    model : gapkit.GAP
+        A fitted model; updated in place (refits replace it: the run's ``model``).
+    atoms : ase.Atoms
+        The starting structure (with momenta if the dynamics need them); moved in place.
+    dynamics : callable
+        ``dynamics(atoms)`` returns an ASE dynamics or optimizer on ``atoms``, e.g.
+        ``lambda a: Langevin(a, 1 * units.fs, temperature_K=300, friction=0.02)``.
+    oracle : ASE calculator
+        Labels a frame (energy, forces and, for periodic frames, stress).
+    steps : int
+        MD steps in all (a resumed run counts the steps already done).
+    threshold : float
+        Label when the largest per-atom force σ exceeds ``threshold * model.noise_.forces``.
+    interval : int
+        Steps between checks.
+    refit_every : int, optional
+        After this many labels since the last fit, fit ``clone(model)`` from scratch on
+        ``train`` plus every label (new sparse points, noise and calibration).
+    max_labels : int, optional
+        Stop when this many labels were paid for.
+    max_consecutive : int
+        Warn when this many checks in a row asked for a label (a threshold below what the
+        model can reach labels every step).
+    on_oracle_error : "skip" or "stop"
+        An oracle that raises or returns non-finite labels: the event is recorded and the
+        run goes on without the label ("skip") or stops ("stop").
+    checkpoint : path, optional
+        A folder: labels are appended to ``labels.xyz`` as they are paid for, the state and
+        the log written at each check; a run started with a folder that has them resumes.
+    train : list of ase.Atoms, optional
+        The model's training frames, for ``refit_every``.
+    """
+    if on_oracle_error not in ("skip", "stop"):
+        raise ValueError(f"on_oracle_error must be 'skip' or 'stop', got {on_oracle_error!r}")
+    if interval < 1 or steps < 0:
+        raise ValueError(f"interval must be >= 1 and steps >= 0 (got {interval}, {steps})")
+    if refit_every is not None and train is None:
+        raise ValueError("refit_every needs the model's training frames: pass train=")
+    model.check_fitted()
+    sigma_f = float(model.noise_.forces)
+    if not (threshold > 0 and math.isfinite(threshold)):
+        raise ValueError(f"threshold must be a positive number of noise sigmas, got {threshold}")
+    limit = threshold * sigma_f
+    run = OTFRun(model=model)
+    store = _Checkpoint(checkpoint) if checkpoint is not None else None
+    if store is not None:
+        paid, state, log = store.read()
+        if paid:
+            update(model, paid)
+            run.labels = list(paid)
+        if state is not None:
+            if not np.array_equal(state["numbers"], atoms.numbers):
+                raise ValueError(f"the checkpoint {store.state} holds another system "
+                                 f"({len(state['numbers'])} atoms) than atoms "
+                                 f"({atoms.get_chemical_formula()}): give a new folder")
+            atoms.cell = state["cell"]
+            atoms.positions = state["positions"]
+            atoms.set_momenta(state["momenta"])
+            run.steps = int(state["step"])
+        run.events = [OTFEvent(**e) for e in log.get("events", [])]
+    calc = GAPCalculator(run.model, forces_variance="exact")
+    atoms.calc = calc
+    dyn = dynamics(atoms)
+    consecutive, since_fit = 0, 0
+    run.stopped_reason = "steps done"
+    while run.steps < steps:
+        before = dyn.nsteps
+        converged = dyn.run(steps=min(interval, steps - run.steps))
+        run.steps += dyn.nsteps - before
+        atoms.get_forces()  # results at the current positions (cached when the step did)
+        sigma = _sigma_per_atom(calc)
+        worst = int(np.argmax(sigma))
+        s_max = float(sigma[worst])
+        if s_max <= limit:
+            run.events.append(OTFEvent(run.steps, s_max, limit, False, "below threshold",
+                                       atom=worst))
+            consecutive = 0
+            if isinstance(dyn, Optimizer) and converged:  # a relaxation that is done
+                run.stopped_reason = f"optimizer converged at step {run.steps}"
+                break
+        else:
+            consecutive += 1
+            if consecutive == max_consecutive:
+                warnings.warn(f"{consecutive} checks in a row asked for a label (sigma "
+                              f"{s_max:.3g} > {limit:.3g} eV/Å at step {run.steps}): the "
+                              "threshold may be below what the model can reach; raise it",
+                              UserWarning, stacklevel=2)
+            t0 = time.perf_counter()
+            try:
+                frame = label([atoms], oracle, progress=False)[0]
+                error = None if _finite_label(frame) else "label not finite"
+            except Exception as exc:  # noqa: BLE001  (any oracle failure is recorded)
+                cause = exc.__cause__ or exc  # the oracle's own error, not label()'s wrapper
+                frame, error = None, f"oracle failed: {type(cause).__name__}: {cause}"
+            oracle_s = time.perf_counter() - t0
+            if error is not None:
+                run.events.append(OTFEvent(run.steps, s_max, limit, False, error,
+                                           oracle_s=oracle_s, atom=worst))
+                if on_oracle_error == "stop":
+                    run.stopped_reason = f"step {run.steps}: {error}"
+                    break
+            elif frame is not None:
+                frame.info["otf_step"] = run.steps
+                frame.info["otf_sigma_max"] = s_max
+                if store is not None:
+                    store.add_label(frame)  # paid for: on disk before anything else
+                run.labels.append(frame)
+                since_fit += 1
+                t0 = time.perf_counter()
+                if refit_every is not None and since_fit >= refit_every:
+                    run.model = clone(run.model).fit(list(train) + run.labels)
+                    calc.model = run.model
+                    since_fit = 0
+                else:
+                    update(run.model, [frame])
+                calc.reset()
+                run.events.append(OTFEvent(run.steps, s_max, limit, True,
+                                           "sigma above threshold", oracle_s=oracle_s,
+                                           update_s=time.perf_counter() - t0, atom=worst))
+        if store is not None:
+            store.save(atoms, run)
+        if max_labels is not None and run.n_labels >= max_labels:
+            run.stopped_reason = f"{run.n_labels} labels (max_labels)"
+            break
+    if store is not None:
+        store.save(atoms, run)
+    return run

@@ -1,0 +1,207 @@
+"""Tests of :mod:`gapkit.otf`: folding labelled frames into a fitted GAP (the fit from
+scratch at the same sparse points, to rounding), and MD that labels where it is unsure,
+with EMT as the oracle: events, oracle failures, the warning for a threshold that labels
+every step, and a resumed run that pays no label twice. Units: eV, Å, eV/Å, fs.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from ase import units
+from ase.build import bulk
+from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.emt import EMT
+from ase.md.verlet import VelocityVerlet
+
+from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term
+from gapkit.gp.sparse import solve_dtc
+from gapkit.otf import otf_md, update
+from gapkit.testing import label
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*sparse points requested:UserWarning")
+
+
+def _cells(seeds, rattle=0.05, size=(1, 1, 1), symbol="Cu"):
+    out = []
+    for seed in seeds:
+        atoms = bulk(symbol, "fcc", a=3.61, cubic=True) * size
+        atoms.rattle(rattle, seed=seed)
+        out.append(atoms)
+    return out
+
+
+def _model(train, n_sparse=12):
+    return GAP([Term(SOAP(n_max=3, l_max=2, cutoff=4.0), SOAPKernel(zeta=2),
+                     n_sparse=n_sparse)],
+               noise=NoiseModel(energy=0.002, forces=0.02, virial=0.05), e0={29: 0.0},
+               progress=False).fit(train)
+
+
+@pytest.fixture(scope="module")
+def train():
+    return [label(a, EMT()) for a in _cells(range(4))]
+
+
+def test_update_equals_the_fit_from_scratch_at_the_same_sparse_points(train):
+    more = [label(a, EMT()) for a in _cells(range(10, 13), rattle=0.15)]
+    model = _model(train)
+    before = model.log_marginal_likelihood_
+    update(model, more)
+    everything = list(train) + list(more)
+    data = model.training_data(everything)
+    scratch = solve_dtc(model.terms_, model.sparse_sets_, everything, data.observations,
+                        jitter=model.jitter, batch_atoms=model.batch_atoms)
+    scale = float(scratch.alpha.abs().max())
+    assert float((model.alpha_ - scratch.alpha).abs().max()) <= 1e-9 * scale
+    assert torch.allclose(model.R_, scratch.R, rtol=0, atol=1e-9 * float(scratch.R.abs().max()))
+    assert model.log_marginal_likelihood_ == pytest.approx(scratch.log_marginal_likelihood,
+                                                           rel=1e-9)
+    assert model.log_marginal_likelihood_ != before
+    assert model.fit_info_["n_frames"] == len(everything)
+    assert model.fit_info_["updates"][-1]["n_frames"] == len(more)
+    # and the predictions moved towards the new labels
+    pred = model.predict(more, return_variance=False)
+    old = _model(train).predict(more, return_variance=False)
+    ref = np.concatenate([a.arrays["forces"] for a in more])
+    assert np.abs(pred.forces - ref).mean() < np.abs(old.forces - ref).mean()
+
+
+def test_update_refuses_a_species_the_model_has_not_seen(train):
+    model = _model(train)
+    ag = [label(a, EMT()) for a in _cells([5], symbol="Ag")]
+    with pytest.raises(ValueError, match=r"species \[47\].*fit the model again"):
+        update(model, ag)
+
+
+def _start(seed=0):
+    atoms = _cells([seed], rattle=0.02, size=(2, 1, 1))[0]
+    rng = np.random.default_rng(seed)  # Maxwell-Boltzmann momenta at 600 K
+    masses = atoms.get_masses()[:, None]
+    atoms.set_momenta(rng.normal(size=(len(atoms), 3)) * np.sqrt(masses * units.kB * 600))
+    return atoms
+
+
+def _verlet(atoms):
+    return VelocityVerlet(atoms, timestep=2 * units.fs)
+
+
+def test_md_labels_where_unsure_and_the_labels_are_the_oracles(train):
+    model = _model(train)
+    atoms = _start()
+    run = otf_md(model, atoms, _verlet, EMT(), steps=12, interval=2, threshold=1.0)
+    assert run.steps == 12 and len(run.events) == 6
+    assert run.n_labels >= 1
+    labelled = [e for e in run.events if e.labelled]
+    assert len(labelled) == run.n_labels
+    for event in run.events:
+        assert (event.sigma_max > event.threshold) == event.labelled
+        assert event.threshold == pytest.approx(1.0 * model.noise_.forces)
+    for frame, event in zip(run.labels, labelled):
+        assert frame.info["otf_step"] == event.step
+        ref = frame.copy()
+        ref.calc = EMT()
+        np.testing.assert_allclose(frame.get_forces(), ref.get_forces(), atol=1e-12)
+    # the labels were folded in: the same model as one update with all of them (weights
+    # differ by cond(R) x rounding; the predictions they make do not)
+    again = update(_model(train), run.labels)
+    probe = _cells([77], rattle=0.1, size=(2, 1, 1))
+    a, b = run.model.predict(probe), again.predict(probe)
+    np.testing.assert_allclose(a.forces, b.forces, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(a.forces_variance, b.forces_variance, rtol=1e-6, atol=1e-12)
+    assert not np.allclose(a.forces, _model(train).predict(probe).forces, rtol=0, atol=1e-4)
+    # a high threshold labels nothing
+    quiet = otf_md(_model(train), _start(), _verlet, EMT(), steps=4, threshold=1e6)
+    assert quiet.n_labels == 0 and not any(e.labelled for e in quiet.events)
+
+
+class _Failing(Calculator):
+    implemented_properties = ["energy", "forces", "stress"]
+
+    def __init__(self, nan=False):
+        super().__init__()
+        self.nan = nan
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        if not self.nan:
+            raise RuntimeError("SCF did not converge")
+        n = len(self.atoms)
+        self.results = {"energy": float("nan"), "forces": np.zeros((n, 3)),
+                        "stress": np.zeros(6)}
+
+
+@pytest.mark.parametrize("nan", [False, True])
+def test_a_failing_oracle_is_recorded_and_skipped_or_stops(train, nan):
+    reason = "label not finite" if nan else "oracle failed: RuntimeError: SCF did not"
+    run = otf_md(_model(train), _start(), _verlet, _Failing(nan), steps=4, threshold=1e-6,
+                 max_consecutive=100)
+    assert run.steps == 4 and run.n_labels == 0
+    assert all(e.reason.startswith(reason) and not e.labelled for e in run.events)
+    stop = otf_md(_model(train), _start(), _verlet, _Failing(nan), steps=4, threshold=1e-6,
+                  on_oracle_error="stop")
+    assert stop.steps == 1 and stop.stopped_reason.startswith("step 1: " + reason)
+
+
+def test_a_threshold_that_labels_every_step_warns(train):
+    with pytest.warns(UserWarning, match="3 checks in a row asked for a label"):
+        otf_md(_model(train), _start(), _verlet, EMT(), steps=3, threshold=1e-6,
+               max_consecutive=3)
+
+
+def test_a_resumed_run_pays_no_label_twice_and_continues_the_same_run(train, tmp_path):
+    end = _start()
+    whole = otf_md(_model(train), end, _verlet, EMT(), steps=10, threshold=1.0,
+                   max_consecutive=100)
+    first = otf_md(_model(train), _start(), _verlet, EMT(), steps=6, threshold=1.0,
+                   checkpoint=tmp_path, max_consecutive=100)
+    assert (tmp_path / "labels.xyz").exists() and (tmp_path / "state.npz").exists()
+    assert whole.n_labels > first.n_labels >= 1  # labels before and after the break
+    calls = []
+
+    class Counting(EMT):
+        def calculate(self, *args, **kwargs):
+            calls.append(1)
+            super().calculate(*args, **kwargs)
+
+    atoms = _start()  # the original start: the checkpoint's state replaces it
+    second = otf_md(_model(train), atoms, _verlet, Counting(), steps=10, threshold=1.0,
+                    checkpoint=tmp_path, max_consecutive=100)
+    assert second.steps == 10 and len(second.events) == 10
+    assert second.n_labels == whole.n_labels
+    assert len(calls) == whole.n_labels - first.n_labels  # only the new labels were paid
+    assert [e.step for e in second.events if e.labelled] == \
+        [e.step for e in whole.events if e.labelled]
+    # the labels read back from extxyz carry 8 decimals: the same run to that precision
+    np.testing.assert_allclose(atoms.positions, end.positions, rtol=0, atol=1e-6)
+    e_whole = [e.sigma_max for e in whole.events]
+    e_second = [e.sigma_max for e in second.events]
+    np.testing.assert_allclose(e_second, e_whole, rtol=1e-5)
+
+
+def test_bad_arguments_are_named(train, tmp_path):
+    model = _model(train)
+    with pytest.raises(ValueError, match="on_oracle_error"):
+        otf_md(model, _start(), _verlet, EMT(), steps=1, on_oracle_error="ignore")
+    with pytest.raises(ValueError, match="refit_every needs"):
+        otf_md(model, _start(), _verlet, EMT(), steps=1, refit_every=2)
+    otf_md(model, _start(), _verlet, EMT(), steps=1, threshold=1e6, checkpoint=tmp_path)
+    other = _cells([1], size=(1, 1, 1))[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="another system"):
+            otf_md(model, other, _verlet, EMT(), steps=2, checkpoint=tmp_path)
+
+
+def test_refit_every_fits_again_on_the_training_frames_and_every_label(train):
+    model = _model(train)
+    run = otf_md(model, _start(), _verlet, EMT(), steps=3, threshold=1e-6, refit_every=2,
+                 train=train, max_consecutive=100)
+    assert run.n_labels == 3
+    assert run.model is not model  # a clone fitted from scratch after the second label
+    assert model.fit_info_["n_frames"] == len(train) + 2 - 1  # one update before the refit
+    assert run.model.fit_info_["n_frames"] == len(train) + 3  # refit on 2, updated by 1
+    assert len(run.model.fit_info_["updates"]) == 1
