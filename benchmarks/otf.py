@@ -1,0 +1,154 @@
+"""On-the-fly learning of Cu with EMT as the oracle: labels called, cost per step, and the
+error against the oracle on an independent trajectory, at two temperatures.
+
+A GAP (SOAP n_max 6, l_max 4, cutoff 4.5 Å, ζ 4, 100 CUR points, fixed noise σ_E 1 meV/atom,
+σ_F 0.02 eV/Å) is fitted on four 32-atom fcc cells rattled by 0.05 Å and labelled by EMT.
+Then, per temperature, ``gapkit.otf.otf_md`` runs Langevin MD (2 fs, friction 0.02) for
+``--steps`` steps from a perfect cell, checking every ``--interval`` steps with ``--threshold``
+noise σ. Reported per temperature:
+
+- labels called, and at which steps;
+- CPU ms per MD step of the OTF run (checks, labels and updates included) and of plain MD
+  with the final model (``GAPCalculator(variance=False)``) over the same number of steps;
+- force MAE against EMT on an independent EMT Langevin trajectory at that temperature (every
+  10th of 300 steps, another seed), for the initial and the final model;
+- the incremental update against the fit from scratch on the initial frames and every label
+  at the same sparse points: largest relative difference of the weights and of the
+  predicted forces on the independent trajectory.
+
+Writes ``benchmarks/results/otf.json`` after each temperature. One thread, about a minute.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:  # run from a checkout without installing gapkit
+    sys.path.insert(0, str(HERE.parent))
+
+from _common import base_machine_info  # noqa: E402
+from ase import units  # noqa: E402
+from ase.build import bulk  # noqa: E402
+from ase.calculators.emt import EMT  # noqa: E402
+from ase.md.langevin import Langevin  # noqa: E402
+
+from gapkit import GAP, SOAP, GAPCalculator, NoiseModel, SOAPKernel, Term  # noqa: E402
+from gapkit.gp.sparse import solve_dtc  # noqa: E402
+from gapkit.otf import otf_md  # noqa: E402
+from gapkit.testing import label  # noqa: E402
+
+RESULTS = HERE / "results" / "otf.json"
+
+
+def cell(rattle: float, seed: int):
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    if rattle:
+        atoms.rattle(rattle, seed=seed)
+    return atoms
+
+
+def langevin(temperature: float, seed: int):
+    def make(atoms):
+        return Langevin(atoms, 2 * units.fs, temperature_K=temperature, friction=0.02,
+                        rng=np.random.default_rng(seed))
+    return make
+
+
+def fresh_model(train):
+    return GAP([Term(SOAP(n_max=6, l_max=4, cutoff=4.5), SOAPKernel(zeta=4), n_sparse=100)],
+               noise=NoiseModel(energy=0.001, forces=0.02, virial=0.05, per_atom=True),
+               e0={29: 0.0}, progress=False).fit(train)
+
+
+def reference_trajectory(temperature: float, seed: int, steps: int = 300):
+    atoms = cell(0.0, 0)
+    atoms.calc = EMT()
+    dyn = langevin(temperature, seed)(atoms)
+    frames = []
+    for _ in range(steps // 10):
+        dyn.run(10)
+        frame = atoms.copy()
+        frames.append(label(frame, EMT()))
+    return frames
+
+
+def force_mae(model, frames) -> float:
+    pred = model.predict(frames, return_variance=False)
+    ref = np.concatenate([a.arrays["forces"] for a in frames])
+    return float(np.abs(pred.forces - ref).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 900.0])
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--interval", type=int, default=5)
+    ap.add_argument("--threshold", type=float, default=2.0)
+    ap.add_argument("--output", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    train = [label(cell(0.05, s), EMT()) for s in range(4)]
+    out = {"machine": base_machine_info(), "settings": vars(args) | {"output": None},
+           "runs": {}}
+    print(f"{'T (K)':>6} {'labels':>7} {'OTF ms/step':>12} {'plain ms/step':>14} "
+          f"{'F MAE before':>13} {'after':>8} {'update vs scratch':>18}")
+    for temperature in args.temperatures:
+        model = fresh_model(train)
+        test = reference_trajectory(temperature, seed=1000 + int(temperature))
+        before = force_mae(model, test)
+        atoms = cell(0.0, 0)
+        cpu = time.process_time()
+        run = otf_md(model, atoms, langevin(temperature, 7), EMT(), steps=args.steps,
+                     interval=args.interval, threshold=args.threshold, max_consecutive=10**6)
+        otf_ms = (time.process_time() - cpu) / args.steps * 1e3
+        plain = cell(0.0, 0)
+        plain.calc = GAPCalculator(run.model, variance=False)
+        dyn = langevin(temperature, 7)(plain)
+        cpu = time.process_time()
+        dyn.run(args.steps)
+        plain_ms = (time.process_time() - cpu) / args.steps * 1e3
+        after = force_mae(run.model, test)
+        everything = list(train) + list(run.labels)
+        data = run.model.training_data(everything)
+        scratch = solve_dtc(run.model.terms_, run.model.sparse_sets_, everything,
+                            data.observations, jitter=run.model.jitter,
+                            batch_atoms=run.model.batch_atoms)
+        alpha_rel = float((run.model.alpha_ - scratch.alpha).abs().max()
+                          / scratch.alpha.abs().max())
+        from_scratch = copy.deepcopy(run.model)  # its sparse points, the fit from scratch
+        from_scratch.alpha_, from_scratch.R_ = scratch.alpha, scratch.R
+        f_a = run.model.predict(test, return_variance=False).forces
+        f_b = from_scratch.predict(test, return_variance=False).forces
+        force_rel = float(np.abs(f_a - f_b).max() / np.abs(f_b).max())
+        row = {"labels": run.n_labels,
+               "label_steps": [e.step for e in run.events if e.labelled],
+               "otf_cpu_ms_per_step": otf_ms, "plain_cpu_ms_per_step": plain_ms,
+               "force_mae_before": before, "force_mae_after": after,
+               "update_vs_scratch_alpha_rel": alpha_rel,
+               "update_vs_scratch_forces_rel": force_rel,
+               "sigma_max_last": run.events[-1].sigma_max if run.events else None,
+               "threshold_eV_per_A": args.threshold * model.noise_.forces}
+        out["runs"][str(temperature)] = row
+        print(f"{temperature:>6.0f} {run.n_labels:>7} {otf_ms:>12.1f} {plain_ms:>14.1f} "
+              f"{before:>13.4f} {after:>8.4f} {max(alpha_rel, force_rel):>18.1e}", flush=True)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"written {args.output}")
+
+
+if __name__ == "__main__":
+    main()
