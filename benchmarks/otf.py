@@ -14,7 +14,8 @@ noise σ. Reported per temperature:
   10th of 300 steps, another seed), for the initial and the final model;
 - the incremental update against the fit from scratch on the initial frames and every label
   at the same sparse points: largest relative difference of the weights and of the
-  predicted forces on the independent trajectory.
+  predicted forces on the independent trajectory (after the last refit, with
+  ``--refit-every K``: a fit from scratch with new sparse points after every K labels).
 
 Writes ``benchmarks/results/otf.json`` after each temperature. One thread, about a minute.
 """
@@ -98,6 +99,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--interval", type=int, default=5)
     ap.add_argument("--threshold", type=float, default=2.0)
+    ap.add_argument("--refit-every", type=int, default=None,
+                    help="fit from scratch (new sparse points) after this many labels")
     ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -113,7 +116,8 @@ def main() -> None:
         atoms = cell(0.0, 0)
         cpu = time.process_time()
         run = otf_md(model, atoms, langevin(temperature, 7), EMT(), steps=args.steps,
-                     interval=args.interval, threshold=args.threshold, max_consecutive=10**6)
+                     interval=args.interval, threshold=args.threshold, max_consecutive=10**6,
+                     refit_every=args.refit_every, train=train)
         otf_ms = (time.process_time() - cpu) / args.steps * 1e3
         plain = cell(0.0, 0)
         plain.calc = GAPCalculator(run.model, variance=False)
