@@ -213,6 +213,10 @@ def otf_md(model, atoms, dynamics: Callable, oracle, *, steps: int, threshold: f
         the log written at each check; a run started with a folder that has them resumes.
     train : list of ase.Atoms, optional
         The model's training frames, for ``refit_every``.
+
+    A resumed run folds the labels already paid for into ``model`` by :func:`update` (a
+    refit comes again after ``refit_every`` new labels). A relaxation stops when the
+    optimizer has converged at a check that labels nothing, or takes no step.
     """
     if on_oracle_error not in ("skip", "stop"):
         raise ValueError(f"on_oracle_error must be 'skip' or 'stop', got {on_oracle_error!r}")
@@ -248,9 +252,10 @@ def otf_md(model, atoms, dynamics: Callable, oracle, *, steps: int, threshold: f
     consecutive, since_fit = 0, 0
     run.stopped_reason = "steps done"
     while run.steps < steps:
-        before = dyn.nsteps
+        before, n_labels = dyn.nsteps, run.n_labels
         converged = dyn.run(steps=min(interval, steps - run.steps))
         run.steps += dyn.nsteps - before
+        stalled = dyn.nsteps == before  # a converged optimizer: no step was taken
         sigma = _sigma_per_atom(calc, atoms)
         worst = int(np.argmax(sigma))
         s_max = float(sigma[worst])
@@ -304,6 +309,9 @@ def otf_md(model, atoms, dynamics: Callable, oracle, *, steps: int, threshold: f
             store.save(atoms, run)
         if max_labels is not None and run.n_labels >= max_labels:
             run.stopped_reason = f"{run.n_labels} labels (max_labels)"
+            break
+        if stalled and run.n_labels == n_labels:  # nothing changed: the next check neither
+            run.stopped_reason = f"no step taken at step {run.steps} and no label added"
             break
     if store is not None:
         store.save(atoms, run)

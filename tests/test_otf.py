@@ -205,3 +205,20 @@ def test_refit_every_fits_again_on_the_training_frames_and_every_label(train):
     assert model.fit_info_["n_frames"] == len(train) + 2 - 1  # one update before the refit
     assert run.model.fit_info_["n_frames"] == len(train) + 3  # refit on 2, updated by 1
     assert len(run.model.fit_info_["updates"]) == 1
+
+
+def test_a_relaxation_stops_when_converged_or_stalled(train):
+    from ase.optimize import BFGS
+
+    run = otf_md(_model(train), _cells([3], rattle=0.05)[0], BFGS, EMT(), steps=200,
+                 threshold=1e6)
+    assert run.stopped_reason.startswith("optimizer converged") and run.steps < 200
+    # an oracle that always fails where the optimizer takes no step: no endless loop
+
+    class Done(BFGS):
+        def converged(self, *args, **kwargs):
+            return True
+
+    stuck = otf_md(_model(train), _cells([3], rattle=0.05)[0], Done, _Failing(), steps=200,
+                   threshold=1e-6, max_consecutive=10**6)
+    assert stuck.stopped_reason.startswith("no step taken") and stuck.n_labels == 0
