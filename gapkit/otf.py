@@ -7,9 +7,11 @@ noise σ_F (``model.noise_.forces``: the threshold is stated in the noise's unit
 it, the frame is labelled by the oracle (any ASE calculator: EMT or LJ in tests, DFT in
 practice), its rows are folded into the fitted factors by :func:`update` (the fit from
 scratch on all rows at the same sparse points, at the cost of the new rows), and the
-dynamics go on from the same state with the updated model. ``refit_every`` labels, the
-model is fitted again from scratch on everything labelled, so that new environments
-also get sparse points of their own.
+dynamics go on from the same state with the updated model. With the training frames
+(``train``), the labelled frame's most uncertain environments then become sparse points by
+:func:`add_sparse_points` (their columns added to the fit, not a refit: ``new_points``).
+``refit_every`` labels, the model is fitted again from scratch on everything labelled
+(new noise, calibration and choice of sparse points).
 
 Everything is recorded (:class:`OTFEvent` per check: step, σ, threshold, labelled or
 not, why, the oracle's and the update's seconds), and with ``checkpoint`` (a folder) every
@@ -33,16 +35,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from ase.optimize.optimize import Optimizer
 
 from .calculator import GAPCalculator
 from .data import as_frames
-from .gp.sparse import condition_number, fold_dtc, warn_symmetry
+from .gp.design import SparseSet, type_mask
+from .gp.sparse import StoredRows, condition_number, extend_dtc, fold_dtc, warn_symmetry
 from .labelling import label
 from .model import clone
 
-__all__ = ["OTFEvent", "OTFRun", "otf_md", "update"]
+__all__ = ["OTFEvent", "OTFRun", "add_sparse_points", "otf_md", "update"]
 
 
 def update(model, frames):
@@ -86,6 +90,95 @@ def _fold(model, frames, *, condition: bool):
     info.setdefault("updates", []).append({"n_frames": len(frames), "n_rows": folded.n_rows,
                                            "n_zero_rows": folded.n_zero_rows})
     return model
+
+
+#: an environment whose prior variance, given the sparse points, is below this fraction of
+#: its prior variance (or below 10 x the fit's absolute jitter) is (nearly) one of them: it
+#: is not added (near-crystalline environments differ by 1e-7 to 1e-6 of it, and count)
+DISTINCT_TOL = 1e-7
+
+
+def _distinct_environments(model, atoms, indices) -> list[SparseSet]:
+    """Per term, the environments of ``atoms`` centred on ``indices`` (in that order) that
+    are not (nearly) combinations of the term's sparse points or of the ones taken before
+    them: a pivoted Cholesky of their prior covariance given the sparse points, which keeps
+    an environment when its conditional variance exceeds :data:`DISTINCT_TOL` of its own
+    and 10 x the jitter."""
+    out, start = [], 0
+    for term, sparse in zip(model.terms_, model.sparse_sets_):
+        res = term.descriptor.compute([atoms])
+        rank: dict[int, int] = {}
+        for i in indices:  # the first place of each atom
+            rank.setdefault(int(i), len(rank))
+        rows = [j for j, a in enumerate(res.centre_atom) if int(a) in rank]
+        rows.sort(key=lambda j: rank[int(res.centre_atom[j])])
+        x = torch.as_tensor(np.asarray(res.values, dtype=np.float64)[rows])
+        types = torch.as_tensor(np.asarray(res.centre_types, dtype=np.int64)[rows])
+        u = model.U_[start:start + sparse.n, start:start + sparse.n].to(x.dtype)
+        start += sparse.n
+        with torch.no_grad():
+            k_sx = (term.kernel.value(sparse.points, x)
+                    * type_mask(sparse.types, types, x.dtype)).detach()
+            k_xx = (term.kernel.value(x, x) * type_mask(types, types, x.dtype)).detach()
+        v = torch.linalg.solve_triangular(u.T, k_sx, upper=False) if sparse.n else k_sx[:0]
+        cond = k_xx + model.jitter_absolute_ * torch.eye(len(rows), dtype=x.dtype) - v.T @ v
+        taken: list[int] = []
+        factor = torch.zeros((0, len(rows)), dtype=x.dtype)
+        for i in range(len(rows)):
+            rest = float(cond[i, i] - (factor[:, i] ** 2).sum())
+            if rest > max(DISTINCT_TOL * float(k_xx[i, i]), 10 * model.jitter_absolute_):
+                col = (cond[i] - factor.T @ factor[:, i]) / math.sqrt(rest)
+                factor = torch.cat([factor, col[None]])
+                taken.append(i)
+        out.append(SparseSet(x[taken], types[taken], None))
+    return out
+
+
+def add_sparse_points(model, frames, atoms, indices) -> list[int]:
+    """Add the environments of ``atoms`` centred on the atoms ``indices`` as sparse points
+    of every term, in place, and return the number added per term.
+
+    The result is the fit on ``frames`` at the old and the new sparse points with the
+    model's kernels, noise, e0 and absolute jitter (:func:`gapkit.gp.sparse.extend_dtc`;
+    equal to the fit from scratch at those settings to rounding, tested): no noise
+    learning, no new choice of the other sparse points. ``frames`` must be every frame the
+    model holds: its training frames and every frame an :func:`update` folded in (``atoms``
+    itself only when it was). An environment that is (nearly) a combination of the sparse
+    points or of one taken before it is skipped (:data:`DISTINCT_TOL`); the calibration
+    stays. :func:`otf_md` keeps the design rows in memory, so that only the new columns'
+    kernels are computed.
+    """
+    return _extend(model, frames, atoms, indices, None)[0]
+
+
+def _extend(model, frames, atoms, indices, stored):
+    """:func:`add_sparse_points` with the stored rows (or None): ``(counts, stored)``."""
+    model.check_fitted()
+    frames = as_frames(frames, require="add_sparse_points", **model.keys)
+    held = int(model.fit_info_.get("n_frames", len(frames)))
+    if len(frames) != held:
+        raise ValueError(f"add_sparse_points needs every frame the model holds ({held}: its "
+                         f"training frames and the updates'), got {len(frames)}: pass "
+                         "train + every frame given to update()")
+    indices = [int(i) for i in np.atleast_1d(indices)]
+    if any(i < 0 or i >= len(atoms) for i in indices):
+        raise ValueError(f"indices {indices} are not atoms of the {len(atoms)}-atom frame")
+    added = _distinct_environments(model, atoms, indices)
+    counts = [a.n for a in added]
+    if sum(counts) == 0:
+        return counts, stored
+    data = model.training_data(frames)
+    ext = extend_dtc(model.terms_, model.sparse_sets_, added, model.jitter_absolute_,
+                     data.frames, data.observations, batch_atoms=model.batch_atoms,
+                     stored=stored)
+    model.sparse_sets_, model.alpha_, model.R_, model.U_ = (ext.sparse_sets, ext.alpha,
+                                                            ext.R, ext.U)
+    model.log_marginal_likelihood_ = ext.log_marginal_likelihood
+    info = model.fit_info_
+    info["n_sparse"] = [s.n for s in ext.sparse_sets]
+    info["log_marginal_likelihood"] = model.log_marginal_likelihood_
+    info.setdefault("updates", []).append({"n_sparse_added": counts})
+    return counts, ext.stored
 
 
 @dataclass(frozen=True)
@@ -146,6 +239,42 @@ def _finite_label(frame) -> bool:
     return bool(np.isfinite(energy) and np.all(np.isfinite(forces)))
 
 
+class _Columns:
+    """The sparse points an OTF run adds, by :func:`_extend`, with the design rows of
+    every frame the model holds kept in memory (so that only new columns are computed)
+    while they take under a quarter of it."""
+
+    def __init__(self, train, new_points: int):
+        self.train = [] if train is None else list(train)
+        self.new_points = new_points
+        self.stored: StoredRows | None = None
+
+    def add(self, model, labels, frame, atoms, *, new_rows: bool = True) -> None:
+        """After ``frame`` (one of ``labels``) was folded into ``model``: its rows to the
+        stored rows (unless not ``new_rows``: a resumed run's labels, all folded before),
+        and the environments of ``atoms`` as sparse points."""
+        from .gp.design import usable_memory
+        from .gp.sparse import stored_rows
+
+        if not self.new_points:
+            return
+        atoms = np.atleast_1d(np.asarray(atoms, dtype=np.int64))
+        frames = self.train + list(labels)
+        if self.stored is not None and new_rows:
+            data = model.training_data([frame])
+            self.stored.append(stored_rows(model.terms_, model.sparse_sets_, data.frames,
+                                           data.observations, batch_atoms=model.batch_atoms))
+        if atoms.size == 0:
+            return
+        if self.stored is None:
+            data = model.training_data(frames)
+            size = 8 * data.observations.y.size * (sum(model.fit_info_["n_sparse"]) + 1)
+            if size < usable_memory() // 4:
+                self.stored = stored_rows(model.terms_, model.sparse_sets_, data.frames,
+                                          data.observations, batch_atoms=model.batch_atoms)
+        self.stored = _extend(model, frames, frame, atoms, self.stored)[1]
+
+
 class _Checkpoint:
     """``labels.xyz`` (appended per label, extxyz: training data as it is), ``state.npz``
     (numbers, positions, momenta, cell and step, lossless) and ``log.json`` in a folder."""
@@ -184,7 +313,7 @@ class _Checkpoint:
 def otf_md(model, atoms, dynamics: Callable, oracle, *, steps: int, threshold: float = 2.0,
            interval: int = 1, refit_every: int | None = None, max_labels: int | None = None,
            max_consecutive: int = 10, on_oracle_error: str = "skip", checkpoint=None,
-           train=None) -> OTFRun:
+           train=None, new_points: int | None = None) -> OTFRun:
     """Run ``steps`` MD steps of ``atoms`` with ``model``, labelling where it is unsure.
 
     Parameters
@@ -219,10 +348,18 @@ def otf_md(model, atoms, dynamics: Callable, oracle, *, steps: int, threshold: f
         A folder: labels are appended to ``labels.xyz`` as they are paid for, the state and
         the log written at each check; a run started with a folder that has them resumes.
     train : list of ase.Atoms, optional
-        The model's training frames, for ``refit_every``.
+        The model's training frames, for ``refit_every`` and ``new_points``.
+    new_points : int, optional
+        After each label, up to this many of its atoms whose σ exceeds the threshold (the
+        most uncertain first) give every term a sparse point (:func:`add_sparse_points`:
+        the environments that carry the uncertainty join the model by a column update,
+        the design rows kept in memory while they take under a quarter of it; near
+        duplicates of the sparse points are skipped). Default 4 with ``train``, 0 (the
+        labels' rows folded in, the sparse points kept) without; it needs ``train``.
 
-    A resumed run folds the labels already paid for into ``model`` by :func:`update` (a
-    refit comes again after ``refit_every`` new labels). A relaxation stops when the
+    A resumed run folds the labels already paid for into ``model`` by :func:`update` and
+    adds the sparse points they gave (each label's ``info["otf_sparse_atoms"]``); a refit
+    comes again after ``refit_every`` new labels. A relaxation stops when the
     optimizer has converged at a check that labels nothing, or takes no step.
     """
     if on_oracle_error not in ("skip", "stop"):
@@ -231,6 +368,12 @@ def otf_md(model, atoms, dynamics: Callable, oracle, *, steps: int, threshold: f
         raise ValueError(f"interval must be >= 1 and steps >= 0 (got {interval}, {steps})")
     if refit_every is not None and train is None:
         raise ValueError("refit_every needs the model's training frames: pass train=")
+    if new_points is None:
+        new_points = 0 if train is None else 4
+    if new_points < 0 or (new_points and train is None):
+        raise ValueError(f"new_points={new_points} needs the model's training frames (pass "
+                         "train=) and must be >= 0; new_points=0 keeps the sparse points")
+    columns = _Columns(train, new_points)
     model.check_fitted()
     sigma_f = float(model.noise_.forces)
     if not (threshold > 0 and math.isfinite(threshold)):
@@ -243,6 +386,10 @@ def otf_md(model, atoms, dynamics: Callable, oracle, *, steps: int, threshold: f
         if paid:
             _fold(model, paid, condition=False)
             run.labels = list(paid)
+            for frame in paid:
+                columns.add(model, run.labels, frame,
+                            frame.info.get("otf_sparse_atoms", np.zeros(0, dtype=int)),
+                            new_rows=False)
         if state is not None:
             if not np.array_equal(state["numbers"], atoms.numbers):
                 raise ValueError(f"the checkpoint {store.state} holds another system "
@@ -297,6 +444,10 @@ def otf_md(model, atoms, dynamics: Callable, oracle, *, steps: int, threshold: f
             elif frame is not None:
                 frame.info["otf_step"] = run.steps
                 frame.info["otf_sigma_max"] = s_max
+                unsure = np.argsort(-sigma)[:new_points]
+                unsure = unsure[sigma[unsure] > limit]
+                if unsure.size:
+                    frame.info["otf_sparse_atoms"] = unsure.astype(np.int64)
                 if store is not None:
                     store.add_label(frame)  # paid for: on disk before anything else
                 run.labels.append(frame)
@@ -309,8 +460,10 @@ def otf_md(model, atoms, dynamics: Callable, oracle, *, steps: int, threshold: f
                     run.model = clone(run.model).fit(list(train) + run.labels)
                     calc.model = run.model
                     since_fit = 0
+                    columns.stored = None  # other sparse points: the rows again when needed
                 else:
                     _fold(run.model, [frame], condition=False)
+                    columns.add(run.model, run.labels, frame, unsure)
                 calc.reset()
                 run.events.append(OTFEvent(run.steps, s_max, limit, True,
                                            "sigma above threshold", oracle_s=oracle_s,

@@ -18,8 +18,8 @@ from ase.calculators.emt import EMT
 from ase.md.verlet import VelocityVerlet
 
 from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term
-from gapkit.gp.sparse import solve_dtc
-from gapkit.otf import otf_md, update
+from gapkit.gp.sparse import solve_dtc, stored_rows
+from gapkit.otf import _extend, add_sparse_points, otf_md, update
 from gapkit.testing import label
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*sparse points requested:UserWarning")
@@ -199,7 +199,7 @@ def test_bad_arguments_are_named(train, tmp_path):
 def test_refit_every_fits_again_on_the_training_frames_and_every_label(train):
     model = _model(train)
     run = otf_md(model, _start(), _verlet, EMT(), steps=3, threshold=1e-6, refit_every=2,
-                 train=train, max_consecutive=100)
+                 train=train, max_consecutive=100, new_points=0)
     assert run.n_labels == 3
     assert run.model is not model  # a clone fitted from scratch after the second label
     assert model.fit_info_["n_frames"] == len(train) + 2 - 1  # one update before the refit
@@ -222,3 +222,79 @@ def test_a_relaxation_stops_when_converged_or_stalled(train):
     stuck = otf_md(_model(train), _cells([3], rattle=0.05)[0], Done, _Failing(), steps=200,
                    threshold=1e-6, max_consecutive=10**6)
     assert stuck.stopped_reason.startswith("no step taken") and stuck.n_labels == 0
+
+
+def _scratch(model, frames):
+    data = model.training_data(frames)
+    return solve_dtc(model.terms_, model.sparse_sets_, frames, data.observations,
+                     jitter=model.jitter, batch_atoms=model.batch_atoms)
+
+
+def _same_fit(model, scratch):
+    scale = float(scratch.alpha.abs().max())
+    assert float((model.alpha_ - scratch.alpha).abs().max()) <= 1e-9 * scale
+    assert float((model.R_ - scratch.R).abs().max()) <= 1e-9 * float(scratch.R.abs().max())
+    assert float((model.U_ - scratch.U).abs().max()) <= 1e-9 * float(scratch.U.abs().max())
+    assert model.log_marginal_likelihood_ == pytest.approx(scratch.log_marginal_likelihood,
+                                                           rel=1e-9)
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_added_sparse_points_give_the_fit_from_scratch_at_those_points(train, in_memory):
+    more = [label(a, EMT()) for a in _cells(range(10, 13), rattle=0.15)]
+    everything = list(train) + list(more)
+    model = update(_model(train), more)
+    n_before = [s.n for s in model.sparse_sets_]
+    if in_memory:  # the old columns kept: only the new ones are computed
+        data = model.training_data(everything)
+        rows = stored_rows(model.terms_, model.sparse_sets_, everything, data.observations,
+                           batch_atoms=model.batch_atoms)
+        counts, rows = _extend(model, everything, more[0], [2, 0, 2], rows)
+        assert rows.rows.shape[1] == sum(s.n for s in model.sparse_sets_)
+    else:
+        counts = add_sparse_points(model, everything, more[0], [2, 0, 2])
+    assert counts == [2]  # atom 2 once: the second is its duplicate
+    assert [s.n for s in model.sparse_sets_] == [n_before[0] + 2]
+    assert model.fit_info_["n_sparse"] == [n_before[0] + 2]
+    points = model.sparse_sets_[0].points[-2:]
+    env = model.terms_[0].descriptor.compute([more[0]]).values
+    np.testing.assert_array_equal(points.numpy(), np.asarray(env)[[2, 0]])
+    _same_fit(model, _scratch(model, everything))
+    # a point that is one of the sparse points already is not added again
+    assert add_sparse_points(model, everything, more[0], [2]) == [0]
+
+
+def test_add_sparse_points_needs_every_frame_the_model_holds(train):
+    model = _model(train)
+    with pytest.raises(ValueError, match=r"every frame the model holds \(4.*got 3"):
+        add_sparse_points(model, train[:3], train[0], [0])
+    with pytest.raises(ValueError, match="not atoms of the 4-atom frame"):
+        add_sparse_points(model, train, train[0], [4])
+
+
+def test_md_adds_the_unsure_environments_as_sparse_points(train, tmp_path):
+    model = _model(train)
+    m0 = sum(s.n for s in model.sparse_sets_)
+    run = otf_md(model, _start(), _verlet, EMT(), steps=6, threshold=1.0, train=train,
+                 new_points=2, max_consecutive=100, checkpoint=tmp_path)
+    assert run.n_labels >= 1
+    added = [len(np.atleast_1d(f.info["otf_sparse_atoms"])) for f in run.labels
+             if "otf_sparse_atoms" in f.info]
+    assert added and all(1 <= k <= 2 for k in added)
+    grown = sum(s.n for s in run.model.sparse_sets_)
+    assert m0 < grown <= m0 + sum(added)
+    for frame in run.labels:  # the environments chosen are the labels' most uncertain
+        chosen = np.atleast_1d(frame.info.get("otf_sparse_atoms", []))
+        assert len(chosen) == len(set(chosen.tolist()))
+    # the run's model is the fit from scratch on every frame at the sparse points it grew
+    _same_fit(run.model, _scratch(run.model, list(train) + run.labels))
+    # a resumed run rebuilds the same model from the checkpoint
+    again = otf_md(_model(train), _start(), _verlet, EMT(), steps=6, threshold=1.0,
+                   train=train, new_points=2, checkpoint=tmp_path)
+    assert again.n_labels == run.n_labels
+    assert [s.n for s in again.model.sparse_sets_] == [s.n for s in run.model.sparse_sets_]
+    probe = _cells([77], rattle=0.1, size=(2, 1, 1))
+    np.testing.assert_allclose(again.model.predict(probe).forces,
+                               run.model.predict(probe).forces, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="new_points=2 needs the model's training frames"):
+        otf_md(_model(train), _start(), _verlet, EMT(), steps=1, new_points=2)
