@@ -15,7 +15,11 @@ noise σ. Reported per temperature:
 - the incremental update against the fit from scratch on the initial frames and every label
   at the same sparse points: largest relative difference of the weights and of the
   predicted forces on the independent trajectory (after the last refit, with
-  ``--refit-every K``: a fit from scratch with new sparse points after every K labels).
+  ``--refit-every K``: a fit from scratch with new sparse points after every K labels);
+- the sparse points the run ended with (``--new-points``: the most uncertain environments
+  of each label join by a column update; 0 keeps the 100 points), and the CPU seconds of
+  one column update of four points from the rows in memory against the fit from scratch
+  at the final sparse points (all rows and columns: what the update replaces).
 
 Writes ``benchmarks/results/otf.json`` after each temperature. One thread, about a minute.
 """
@@ -93,6 +97,22 @@ def force_mae(model, frames) -> float:
     return float(np.abs(pred.forces - ref).mean())
 
 
+def column_update_seconds(model, frames, atoms) -> float:
+    """CPU seconds of adding the environments of four atoms of ``atoms`` to a copy of
+    ``model`` by the column update from the design rows in memory (the rows not timed:
+    an OTF run keeps them)."""
+    from gapkit.gp.sparse import stored_rows
+    from gapkit.otf import _extend
+
+    model = copy.deepcopy(model)
+    data = model.training_data(frames)
+    rows = stored_rows(model.terms_, model.sparse_sets_, frames, data.observations,
+                       batch_atoms=model.batch_atoms)
+    cpu = time.process_time()
+    _extend(model, frames, atoms, [0, 8, 16, 24], rows)
+    return time.process_time() - cpu
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 900.0])
@@ -101,14 +121,17 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=2.0)
     ap.add_argument("--refit-every", type=int, default=None,
                     help="fit from scratch (new sparse points) after this many labels")
+    ap.add_argument("--new-points", type=int, default=4,
+                    help="sparse points per label (column update); 0 keeps them fixed")
     ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(1)
     train = [label(cell(0.05, s), EMT()) for s in range(4)]
     out = {"machine": base_machine_info(), "settings": vars(args) | {"output": None},
            "runs": {}}
-    print(f"{'T (K)':>6} {'labels':>7} {'OTF ms/step':>12} {'plain ms/step':>14} "
-          f"{'F MAE before':>13} {'after':>8} {'update vs scratch':>18}")
+    print(f"{'T (K)':>6} {'labels':>7} {'M':>5} {'OTF ms/step':>12} {'plain ms/step':>14} "
+          f"{'F MAE before':>13} {'after':>8} {'update vs scratch':>18} {'column s':>9} "
+          f"{'fit s':>7}")
     for temperature in args.temperatures:
         model = fresh_model(train)
         test = reference_trajectory(temperature, seed=1000 + int(temperature))
@@ -117,7 +140,7 @@ def main() -> None:
         cpu = time.process_time()
         run = otf_md(model, atoms, langevin(temperature, 7), EMT(), steps=args.steps,
                      interval=args.interval, threshold=args.threshold, max_consecutive=10**6,
-                     refit_every=args.refit_every, train=train)
+                     refit_every=args.refit_every, train=train, new_points=args.new_points)
         otf_ms = (time.process_time() - cpu) / args.steps * 1e3
         plain = cell(0.0, 0)
         plain.calc = GAPCalculator(run.model, variance=False)
@@ -128,9 +151,12 @@ def main() -> None:
         after = force_mae(run.model, test)
         everything = list(train) + list(run.labels)
         data = run.model.training_data(everything)
+        cpu = time.process_time()
         scratch = solve_dtc(run.model.terms_, run.model.sparse_sets_, everything,
                             data.observations, jitter=run.model.jitter,
                             batch_atoms=run.model.batch_atoms)
+        scratch_s = time.process_time() - cpu
+        column_s = column_update_seconds(run.model, everything, test[-1])
         alpha_rel = float((run.model.alpha_ - scratch.alpha).abs().max()
                           / scratch.alpha.abs().max())
         from_scratch = copy.deepcopy(run.model)  # its sparse points, the fit from scratch
@@ -145,10 +171,14 @@ def main() -> None:
                "update_vs_scratch_alpha_rel": alpha_rel,
                "update_vs_scratch_forces_rel": force_rel,
                "sigma_max_last": run.events[-1].sigma_max if run.events else None,
+               "n_sparse": sum(s.n for s in run.model.sparse_sets_),
+               "column_update_cpu_s": column_s, "fit_at_same_points_cpu_s": scratch_s,
                "threshold_eV_per_A": args.threshold * model.noise_.forces}
         out["runs"][str(temperature)] = row
-        print(f"{temperature:>6.0f} {run.n_labels:>7} {otf_ms:>12.1f} {plain_ms:>14.1f} "
-              f"{before:>13.4f} {after:>8.4f} {max(alpha_rel, force_rel):>18.1e}", flush=True)
+        print(f"{temperature:>6.0f} {run.n_labels:>7} {row['n_sparse']:>5} {otf_ms:>12.1f} "
+              f"{plain_ms:>14.1f} {before:>13.4f} {after:>8.4f} "
+              f"{max(alpha_rel, force_rel):>18.1e} {column_s:>9.3f} {scratch_s:>7.3f}",
+              flush=True)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(out, indent=1) + "\n")
     print(f"written {args.output}")
