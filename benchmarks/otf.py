@@ -18,7 +18,8 @@ noise σ. Reported per temperature:
   ``--refit-every K``: a fit from scratch with new sparse points after every K labels);
 - the sparse points the run ended with (``--new-points``: the most uncertain environments
   of each label join by a column update; 0 keeps the 100 points), and the CPU seconds of
-  one column update of four points from the rows in memory against the fit from scratch
+  one column update of four points from the rows and descriptors in memory (as the run
+  keeps them) against the fit from scratch
   at the final sparse points (all rows and columns: what the update replaces).
 
 Writes ``benchmarks/results/otf.json`` after each temperature. One thread, about a minute.
@@ -99,15 +100,15 @@ def force_mae(model, frames) -> float:
 
 def column_update_seconds(model, frames, atoms) -> float:
     """CPU seconds of adding the environments of four atoms of ``atoms`` to a copy of
-    ``model`` by the column update from the design rows in memory (the rows not timed:
-    an OTF run keeps them)."""
+    ``model`` by the column update from the design rows and descriptors in memory (those
+    not timed: an OTF run keeps them)."""
     from gapkit.gp.sparse import stored_rows
     from gapkit.otf import _extend
 
     model = copy.deepcopy(model)
     data = model.training_data(frames)
     rows = stored_rows(model.terms_, model.sparse_sets_, frames, data.observations,
-                       batch_atoms=model.batch_atoms)
+                       batch_atoms=model.batch_atoms, descriptors=True)
     cpu = time.process_time()
     _extend(model, frames, atoms, [0, 8, 16, 24], rows)
     return time.process_time() - cpu

@@ -241,8 +241,9 @@ def _finite_label(frame) -> bool:
 
 class _Columns:
     """The sparse points an OTF run adds, by :func:`_extend`, with the design rows of
-    every frame the model holds kept in memory (so that only new columns are computed)
-    while they take under a quarter of it."""
+    every frame the model holds and their descriptors kept in memory (so that only the
+    kernels of new columns are computed) while they take under a quarter of it (the rows
+    alone when the descriptors do not fit; nothing when the rows do not)."""
 
     def __init__(self, train, new_points: int):
         self.train = [] if train is None else list(train)
@@ -263,7 +264,10 @@ class _Columns:
         if self.stored is not None and new_rows:
             data = model.training_data([frame])
             self.stored.append(stored_rows(model.terms_, model.sparse_sets_, data.frames,
-                                           data.observations, batch_atoms=model.batch_atoms))
+                                           data.observations, batch_atoms=model.batch_atoms,
+                                           descriptors=self.stored.blocks is not None))
+            if self.stored.nbytes > usable_memory() // 4:
+                self.stored.drop_descriptors()
         if atoms.size == 0:
             return
         if self.stored is None:
@@ -271,7 +275,10 @@ class _Columns:
             size = 8 * data.observations.y.size * (sum(model.fit_info_["n_sparse"]) + 1)
             if size < usable_memory() // 4:
                 self.stored = stored_rows(model.terms_, model.sparse_sets_, data.frames,
-                                          data.observations, batch_atoms=model.batch_atoms)
+                                          data.observations, batch_atoms=model.batch_atoms,
+                                          descriptors=True)
+                if self.stored.nbytes > usable_memory() // 4:
+                    self.stored.drop_descriptors()
         self.stored = _extend(model, frames, frame, atoms, self.stored)[1]
 
 

@@ -239,7 +239,7 @@ def _same_fit(model, scratch):
                                                            rel=1e-9)
 
 
-@pytest.mark.parametrize("in_memory", [False, True])
+@pytest.mark.parametrize("in_memory", [None, "rows", "descriptors"])
 def test_added_sparse_points_give_the_fit_from_scratch_at_those_points(train, in_memory):
     more = [label(a, EMT()) for a in _cells(range(10, 13), rattle=0.15)]
     everything = list(train) + list(more)
@@ -248,7 +248,9 @@ def test_added_sparse_points_give_the_fit_from_scratch_at_those_points(train, in
     if in_memory:  # the old columns kept: only the new ones are computed
         data = model.training_data(everything)
         rows = stored_rows(model.terms_, model.sparse_sets_, everything, data.observations,
-                           batch_atoms=model.batch_atoms)
+                           batch_atoms=model.batch_atoms,
+                           descriptors=in_memory == "descriptors")
+        assert (rows.blocks is not None) == (in_memory == "descriptors")
         counts, rows = _extend(model, everything, more[0], [2, 0, 2], rows)
         assert rows.rows.shape[1] == sum(s.n for s in model.sparse_sets_)
     else:

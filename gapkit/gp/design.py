@@ -182,7 +182,8 @@ def gradients_for(observations) -> set:
 
 
 def design_rows(terms, sparse_sets, frames, observations, gradients=None, *,
-                unit: bool = False, results: list | None = None) -> torch.Tensor:
+                unit: bool = False, results: list | None = None,
+                given: list | None = None) -> torch.Tensor:
     """The design-matrix rows ``K_NM`` of ``observations`` of ``frames`` (one block).
 
     Parameters
@@ -198,6 +199,9 @@ def design_rows(terms, sparse_sets, frames, observations, gradients=None, *,
         Unit kernels (``delta = 1``), for the hyper-parameter statistics.
     results : list, optional
         Receives each term's descriptor result (for prior variances of the same block).
+    given : list, optional
+        Each term's descriptor result of ``frames``, computed before (with the gradients
+        the observations need): not computed again.
 
     Returns
     -------
@@ -209,8 +213,8 @@ def design_rows(terms, sparse_sets, frames, observations, gradients=None, *,
     kinds = set(np.unique(observations.kind).tolist())
     offsets = np.concatenate([[0], np.cumsum([len(a) for a in frames])])
     out = []
-    for term, sparse in zip(terms, sparse_sets):
-        res = _descriptors(term, frames, gradients)
+    for i, (term, sparse) in enumerate(zip(terms, sparse_sets)):
+        res = _descriptors(term, frames, gradients) if given is None else given[i]
         if results is not None:
             results.append(res)
         with torch.no_grad():

@@ -222,38 +222,58 @@ def fold_dtc(terms, sparse_sets, alpha: torch.Tensor, r_factor: torch.Tensor, fr
 class StoredRows:
     """The scaled design rows ``Sigma^-1/2 K_NM`` (N x M) and labels ``Sigma^-1/2 y`` (N,)
     of a fit, in memory (:func:`stored_rows`), with the sum of log sigma of those rows:
-    what :func:`extend_dtc` needs to add columns without computing the old ones again."""
+    what :func:`extend_dtc` needs to add columns without computing the old ones again.
+    ``blocks``, when kept: per block of frames, the frames, their observations and each
+    term's descriptor result (with gradients), so that new columns need no descriptor
+    computed again (most of a design row's cost)."""
 
     rows: torch.Tensor
     y: torch.Tensor
     sum_log_sigma: float
+    blocks: list | None = None
 
     @property
     def nbytes(self) -> int:
-        return int(self.rows.numel() + self.y.numel()) * self.rows.element_size()
+        size = int(self.rows.numel() + self.y.numel()) * self.rows.element_size()
+        for _, _, results in self.blocks or []:
+            for res in results:
+                size += sum(a.nbytes for a in vars(res).values() if hasattr(a, "nbytes"))
+        return size
 
     def append(self, other: "StoredRows") -> None:
         """The rows of ``other`` (more frames, the same columns) after these."""
         self.rows = torch.cat([self.rows, other.rows])
         self.y = torch.cat([self.y, other.y])
         self.sum_log_sigma += other.sum_log_sigma
+        if self.blocks is not None:
+            self.blocks = None if other.blocks is None else self.blocks + other.blocks
+
+    def drop_descriptors(self) -> None:
+        self.blocks = None
 
 
-def stored_rows(terms, sparse_sets, frames, observations, *, batch_atoms: int) -> StoredRows:
-    """:class:`StoredRows` of ``observations`` of ``frames`` (memory N x M)."""
+def stored_rows(terms, sparse_sets, frames, observations, *, batch_atoms: int,
+                descriptors: bool = False) -> StoredRows:
+    """:class:`StoredRows` of ``observations`` of ``frames`` (memory N x M), with the
+    descriptor results of every block when ``descriptors``."""
+    from ..descriptors.base import frame_batches
     from .design import design_blocks, gradients_for
 
     m = sum(s.n for s in sparse_sets)
     rows, ys, log_sigma = [torch.zeros((0, m), dtype=torch.float64)], [], 0.0
-    for _, _, block_obs, block in design_blocks(terms, sparse_sets, frames, observations,
-                                                gradients_for(observations),
-                                                batch_atoms=batch_atoms):
+    blocks: list = []
+    stops = dict(frame_batches(frames, batch_atoms))
+    for start, _, block_obs, block, results in design_blocks(
+            terms, sparse_sets, frames, observations, gradients_for(observations),
+            batch_atoms=batch_atoms, with_results=True):
         sigma = torch.as_tensor(block_obs.sigma)
         rows.append(block / sigma[:, None])
         ys.append(torch.as_tensor(block_obs.y) / sigma)
         log_sigma += float(torch.log(sigma).sum())
+        if descriptors:
+            blocks.append((list(frames[start:stops[start]]), block_obs, results))
     y = torch.cat(ys) if ys else torch.zeros(0, dtype=torch.float64)
-    return StoredRows(torch.cat(rows), y, log_sigma)
+    return StoredRows(torch.cat(rows), y, log_sigma, blocks if descriptors else None)
 
 
 @dataclass(frozen=True)
@@ -313,11 +333,20 @@ def extend_dtc(terms, sparse_sets, added, jitter_absolute: float, frames, observ
         part = _qr_pass(frames, observations, 0, terms, combined, u, batch_atoms, False)
         aug, log_sigma, n_rows, new_stored = part.aug, part.sum_log_sigma, part.n_rows, None
     else:
-        extra = stored_rows(terms, added, frames, observations, batch_atoms=batch_atoms)
+        if stored.blocks is None:
+            extra = stored_rows(terms, added, frames, observations,
+                                batch_atoms=batch_atoms).rows
+        else:  # the descriptors kept: only the kernels against the new points
+            from .design import design_rows
+
+            empty = torch.zeros((0, m - sum(s.n for s in sparse_sets)), dtype=torch.float64)
+            extra = torch.cat([empty] + [
+                design_rows(terms, added, block, obs, given=results)
+                / torch.as_tensor(obs.sigma)[:, None] for block, obs, results in stored.blocks])
         rows = torch.empty((stored.rows.shape[0], m), dtype=torch.float64)
         rows[:, torch.cat(old_cols)] = stored.rows
-        rows[:, torch.cat(new_cols)] = extra.rows
-        new_stored = StoredRows(rows, stored.y, stored.sum_log_sigma)
+        rows[:, torch.cat(new_cols)] = extra
+        new_stored = StoredRows(rows, stored.y, stored.sum_log_sigma, stored.blocks)
         aug, step = _augmented(u), max(2 * m, 2048)
         for lo in range(0, rows.shape[0], step):  # the QR of [U, 0; A, y], block by block
             chunk = torch.cat([rows[lo:lo + step], stored.y[lo:lo + step, None]], dim=1)
