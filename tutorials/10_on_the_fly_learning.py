@@ -61,14 +61,6 @@ from gapkit.gp.sparse import solve_dtc
 from gapkit.otf import otf_md
 from gapkit.testing import label
 
-try:  # ASE >= 3.29
-    from ase.md.velocitydistribution import thermalize_momenta
-except ImportError:  # older ASE
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-
-    def thermalize_momenta(atoms, temperature_K, rng=None):
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
-
 # this folder when run as a script; the working directory when opened as a notebook
 _HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 FAST = os.environ.get("GAPKIT_FAST") == "1"
@@ -96,6 +88,14 @@ def cell(rattle=0.0, seed=0):
 
 
 train = [label(cell(0.05, seed), EMT()) for seed in range(2)]
+
+
+def maxwell_boltzmann(atoms, temperature, seed):
+    """Momenta drawn from the Maxwell-Boltzmann distribution: each component normal with
+    variance m k_B T."""
+    masses = atoms.get_masses()[:, None]
+    noise = np.random.default_rng(seed).normal(size=(len(atoms), 3))
+    atoms.set_momenta(noise * np.sqrt(masses * units.kB * temperature))
 
 
 def fresh_model():
@@ -141,8 +141,7 @@ def dynamics(atoms):
 
 shutil.rmtree(OUT / "checkpoint", ignore_errors=True)  # this tutorial's own: a fresh run
 start = cell()  # the perfect crystal with Maxwell-Boltzmann velocities at 2 x 900 K: half
-thermalize_momenta(start, temperature_K=2 * TEMPERATURE,  # goes into potential energy
-                   rng=np.random.default_rng(3))          # at once
+maxwell_boltzmann(start, 2 * TEMPERATURE, seed=3)  # goes into potential energy at once
 t0 = time.process_time()
 run = otf_md(model, start, dynamics, EMT(), steps=STEPS, interval=5, threshold=2.0,
              train=train, new_points=4, checkpoint=OUT / "checkpoint")
@@ -220,7 +219,7 @@ save(fig, OUT / "sigma_labels_error.png")
 
 # %%
 ref = cell()  # started as the run was, another seed
-thermalize_momenta(ref, temperature_K=2 * TEMPERATURE, rng=np.random.default_rng(4))
+maxwell_boltzmann(ref, 2 * TEMPERATURE, seed=4)
 ref.calc = EMT()
 ref_dyn = Langevin(ref, 2 * units.fs, temperature_K=TEMPERATURE, friction=0.02, fixcm=False,
                    rng=np.random.default_rng(1900))
