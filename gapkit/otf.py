@@ -43,7 +43,7 @@ from .calculator import GAPCalculator
 from .data import as_frames
 from .gp.design import SparseSet, type_mask
 from .gp.sparse import StoredRows, condition_number, extend_dtc, fold_dtc, warn_symmetry
-from .labelling import label
+from .labelling import LABELLER_KEYS, check_consistent, label, labeller_record
 from .model import clone
 
 __all__ = ["OTFEvent", "OTFRun", "add_sparse_points", "otf_md", "update"]
@@ -239,6 +239,26 @@ def _finite_label(frame) -> bool:
     return bool(np.isfinite(energy) and np.all(np.isfinite(forces)))
 
 
+def _check_oracle(oracle, frames, what: str) -> None:
+    """Refuse an ``oracle`` whose labeller record (:func:`gapkit.generate.labeller_record`:
+    class and every setting) differs from that of ``frames`` labelled by
+    :func:`gapkit.generate.label`: its labels would mix levels of theory in one model.
+    Frames without a record (read from a DFT file) are not checked."""
+    recorded = [a for a in frames if all(key in a.info for key in LABELLER_KEYS)]
+    if not recorded:
+        return
+    reference = check_consistent(recorded)
+    name, settings = labeller_record(oracle)
+    mine = {"labeller": name, "labeller_settings": settings, "energy_property": "energy"}
+    for key in LABELLER_KEYS:
+        if reference[key] != mine[key]:
+            raise ValueError(
+                f"the oracle ({name}) is not the level of theory of {what}: they have "
+                f"{key}={reference[key]!r}, the oracle gives {mine[key]!r}; its labels would "
+                f"mix levels of theory in one model. Use the calculator (and settings) that "
+                f"labelled {what}, or relabel them with gapkit.generate.label and fit again")
+
+
 class _Columns:
     """The sparse points an OTF run adds, by :func:`_extend`, with the design rows of
     every frame the model holds and their descriptors kept in memory (so that only the
@@ -355,7 +375,10 @@ def otf_md(model, atoms, dynamics: Callable, oracle, *, steps: int, threshold: f
         A folder: labels are appended to ``labels.xyz`` as they are paid for, the state and
         the log written at each check; a run started with a folder that has them resumes.
     train : list of ase.Atoms, optional
-        The model's training frames, for ``refit_every`` and ``new_points``.
+        The model's training frames, for ``refit_every`` and ``new_points``. Those
+        labelled by :func:`gapkit.generate.label` (and the labels of a checkpoint) must
+        have the oracle's level of theory: its class and every setting (ValueError
+        otherwise, naming the difference).
     new_points : int, optional
         After each label, up to this many of its atoms whose σ exceeds the threshold (the
         most uncertain first) give every term a sparse point (:func:`add_sparse_points`:
@@ -381,6 +404,8 @@ def otf_md(model, atoms, dynamics: Callable, oracle, *, steps: int, threshold: f
         raise ValueError(f"new_points={new_points} needs the model's training frames (pass "
                          "train=) and must be >= 0; new_points=0 keeps the sparse points")
     columns = _Columns(train, new_points)
+    if train is not None:
+        _check_oracle(oracle, train, "the training frames (train=)")
     model.check_fitted()
     sigma_f = float(model.noise_.forces)
     if not (threshold > 0 and math.isfinite(threshold)):
@@ -391,6 +416,7 @@ def otf_md(model, atoms, dynamics: Callable, oracle, *, steps: int, threshold: f
     if store is not None:
         paid, state, log = store.read()
         if paid:
+            _check_oracle(oracle, paid, f"the labels in {store.labels}")
             _fold(model, paid, condition=False)
             run.labels = list(paid)
             for frame in paid:

@@ -161,14 +161,16 @@ def test_a_resumed_run_pays_no_label_twice_and_continues_the_same_run(train, tmp
     assert (tmp_path / "labels.xyz").exists() and (tmp_path / "state.npz").exists()
     assert whole.n_labels > first.n_labels >= 1  # labels before and after the break
     calls = []
+    counting = EMT()  # the same labeller (class and settings), its calls counted
+    calculate = counting.calculate
 
-    class Counting(EMT):
-        def calculate(self, *args, **kwargs):
-            calls.append(1)
-            super().calculate(*args, **kwargs)
+    def count(*args, **kwargs):
+        calls.append(1)
+        calculate(*args, **kwargs)
 
+    counting.calculate = count
     atoms = _start()  # the original start: the checkpoint's state replaces it
-    second = otf_md(_model(train), atoms, _verlet, Counting(), steps=10, threshold=1.0,
+    second = otf_md(_model(train), atoms, _verlet, counting, steps=10, threshold=1.0,
                     checkpoint=tmp_path, max_consecutive=100)
     assert second.steps == 10 and len(second.events) == 10
     assert second.n_labels == whole.n_labels
@@ -300,3 +302,29 @@ def test_md_adds_the_unsure_environments_as_sparse_points(train, tmp_path):
                                run.model.predict(probe).forces, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="new_points=2 needs the model's training frames"):
         otf_md(_model(train), _start(), _verlet, EMT(), steps=1, new_points=2)
+
+
+def test_an_oracle_of_another_level_of_theory_is_refused(train, tmp_path):
+    from ase.calculators.lj import LennardJones
+
+    model = _model(train)
+    with pytest.raises(ValueError, match=r"the oracle \(LennardJones\) is not the level of "
+                                         r"theory of the training frames.*labeller='EMT'"):
+        otf_md(model, _start(), _verlet, LennardJones(), steps=1, train=train)
+    other = EMT(asap_cutoff=True)  # the same class with another setting
+    with pytest.raises(ValueError, match="labeller_settings"):
+        otf_md(model, _start(), _verlet, other, steps=1, train=train)
+    # a checkpoint's labels: a resumed run with another oracle is refused too
+    otf_md(_model(train), _start(), _verlet, EMT(), steps=2, threshold=1e-6,
+           checkpoint=tmp_path)
+    with pytest.raises(ValueError, match=r"labels in .*labels.xyz"):
+        otf_md(_model(train), _start(), _verlet, LennardJones(), steps=4, checkpoint=tmp_path)
+    # frames without a labeller record (read from a DFT file) are not checked
+    bare = [a.copy() for a in train]
+    for a, b in zip(bare, train):
+        a.info, a.arrays["forces"] = dict(b.info), b.arrays["forces"]
+        for key in ("labeller", "labeller_settings", "energy_property"):
+            a.info.pop(key)
+    run = otf_md(_model(bare), _start(), _verlet, LennardJones(), steps=1, threshold=1e6,
+                 train=bare)
+    assert run.n_labels == 0
