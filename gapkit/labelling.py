@@ -5,6 +5,7 @@ Used by data generation (:mod:`gapkit.generate`), active learning and the test h
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -49,8 +50,9 @@ class LabellingError(ValueError, RuntimeError):
 
 
 def _jsonable(value: Any) -> Any:
-    """JSON fallback for calculator parameters: arrays to lists, objects to their class name
-    (never a repr with a memory address, which would differ between runs)."""
+    """JSON fallback for calculator parameters: arrays to lists, dataclasses to their
+    fields, other objects to their class name (never a repr with a memory address, which
+    would differ between runs)."""
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
@@ -62,6 +64,10 @@ def _jsonable(value: Any) -> Any:
             return value.todict()
         except Exception:  # any failure: fall back to the name
             pass
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # parameter records (e.g. ase's TersoffParameters): their values, by field
+        return {"__class__": type(value).__name__, **{
+            f.name: getattr(value, f.name) for f in dataclasses.fields(value)}}
     return f"<{type(value).__name__}>"
 
 

@@ -24,6 +24,7 @@ from gapkit.generate import (
     estimate_force_constants,
     generate_dataset,
     label,
+    labeller_record,
     langevin_md,
     rattle,
     strain,
@@ -329,6 +330,19 @@ def test_check_consistent_catches_another_labeller():
         check_consistent(free)
     with pytest.raises(ValueError, match=r"frame 1 .*no labeller record"):
         check_consistent(good[:1] + frames[1:])
+
+
+def test_a_parameter_record_is_recorded_by_its_values():
+    """ase's Tersoff holds its parameters as dataclasses: two parameter sets must not record
+    as the same labeller (before, both were "<TersoffParameters>")."""
+    tersoff = pytest.importorskip("ase.calculators.tersoff")  # ase >= 3.25
+    si_b = [3.0, 1.0, 1.3258, 4.8381, 2.0417, 0.0, 22.956, 0.33675, 1.3258, 95.373, 3.0, 0.2,
+            3.2394, 3264.7]  # Tersoff 1988 silicon, as LAMMPS's Si.tersoff gives it
+    one = tersoff.Tersoff({("Si", "Si", "Si"): tersoff.TersoffParameters.from_list(si_b)})
+    changed = si_b[:-1] + [3000.0]
+    two = tersoff.Tersoff({("Si", "Si", "Si"): tersoff.TersoffParameters.from_list(changed)})
+    (_, a), (_, b) = labeller_record(one), labeller_record(two)
+    assert a != b and json.loads(a)["('Si', 'Si', 'Si')"]["A"] == 3264.7
 
 
 # --------------------------------------------------------------------------------------------
