@@ -41,8 +41,9 @@ from ase.optimize.optimize import Optimizer
 
 from .calculator import GAPCalculator
 from .data import as_frames
-from .gp.design import SparseSet, type_mask
-from .gp.sparse import StoredRows, condition_number, extend_dtc, fold_dtc, warn_symmetry
+from .gp.design import SparseSet, type_mask, usable_memory
+from .gp.sparse import (StoredRows, condition_number, extend_dtc, fold_dtc, stored_rows,
+                        warn_symmetry)
 from .labelling import LABELLER_KEYS, check_consistent, label, labeller_record
 from .model import clone
 
@@ -105,11 +106,11 @@ def _distinct_environments(model, atoms, indices) -> list[SparseSet]:
     an environment when its conditional variance exceeds :data:`DISTINCT_TOL` of its own
     and 10 x the jitter."""
     out, start = [], 0
+    rank: dict[int, int] = {}
+    for i in indices:  # the first place of each atom
+        rank.setdefault(int(i), len(rank))
     for term, sparse in zip(model.terms_, model.sparse_sets_):
         res = term.descriptor.compute([atoms])
-        rank: dict[int, int] = {}
-        for i in indices:  # the first place of each atom
-            rank.setdefault(int(i), len(rank))
         rows = [j for j, a in enumerate(res.centre_atom) if int(a) in rank]
         rows.sort(key=lambda j: rank[int(res.centre_atom[j])])
         x = torch.as_tensor(np.asarray(res.values, dtype=np.float64)[rows])
@@ -274,9 +275,6 @@ class _Columns:
         """After ``frame`` (one of ``labels``) was folded into ``model``: its rows to the
         stored rows (unless not ``new_rows``: a resumed run's labels, all folded before),
         and the environments of ``atoms`` as sparse points."""
-        from .gp.design import usable_memory
-        from .gp.sparse import stored_rows
-
         if not self.new_points:
             return
         atoms = np.atleast_1d(np.asarray(atoms, dtype=np.int64))

@@ -347,10 +347,11 @@ def extend_dtc(terms, sparse_sets, added, jitter_absolute: float, frames, observ
         rows[:, torch.cat(old_cols)] = stored.rows
         rows[:, torch.cat(new_cols)] = extra
         new_stored = StoredRows(rows, stored.y, stored.sum_log_sigma, stored.blocks)
-        aug, step = _augmented(u), max(2 * m, 2048)
-        for lo in range(0, rows.shape[0], step):  # the QR of [U, 0; A, y], block by block
-            chunk = torch.cat([rows[lo:lo + step], stored.y[lo:lo + step, None]], dim=1)
-            aug = _positive_r(torch.cat([aug, chunk]))
+        qr, ones = IncrementalQR(u), torch.ones(rows.shape[0], dtype=torch.float64)
+        for lo in range(0, rows.shape[0], qr.block_rows):  # rows and labels scaled already
+            qr.add(rows[lo:lo + qr.block_rows], stored.y[lo:lo + qr.block_rows],
+                   ones[lo:lo + qr.block_rows])
+        aug = qr.augmented()
         log_sigma, n_rows = stored.sum_log_sigma, rows.shape[0]
     r, b, resid = aug[:m, :m], aug[:m, m], aug[m, m]
     alpha = torch.linalg.solve_triangular(r, b[:, None], upper=True)[:, 0]
