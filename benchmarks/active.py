@@ -48,7 +48,7 @@ RESULTS = HERE / "results" / "active.json"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rules", nargs="+", default=["random", "forces", "coverage"])
+    ap.add_argument("--rules", nargs="+", default=["random", "forces", "coverage", "integrated"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args()

@@ -11,7 +11,9 @@ loop:
    force-component variance, eV^2/Å^2), with a diversity rule so that one batch does
    not pick near-duplicates; or by the force variance a frame *covers* in the pool
    (``"coverage"``, :func:`select_coverage`: a frame in a dense uncertain region before a
-   lone outlier); ``"random"`` is the baseline;
+   lone outlier); or by the force variance its labels would remove from the whole pool
+   (``"integrated"``, :class:`PoolDesign`: the GP's own Bayesian update, batch by batch);
+   ``"random"`` is the baseline;
 3. label the batch, refit, evaluate on a test set (force MAE eV/Å, energy MAE eV/atom)
    and repeat until the label budget or the pool is spent.
 
@@ -25,16 +27,17 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
 from ._compat import UNSET, renamed
 from .data import get_all_labels
 from .labelling import label
 from .model import clone
 
-__all__ = ["LearningCurve", "active_learning", "compare_strategies", "labels_to_reach",
-           "select_batch", "select_coverage"]
+__all__ = ["LearningCurve", "PoolDesign", "active_learning", "compare_strategies",
+           "labels_to_reach", "select_batch", "select_coverage"]
 
-STRATEGIES = ("energy", "forces", "coverage", "random")
+STRATEGIES = ("energy", "forces", "coverage", "integrated", "random")
 #: coverage length in units of the median nearest-neighbour fingerprint distance
 COVERAGE_LENGTH = 2.0
 
@@ -47,7 +50,7 @@ class LearningCurve:
     Attributes
     ----------
     strategy : str
-        ``"energy"``, ``"forces"`` or ``"random"``.
+        ``"energy"``, ``"forces"``, ``"coverage"``, ``"integrated"`` or ``"random"``.
     seed : int
     n_labelled : ndarray of int
         Labelled frames after each fit.
@@ -178,6 +181,131 @@ def select_coverage(variance: np.ndarray, fingerprints: np.ndarray, batch_size: 
     return chosen
 
 
+class PoolDesign:
+    """The pool's labels as the GP sees them, for selection by integrated variance.
+
+    A pool's structures are known before its labels: the model's terms choose sparse
+    points ``Z`` from the pool's own environments (its kernels and sparse rule, the
+    model's seed), and the latent energy is written ``f = K_xZ L^-T u`` with ``u ~ N(0, I)``
+    (``L L^T = K_ZZ``). Each frame's energy and force rows ``B_j`` in these coordinates are
+    computed once. With the frames labelled so far the posterior covariance of ``u`` is
+    ``Sigma = (I + sum_j B_j^T S_j^-1 B_j)^-1`` (``S_j``: the model's noise of frame ``j``)
+    and the summed variance of the target's force components ``tr(C Sigma)``, ``C`` the
+    sum of the target's force rows ``B^T B``. Labelling frame ``x`` removes
+
+        gain(x) = tr((S_x + B_x Sigma B_x^T)^-1 B_x Sigma C Sigma B_x^T)
+
+    of it: a frame that many target environments resemble gains more than a lone outlier
+    of larger variance, and after each pick ``Sigma`` is conditioned on it, so one batch
+    does not label the same region twice. The target is the pool unless given (e.g. frames
+    of the MD one means to run). Memory: the pool's force rows, ``3 N_atoms x M`` floats.
+    Virials are not counted (energies and forces carry almost all the rows).
+    """
+
+    def __init__(self, model, pool: Sequence, *, target: Sequence | None = None,
+                 n_sparse: int | None = None, batch_atoms: int = 2000):
+        import dataclasses
+
+        from .descriptors.base import frame_batches
+        from .gp.design import functional_rows, kmm
+        from .gp.sparse_sets import term_sparse_set
+
+        terms = model.terms_
+        if n_sparse is not None:
+            terms = [dataclasses.replace(t, n_sparse=n_sparse) for t in terms]
+        frames = [_unlabelled(a) for a in pool]
+        seed = model.random_state
+        sparse = [term_sparse_set(t, frames, None if seed is None else seed + i)
+                  for i, t in enumerate(terms)]
+        k = kmm(terms, sparse).to(torch.float64)
+        jitter = 1e-8 * float(k.diagonal().mean())
+        chol = torch.linalg.cholesky(k + jitter * torch.eye(k.shape[0], dtype=k.dtype))
+
+        def rows(some):
+            """Whitened (energy (n, M), forces (n_atoms, 3, M)) rows of ``some`` frames."""
+            e_all, f_all = [], []
+            for start, stop in frame_batches(some, batch_atoms):
+                block, e, f = list(some[start:stop]), [], []
+                for term, z in zip(terms, sparse):
+                    res = term.descriptor.compute(block, gradients=["positions"])
+                    with torch.no_grad():
+                        b = functional_rows(term.kernel, res, z, energy=True, forces=True,
+                                            virial=False)
+                    e.append(b["energy"])
+                    f.append(b["forces"].reshape(-1, b["forces"].shape[-1]))
+                for out, parts in ((e_all, e), (f_all, f)):
+                    x = torch.cat(parts, dim=1).to(torch.float64)
+                    out.append(torch.linalg.solve_triangular(chol, x.T, upper=False).T)
+            return torch.cat(e_all), torch.cat(f_all)
+
+        energy, forces = rows(frames)
+        counts = [len(a) for a in frames]
+        offsets = np.concatenate([[0], np.cumsum(counts)]) * 3
+        #: per pool frame: the whitened energy row (1, M) and force rows (3 n, M)
+        self.energy = [energy[j:j + 1] for j in range(len(frames))]
+        self.forces = [forces[offsets[j]:offsets[j + 1]] for j in range(len(frames))]
+        self.n_atoms = np.array(counts)
+        self.config_types = [a.info.get("config_type") for a in frames]
+        target_forces = forces if target is None else rows(
+            [_unlabelled(a) for a in target])[1]
+        #: C: the target's force Gram in the whitened coordinates (M, M)
+        self.target_gram = target_forces.T @ target_forces
+        self.n_sparse = int(k.shape[0])
+
+    def _scaled(self, j: int, noise) -> "torch.Tensor":
+        """Frame ``j``'s rows divided by their noise (the model's, for its config_type)."""
+
+        ct = self.config_types[j]
+        s_e = noise.sigma("energy", ct) * (np.sqrt(self.n_atoms[j]) if noise.per_atom else 1.0)
+        return torch.cat([self.energy[j] / s_e, self.forces[j] / noise.sigma("forces", ct)])
+
+    def gains(self, labelled: Sequence[int], candidates: Sequence[int], noise,
+              batch_size: int, scale: float = 1.0) -> tuple[list[int], np.ndarray]:
+        """Greedy batch of ``batch_size`` pool indices out of ``candidates`` with the frames
+        ``labelled`` known and ``noise`` (a NoiseModel) times ``scale``: each pick the
+        largest gain (eV^2/Å^2, summed over the target's force components) given the picks
+        before it.
+
+        Returns the picks and their gains."""
+        m = self.n_sparse
+        precision = torch.eye(m, dtype=torch.float64)
+        if len(labelled):
+            known = torch.cat([self._scaled(j, noise) for j in labelled])
+            precision += known.T @ known / scale ** 2
+        scaled = {j: self._scaled(j, noise) / scale for j in candidates}
+        chosen: list[int] = []
+        gains: list[float] = []
+        for _ in range(min(batch_size, len(candidates))):
+            factor = torch.linalg.cholesky(precision)
+            cov = torch.cholesky_inverse(factor)
+            g = cov @ self.target_gram @ cov
+            best, best_gain = -1, -np.inf
+            for j in candidates:
+                if j in chosen:
+                    continue
+                b = scaled[j]
+                h = torch.eye(b.shape[0], dtype=b.dtype) + b @ cov @ b.T
+                n = b @ g @ b.T
+                gain = float(torch.cholesky_solve(n, torch.linalg.cholesky(h)).trace())
+                if gain > best_gain:
+                    best, best_gain = j, gain
+            chosen.append(best)
+            gains.append(best_gain)
+            precision += scaled[best].T @ scaled[best]
+        return chosen, np.array(gains)
+
+
+def _label_scale(model, frames) -> float:
+    """How much less a new label tells the model than its noise says: the force RMSE of
+    ``model`` on ``frames`` before it saw their labels, over its force sigma (at least 1).
+    A model short of sparse points or descriptor resolution cannot follow its labels to
+    within their noise; this is what each label can still teach it."""
+    pred = model.predict(frames, return_variance=False)
+    ref = np.concatenate([lab.forces for lab in get_all_labels(frames, **model.keys)])
+    rmse = float(np.sqrt(np.mean((pred.forces - ref) ** 2)))
+    return max(1.0, rmse / model.noise_.sigma("forces"))
+
+
 def _evaluate(model, test) -> tuple[float, float]:
     if not test:
         return float("nan"), float("nan")
@@ -193,7 +321,7 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
                     strategy: str = "forces", n_initial: int = 5, batch_size: int = 5,
                     max_labels: int = 50, diversity: float = 1.0, seed: int = 0,
                     forces_variance: str = "exact", verbose: bool = False,
-                    force_variance=UNSET) -> LearningCurve:
+                    target: Sequence | None = None, force_variance=UNSET) -> LearningCurve:
     """Run an active-learning loop and return its learning curve.
 
     Parameters
@@ -209,14 +337,16 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
         with labels; ``None``: the pool frames carry the labels already.
     test : list of ase.Atoms, optional
         Labelled frames for the learning curve (force MAE eV/Å, energy MAE eV/atom).
-    strategy : {"forces", "energy", "coverage", "random"}
+    strategy : {"forces", "energy", "coverage", "integrated", "random"}
         Selection by the largest predicted force variance (max over atoms of the
         mean component variance, eV^2/Å^2, in the form ``forces_variance``), per-atom
         energy variance
         (eV^2/atom^2, DTC form), the force variance a frame covers in the pool
         (:func:`select_coverage`, correlation length ``COVERAGE_LENGTH`` times the median
-        nearest-neighbour fingerprint distance; ``diversity`` is not used), or at random
-        (the baseline).
+        nearest-neighbour fingerprint distance; ``diversity`` is not used), the force
+        variance a frame's labels remove from the pool (or from ``target``) by the GP's
+        Bayesian update (``"integrated"``, :class:`PoolDesign`; the pool's design rows are
+        computed once, with the first fit's kernels), or at random (the baseline).
     n_initial : int
         Random frames labelled before the first fit (the same for every strategy at a
         given seed).
@@ -230,6 +360,9 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
         and ``d0`` the median nearest-neighbour distance in the pool; 0 disables.
     seed : int
         Seeds the initial set, the random baseline and the sparse-point selection.
+    target : list of ase.Atoms, optional
+        For ``strategy="integrated"``: the frames whose force variance the labels should
+        remove (e.g. snapshots of the simulation one means to run); default the pool.
     forces_variance : {"exact", "projected"}
         Form of the force variance for ``strategy="forces"`` (see
         :meth:`gapkit.GAP.predict`): ``"exact"`` (default; the calibrated one, its cost
@@ -283,7 +416,8 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
     remaining = [i for i in remaining if i not in set(first)]
     selected.append(first)
     scores.append(np.full(len(first), np.nan))
-    fingerprints = d0 = None
+    fingerprints = d0 = design = None
+    scale = 1.0
     fitted = None
     while True:
         fitted = clone(model)
@@ -305,6 +439,12 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
         if strategy == "random":
             local = sorted(pick_rng.choice(len(remaining), size=n_pick, replace=False).tolist())
             sc = np.full(n_pick, np.nan)
+        elif strategy == "integrated":
+            if design is None:  # the pool's rows: its structures are fixed, so once
+                design = PoolDesign(fitted, pool, target=target, )
+            done = [i for batch in selected for i in batch]
+            picked, sc = design.gains(done, remaining, fitted.noise_, n_pick, scale)
+            local = [remaining.index(i) for i in picked]
         else:
             if strategy == "energy":
                 pred = fitted.predict(cands, forces=False, virial=False, forces_variance=None)
@@ -330,7 +470,10 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
                 local = select_batch(score, fp, n_pick, diversity, d0 or 1.0)
             sc = score[local]
         picked = [remaining[j] for j in local]
-        labelled.extend(label_fn(pool[i]) for i in picked)
+        new = [label_fn(pool[i]) for i in picked]
+        if strategy == "integrated":
+            scale = _label_scale(fitted, new)
+        labelled.extend(new)
         remaining = [i for i in remaining if i not in set(picked)]
         selected.append(picked)
         scores.append(np.asarray(sc))

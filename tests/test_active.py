@@ -14,9 +14,10 @@ from ase.calculators.emt import EMT
 from conftest import make_si_model, si_frames
 
 from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term
-from gapkit.active import (active_learning, compare_strategies, labels_to_reach, select_batch,
-                           select_coverage)
+from gapkit.active import (PoolDesign, active_learning, compare_strategies, labels_to_reach,
+                           select_batch, select_coverage)
 from gapkit.baselines import CoreRepulsion
+from gapkit.data import get_all_labels
 from gapkit.testing import label
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*sparse points requested:UserWarning")
@@ -133,13 +134,19 @@ def test_coverage_prefers_a_dense_uncertain_region_to_a_lone_outlier():
     assert select_coverage(v, fp, 2, length=1e-6)[0] == 5
 
 
-def test_coverage_strategy_runs_end_to_end(pool, test_set):
-    curve = active_learning(_model(), pool, EMT(), test=test_set, strategy="coverage",
+@pytest.mark.parametrize("strategy", ["coverage", "integrated"])
+def test_pool_strategies_run_end_to_end(pool, test_set, strategy):
+    model = _model() if strategy == "coverage" else _ef_model()
+    curve = active_learning(model, pool, EMT(), test=test_set, strategy=strategy,
                             n_initial=4, batch_size=3, max_labels=10, seed=0)
     picked = [i for batch in curve.selected for i in batch]
     assert len(picked) == len(set(picked)) == 10
     assert curve.n_labelled.tolist() == [4, 7, 10]
     assert np.all(np.isfinite(curve.force_mae))
+    if strategy == "integrated":
+        assert all(np.all(s > 0) for s in curve.scores[1:])
+        # the strongly rattled cells carry the pool's uncertainty: the first batch takes them
+        assert len(set(curve.selected[1]) & set(WILD)) >= 2
 
 
 def test_bad_arguments():
@@ -179,3 +186,85 @@ def test_committee_and_active_learning_keep_the_baselines():
     curve = active_learning(make_si_model(), frames, n_initial=2, batch_size=1, max_labels=3,
                             strategy="random")
     assert curve.model.baselines == [CoreRepulsion()]
+
+
+@pytest.fixture(scope="module")
+def labelled_pool(pool):
+    return [label(a, EMT()) for a in pool]
+
+
+def _ef_model(n_sparse=15):
+    soap = SOAP(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2)
+    return GAP([Term(soap, SOAPKernel(zeta=4, delta=1.0), n_sparse=n_sparse)],
+               noise=NoiseModel(energy=0.002, forces=0.05), use=("energy", "forces"),
+               progress=False, random_state=3)
+
+
+def test_pool_design_is_the_fitted_gps_posterior(labelled_pool):
+    """Independent check of the rows, the whitening and the noise: a GAP fitted on the whole
+    pool picks the same sparse points as PoolDesign (same frames, rule and seed), so its
+    projected force variance is diag(B_x Sigma B_x^T) with Sigma from every pool frame."""
+    import torch
+
+    model = _ef_model().fit(labelled_pool)
+    design = PoolDesign(model, labelled_pool)
+    assert design.n_sparse == sum(s.n for s in model.sparse_sets_)
+    rows = torch.cat([design._scaled(j, model.noise_) for j in range(len(labelled_pool))])
+    cov = torch.linalg.inv(torch.eye(design.n_sparse, dtype=rows.dtype) + rows.T @ rows)
+    frames = labelled_pool[:6]
+    ours = np.concatenate([((design.forces[j] @ cov) * design.forces[j]).sum(1).numpy()
+                           for j in range(6)])
+    pred = model.predict(frames, forces_variance="projected")
+    np.testing.assert_allclose(ours, pred.forces_variance.ravel(), rtol=1e-5, atol=1e-12)
+
+
+def test_integrated_gain_is_the_variance_a_label_removes(labelled_pool):
+    """Each greedy pick's gain equals tr(C Sigma) - tr(C Sigma') computed by inverting the
+    precision with and without the frame, it is the largest over the candidates, and the
+    second pick is conditioned on the first (no frame twice; a copy of the first pick
+    gains less than it did)."""
+    import torch
+
+    model = _ef_model().fit(labelled_pool[:4])
+    pool = labelled_pool + [labelled_pool[WILD[0]].copy()]  # a duplicate of a wild frame
+    design = PoolDesign(model, pool)
+    known, cands = [0, 1, 2, 4], [j for j in range(len(pool)) if j not in (0, 1, 2, 4)]
+    eye = torch.eye(design.n_sparse, dtype=torch.float64)
+
+    def precision(frames, scale=1.0):
+        rows = torch.cat([design._scaled(j, model.noise_) for j in frames]) / scale
+        return eye + rows.T @ rows
+
+    def variance(p):
+        return float((design.target_gram @ torch.linalg.inv(p)).trace())
+
+    for scale in (1.0, 3.0):
+        base = variance(precision(known, scale))
+        brute = {j: base - variance(precision(known + [j], scale)) for j in cands}
+        picks, gains = design.gains(known, cands, model.noise_, 2, scale)
+        assert picks[0] == max(brute, key=brute.get)
+        assert gains[0] == pytest.approx(brute[picks[0]], rel=1e-8)
+        after = variance(precision(known + picks[:1], scale))
+        assert gains[1] == pytest.approx(
+            after - variance(precision(known + picks, scale)), rel=1e-8)
+        assert picks[0] != picks[1] and gains[1] <= gains[0]
+    # the duplicate and its original: labelling one leaves the other almost nothing
+    twin = {WILD[0], len(pool) - 1}
+    if picks[0] in twin:
+        assert not set(picks) >= twin
+
+
+def test_label_scale_is_the_out_of_sample_force_error(labelled_pool):
+    from gapkit.active import _label_scale
+
+    model = _ef_model().fit(labelled_pool[:4])
+    new = [labelled_pool[j] for j in WILD]
+    pred = model.predict(new, return_variance=False)
+    ref = np.concatenate([lab.forces for lab in get_all_labels(new, **model.keys)])
+    rmse = np.sqrt(np.mean((pred.forces - ref) ** 2))
+    assert rmse > 0.05  # the wild cells are far from the four it saw
+    assert _label_scale(model, new) == pytest.approx(rmse / 0.05)
+    loose = _ef_model()
+    loose.noise = NoiseModel(energy=0.002, forces=5.0)
+    loose.fit(labelled_pool[:4])  # errors far below its noise: the floor, 1
+    assert _label_scale(loose, new) == 1.0
