@@ -1,20 +1,24 @@
-"""Pool-based active learning on the Zuo Si pool: learning curves of three selection rules.
+"""Pool-based active learning on Zuo Si or EMT Cu: learning curves of four selection rules.
 
-``Si_train`` (214 frames, bundled) is the pool, its labels revealed only on selection;
-``Si_test`` the fixed test set. The model and budget are those of ``benchmarks/uq.py``
-(SOAP n_max 6, l_max 4, 200 CUR points, fixed noise; 8 random initial frames, batches of 8,
-48 labels). Rules, each with the same initial sets and seeds:
+``--system Si`` (default): ``Si_train`` (214 frames, bundled) is the pool, its labels
+revealed only on selection, ``Si_test`` the fixed test set. ``--system Cu``: 190 EMT frames
+(``cu_frames``: MD at 300/900/1500 K, vacancies, strained cells, a slab) and 25 more drawn
+the same way as the test set. The model and budget are those of ``benchmarks/uq.py`` (SOAP
+n_max 6, l_max 4, 200 CUR points, fixed noise; 8 random initial frames, batches of 8, 48
+labels). Rules, each with the same initial sets and seeds:
 
 - ``random``: the baseline;
 - ``forces``: the largest predicted force variance (exact form), damped for near-duplicates
   in a batch (gapkit's rule before ``coverage``);
-- ``coverage``: the predicted variance a frame covers in the pool (``select_coverage``).
+- ``coverage``: the predicted variance a frame covers in the pool (``select_coverage``);
+- ``integrated``: the force variance a frame's labels remove from the pool
+  (``active.PoolDesign``).
 
 Issue 15's target: the new rule reaches random's final force MAE with at most half of its
 labels and is never worse than random. Prints, per rule, the force MAE at every budget
 (mean and range over the seeds) and the labels needed to reach random's final mean error;
-writes ``benchmarks/results/active.json`` after every run. One thread, about 5 CPU-minutes
-for three seeds.
+writes ``benchmarks/results/active.json`` (``active_Cu.json``) after every run. One thread,
+about 6 CPU-minutes for three seeds.
 """
 
 from __future__ import annotations
@@ -44,18 +48,81 @@ from gapkit.active import active_learning, labels_to_reach  # noqa: E402
 from gapkit.data import load_bundled  # noqa: E402
 
 RESULTS = HERE / "results" / "active.json"
+#: Cu pool/test mix (frames per kind): MD at three temperatures, vacancies, strained
+#: cells, a surface slab; the test set is drawn the same way with other seeds
+CU_MIX = {"md300": 30, "md900": 30, "md1500": 30, "vacancy": 40, "elastic": 40,
+          "surface": 20}
+
+
+def cu_frames(seed: int, share: float = 1.0) -> list:
+    """EMT-labelled Cu frames drawn as ``CU_MIX`` says (``share`` of each count): Langevin
+    snapshots of 32-atom fcc cells at 300/900/1500 K and of 31-atom vacancy cells at 600 K,
+    cells strained by up to 4 % and rattled by 0.01 Å, and a 4-layer (100) slab at 600 K."""
+    from ase import units
+    from ase.build import bulk, fcc100
+    from ase.calculators.emt import EMT
+    from ase.md.langevin import Langevin
+
+    from gapkit.testing import label
+
+    rng = np.random.default_rng(seed)
+
+    def snapshots(atoms, temperature, n, tag):
+        atoms = atoms.copy()
+        atoms.calc = EMT()
+        atoms.rattle(0.05, seed=int(rng.integers(1 << 30)))
+        md = Langevin(atoms, 2 * units.fs, temperature_K=temperature, friction=0.05, fixcm=False,
+                      rng=np.random.default_rng(int(rng.integers(1 << 30))))
+        md.run(100)
+        out = []
+        for _ in range(n):
+            md.run(20)
+            frame = atoms.copy()
+            frame.info["config_type"] = tag
+            out.append(frame)
+        return out
+
+    cube = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+    vacancy = cube.copy()
+    del vacancy[0]
+    slab = fcc100("Cu", size=(2, 2, 4), vacuum=6.0)
+    slab.pbc = True
+    count = {k: max(1, round(v * share)) for k, v in CU_MIX.items()}
+    frames = []
+    for t in (300, 900, 1500):
+        frames += snapshots(cube, t, count[f"md{t}"], f"MD{t}")
+    frames += snapshots(vacancy, 600, count["vacancy"], "Vacancy")
+    frames += snapshots(slab, 600, count["surface"], "Surface")
+    for _ in range(count["elastic"]):
+        frame = cube.copy()
+        eps = rng.uniform(-0.04, 0.04, size=(3, 3))
+        frame.set_cell(frame.cell @ (np.eye(3) + 0.5 * (eps + eps.T)), scale_atoms=True)
+        frame.rattle(0.01, seed=int(rng.integers(1 << 30)))
+        frame.info["config_type"] = "Elastic"
+        frames.append(frame)
+    return [label(a, EMT()) for a in frames]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rules", nargs="+", default=["random", "forces", "coverage", "integrated"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--output", type=Path, default=RESULTS)
+    ap.add_argument("--system", choices=["Si", "Cu"], default="Si",
+                    help="Si: the Zuo pool (Si_train/Si_test); Cu: EMT frames (cu_frames)")
+    ap.add_argument("--output", type=Path, default=None,
+                    help="default results/active.json (Si) or active_Cu.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    pool, test = load_bundled("Si_train.xyz"), load_bundled("Si_test.xyz")
+    if args.system == "Si":
+        pool, test = load_bundled("Si_train.xyz"), load_bundled("Si_test.xyz")
+        names = ("Si_train (214 frames)", "Si_test")
+    else:
+        pool, test = cu_frames(0), cu_frames(1, share=25 / sum(CU_MIX.values()))
+        names = (f"EMT Cu, {len(pool)} frames {CU_MIX}", f"EMT Cu, {len(test)} frames")
+    args.output = args.output or RESULTS.with_name(
+        "active.json" if args.system == "Si" else f"active_{args.system}.json")
     out = {"machine": base_machine_info(), "settings": SETTINGS, "budget": AL,
-           "pool": "Si_train (214 frames)", "test": "Si_test", "runs": {}}
+           "pool": names[0], "test": names[1], "runs": {}}
     curves: dict[str, list] = {}
     for seed in args.seeds:
         for rule in args.rules:
