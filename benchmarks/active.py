@@ -141,7 +141,8 @@ def main() -> None:
     n = curves[args.rules[0]][0].n_labelled.tolist()
     target = (float(np.mean([c.force_mae[-1] for c in curves["random"]]))
               if "random" in curves else None)
-    print(f"\nforce MAE (eV/Å) on Si_test by labels, mean [min, max] over seeds {args.seeds}")
+    print(f"\nforce MAE (eV/Å) on the test set ({names[1]}) by labels, mean [min, max] over "
+          f"seeds {args.seeds}")
     print("rule     " + "".join(f"{k:>22d}" for k in n) + "   labels to random's final")
     summary = {}
     for rule, cs in curves.items():
