@@ -214,6 +214,12 @@ class PoolDesign:
         if n_sparse is not None:
             terms = [dataclasses.replace(t, n_sparse=n_sparse) for t in terms]
         frames = [_unlabelled(a) for a in pool]
+        missing = sorted({int(z) for a in frames for z in np.unique(a.numbers)}
+                         - set(model.species_))
+        if missing:
+            raise ValueError(f"the pool has species {missing} that the model was fitted "
+                             f"without (its species {list(model.species_)}): label a frame of "
+                             "each species first, or give the descriptor species=[...]")
         seed = model.random_state
         sparse = [term_sparse_set(t, frames, None if seed is None else seed + i)
                   for i, t in enumerate(terms)]
@@ -254,7 +260,6 @@ class PoolDesign:
 
     def _scaled(self, j: int, noise) -> "torch.Tensor":
         """Frame ``j``'s rows divided by their noise (the model's, for its config_type)."""
-
         ct = self.config_types[j]
         s_e = noise.sigma("energy", ct) * (np.sqrt(self.n_atoms[j]) if noise.per_atom else 1.0)
         return torch.cat([self.energy[j] / s_e, self.forces[j] / noise.sigma("forces", ct)])
@@ -382,6 +387,9 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
     if forces_variance not in ("exact", "projected"):
         raise ValueError(f"forces_variance must be 'exact' or 'projected', got "
                          f"{forces_variance!r}")
+    if target is not None and strategy != "integrated":
+        raise ValueError(f"target= is read only by strategy='integrated' (got strategy="
+                         f"{strategy!r}): leave it out or select by 'integrated'")
     if n_initial < 1 or batch_size < 1 or max_labels < 1:
         raise ValueError("n_initial, batch_size and max_labels must be >= 1")
     pool = list(pool)
@@ -441,7 +449,7 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
             sc = np.full(n_pick, np.nan)
         elif strategy == "integrated":
             if design is None:  # the pool's rows: its structures are fixed, so once
-                design = PoolDesign(fitted, pool, target=target, )
+                design = PoolDesign(fitted, pool, target=target)
             done = [i for batch in selected for i in batch]
             picked, sc = design.gains(done, remaining, fitted.noise_, n_pick, scale)
             local = [remaining.index(i) for i in picked]

@@ -154,6 +154,8 @@ def test_bad_arguments():
         active_learning(_model(), [bulk("Cu")], EMT(), strategy="greedy")
     with pytest.raises(TypeError, match="labeller"):
         active_learning(_model(), [bulk("Cu")], labeller=42)
+    with pytest.raises(ValueError, match="target= is read only by strategy='integrated'"):
+        active_learning(_model(), [bulk("Cu")], EMT(), strategy="forces", target=[bulk("Cu")])
     with pytest.raises(ValueError, match="forces_variance"):
         active_learning(_model(), [bulk("Cu")], EMT(), forces_variance="dtc")
 
@@ -252,6 +254,14 @@ def test_integrated_gain_is_the_variance_a_label_removes(labelled_pool):
     twin = {WILD[0], len(pool) - 1}
     if picks[0] in twin:
         assert not set(picks) >= twin
+
+
+def test_pool_design_names_species_the_model_lacks(labelled_pool):
+    model = _ef_model().fit(labelled_pool[:4])
+    odd = labelled_pool[5].copy()
+    odd[0].symbol = "Ni"
+    with pytest.raises(ValueError, match=r"pool has species \[28\].*label a frame of each"):
+        PoolDesign(model, labelled_pool[:4] + [odd])
 
 
 def test_label_scale_is_the_out_of_sample_force_error(labelled_pool):
