@@ -184,14 +184,14 @@ def select_coverage(variance: np.ndarray, fingerprints: np.ndarray, batch_size: 
 class PoolDesign:
     """The pool's labels as the GP sees them, for selection by integrated variance.
 
-    A pool's structures are known before its labels: the model's terms choose sparse
-    points ``Z`` from the pool's own environments (its kernels and sparse rule, the
-    model's seed), and the latent energy is written ``f = K_xZ L^-T u`` with ``u ~ N(0, I)``
-    (``L L^T = K_ZZ``). Each frame's energy and force rows ``B_j`` in these coordinates are
-    computed once. With the frames labelled so far the posterior covariance of ``u`` is
-    ``Sigma = (I + sum_j B_j^T S_j^-1 B_j)^-1`` (``S_j``: the model's noise of frame ``j``)
-    and the summed variance of the target's force components ``tr(C Sigma)``, ``C`` the
-    sum of the target's force rows ``B^T B``. Labelling frame ``x`` removes
+    A pool's structures are known before its labels: the model's terms choose sparse points
+    ``Z`` from the pool's own environments (its kernels and sparse rule, the model's seed),
+    and the latent energy is written ``f = K_xZ L^-T u`` with ``u ~ N(0, I)`` (``L L^T =
+    K_ZZ`` plus the model's jitter). Each frame's energy and force rows ``B_j`` in these
+    coordinates are computed once. With the frames labelled so far the posterior covariance
+    of ``u`` is ``Sigma = (I + sum_j B_j^T S_j^-1 B_j)^-1`` (``S_j``: the model's noise of
+    frame ``j``) and the summed variance of the target's force components ``tr(C Sigma)``,
+    ``C`` the sum of the target's force rows ``B^T B``. Labelling frame ``x`` removes
 
         gain(x) = tr((S_x + B_x Sigma B_x^T)^-1 B_x Sigma C Sigma B_x^T)
 
@@ -208,6 +208,7 @@ class PoolDesign:
 
         from .descriptors.base import frame_batches
         from .gp.design import functional_rows, kmm
+        from .gp.sparse import cholesky_upper
         from .gp.sparse_sets import term_sparse_set
 
         terms = model.terms_
@@ -224,8 +225,7 @@ class PoolDesign:
         sparse = [term_sparse_set(t, frames, None if seed is None else seed + i)
                   for i, t in enumerate(terms)]
         k = kmm(terms, sparse).to(torch.float64)
-        jitter = 1e-8 * float(k.diagonal().mean())
-        chol = torch.linalg.cholesky(k + jitter * torch.eye(k.shape[0], dtype=k.dtype))
+        upper = cholesky_upper(k, model.jitter)[0]  # U^T U = K_ZZ + the model's jitter
 
         def rows(some):
             """Whitened (energy (n, M), forces (n_atoms, 3, M)) rows of ``some`` frames."""
@@ -241,7 +241,7 @@ class PoolDesign:
                     f.append(b["forces"].reshape(-1, b["forces"].shape[-1]))
                 for out, parts in ((e_all, e), (f_all, f)):
                     x = torch.cat(parts, dim=1).to(torch.float64)
-                    out.append(torch.linalg.solve_triangular(chol, x.T, upper=False).T)
+                    out.append(torch.linalg.solve_triangular(upper, x, upper=True, left=False))
             return torch.cat(e_all), torch.cat(f_all)
 
         energy, forces = rows(frames)
@@ -443,7 +443,6 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
         if not remaining:
             return finish("the pool is exhausted: every candidate frame is labelled", fitted)
         n_pick = min(batch_size, max_labels - len(labelled), len(remaining))
-        cands = [_unlabelled(pool[i]) for i in remaining]
         if strategy == "random":
             local = sorted(pick_rng.choice(len(remaining), size=n_pick, replace=False).tolist())
             sc = np.full(n_pick, np.nan)
@@ -454,6 +453,7 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
             picked, sc = design.gains(done, remaining, fitted.noise_, n_pick, scale)
             local = [remaining.index(i) for i in picked]
         else:
+            cands = [_unlabelled(pool[i]) for i in remaining]
             if strategy == "energy":
                 pred = fitted.predict(cands, forces=False, virial=False, forces_variance=None)
                 score = pred.energy_variance / pred.n_atoms ** 2
