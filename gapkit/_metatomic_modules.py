@@ -81,7 +81,8 @@ class SOAPTerm(torch.nn.Module):
 
     def __init__(self, *, coeffs: torch.Tensor, h: float, n_grid: int, n_max: int,
                  l_max: int, cutoff: float, width: float, own: torch.Tensor,
-                 species: List[int], gather: torch.Tensor, scale: torch.Tensor,
+                 mix: torch.Tensor, species: List[int], gather: torch.Tensor,
+                 scale: torch.Tensor,
                  normalize: bool, points: torch.Tensor, types: torch.Tensor,
                  alpha: torch.Tensor, kern: torch.nn.Module,
                  sh_norms: List[List[float]], sh_first: List[float]):
@@ -89,6 +90,8 @@ class SOAPTerm(torch.nn.Module):
         self.kern = kern
         self.register_buffer("coeffs", coeffs)
         self.register_buffer("own", own)  # (n_max, (l_max+1)^2), column 0 only
+        self.register_buffer("mix", mix)  # (species, channels); (0, 0): no mixing
+        self.mixed = mix.numel() > 0
         self.register_buffer("gather", gather)
         self.register_buffer("scale", scale)
         register_sparse(self, species, points, types, alpha)
@@ -166,7 +169,9 @@ class SOAPTerm(torch.nn.Module):
         c = c.index_add(0, first * S + species[second], radial * ylm[:, None, :])
         centres = torch.arange(n_atoms, device=numbers.device) * S + species
         c = c.index_add(0, centres, self.own.expand(n_atoms, n, n_lm))
-        c = c.view(n_atoms, S * n, n_lm)
+        if self.mixed:  # species_mixing: channel k's density is sum_a mix[a, k] c^a
+            c = torch.einsum("asnl,sk->aknl", c.view(n_atoms, S, n, n_lm), self.mix)
+        c = c.reshape(n_atoms, -1, n_lm)
         blocks: List[torch.Tensor] = []
         for l in range(self.l_max + 1):
             cl = c[:, :, l * l:(l + 1) * (l + 1)]

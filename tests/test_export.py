@@ -172,6 +172,22 @@ def test_symmetry_functions_and_pair_baselines_match_gapkit(cuag_bulk, tmp_path)
     assert abs(pred.baseline_energy[0]) > 1.0  # at the close contact, the baselines matter
 
 
+def test_species_mixing_matches_gapkit(cuag_bulk, tmp_path):
+    """SOAP with compressed element channels (a fixed one-channel embedding; a given 2 x 2
+    mixing): the export gives gapkit's E, F, stress, per-atom E and sigma."""
+    terms = [Term(SOAP(cutoff=4.0, n_max=3, l_max=2, species_mixing=1), SOAPKernel(zeta=2),
+                  n_sparse=20),
+             Term(SOAP(cutoff=3.5, n_max=3, l_max=2,
+                       species_mixing={"Cu": [1.0, 0.3], "Ag": [0.2, -0.8]}),
+                  SOAPKernel(zeta=4), n_sparse=20)]
+    model = GAP(terms, noise=NoiseModel(energy=0.01, forces=0.1), progress=False).fit(cuag_bulk)
+    path = model.export(tmp_path / "mixed.pt")
+    calc = MetatomicCalculator(str(path), check_consistency=True, uncertainty_threshold=None)
+    atoms = cuag_bulk[3].copy()
+    atoms.rattle(0.05, seed=7)
+    check_matches(model, calc, atoms)
+
+
 def test_forces_are_the_energy_gradient_of_the_export(si_export):
     """Independent of gapkit's analytic gradients: central differences of the exported
     energy."""

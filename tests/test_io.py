@@ -48,13 +48,20 @@ def si_model(si_train) -> GAP:
 
 @pytest.fixture(scope="module")
 def models(si_model, si_train):
-    """A SOAP, a two-body + SOAP and a two-species cluster GAP (those of test_model.py)."""
+    """A SOAP, a two-body + SOAP and a two-species cluster GAP (those of test_model.py),
+    and the cluster with compressed element channels (SOAP ``species_mixing``)."""
     cluster = [label(_cuag_cluster(seed=k, rattle=0.15), EMT()) for k in range(8)]
     return {"si": si_model,
             "si+2b": GAP(_si_terms(two_body=True), noise=SI_NOISE, progress=False).fit(si_train),
             "cluster": GAP([Term(_soap(), SOAPKernel(zeta=4, delta=1.0), n_sparse=20)],
                            noise=NoiseModel(energy=0.002, forces=0.1),
-                           progress=False).fit(cluster)}
+                           progress=False).fit(cluster),
+            # compressed element channels: a given mixing and a fixed embedding
+            "mixed": GAP([Term(_soap(species_mixing={"Cu": [0.9, 0.2], "Ag": [-0.3, 1.1]}),
+                               SOAPKernel(zeta=4), n_sparse=20),
+                          Term(_soap(species_mixing=1), SOAPKernel(zeta=2), n_sparse=10)],
+                         noise=NoiseModel(energy=0.002, forces=0.1),
+                         progress=False).fit(cluster)}
 
 
 def _all_outputs(model: GAP, frames) -> dict:
@@ -67,10 +74,11 @@ def _all_outputs(model: GAP, frames) -> dict:
     return out
 
 
-@pytest.mark.parametrize("name", ["si", "si+2b", "cluster"])
+@pytest.mark.parametrize("name", ["si", "si+2b", "cluster", "mixed"])
 def test_save_load_bit_identical(models, name, tmp_path):
     model = models[name]
-    frames = [_cuag_cluster(seed=9)] if name == "cluster" else [_si_cell(), _far_frames()[0]]
+    frames = ([_cuag_cluster(seed=9)] if name in ("cluster", "mixed")
+              else [_si_cell(), _far_frames()[0]])
     path = model.save(tmp_path / "model.gapkit")
     loaded = GAP.load(path)
     for attr in ("alpha_", "R_", "U_"):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .._checks import is_integer, positive
+from .._checks import atomic_number, is_integer, positive
 from ..neighbors import build_neighbor_list
 from ._radial import RadialSpline
 from ._spherical import harmonic_constants, real_spherical_harmonics
@@ -19,6 +19,44 @@ __all__ = ["SOAP"]
 
 #: bytes of dense gradients a chunk of pairs may hold (see SOAP._compute_batch)
 CHUNK_BYTES = 8 << 20
+
+def _check_mixing(value):
+    """``species_mixing`` as None, an int >= 1 or ``{Z: tuple of d floats}``."""
+    if value is None:
+        return None
+    if is_integer(value) and not isinstance(value, bool):
+        if not 1 <= int(value) <= 64:
+            raise ValueError(f"species_mixing must be an integer in [1, 64] (channels), a "
+                             f"mapping {{species: weights}} or None, got {value!r}")
+        return int(value)
+    if not isinstance(value, dict) or not value:
+        raise ValueError("species_mixing must be None, an integer number of channels or a "
+                         f"non-empty mapping {{species: weights}}, got {value!r}")
+    rows = {}
+    for key, weights in value.items():
+        try:
+            z = atomic_number(key)
+        except ValueError as err:
+            raise ValueError(f"species_mixing: {err}") from None
+        row = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if row.size == 0 or not np.all(np.isfinite(row)):
+            raise ValueError(f"species_mixing[{key!r}] must be finite weights, got {weights!r}")
+        rows[z] = tuple(float(w) for w in row)
+    if len({len(r) for r in rows.values()}) != 1:
+        raise ValueError("species_mixing rows must all have the same number of weights "
+                         f"(channels), got {dict((z, len(r)) for z, r in rows.items())}")
+    return dict(sorted(rows.items()))
+
+
+def random_embedding(z: int, channels: int) -> np.ndarray:
+    """The fixed row of species ``z`` in ``species_mixing=channels``: a unit vector
+    drawn from a generator seeded with ``z`` (one channel: a weight in [0.5, 1.5])."""
+    rng = np.random.default_rng([0x50A9, int(z), int(channels)])
+    if channels == 1:
+        return rng.uniform(0.5, 1.5, size=1)
+    row = rng.standard_normal(channels)
+    return row / np.linalg.norm(row)
+
 
 class _PositionGradientLayout:
     """Where each (centre, atom) gradient entry goes; entries sorted by centre, then atom.
@@ -131,13 +169,25 @@ class SOAP(OwnsCutoff, Descriptor):
         Show a progress bar over batches.
     spline_spacing : float
         Grid spacing of the tabulated radial integrals, Å.
+    species_mixing : int or mapping, optional
+        Compress the element channels (Darby, Kermode & Csányi 2022; QUIP's ``Z_mix``):
+        the density of channel ``κ`` is ``Σ_a W[a, κ] c^a``, so the spectrum has
+        ``d n_max (d n_max + 1)/2 (l_max+1)`` features for any number of species
+        instead of ``O(S²)``. An int ``d`` is a fixed random embedding: species ``Z``
+        gets a unit vector in ``d`` dimensions drawn from a generator seeded with ``Z``
+        (``d = 1``: a weight in [0.5, 1.5]), the same in every run and for any species
+        list. A mapping ``{Z or symbol: d weights}`` gives ``W`` itself (the rows of an
+        orthogonal ``W`` give the uncompressed kernel); a species it lacks is an error.
+        None (the default): every species pair, no compression. With mixing the first
+        two ``feature_labels`` columns are channel numbers (``channel_a``, ``channel_b``).
     """
 
     def __init__(self, *, cutoff: float = 5.0, cutoff_width: float = 0.5, n_max: int = 8,
                  l_max: int = 6, atom_sigma: float = 0.5, species: Sequence[int] | None = None,
                  central_weight: float = 1.0, normalize: bool = True,
                  dtype: torch.dtype = torch.float64, device=None, batch_atoms: int = 512,
-                 progress: bool = False, spline_spacing: float = 1e-2):
+                 progress: bool = False, spline_spacing: float = 1e-2,
+                 species_mixing: int | dict | None = None):
         self.cutoff_fn = CosineCutoff(cutoff, cutoff_width)
         if not is_integer(n_max) or not 1 <= n_max <= 20:
             raise ValueError(f"n_max must be an integer in [1, 20], got {n_max!r}")
@@ -153,6 +203,7 @@ class SOAP(OwnsCutoff, Descriptor):
         self.central_weight = float(central_weight)
         self.normalize = bool(normalize)
         self.spline_spacing = float(spline_spacing)
+        self.species_mixing = _check_mixing(species_mixing)
         self.chunk_pairs = 1024
         self._spline = None
         self._layouts = {}
@@ -163,7 +214,10 @@ class SOAP(OwnsCutoff, Descriptor):
         return dict(cutoff=self.cutoff, cutoff_width=self.cutoff_width, n_max=self.n_max,
                     l_max=self.l_max, atom_sigma=self.atom_sigma,
                     species=None if self.species is None else list(self.species),
-                    central_weight=self.central_weight, normalize=self.normalize)
+                    central_weight=self.central_weight, normalize=self.normalize,
+                    species_mixing=(dict(self.species_mixing)
+                                    if isinstance(self.species_mixing, dict)
+                                    else self.species_mixing))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
@@ -171,7 +225,7 @@ class SOAP(OwnsCutoff, Descriptor):
 
     def n_features(self, n_species: int | None = None) -> int:
         s = len(self.species) if n_species is None else n_species
-        k = s * self.n_max
+        k = self._channels(s) * self.n_max
         return k * (k + 1) // 2 * (self.l_max + 1)
 
     def torchscript_tables(self) -> dict:
@@ -179,16 +233,20 @@ class SOAP(OwnsCutoff, Descriptor):
         CPU (what :mod:`gapkit.export` puts in a metatomic model): ``coeffs`` (n_grid, 6 C)
         and ``h``, ``n_grid`` of the quintic radial spline (C = n_max (l_max + 1));
         ``gather``, ``scale``: feature ``f`` is ``scale[f]`` times entry ``gather[f]`` of the
-        concatenated per-l products ``c_l c_l^T`` (each k x k, k = species x n_max); ``own``
-        (n_max, (l_max+1)^2), the centre's own Gaussian; ``sh_norms``, ``sh_first``, the
-        harmonics' constants (:func:`~gapkit.descriptors._spherical.harmonic_constants`).
-        Needs ``species`` fixed."""
+        concatenated per-l products ``c_l c_l^T`` (each k x k, k = channels x n_max); ``own``
+        (n_max, (l_max+1)^2), the centre's own Gaussian; ``mix``: ``species_mixing``'s
+        (species x d) matrix, applied to the per-species coefficients (0 x 0 without
+        mixing); ``sh_norms``, ``sh_first``, the harmonics' constants
+        (:func:`~gapkit.descriptors._spherical.harmonic_constants`). Needs ``species``
+        fixed."""
         if self.species is None:
             raise ValueError("SOAP.torchscript_tables needs species fixed (a fitted term's)")
         spline = self._radial()
         n, L = self.n_max, self.l_max
-        k = len(self.species) * n
-        _, blocks = self._layout(len(self.species))
+        channels = self._channels(len(self.species))
+        k = channels * n
+        _, blocks = self._layout(channels)
+        mix = self.mixing_matrix(self.species)
         own = torch.zeros((n, (L + 1) ** 2), dtype=torch.float64)
         own[:, 0] = (self.central_weight * spline.at_zero()[:, 0].cpu().to(torch.float64)
                      / math.sqrt(4.0 * math.pi))
@@ -196,11 +254,36 @@ class SOAP(OwnsCutoff, Descriptor):
         return dict(
             coeffs=spline._coeffs.cpu().to(torch.float64).clone(), h=spline.h,
             n_grid=spline.n_grid, own=own,
+            mix=(torch.zeros((0, 0), dtype=torch.float64) if mix is None
+                 else torch.as_tensor(mix, dtype=torch.float64)),
             gather=torch.cat([blk["flat"].cpu() + l * k * k for l, blk in enumerate(blocks)]),
             scale=torch.cat([blk["scale"].cpu().to(torch.float64) for blk in blocks]),
             sh_norms=norms, sh_first=first)
 
     # -- internals ----------------------------------------------------------
+    def _channels(self, n_species: int) -> int:
+        """Element channels of the density: the species, or the mixing's ``d``."""
+        mix = self.species_mixing
+        if mix is None:
+            return n_species
+        return mix if isinstance(mix, int) else len(next(iter(mix.values())))
+
+    def mixing_matrix(self, species: Sequence[int]) -> np.ndarray | None:
+        """``W`` (len(species) x d) of ``species_mixing`` for these atomic numbers (None
+        without mixing); a species the mapping lacks raises ValueError."""
+        mix = self.species_mixing
+        if mix is None:
+            return None
+        if isinstance(mix, int):
+            return np.stack([random_embedding(z, mix) for z in species])
+        missing = [int(z) for z in species if int(z) not in mix]
+        if missing:
+            raise ValueError(
+                f"SOAP species_mixing has no weights for species {missing} (it was given "
+                f"for {sorted(mix)}): add a row for each of them, or use an integer "
+                "species_mixing (a fixed embedding of every element)")
+        return np.array([mix[int(z)] for z in species], dtype=np.float64)
+
     def _radial(self) -> RadialSpline:
         if self._spline is None:
             spline = RadialSpline(self.n_max, self.l_max, self.atom_sigma, self.cutoff,
@@ -293,18 +376,24 @@ class SOAP(OwnsCutoff, Descriptor):
         """
         dtype, device = self.dtype, self.device
         nl = build_neighbor_list(frames, self.cutoff, frame_offset=frame_offset)
-        S = len(species)
-        labels, blocks = self._layout(S)
+        n_species = len(species)
+        mix = self.mixing_matrix(species)
+        channels = self._channels(n_species)
+        labels, blocks = self._layout(channels)
         n_features = labels.shape[0]
         N = nl.n_atoms
         want_grad = want_pos or want_strain
 
         z_to_index = np.full(max(species) + 1, -1, dtype=np.int64)
-        z_to_index[list(species)] = np.arange(S)
+        z_to_index[list(species)] = np.arange(n_species)
         atom_sp = z_to_index[nl.numbers]
+        # S groups of pairs per centre, n radial channels per group: one group per
+        # species, or with mixing one group whose d n_max channels are the radial
+        # functions times the neighbour's weights
+        S, n_chan = (n_species, self.n_max) if mix is None else (1, channels * self.n_max)
         # sort pairs by (centre, neighbour species): centre-major, so each chunk of
         # centres owns a contiguous range of pairs
-        group = nl.centers * S + atom_sp[nl.neighbors]
+        group = nl.centers * S + (atom_sp[nl.neighbors] if mix is None else 0)
         order = np.argsort(group, kind="stable")
         group = group[order]
         centres_sorted = nl.centers[order]
@@ -332,6 +421,19 @@ class SOAP(OwnsCutoff, Descriptor):
         spline = self._radial()
         fc, dfc = self.cutoff_fn(distances)
         radial, dradial = spline(distances, derivative=want_grad)  # (P, n, L+1)
+        # the centre's own Gaussian, per centre species: its row of l = 0 coefficients
+        own = torch.zeros((n_species, S * n_chan), dtype=dtype, device=device)
+        at_zero = self.central_weight * spline.at_zero()[:, 0] / math.sqrt(4.0 * math.pi)
+        if mix is None:
+            own.view(n_species, S, n_chan)[torch.arange(S), torch.arange(S)] = at_zero
+        else:
+            w = torch.as_tensor(mix, dtype=dtype, device=device)
+            own[:] = (w[:, :, None] * at_zero).reshape(n_species, -1)
+            # (P, d n, L+1): neighbour j's radial functions times its species' weights
+            w_pair = w[torch.as_tensor(atom_sp[nl.neighbors[order]], device=device)]
+            radial, dradial = (None if t is None else
+                               (w_pair[:, :, None, None] * t[:, None]).flatten(1, 2)
+                               for t in (radial, dradial))
         ylm, dylm = real_spherical_harmonics(vectors, self.l_max, gradients=want_grad)
         c0 = 0
         while c0 < N:
@@ -341,10 +443,12 @@ class SOAP(OwnsCutoff, Descriptor):
             p0, p1 = int(pair_start[c0]), int(pair_start[c1])
             pairs = [None if t is None else t[p0:p1]
                      for t in (vectors, distances, fc, dfc, radial, dradial, ylm, dylm)]
+            own_rows = None
+            if self.central_weight != 0.0:
+                own_rows = own.index_select(0, torch.as_tensor(atom_sp[c0:c1], device=device))
             self._compute_chunk(
-                c0, c1, group[p0:p1] - c0 * S, pairs,
-                torch.as_tensor(atom_sp[c0:c1], device=device), S, blocks, values, want_grad,
-                strain, out, grads, p0, p1)
+                c0, c1, group[p0:p1] - c0 * S, pairs, own_rows, S, n_chan, blocks, values,
+                want_grad, strain, out, grads, p0, p1)
             c0 = c1
         if want_pos:
             gcentre, gatom = out.indices()
@@ -353,27 +457,32 @@ class SOAP(OwnsCutoff, Descriptor):
             return None if t is None else t.detach().cpu().numpy()
 
         feature_labels = labels.copy()
-        sp = np.asarray(species)
-        feature_labels[:, 0] = sp[labels[:, 0]]
-        feature_labels[:, 1] = sp[labels[:, 1]]
+        names = ("species_a", "species_b", "l", "n_a", "n_b")
+        if mix is None:
+            sp = np.asarray(species)
+            feature_labels[:, 0] = sp[labels[:, 0]]
+            feature_labels[:, 1] = sp[labels[:, 1]]
+        else:
+            names = ("channel_a", "channel_b", "l", "n_a", "n_b")
         return DescriptorResult(
             values=np_(values), centre_structure=nl.atom_structure.copy(),
             centre_atom=np.arange(N) - nl.atom_offsets[nl.atom_structure],
             centre_species=nl.numbers.copy(), centre_types=nl.numbers.copy(),
             n_atoms=np.diff(nl.atom_offsets), feature_labels=feature_labels,
-            feature_label_names=("species_a", "species_b", "l", "n_a", "n_b"),
+            feature_label_names=names,
             gradients=np_(None if grads is None else grads[:-1]),  # less the spare row
             gradient_centre=np_(gcentre), gradient_atom=np_(gatom),
             strain_gradients=np_(strain),
             info={"descriptor": "SOAP", **self.get_params(), "species": list(species)})
 
-    def _compute_chunk(self, c0, c1, group, pairs, centre_sp, S, blocks, values_out,
+    def _compute_chunk(self, c0, c1, group, pairs, own_rows, S, n, blocks, values_out,
                        want_grad, strain_out, out, grads_out, p0, p1):
         """Values (and gradients) of centres c0..c1 whose sorted pairs are given (``pairs``:
-        vectors, distances, cutoff and its derivative, radial functions and their
-        derivatives, harmonics and their gradients)."""
+        vectors, distances, cutoff and its derivative, radial functions (``n`` channels)
+        and their derivatives, harmonics and their gradients) in ``S`` groups per centre;
+        ``own_rows`` (nc, S n): the centres' own Gaussians (None: no central weight)."""
         dtype, device = self.dtype, self.device
-        n, L = self.n_max, self.l_max
+        L = self.l_max
         k = S * n
         nc = c1 - c0
         n_lm = (L + 1) ** 2
@@ -386,7 +495,6 @@ class SOAP(OwnsCutoff, Descriptor):
         n_slots = nc * S * J
 
         vec, dist, fc, dfc, radial, dradial, ylm, dylm = pairs
-        spline = self._radial()
 
         # padded radial functions (L+1, slots, n) and harmonics (slots, lm)
         r_pad = torch.zeros((L + 1, n_slots, n), dtype=dtype, device=device)
@@ -400,9 +508,8 @@ class SOAP(OwnsCutoff, Descriptor):
             c_l = torch.bmm(r_pad[l].view(nc * S, J, n).transpose(1, 2),
                             y_pad3[:, :, l * l:(l + 1) ** 2])
             coeffs.append(c_l.view(nc, k, 2 * l + 1))
-        if self.central_weight != 0.0:
-            own = self.central_weight * spline.at_zero()[:, 0] / math.sqrt(4.0 * math.pi)
-            coeffs[0].view(nc, S, n)[torch.arange(nc, device=device), centre_sp] += own
+        if own_rows is not None:
+            coeffs[0].view(nc, k).add_(own_rows)
 
         values = values_out[c0:c1]
         for l, blk in enumerate(blocks):

@@ -429,6 +429,97 @@ def test_dot_products_do_not_depend_on_species_order(ethanol_rmd17):
 
 
 # ======================================================================================
+# compressed element channels (species_mixing)
+# ======================================================================================
+#: a 4-species mixing into 2 channels (acetamide: H, C, N, O)
+MIXING = {"H": [1.0, 0.2], "C": [0.3, -0.9], "N": [0.6, 0.5], "O": [-0.7, 0.4]}
+
+
+@pytest.mark.parametrize("central_weight", [1.0, 0.0])
+def test_mixed_spectrum_is_the_full_spectrum_contracted_with_the_weights(
+        acetamide, central_weight):
+    """Independent of the mixed code path: mixing channels kappa = sum_a W[a, kappa] c^a
+    makes the (raw) spectrum P~[kappa n, lambda n'] = sum_ab W[a, kappa] W[b, lambda]
+    P[a n, b n'] of the uncompressed one, the centre's own Gaussian included."""
+    full = make_soap(normalize=False, central_weight=central_weight).compute([acetamide])
+    mixed = make_soap(normalize=False, central_weight=central_weight,
+                      species_mixing=MIXING).compute([acetamide])
+    assert mixed.feature_label_names == ("channel_a", "channel_b", "l", "n_a", "n_b")
+    assert mixed.n_features == make_soap(species_mixing=2).n_features(4) < full.n_features
+    w = np.array([MIXING[s] for s in ("H", "C", "N", "O")])  # species order 1, 6, 7, 8
+    wk = np.kron(w, np.eye(HYPERS["n_max"]))
+    expected = np.einsum("xlab,ac,bd->xlcd",
+                         power_spectrum_matrices(full.values, full.feature_labels), wk, wk)
+    got = power_spectrum_matrices(mixed.values, mixed.feature_labels)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=RTOL_IDENTITY * _max_abs(expected))
+
+
+def test_orthogonal_mixing_keeps_the_kernel(ethanol_rmd17):
+    """An orthogonal W (3 species into 3 channels) is a rotation of the element channels:
+    the normalised dot products are those of the uncompressed SOAP."""
+    w = np.linalg.qr(np.random.default_rng(1).standard_normal((3, 3)))[0]
+    q = make_soap().compute([ethanol_rmd17]).values
+    qm = make_soap(species_mixing={1: w[0], 6: w[1], 8: w[2]}).compute([ethanol_rmd17]).values
+    np.testing.assert_allclose(qm @ qm.T, q @ q.T, rtol=0, atol=RTOL_IDENTITY)
+
+
+@pytest.mark.parametrize("mixing", [1, 3, "map"])
+@pytest.mark.parametrize("structure", ["acetamide", "triclinic_two_species"])
+def test_mixed_spectrum_gradients_and_invariance(request, structure, mixing):
+    """Mixed channels keep the analytic position and strain gradients (central
+    differences) and every invariance."""
+    atoms = request.getfixturevalue(structure)
+    if mixing == "map":
+        mixing = {**MIXING, "Si": [0.1, 1.0]}
+    soap = make_soap(species_mixing=mixing)
+    errors = check_gradients(soap, atoms, rtol=RTOL_GRADIENT)
+    assert set(errors) == {"positions", "strain"}
+    assert_invariant(soap, atoms, atol=ATOL_INVARIANCE)
+
+
+def test_fixed_embedding_does_not_depend_on_the_species_list(acetamide):
+    """An integer species_mixing gives every element its own fixed weights: the features
+    (not only their dot products) are the same whatever species the descriptor lists,
+    and distinct elements get distinct weights."""
+    reference = make_soap(species_mixing=2).compute([acetamide]).values
+    for species in ([1, 6, 7, 8, 14], [8, 7, 6, 1, 29, 47]):
+        other = make_soap(species_mixing=2, species=species).compute([acetamide]).values
+        np.testing.assert_allclose(other, reference, rtol=0, atol=ATOL_EXACT)
+    rows = make_soap(species_mixing=2).mixing_matrix(range(1, 90))
+    assert np.min(np.linalg.norm(rows[:, None] - rows[None], axis=-1)
+                  + 10 * np.eye(len(rows))) > 1e-6
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, rtol=1e-12)
+
+
+def test_mixing_settings_round_trip():
+    """get_params gives back the same descriptor, also after JSON (string keys)."""
+    import json
+
+    for mixing in (None, 2, MIXING):
+        soap = make_soap(species_mixing=mixing)
+        params = json.loads(json.dumps(soap.get_params()))
+        again = SOAP(**params)
+        assert again.species_mixing == soap.species_mixing
+        assert again.get_params() == soap.get_params()
+
+
+def test_species_missing_from_the_mixing_raises_naming_it(acetamide):
+    soap = make_soap(species_mixing={k: MIXING[k] for k in ("H", "C", "O")})
+    with pytest.raises(ValueError, match=r"species_mixing has no weights for species \[7\]"):
+        soap.compute([acetamide])
+
+
+BAD_MIXING = [0, -1, 65, 2.5, True, {}, {"H": [1.0], "C": [1.0, 2.0]}, {"H": [math.nan]},
+              {"Xx": [1.0]}, "two"]
+
+
+@pytest.mark.parametrize("value", BAD_MIXING, ids=[repr(v) for v in BAD_MIXING])
+def test_bad_mixing_raises_naming_the_parameter(value):
+    with pytest.raises(ValueError, match="species_mixing"):
+        make_soap(species_mixing=value)
+
+
+# ======================================================================================
 # bad input
 # ======================================================================================
 def _pair(symbols="SiC", distance=1.9, **kw) -> Atoms:
