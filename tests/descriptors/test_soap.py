@@ -234,6 +234,51 @@ def test_chunks_and_huge_pages_do_not_change_results(monkeypatch, acetamide,
     assert chunked.gradients.flags.writeable and chunked.values.flags.writeable
 
 
+@pytest.mark.slow
+def test_an_environment_of_600_neighbours_is_complete(monkeypatch):
+    """A centre with 600 neighbours (two species) inside the cutoff: nothing is truncated
+    (its l = 0 block is the outer product of the densities summed here over every
+    neighbour with the radial spline; uncompressed and mixed), and the smallest chunks
+    (one centre of hundreds of pairs each) give the gradients of one chunk per 8 MB."""
+    import torch
+
+    import gapkit.descriptors.soap as soap_module
+
+    rng = np.random.default_rng(5)
+    direction = rng.standard_normal((600, 3))
+    radius = 3.0 * rng.uniform(0.2, 1.0, 600) ** (1 / 3)  # all within 3 A < cutoff 3.5 A
+    positions = np.vstack([[0.0, 0.0, 0.0],
+                           direction / np.linalg.norm(direction, axis=1)[:, None]
+                           * radius[:, None]])
+    atoms = Atoms(["Cu"] + ["Cu", "Ag"] * 300, positions=positions)
+    kinds = (atoms.numbers[1:] == 47).astype(int)
+    dist = torch.as_tensor(np.linalg.norm(positions[1:], axis=1))
+    y00 = 1.0 / math.sqrt(4.0 * math.pi)
+    for mixing in (None, 1):
+        soap = make_soap(normalize=False, species_mixing=mixing)
+        result = soap.compute([atoms])
+        # c^a_{n00} = sum_j f_c I_n0(r_j) Y_00 (+ the centre's own Gaussian)
+        radial, _ = soap._radial()(dist)
+        fc, _ = soap.cutoff_fn(dist)
+        terms = (fc[:, None] * radial[:, :, 0]).numpy() * y00
+        own = soap._radial().at_zero()[:, 0].numpy() * y00
+        weights = np.eye(2) if mixing is None else soap.mixing_matrix([29, 47])
+        c = sum(np.outer(weights[s], terms[kinds == s].sum(0)) for s in (0, 1))
+        c = (c + np.outer(weights[0], own)).ravel()
+        l0 = result.feature_labels[:, 2] == 0
+        block = power_spectrum_matrices(result.values[:1, l0], result.feature_labels[l0])
+        np.testing.assert_allclose(block[0, 0], np.outer(c, c), rtol=0,
+                                   atol=RTOL_IDENTITY * float(c @ c))
+    small = SOAP(cutoff=3.5, n_max=2, l_max=1)
+    reference = small.compute([atoms], gradients=["positions"])
+    assert np.sum(reference.gradient_centre == 0) == 601  # its 600 neighbours + itself
+    monkeypatch.setattr(soap_module, "CHUNK_BYTES", 1)
+    chunked = small.compute([atoms], gradients=["positions"])
+    for name in ("values", "gradients"):
+        np.testing.assert_allclose(getattr(chunked, name), getattr(reference, name),
+                                   rtol=0, atol=ATOL_EXACT * _max_abs(getattr(reference, name)))
+
+
 # ======================================================================================
 # smoothness at the cutoff
 # ======================================================================================
