@@ -20,6 +20,7 @@ __all__ = ["SOAP"]
 #: bytes of dense gradients a chunk of pairs may hold (see SOAP._compute_batch)
 CHUNK_BYTES = 8 << 20
 
+
 def _check_mixing(value):
     """``species_mixing`` as None, an int >= 1 or ``{Z: tuple of d floats}``."""
     if value is None:
@@ -210,14 +211,21 @@ class SOAP(OwnsCutoff, Descriptor):
 
     # -- settings ---------------------------------------------------------
     def get_params(self) -> dict:
-        """The settings as a plain dict (round-trips through ``SOAP(**params)``)."""
+        """The settings as a plain dict (round-trips through ``SOAP(**params)``). With the
+        species fixed (a fitted term's), an integer ``species_mixing`` is given as its
+        weights, so a saved model holds W itself and never depends on how a future numpy
+        draws the embedding."""
+        mixing = self.species_mixing
+        if isinstance(mixing, int) and self.species is not None:
+            mixing = {int(z): tuple(float(w) for w in row)
+                      for z, row in zip(self.species, self.mixing_matrix(self.species))}
+        elif isinstance(mixing, dict):
+            mixing = dict(mixing)
         return dict(cutoff=self.cutoff, cutoff_width=self.cutoff_width, n_max=self.n_max,
                     l_max=self.l_max, atom_sigma=self.atom_sigma,
                     species=None if self.species is None else list(self.species),
                     central_weight=self.central_weight, normalize=self.normalize,
-                    species_mixing=(dict(self.species_mixing)
-                                    if isinstance(self.species_mixing, dict)
-                                    else self.species_mixing))
+                    species_mixing=mixing)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())

@@ -548,6 +548,20 @@ def test_mixing_settings_round_trip():
         assert again.get_params() == soap.get_params()
 
 
+def test_fixed_embedding_is_written_out_once_species_are_fixed(acetamide):
+    """With the species fixed (a fitted term), get_params gives the embedding's weights, so
+    a saved model carries W: the same features, and a species outside them is an error."""
+    soap = make_soap(species_mixing=2, species=[1, 6, 7, 8])
+    params = soap.get_params()
+    assert sorted(params["species_mixing"]) == [1, 6, 7, 8]
+    again = SOAP(**params)
+    np.testing.assert_array_equal(again.compute([acetamide]).values,
+                                  soap.compute([acetamide]).values)
+    with pytest.raises(ValueError, match=r"no weights for species \[14\]"):
+        SOAP(**{**params, "species": None}).compute([Atoms("SiH", positions=[[0, 0, 0],
+                                                                           [1.5, 0, 0]])])
+
+
 def test_species_missing_from_the_mixing_raises_naming_it(acetamide):
     soap = make_soap(species_mixing={k: MIXING[k] for k in ("H", "C", "O")})
     with pytest.raises(ValueError, match=r"species_mixing has no weights for species \[7\]"):
