@@ -43,6 +43,7 @@ import torch  # noqa: E402
 from _common import base_machine_info, load_average, results_so_far  # noqa: E402
 
 from gapkit import GAP, SOAP, SOAPKernel, Term  # noqa: E402
+from gapkit.data import get_all_labels, read_extxyz  # noqa: E402
 
 torch.set_num_threads(1)
 HERE = Path(__file__).resolve().parent
@@ -52,16 +53,8 @@ SETTINGS = dict(cutoff=5.0, cutoff_width=0.5, n_max=8, l_max=6, atom_sigma=0.5)
 
 
 def read(rel: str, index=":"):
-    frames = ase.io.read(SHARED / rel, index=index)
-    for atoms in frames:  # labels live in info/arrays for gapkit; no calculator needed
-        if atoms.calc is not None:
-            res = atoms.calc.results
-            if "energy" in res:
-                atoms.info["energy"] = res["energy"]
-            if "forces" in res:
-                atoms.arrays["forces"] = res["forces"]
-            atoms.calc = None
-    return frames
+    """Frames of a shared data set, read and checked by gapkit's own reader."""
+    return read_extxyz(SHARED / rel, index)
 
 
 def every_fifth(frames):
@@ -179,8 +172,9 @@ def errors(model: GAP, test) -> dict:
     pred = model.predict(test, virial=False)
     cpu = time.process_time() - t0
     n = np.array([len(a) for a in test])
-    e_ref = np.array([a.info["energy"] for a in test])
-    f_ref = np.concatenate([a.arrays["forces"] for a in test])
+    labels = get_all_labels(test, require=("energy", "forces"))
+    e_ref = np.array([lab.energy for lab in labels])
+    f_ref = np.concatenate([lab.forces for lab in labels])
     de = (pred.energy - e_ref) / n
     df = pred.forces - f_ref
     return {"energy_mae_meV_atom": float(np.mean(np.abs(de)) * 1e3),
