@@ -34,8 +34,11 @@ __all__ = ["DesignCache", "SparseSet", "TrainingData", "design_blocks", "design_
            "design_rows", "functional_rows", "gather_rows", "gradients_for", "kmm", "type_mask",
            "usable_memory"]
 
-#: gradient entries contracted at once (memory: entries x 3 x M floats)
+#: gradient entries contracted at once (memory: entries x 3 x M floats and the entries'
+#: kernel weights, entries x M), fewer where that would pass ENTRY_BYTES (M > ~2,000:
+#: at M 5,000 the 1,024 entries were 164 MB of temporaries per chunk on every worker)
 ENTRY_CHUNK = 1024
+ENTRY_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -135,10 +138,11 @@ def _contract_by_type(contract, q, sparse: SparseSet, g, centre, centre_types, t
         if entries.numel() == 0:
             continue
         z = sparse.points[cols]
+        step = min(chunk, max(64, ENTRY_BYTES // (8 * (g.shape[1] + 1) * cols.numel())))
         block = rows if cols.numel() == m else torch.zeros((n_target, g.shape[1], cols.numel()),
                                                            dtype=q.dtype)
-        for e0 in range(0, entries.numel(), chunk):
-            e = entries[e0:e0 + chunk]
+        for e0 in range(0, entries.numel(), step):
+            e = entries[e0:e0 + step]
             block.index_add_(0, target[e], contract(q, z, g[e], centre[e]), alpha=-1.0)
         if block is not rows:
             rows[:, :, cols] = block

@@ -30,7 +30,7 @@ import torch
 
 from .design import design_blocks, type_mask
 from .observations import KINDS
-from .sparse import IncrementalQR, _positive_r, informative_rows
+from .sparse import IncrementalQR, informative_rows, stack_r
 
 __all__ = ["Statistics", "collect_statistics", "lengthscale_kernels", "lml_from_statistics",
            "noise_groups", "optimize", "search_lengthscale", "split_factors"]
@@ -149,7 +149,7 @@ def _statistics_pass(frames, obs, offset: int, terms, sparse_sets, gradients, gr
 def _add_statistics(a: tuple, b: tuple) -> tuple:
     """The statistics of the rows of ``a`` and then ``b``: per group the R of the stacked
     states (TSQR), the sums added."""
-    return ([_positive_r(torch.cat([x, y])) for x, y in zip(a[0], b[0])],
+    return ([stack_r(x, y) for x, y in zip(a[0], b[0])],
             *(x + y for x, y in zip(a[1:], b[1:])))
 
 

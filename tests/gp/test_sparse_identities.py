@@ -35,7 +35,7 @@ import gapkit.gp.sparse
 from gapkit import GAP, SOAP, NoiseModel, SOAPKernel, Term
 from gapkit.gp.design import functional_rows
 from gapkit.gp.observations import VOIGT
-from gapkit.gp.sparse import IncrementalQR, dtc_log_marginal_likelihood
+from gapkit.gp.sparse import IncrementalQR, dtc_log_marginal_likelihood, stack_r
 
 RTOL = 1e-8  # sparse solve vs dense reference
 BLOCK_RTOL = 1e-10  # different row-block sizes
@@ -347,8 +347,13 @@ def test_result_does_not_depend_on_block_size(model, train, probe_frames, monkey
         assert np.abs(v1 - v0).max() <= BLOCK_RTOL * np.abs(v0).max(), name
 
 
-def test_incremental_qr_equals_dense_for_any_chunking():
-    """The streaming factor of [Sigma^-1/2 K_NM, Sigma^-1/2 y; U, 0] on random data."""
+@pytest.mark.parametrize("lapack", [True, False])
+def test_incremental_qr_equals_dense_for_any_chunking(monkeypatch, lapack):
+    """The streaming factor of [Sigma^-1/2 K_NM, Sigma^-1/2 y; U, 0] on random data, by
+    LAPACK's triangular-pentagonal fold (CPU float64) and by QRs of the stacked rows (the
+    path of other devices and dtypes)."""
+    if not lapack:
+        monkeypatch.setattr(gapkit.gp.sparse, "_on_lapack", lambda t: False)
     rng = np.random.default_rng(0)
     n, m = 300, 12
     k = rng.normal(size=(n, m))
@@ -377,6 +382,62 @@ def test_incremental_qr_equals_dense_for_any_chunking():
                                             qr.sum_log_sigma, qr.n_rows)
         assert value == pytest.approx(lml, rel=1e-12)
         assert qr.n_rows == n
+
+
+def test_stack_r_is_the_r_of_the_stacked_factors(monkeypatch):
+    """TSQR's combine: the R (non-negative diagonal) of [R_a; R_b] by LAPACK's triangular
+    fold equals that of a dense QR of the stack, and R^T R = R_a^T R_a + R_b^T R_b."""
+    rng = np.random.default_rng(3)
+    m = 70
+    ra = torch.linalg.qr(torch.as_tensor(rng.normal(size=(90, m))), mode="r").R
+    rb = torch.linalg.qr(torch.as_tensor(rng.normal(size=(150, m))), mode="r").R
+    got = stack_r(ra, rb)
+    dense = torch.linalg.qr(torch.cat([ra, rb]), mode="r").R
+    dense = dense * torch.sign(torch.diagonal(dense))[:, None]
+    assert bool((torch.diagonal(got) >= 0).all())
+    assert torch.equal(got, torch.triu(got))
+    np.testing.assert_allclose(got.numpy(), dense.numpy(), rtol=0, atol=1e-12 * float(
+        dense.abs().max()))
+    gram = ra.T @ ra + rb.T @ rb
+    np.testing.assert_allclose((got.T @ got).numpy(), gram.numpy(), rtol=0,
+                               atol=1e-12 * float(gram.abs().max()))
+    monkeypatch.setattr(gapkit.gp.sparse, "_on_lapack", lambda t: False)
+    np.testing.assert_allclose(stack_r(ra, rb).numpy(), got.numpy(), rtol=0,
+                               atol=1e-12 * float(dense.abs().max()))
+
+
+def test_qr_buffer_is_bounded_and_folds_use_torchs_threads(monkeypatch):
+    """The rows buffered per fold stay within QR_BLOCK_BYTES from M ~ 4,000 on (the former
+    2 M rows were 0.4 GB at M 5,000), never below 512 rows (beyond M 16,000); and scipy's
+    LAPACK runs with torch's thread count, not one thread per core."""
+    from scipy.linalg import lapack
+    from threadpoolctl import threadpool_info
+
+    sparse = gapkit.gp.sparse
+    assert sparse.qr_block_rows(100) == 2048 and sparse.qr_block_rows(1000) == 2048
+    for m in (5000, 8000, 16_000):
+        rows = sparse.qr_block_rows(m)
+        assert rows * 8 * (m + 1) <= sparse.QR_BLOCK_BYTES and rows >= 512
+    assert sparse.qr_block_rows(20_000) == sparse.qr_block_rows(10**6) == 512
+    seen = []
+    original = lapack.dtpqrt
+
+    def spy(*args, **kwargs):
+        seen.append({i["num_threads"] for i in threadpool_info()
+                     if i["user_api"] == "blas"})
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(lapack, "dtpqrt", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        qr = IncrementalQR(torch.eye(4, dtype=torch.float64), block_rows=3)
+        qr.add(torch.ones((5, 4), dtype=torch.float64), torch.ones(5, dtype=torch.float64),
+               torch.ones(5, dtype=torch.float64))
+        qr.finish()
+    finally:
+        torch.set_num_threads(before)
+    assert seen and all(s == {1} for s in seen), seen
 
 
 # --------------------------------------------------------- more data, less variance
