@@ -208,7 +208,7 @@ def communication(stages: dict, wall: float, workers: int) -> dict:
             "idle_or_this_process_s": wall * workers - comp - comm}
 
 
-def scaling_model(row: dict, n_rows: int, M: int) -> dict:
+def scaling_model(row: dict, n_rows: int, M: int, smaller: dict | None = None) -> dict:
     """Time and memory of W workers on N rows from the measured per-block costs:
 
     T(W, N) = T_fixed + (c_row N + c_sel N) / W + ceil(log2 W) (t_comb + 2 M^2 8 B / bw)
@@ -218,7 +218,10 @@ def scaling_model(row: dict, n_rows: int, M: int) -> dict:
     bw: the bytes per second the R-factor transfers reached, T_fixed: what ran in this
     process (wall minus the slowest worker's tasks). Memory per worker: the R factor and
     the stacked pair (3 M^2 8 B), the worker's memory before the fit, and what grows with
-    its rows (the measured peak less those two, per row)."""
+    its rows (the measured peak less those two, per row). With ``smaller`` (the result of
+    a run with fewer frames, same M and workers) the memory is a line through both peaks
+    instead: what does not grow with the rows (design blocks, QR buffers) is then not
+    counted per row."""
     st = row["stages"]["seconds"]
     runs = row["stages"]["compute_each"].get("_qr_pass", [])
     combines = row["stages"]["compute_each"].get("stack_qr", [])
@@ -237,7 +240,12 @@ def scaling_model(row: dict, n_rows: int, M: int) -> dict:
     t_fixed = max(row["wall_s"] - busiest, 0.0)
     r_mib = 3 * r_bytes / 2**20
     base_mib = max(row["rss_mib_per_worker_before_fit"])
-    per_row_mib = max(max(row["peak_rss_mib_per_worker"]) - r_mib - base_mib, 0.0) / (n_rows / W)
+    peak = max(row["peak_rss_mib_per_worker"])
+    per_row_mib = max(peak - r_mib - base_mib, 0.0) / (n_rows / W)
+    if smaller is not None:
+        small_peak = max(smaller["fit"]["peak_rss_mib_per_worker"])
+        per_row_mib = (peak - small_peak) / ((n_rows - smaller["n_rows"]) / W)
+        base_mib = peak - per_row_mib * n_rows / W - r_mib  # the rest: fixed
 
     def T(w, n):
         return (t_fixed + (c_row + c_sel) * n / w
@@ -271,7 +279,24 @@ def main() -> None:
                     help="the extxyz file (written if absent; default results/cu_emt_N.xyz)")
     ap.add_argument("--check", action="store_true", help="test errors on 50 new frames")
     ap.add_argument("--output", type=Path, default=RESULTS)
+    ap.add_argument("--smaller", type=Path, default=None,
+                    help="the JSON of a run with fewer frames (same M, workers): memory "
+                         "model through both peaks")
+    ap.add_argument("--report", type=Path, default=None,
+                    help="no fit: the model and tables of this saved result (with "
+                         "--smaller), written back to it")
     args = ap.parse_args()
+    smaller = json.loads(args.smaller.read_text()) if args.smaller else None
+    if args.report is not None:
+        out = json.loads(args.report.read_text())
+        out["model"] = scaling_model(out["fit"], out["n_rows"], out["settings"]["n_sparse"],
+                                     smaller)
+        if smaller is not None:
+            out["model"]["smaller_run"] = {"n_rows": smaller["n_rows"], "peak_rss_mib_per_worker":
+                                           smaller["fit"]["peak_rss_mib_per_worker"]}
+        args.report.write_text(json.dumps(out, indent=1))
+        report(out)
+        return
     torch.set_num_threads(1)
     path = args.data or HERE / "results" / f"cu_emt_{args.frames}.xyz"
     out = {"machine": base_machine_info(), "load_before": load_average(),
@@ -292,7 +317,7 @@ def main() -> None:
     gap, row = fit_on_workers(path, args.workers, args.n_sparse)
     row["communication"] = communication(row["stages"], row["wall_s"], args.workers)
     out["fit"] = row
-    out["model"] = scaling_model(row, n_rows, args.n_sparse)
+    out["model"] = scaling_model(row, n_rows, args.n_sparse, smaller)
     out["load_after"] = load_average()
     if args.check:
         test = list(cu_frames(50, args.seed + 1))
