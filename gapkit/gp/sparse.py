@@ -87,7 +87,7 @@ def _fold(top, rows, *, triangular: bool = False) -> None:
     """Overwrite ``top`` (n x n, upper triangular, float64, Fortran order) with the R
     factor of ``[top; rows]`` (``rows``: b x n, Fortran order, overwritten; upper
     triangular itself with ``triangular``): LAPACK's triangular-pentagonal QR
-    (``dtpqrt``), whose reflectors touch ``top``'s diagonal rows only — 2 b n^2 flops
+    (``dtpqrt``), each reflector touching one row of ``top`` and all of ``rows`` — 2 b n^2 flops
     (2/3 n^3 for two triangles) where a QR of the stacked matrix does 2 (n + b) n^2 - 2/3
     n^3 and holds two copies of it. R's row signs are LAPACK's."""
     from scipy.linalg import lapack
@@ -105,11 +105,16 @@ def _fold(top, rows, *, triangular: bool = False) -> None:
         top[...] = a
 
 
-def _signed(r: torch.Tensor) -> torch.Tensor:
-    """``r`` with its rows' signs flipped so that the diagonal is non-negative."""
+def _row_signs(r: torch.Tensor) -> torch.Tensor:
+    """(n, 1): the factors that make the diagonal of ``r`` non-negative (1 where zero)."""
     signs = torch.sign(torch.diagonal(r))
     signs[signs == 0] = 1.0
-    return r * signs[:, None]
+    return signs[:, None]
+
+
+def _signed(r: torch.Tensor) -> torch.Tensor:
+    """``r`` with its rows' signs flipped so that the diagonal is non-negative."""
+    return r * _row_signs(r)
 
 
 def _finished(top) -> torch.Tensor:
@@ -118,9 +123,7 @@ def _finished(top) -> torch.Tensor:
     copy (at M 5,000 each further copy is 0.2 GB on the worker that combines)."""
     r = torch.from_numpy(top).clone(memory_format=torch.contiguous_format)
     r.triu_()
-    signs = torch.sign(torch.diagonal(r))
-    signs[signs == 0] = 1.0
-    return r.mul_(signs[:, None])
+    return r.mul_(_row_signs(r))
 
 
 def _on_lapack(t: torch.Tensor) -> bool:
