@@ -24,6 +24,7 @@ since ``y^T (Q_NN + Sigma)^{-1} y = |Sigma^{-1/2} y|^2 - |b|^2 = r^2`` (Woodbury
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -117,13 +118,28 @@ def _signed(r: torch.Tensor) -> torch.Tensor:
     return r * _row_signs(r)
 
 
-def _finished(top) -> torch.Tensor:
+def _finished(top, *, copy: bool = True) -> torch.Tensor:
     """An upper-triangular factor held by LAPACK (Fortran order, anything below the
-    diagonal) as a C-order tensor, zero below the diagonal, non-negative diagonal: one
-    copy (at M 5,000 each further copy is 0.2 GB on the worker that combines)."""
-    r = torch.from_numpy(top).clone(memory_format=torch.contiguous_format)
-    r.triu_()
+    diagonal) as a tensor, zero below the diagonal, non-negative diagonal: a C-order copy,
+    or without ``copy`` ``top`` itself made so (a tensor with Fortran strides; at M 5,000
+    each copy is 0.2 GB on a Dask worker)."""
+    if copy:
+        r = torch.from_numpy(top).clone(memory_format=torch.contiguous_format)
+        r.triu_()
+        return r.mul_(_row_signs(r))
+    for j in range(top.shape[1] - 1):  # column by column: no index or mask arrays
+        top[j + 1:, j] = 0.0
+    r = torch.from_numpy(top)
     return r.mul_(_row_signs(r))
+
+
+def _own_fortran(t: torch.Tensor):
+    """``t`` as a writable Fortran-order float64 array: ``t``'s own memory when it is one
+    (a factor made by ``_finished(copy=False)``), else a copy."""
+    arr = t.numpy(force=True)
+    if arr.flags.f_contiguous and arr.flags.writeable:
+        return arr
+    return arr.copy(order="F")
 
 
 def _on_lapack(t: torch.Tensor) -> bool:
@@ -189,23 +205,33 @@ class IncrementalQR:
         aug = self.augmented()
         return aug[:m, :m], aug[:m, m], aug[m, m]
 
-    def augmented(self) -> torch.Tensor:
-        """``[R, b; 0, r]`` ((M + 1) square, non-negative diagonal) of every row added."""
+    def augmented(self, *, copy: bool = True) -> torch.Tensor:
+        """``[R, b; 0, r]`` ((M + 1) square, non-negative diagonal) of every row added.
+        Without ``copy``, the factor's own memory, for a caller that adds no more rows
+        (on the CPU in float64 a tensor with Fortran strides: one R fewer in memory)."""
         self._flush()
         if self._lapack:
-            return _finished(self._aug)
+            return _finished(self._aug, copy=copy)
         return self._aug
 
 
-def stack_r(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def stack_r(a: torch.Tensor, b: torch.Tensor, *, consume: bool = False) -> torch.Tensor:
     """The R factor (non-negative diagonal) of ``[a; b]``, two upper-triangular factors of
     the same size (TSQR's combine): on the CPU in float64 LAPACK's triangular QR, 2/3 n^3
-    flops (a QR of the stacked 2n x n matrix: 10/3 n^3)."""
+    flops (a QR of the stacked 2n x n matrix: 10/3 n^3). With ``consume``, for factors
+    nothing reads again (a reduction's intermediate values): ``a`` and ``b`` are
+    overwritten when they are Fortran-order (as ``IncrementalQR.augmented(copy=False)``
+    and this function make them) and the result is ``a``'s memory, so the combine holds
+    no R beyond its two inputs (before: two more, 0.4 GB at M 5,000)."""
     if not (_on_lapack(a) and _on_lapack(b)):
         return _positive_r(torch.cat([a, b]))
-    top = a.numpy(force=True).copy(order="F")
-    _fold(top, b.numpy(force=True).copy(order="F"), triangular=True)  # that copy freed here
-    return _finished(top)
+    if not consume:
+        top = a.numpy(force=True).copy(order="F")
+        _fold(top, b.numpy(force=True).copy(order="F"), triangular=True)  # freed here
+        return _finished(top)
+    top = _own_fortran(a)
+    _fold(top, _own_fortran(b), triangular=True)
+    return _finished(top, copy=False)
 
 
 def _positive_r(stacked: torch.Tensor) -> torch.Tensor:
@@ -263,9 +289,11 @@ def solve_dtc(terms, sparse_sets, frames, observations, *, jitter: float, batch_
         part = passes.reduce(_stack_qr, passes.map(_qr_pass, frames, observations, terms,
                                                    sparse_sets, u.shape[0], batch_atoms,
                                                    False))
-        part = _stack_qr(_QRPart(_augmented(u), 0, 0.0, 0, ()), part)
+        part = _stack_qr(_QRPart(_augmented(u, fortran=True), 0, 0.0, 0, ()), part)
     m = u.shape[0]
-    r, b, resid = part.aug[:m, :m], part.aug[:m, m], part.aug[m, m]
+    aug = part.aug.contiguous()  # C order, as the model's R always was (a solve's rounding
+    part = dataclasses.replace(part, aug=aug)  # depends on the layout); the Fortran one freed
+    r, b, resid = aug[:m, :m], aug[:m, m], aug[m, m]
     alpha = torch.linalg.solve_triangular(r, b[:, None], upper=True)[:, 0]
     return DTCSolution(alpha, r, u, jitter_absolute,
                        dtc_log_marginal_likelihood(r, u, resid, part.sum_log_sigma,
@@ -305,8 +333,8 @@ def fold_dtc(terms, sparse_sets, alpha: torch.Tensor, r_factor: torch.Tensor, fr
     old = torch.zeros((m + 1, m + 1), dtype=r_factor.dtype)
     old[:m, :m] = r_factor
     old[:m, m] = r_factor @ alpha
-    both = _stack_qr(_QRPart(old, 0, 0.0, 0, ()), new)
-    r_new, b, resid = both.aug[:m, :m], both.aug[:m, m], both.aug[m, m]
+    aug = _stack_qr(_QRPart(old, 0, 0.0, 0, ()), new).aug.contiguous()  # C order: as in solve_dtc
+    r_new, b, resid = aug[:m, :m], aug[:m, m], aug[m, m]
     alpha_new = torch.linalg.solve_triangular(r_new, b[:, None], upper=True)[:, 0]
     logdet = float(torch.log(torch.abs(torch.diagonal(r_factor))).sum()
                    - torch.log(torch.abs(torch.diagonal(r_new))).sum())
@@ -428,7 +456,8 @@ def extend_dtc(terms, sparse_sets, added, jitter_absolute: float, frames, observ
     u = lower.T.contiguous()
     if stored is None:
         part = _qr_pass(frames, observations, 0, terms, combined, u, batch_atoms, False)
-        aug, log_sigma, n_rows, new_stored = part.aug, part.sum_log_sigma, part.n_rows, None
+        aug, log_sigma, n_rows, new_stored = (part.aug.contiguous(), part.sum_log_sigma,
+                                              part.n_rows, None)  # C order: as in solve_dtc
     else:
         if stored.blocks is None:
             extra = stored_rows(terms, added, frames, observations,
@@ -468,9 +497,11 @@ class _QRPart:
     violations: tuple
 
 
-def _augmented(u: torch.Tensor) -> torch.Tensor:
+def _augmented(u: torch.Tensor, *, fortran: bool = False) -> torch.Tensor:
     m = u.shape[0]
-    aug = torch.zeros((m + 1, m + 1), dtype=u.dtype)
+    aug = torch.zeros((m + 1, m + 1), dtype=u.dtype, device=u.device)
+    if fortran:  # Fortran order: what stack_r(consume=True) folds into in place
+        aug = aug.T
     aug[:m, :m] = u
     return aug
 
@@ -497,12 +528,16 @@ def _qr_pass(frames, observations, offset: int, terms, sparse_sets, initial, bat
             n_zero += int(zero.sum())
             violations += symmetry_violations(block_obs, zero, start + offset)
         qr.add(rows, y, sigma)
-    return _QRPart(qr.augmented(), qr.n_rows, qr.sum_log_sigma, n_zero, tuple(violations))
+    return _QRPart(qr.augmented(copy=False), qr.n_rows, qr.sum_log_sigma, n_zero,
+                   tuple(violations))
 
 
 def _stack_qr(a: _QRPart, b: _QRPart) -> _QRPart:
-    """The QR state of the rows of ``a`` and then ``b``: the R of ``[R_a; R_b]``."""
-    return _QRPart(stack_r(a.aug, b.aug), a.n_rows + b.n_rows,
+    """The QR state of the rows of ``a`` and then ``b``: the R of ``[R_a; R_b]``, made in
+    ``a``'s and ``b``'s memory (``stack_r(consume=True)``): the reduction in
+    :func:`solve_dtc` reads each part once (an input to a Dask task is mutated here only
+    because no other task reads it)."""
+    return _QRPart(stack_r(a.aug, b.aug, consume=True), a.n_rows + b.n_rows,
                    a.sum_log_sigma + b.sum_log_sigma, a.n_zero + b.n_zero,
                    a.violations + b.violations)
 

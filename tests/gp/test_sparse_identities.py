@@ -406,6 +406,37 @@ def test_stack_r_is_the_r_of_the_stacked_factors(monkeypatch):
                                atol=1e-12 * float(dense.abs().max()))
 
 
+def test_consuming_combine_holds_no_more_factors_and_equals_the_copying_one():
+    """The reduction's combine (``stack_r(consume=True)``, what each Dask combine and the
+    final stack on U run) gives the copying combine's factor, in the first input's memory
+    when it is Fortran-order (as a worker's finished factor is: no R-sized copy), and
+    copies a C-order input instead of writing into it."""
+    rng = np.random.default_rng(5)
+    m = 40
+    ra = torch.linalg.qr(torch.as_tensor(rng.normal(size=(60, m))), mode="r").R
+    rb = torch.linalg.qr(torch.as_tensor(rng.normal(size=(80, m))), mode="r").R
+    want = stack_r(ra, rb)
+    qr = IncrementalQR(torch.zeros((m - 1, m - 1), dtype=torch.float64), block_rows=16)
+    qr.add(torch.as_tensor(rng.normal(size=(70, m - 1))), torch.as_tensor(rng.normal(size=70)),
+           torch.ones(70, dtype=torch.float64))
+    copied = qr.augmented()
+    own = qr.augmented(copy=False)  # LAPACK's array itself, finished in place
+    assert own.stride() == (1, m) and torch.equal(own, copied)
+    def copy(t, order):
+        return torch.from_numpy(np.array(t.numpy(), order=order))  # np.array copies
+
+    fa, fb = copy(ra, "F"), copy(rb, "F")  # Fortran-order, as the workers hold them
+    got = stack_r(fa, fb, consume=True)
+    assert got.data_ptr() == fa.data_ptr()
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0,
+                               atol=1e-13 * float(want.abs().max()))
+    assert torch.equal(got, torch.triu(got)) and bool((torch.diagonal(got) >= 0).all())
+    ca, cb = copy(ra, "C"), copy(rb, "C")  # C-order: folded in copies, left as they were
+    np.testing.assert_allclose(stack_r(ca, cb, consume=True).numpy(), want.numpy(), rtol=0,
+                               atol=1e-13 * float(want.abs().max()))
+    assert torch.equal(ca, ra) and torch.equal(cb, rb)
+
+
 def test_qr_buffer_is_bounded_and_folds_use_torchs_threads(monkeypatch):
     """The rows buffered per fold stay within QR_BLOCK_BYTES from M ~ 4,000 on (the former
     2 M rows were 0.4 GB at M 5,000), never below 512 rows (beyond M 16,000); and scipy's
