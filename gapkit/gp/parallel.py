@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import functools
 import time
 import uuid
 import warnings
@@ -338,20 +339,41 @@ class DaskPasses:
 MALLOPT = {-3: 32 * 2**20, -1: 64 * 2**20}  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
 
 
-def _tune_malloc() -> bool:
-    """Apply :data:`MALLOPT` in this process (a worker); False where there is no glibc."""
+@functools.lru_cache(maxsize=1)
+def _glibc():
+    """The C library through ctypes where it is glibc (has ``mallopt``), else None (found
+    once: ``find_library`` runs ldconfig)."""
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
     if name is None:
-        return False
+        return None
     try:
         libc = ctypes.CDLL(name)
-        return all(libc.mallopt(ctypes.c_int(k), ctypes.c_int(v)) == 1
-                   for k, v in MALLOPT.items())
-    except (OSError, AttributeError):  # not glibc (musl, macOS)
-        return False
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - not glibc (musl, macOS): None
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def _tune_malloc() -> bool:
+    """Apply :data:`MALLOPT` in this process (a worker); False where there is no glibc."""
+    import ctypes
+
+    libc = _glibc()
+    return libc is not None and all(libc.mallopt(ctypes.c_int(k), ctypes.c_int(v)) == 1
+                                    for k, v in MALLOPT.items())
+
+
+def trim_heap() -> bool:
+    """Give the free pages inside the C heap back to the system (glibc's ``malloc_trim``,
+    about a microsecond when there is nothing to give back); False where there is no
+    glibc. A descriptor pass leaves its freed chunks (each under the mmap threshold)
+    resident: measured on 1,000 Cu frames (192k atoms), 207 MiB stayed after its values
+    were freed, on which the QR pass then stacked R and its blocks."""
+    libc = _glibc()
+    return libc is not None and libc.malloc_trim(0) in (0, 1)
 
 
 def _check_workers(client) -> None:

@@ -513,7 +513,9 @@ def _qr_pass(frames, observations, offset: int, terms, sparse_sets, initial, bat
     their index in the fit); ``initial`` an int M: zeros (a worker's rows alone, combined
     with U later: no M x M matrix sent)."""
     from .design import design_blocks, gradients_for
+    from .parallel import trim_heap
 
+    trim_heap()  # what the sparse selection's descriptors left in the heap (see trim_heap)
     if isinstance(initial, int):
         initial = torch.zeros((initial, initial), dtype=torch.float64)
     qr = IncrementalQR(initial)
@@ -536,7 +538,16 @@ def _stack_qr(a: _QRPart, b: _QRPart) -> _QRPart:
     """The QR state of the rows of ``a`` and then ``b``: the R of ``[R_a; R_b]``, made in
     ``a``'s and ``b``'s memory (``stack_r(consume=True)``): the reduction in
     :func:`solve_dtc` reads each part once (an input to a Dask task is mutated here only
-    because no other task reads it)."""
+    because no other task reads it). A part read a second time (a combine run again on
+    the same objects: in-process Dask workers pass objects without copying) is an error,
+    never a factor folded from overwritten memory."""
+    for part in (a, b):
+        if part.__dict__.get("_consumed"):
+            raise RuntimeError(
+                "a TSQR combine was given an R factor that an earlier combine already "
+                "overwrote (a Dask task run twice on the same in-process objects); fit again, "
+                "or use a cluster of worker processes (LocalCluster(processes=True))")
+        part.__dict__["_consumed"] = True  # a frozen dataclass: set past its __setattr__
     return _QRPart(stack_r(a.aug, b.aug, consume=True), a.n_rows + b.n_rows,
                    a.sum_log_sigma + b.sum_log_sigma, a.n_zero + b.n_zero,
                    a.violations + b.violations)
