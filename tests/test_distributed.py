@@ -156,6 +156,40 @@ def test_cur_on_workers_chooses_the_points_of_one_process(client, frames, mode, 
     assert len(calls) == 2  # Si's one type and ethanol's H went through the Gram path
 
 
+@pytest.mark.parametrize("method, options", [("fps", {}), ("fps", {"fps_start": "random"}),
+                                             ("random", {})])
+def test_fps_and_random_on_workers_choose_the_points_of_one_process(
+        client, frames, method, options, monkeypatch):
+    """FPS on the workers (each keeps its rows' distances to the points chosen; the
+    caller chooses among their farthest rows while the best beats every worker's bound)
+    and random selection (a draw over the count of distinct rows) pick the rows one
+    process picks, on one type (Si) and on three (ethanol), without gathering the
+    descriptors."""
+    from gapkit import SOAP, SOAPKernel, Term
+    from gapkit.descriptors import base
+    from gapkit.gp import sparse_sets
+    from gapkit.gp.sparse_sets import term_sparse_set
+
+    ethanol = read_frames(bundled_path("ethanol_rmd17_200.xyz"))[:120]
+    cases = [(frames, SOAP(cutoff=4.5, n_max=4, l_max=3), 150),
+             (ethanol, SOAP(cutoff=4.0, n_max=2, l_max=2), 90)]
+    fps_calls: list = []
+    fps = sparse_sets._fps
+    monkeypatch.setattr(sparse_sets, "_fps", lambda *a: fps_calls.append(a[3]) or fps(*a))
+    for data, soap, n_sparse in cases:
+        species = sorted({int(z) for a in data for z in a.numbers})
+        term = Term(soap, SOAPKernel(zeta=4), n_sparse=n_sparse, sparse_method=method,
+                    sparse_options=options).for_species(species, SOAPKernel(zeta=4))
+        one = term_sparse_set(term, data, 0)
+        with monkeypatch.context() as m:
+            m.setattr(base, "concatenate", None)  # the descriptors are never gathered
+            with parallel.dask_passes(client):
+                two = term_sparse_set(term, data, 0)
+        assert np.array_equal(one.indices, two.indices)
+        assert torch_equal(one.points, two.points) and torch_equal(one.types, two.types)
+    assert len(fps_calls) == (4 if method == "fps" else 0)  # Si, and H, C, O of ethanol
+
+
 def torch_equal(a, b) -> bool:
     return a.shape == b.shape and bool((a == b).all())
 

@@ -30,13 +30,15 @@ import numpy as np
 from . import sparsify as sp
 from .design import SparseSet
 
-__all__ = ["cur_on_workers", "handles", "term_sparse_set"]
+__all__ = ["handles", "points_on_workers", "term_sparse_set"]
 
 
 def handles(method: str, options: dict) -> bool:
-    """Whether :func:`cur_on_workers` chooses these points (CUR with the default or the
-    ``"gram"`` leverage solver); the other methods gather the descriptors."""
-    return method == "cur" and options.get("cur_solver", "auto") in ("auto", "gram")
+    """Whether :func:`points_on_workers` chooses these points (CUR with the default or the
+    ``"gram"`` leverage solver, FPS, random); the others gather the descriptors."""
+    if method == "cur":
+        return options.get("cur_solver", "auto") in ("auto", "gram")
+    return method in ("fps", "random")
 
 
 # ------------------------------------------------------------------ on the workers
@@ -105,15 +107,18 @@ def _add(a, b):
 
 # ------------------------------------------------------------------ here
 
-def cur_on_workers(passes, futures, n_sparse, *, split: str, random_state,
-                   duplicate_tol: float = 1e-8, cur_mode: str = "sample",
-                   cur_solver: str = "auto"):
-    """The sparse set :func:`gapkit.gp.sparsify.sparse_points` chooses by CUR from the
-    descriptor results ``futures`` (one per partition, in the fit's order, left on the
-    workers), with ``n_sparse`` an int (shared over types by ``split``), a dict or
-    ``"auto"``/``"all"``. Returns ``(points, types, indices)``."""
+def points_on_workers(passes, futures, n_sparse, method: str = "cur", *, split: str,
+                      random_state, duplicate_tol: float = 1e-8, cur_mode: str = "sample",
+                      cur_solver: str = "auto", fps_start: str = "farthest"):
+    """The sparse set :func:`gapkit.gp.sparsify.sparse_points` chooses by ``method``
+    (``"cur"``, ``"fps"`` or ``"random"``) from the descriptor results ``futures`` (one per
+    partition, in the fit's order, left on the workers), with ``n_sparse`` an int (shared
+    over types by ``split``), a dict or ``"auto"``/``"all"``: the rows one process
+    chooses. Returns ``(points, types, indices)``."""
     if cur_mode not in ("deterministic", "sample"):
         raise ValueError(f"unknown cur_mode {cur_mode!r}; choose 'deterministic' or 'sample'")
+    if fps_start not in ("farthest", "random"):
+        raise ValueError(f"unknown fps_start {fps_start!r}; choose 'farthest' or 'random'")
     client = passes.client
 
     def each(fn, *args):
@@ -151,6 +156,14 @@ def cur_on_workers(passes, futures, n_sparse, *, split: str, random_state,
             chosen.append(distinct)
             continue
         local = _PerPart.split(distinct, starts, part_of)
+        if method == "random":  # as one process: a draw over the distinct rows' count
+            pick = sp._select_random(np.empty((distinct.size, 0)), m, rng)
+            chosen.append(distinct[np.asarray(pick, dtype=np.int64)])
+            continue
+        if method == "fps":
+            pick = _fps(client, futures, local, m, rng, fps_start)
+            chosen.append(distinct[pick])
+            continue
         solver = cur_solver
         if solver == "auto":
             solver = "gram" if distinct.size >= 10 * D else "svd"
@@ -167,6 +180,116 @@ def cur_on_workers(passes, futures, n_sparse, *, split: str, random_state,
     points = np.concatenate(passes.gather(each(_rows_of, _PerPart.split(idx, starts,
                                                                         part_of))))
     return points, types[idx], idx
+
+
+# ------------------------------------------------------------------ FPS on the workers
+#
+# Farthest-point sampling as one process runs it (sparsify._select_fps), exactly: each
+# worker keeps the squared distance of its rows to the points chosen so far (dmin) and
+# sends its k rows of largest dmin with the largest dmin among the rest (its bound). The
+# caller then goes on choosing among those candidates, updating their dmin itself, for as
+# long as the best candidate beats every worker's bound: dmin never grows, so no row left
+# behind can beat it. When none does, the workers fold in the points chosen meanwhile and
+# send new candidates (a round). Each distance is computed as one process computes it (the
+# row's squared norm where it lives, one matrix-vector product per chosen point), so the
+# choices are one process's, ties to the row first in the fit's order.
+
+def _fps_state(res, rows: np.ndarray) -> dict:
+    X = np.ascontiguousarray(_values(res)[rows])
+    return {"X": X, "sq": np.einsum("ij,ij->i", X, X), "dmin": np.full(rows.size, np.inf)}
+
+
+def _fps_sum(state: dict) -> np.ndarray:
+    return state["X"].sum(axis=0)
+
+
+def _fps_farthest(state: dict, mean: np.ndarray) -> tuple[int, float]:
+    """The row farthest from ``mean`` (first on ties) and its squared distance."""
+    if state["X"].shape[0] == 0:
+        return -1, -np.inf
+    dev = state["X"] - mean
+    d = np.einsum("ij,ij->i", dev, dev)
+    i = int(np.argmax(d))
+    return i, float(d[i])
+
+
+def _fps_rows(state: dict, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return state["X"][idx], state["sq"][idx]
+
+
+def _fps_update(state: dict, mine: np.ndarray, points: np.ndarray, sq: np.ndarray) -> dict:
+    """The state after the points chosen since the last round (rows ``points``, squared
+    norms ``sq``; ``mine``: those of them that are rows here, which leave the race)."""
+    X, dmin = state["X"], state["dmin"].copy()
+    for p, s in zip(points, sq):
+        np.minimum(dmin, np.maximum(state["sq"] + s - 2.0 * (X @ p), 0.0), out=dmin)
+    dmin[mine] = -np.inf
+    return {**state, "dmin": dmin}
+
+
+def _fps_top(state: dict, k: int) -> tuple:
+    """The ``k`` rows of largest dmin (in row order): positions, dmin, rows, squared
+    norms; and the largest dmin among the others (-inf if none)."""
+    dmin = state["dmin"]
+    if k >= dmin.size:
+        idx, bound = np.arange(dmin.size), -np.inf
+    else:
+        order = np.argpartition(-dmin, k)
+        idx, bound = np.sort(order[:k]), float(dmin[order[k]])
+    return idx, dmin[idx], state["X"][idx], state["sq"][idx], bound
+
+
+def _fps(client, futures, local, m: int, rng, fps_start: str) -> np.ndarray:
+    """Positions (in the order of the rows ``local`` of each partition, concatenated) of
+    the ``m`` rows farthest-point sampling chooses, in the order it chooses them."""
+    sizes = np.array([rows.size for rows in local])
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    n = int(offsets[-1])
+
+    def submit(fn, *args):
+        return client.submit(fn, *args, pure=False)
+
+    states = [submit(_fps_state, f, rows) for f, rows in zip(futures, local)]
+    if fps_start == "farthest":
+        sums = client.gather([submit(_fps_sum, s) for s in states])
+        mean = np.sum(sums, axis=0) / n
+        far = client.gather([submit(_fps_farthest, s, mean) for s in states])
+        best = max(range(len(far)), key=lambda p: (far[p][1], -p))
+        first = int(offsets[best] + far[best][0])
+    else:
+        first = int(rng.integers(n))
+    owner = int(np.searchsorted(offsets, first, side="right") - 1)
+    row, sq = client.gather(submit(_fps_rows, states[owner], np.array([first - offsets[owner]])))
+    chosen, new_rows, new_sq = [first], [row], [sq]
+    k = max(64, -(-2 * m // max(1, len(states))))
+    while len(chosen) < m:
+        if new_rows:  # the workers fold in the points chosen since the last round
+            pending = np.array(chosen[len(chosen) - len(new_rows):], dtype=np.int64)
+            part = np.searchsorted(offsets, pending, side="right") - 1
+            points, norms = np.concatenate(new_rows), np.concatenate(new_sq)
+            states = [submit(_fps_update, s, pending[part == p] - offsets[p], points, norms)
+                      for p, s in enumerate(states)]
+        tops = client.gather([submit(_fps_top, s, k) for s in states])
+        pos = np.concatenate([offsets[p] + t[0] for p, t in enumerate(tops)])
+        val = np.concatenate([t[1] for t in tops])
+        rows = np.concatenate([t[2] for t in tops])
+        rsq = np.concatenate([t[3] for t in tops])
+        bound = max(t[4] for t in tops)
+        new_rows, new_sq = [], []
+        keep = val > bound  # the others cannot be chosen before the next round
+        pos, val, rows, rsq = pos[keep], val[keep], rows[keep], rsq[keep]
+        while len(chosen) < m and pos.size:
+            i = int(np.argmax(val))  # first on ties: the row first in the fit's order
+            chosen.append(int(pos[i]))
+            new_rows.append(rows[i:i + 1])
+            new_sq.append(rsq[i:i + 1])
+            np.minimum(val, np.maximum(rsq + rsq[i] - 2.0 * (rows @ rows[i]), 0.0), out=val)
+            val[i] = -np.inf
+            keep = val > bound
+            pos, val, rows, rsq = pos[keep], val[keep], rows[keep], rsq[keep]
+        if not new_rows:  # no candidate beat the bound (ties at it): more candidates
+            k *= 4
+    return np.asarray(chosen, dtype=np.int64)
 
 
 class _PerPart(list):
@@ -236,9 +359,10 @@ def term_sparse_set(term, frames, random_state) -> SparseSet:
 
         futures = passes.map(_descriptor_pass, frames, None, term.descriptor)
         if n_sparse != "all" and handles(term.sparse_method, options):
-            sp._check_method("cur", options, row_only=True)
-            points, types, idx = cur_on_workers(
-                passes, futures, n_sparse, split=split, random_state=random_state, **options)
+            sp._check_method(term.sparse_method, options, row_only=True)
+            points, types, idx = points_on_workers(
+                passes, futures, n_sparse, term.sparse_method, split=split,
+                random_state=random_state, **options)
             return SparseSet(torch.as_tensor(points), torch.as_tensor(types), idx)
         res = concatenate(passes.gather(futures), [start for start, _ in passes.bounds])
     if n_sparse == "all":

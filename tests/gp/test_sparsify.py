@@ -165,6 +165,45 @@ def test_fps_matches_bruteforce_greedy():
 
 # --------------------------------------------------------------------------- types
 
+class _NowClient:
+    """A client that runs each task when submitted (the result stands for its future)."""
+
+    @staticmethod
+    def submit(fn, *args, **_):
+        return fn(*args)
+
+    @staticmethod
+    def gather(x):
+        return x
+
+
+@pytest.mark.parametrize("start", ["farthest", "random"])
+@pytest.mark.parametrize("cloud", ["continuous", "lattice"])
+def test_fps_from_partitions_is_fps_of_all_rows(start, cloud):
+    """The FPS the Dask workers run (each partition sends its farthest rows and a bound;
+    the caller chooses among them while one beats every bound) chooses the rows, in the
+    order, that one process chooses: on a continuous cloud and on an integer lattice,
+    whose distances tie (ties go to the row first in order; a tie at a bound asks the
+    partitions for more rows), over uneven partitions, one of them empty."""
+    from types import SimpleNamespace
+
+    from gapkit.gp.sparse_sets import _fps
+    from gapkit.gp.sparsify import _select_fps
+
+    rng = np.random.default_rng(4)
+    if cloud == "lattice":
+        X = np.stack(np.meshgrid(*[np.arange(9.0)] * 3), -1).reshape(-1, 3)
+        X = X[rng.permutation(len(X))[:500]]
+    else:
+        X = _cloud(n=500, d=6, seed=11)
+    cuts = [0, 170, 170, 420, 500]
+    parts = [SimpleNamespace(values=X[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    local = [np.arange(b - a) for a, b in zip(cuts[:-1], cuts[1:])]
+    for m in (1, 2, 40, 300, 499):
+        want = _select_fps(X, m, np.random.default_rng(7), fps_start=start)
+        got = _fps(_NowClient(), parts, local, m, np.random.default_rng(7), start)
+        np.testing.assert_array_equal(got, want)
+
 @pytest.mark.parametrize("n_sparse", [3, 10, 37, 100])
 def test_split_budget_sums_exactly_with_at_least_one(n_sparse):
     types = np.repeat([1, 6, 8], [1000, 30, 2])
