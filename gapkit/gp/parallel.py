@@ -19,8 +19,8 @@ later passes of the same fit, as one process does.
 from __future__ import annotations
 
 import contextlib
-import os
 import functools
+import os
 import time
 import uuid
 import warnings
@@ -368,7 +368,7 @@ def _tune_malloc() -> bool:
 
 def trim_heap() -> bool:
     """Give the free pages inside the C heap back to the system (glibc's ``malloc_trim``,
-    about a microsecond when there is nothing to give back); False where there is no
+    about 10 µs when there is nothing to give back); False where there is no
     glibc. A descriptor pass leaves its freed chunks (each under the mmap threshold)
     resident: measured on 1,000 Cu frames (192k atoms), 207 MiB stayed after its values
     were freed, on which the QR pass then stacked R and its blocks."""
