@@ -121,6 +121,73 @@ def rss_mib() -> float:
     return _status_mib("VmRSS")
 
 
+def start_sampler(dask_worker, period: float = 0.2) -> None:
+    """On a worker (``client.run`` passes it): sample VmRSS every ``period`` seconds into
+    a list kept on the worker object (a daemon thread; reading /proc costs microseconds;
+    a module global would not do: cloudpickle sends this script's functions by value)."""
+    import threading
+
+    points: list = []
+    dask_worker.rss_samples = points
+
+    def loop():
+        while True:
+            points.append((time.time(), rss_mib(), peak_rss_mib()))
+            time.sleep(period)
+
+    threading.Thread(target=loop, daemon=True, name="rss-sampler").start()
+
+
+def samples(dask_worker) -> list:
+    return list(getattr(dask_worker, "rss_samples", []))
+
+
+def rss_by_stage(stream, owner: dict, trace: dict) -> dict:
+    """Per worker and stage, the largest RSS sampled while one of the stage's tasks ran
+    there (MiB), and the RSS at the first and last sample of the stage: where a worker's
+    memory goes (``trace``: worker address -> [(time, MiB)])."""
+    from dask.utils import key_split
+
+    out: dict = {}
+    for worker, points in trace.items():
+        t = np.array([p[0] for p in points])
+        mib = np.array([p[1] for p in points])
+        hwm = np.array([p[2] for p in points])
+        stages: dict = {}
+        for task in stream:
+            if task.get("worker") != worker:
+                continue
+            name = key_split(task["key"])
+            if name == "run":
+                name = owner.get(task["key"], ("run",))[0]
+            stage = STAGES.get(name, name)
+            for ss in task["startstops"]:
+                if ss["action"] != "compute":
+                    continue
+                inside = (t >= ss["start"]) & (t <= ss["stop"])
+                if inside.any():
+                    cur = stages.setdefault(stage, {"peak_mib": 0.0, "first_mib": None})
+                    cur["peak_mib"] = max(cur["peak_mib"], float(mib[inside].max()))
+                    if cur["first_mib"] is None:
+                        cur["first_mib"] = float(mib[inside][0])
+                    cur["last_mib"] = float(mib[inside][-1])
+                    cur["hwm_mib"] = float(hwm[inside][-1])  # VmHWM by the stage's end
+        # the peak as VmHWM saw it (the samples may miss a short spike): the first sample
+        # at the final VmHWM, and the one before it bound when the spike happened
+        at = float(t[np.argmax(hwm >= hwm.max())]) if mib.size else None
+        # what the worker was doing at its peak: every task interval (any action) around it
+        doing = sorted({f"{STAGES.get(key_split(task['key']), key_split(task['key']))}: "
+                        f"{ss['action']}" for task in stream if task.get("worker") == worker
+                        for ss in task["startstops"]
+                        if at is not None and ss["start"] - 0.5 <= at <= ss["stop"] + 0.5})
+        out[worker] = {"stages": stages, "peak_mib": float(hwm.max()) if mib.size else None,
+                       "peak_at_s": None if at is None else at - float(t[0]),
+                       "at_peak": doing,
+                       "trace": [(round(a - float(t[0]), 2), round(b), round(c))
+                                 for a, b, c in points]}
+    return out
+
+
 #: task name (Dask's key prefix) -> stage of the fit
 #: (``_run`` tasks are named by the pass they run: gapkit's record of its tasks)
 STAGES = {"make_partition": "reading frames", "_descriptor_pass": "descriptors for CUR",
@@ -171,6 +238,7 @@ def fit_on_workers(path: Path, workers: int, n_sparse: int):
     start_s = time.perf_counter() - t0
     frames = FrameFile(path)
     base_rss = client.run(rss_mib)
+    client.run(start_sampler)
     cpu_before = client.run(time.process_time)
     wall, cpu = time.perf_counter(), time.process_time()
     with get_task_stream(client) as ts, warnings.catch_warnings():
@@ -183,6 +251,7 @@ def fit_on_workers(path: Path, workers: int, n_sparse: int):
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     cpu_after = client.run(time.process_time)
     rss = client.run(peak_rss_mib)
+    trace = client.run(samples)
     client.close()
     cluster.close()
     stages = task_table(ts.data, owner)
@@ -192,6 +261,7 @@ def fit_on_workers(path: Path, workers: int, n_sparse: int):
            "peak_rss_mib_per_worker": sorted(float(v) for v in rss.values()),
            "rss_mib_per_worker_before_fit": sorted(float(v) for v in base_rss.values()),
            "peak_rss_mib_this_process": peak_rss_mib(), "stages": stages,
+           "rss_by_stage": rss_by_stage(ts.data, owner, trace),
            "fit_info_stages": {k: v for k, v in gap.fit_info_.items()
                                if isinstance(v, (int, float, str))}}
     return gap, row
@@ -340,6 +410,15 @@ def report(out: dict) -> None:
           f"this process {row['cpu_s_this_process']:.0f} s; peak RSS per worker "
           f"{[round(x) for x in row['peak_rss_mib_per_worker']]} MiB (target <= "
           f"{TARGET_RSS_MIB:.0f}), this process {row['peak_rss_mib_this_process']:.0f} MiB")
+    for worker, by in row.get("rss_by_stage", {}).items():
+        if by["peak_mib"] is None:
+            continue
+        print(f"RSS on {worker}: peak {by['peak_mib']:.0f} MiB; per stage (first / peak / "
+              "last MiB, VmHWM by its end): " + "; ".join(
+                  f"{st} {v['first_mib']:.0f} / {v['peak_mib']:.0f} / {v['last_mib']:.0f}, "
+                  f"{v['hwm_mib']:.0f}"
+                  for st, v in by["stages"].items())
+              + f"; at the peak: {by['at_peak'] or 'no task'}")
     print(f"{'stage':32s} {'tasks':>6s} {'compute s':>10s} {'transfer s':>10s} "
           f"{'(de)ser. s':>10s}")
     for stage, secs in row["stages"]["seconds"].items():

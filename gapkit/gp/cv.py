@@ -40,6 +40,7 @@ import torch
 from .._checks import count
 from .design import design_blocks
 from .observations import ENERGY, FORCES, KINDS, VIRIAL
+from .parallel import SendsTensors
 from .posterior import prior_energy_variances, prior_force_variances
 from .predictive import TAIL_SHARE, TAIL_Z, fit_predictive
 from .sparse import informative_rows, symmetry_violations
@@ -88,7 +89,7 @@ def assign_folds(config_types, n_folds: int, seed: int = 0) -> np.ndarray:
 
 
 @dataclass
-class FoldGrams:
+class FoldGrams(SendsTensors):
     """Per fold and kind, the whitened statistics of the rows: the Gram matrix
     ``G_fk = B^T W B``, right-hand side ``h = B^T W y`` (n_folds, 3, M), row count,
     ``y^T W y`` and the sum of ``log sigma`` (n_folds, 3 each), with the ``U`` factor that

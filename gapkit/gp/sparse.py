@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .parallel import SendsTensors
+
 __all__ = ["DTCSolution", "IncrementalQR", "StoredRows", "cholesky_upper", "condition_number",
            "extend_dtc", "fold_dtc", "qr_block_rows", "solve_dtc", "stack_r", "stored_rows"]
 
@@ -486,7 +488,7 @@ def extend_dtc(terms, sparse_sets, added, jitter_absolute: float, frames, observ
 
 
 @dataclass(frozen=True)
-class _QRPart:
+class _QRPart(SendsTensors):
     """The streaming QR of some rows: ``aug = [R, b; 0, r]`` (M + 1 square), the rows
     added, their sum of log sigma, the zero rows and the symmetry violations among them."""
 
