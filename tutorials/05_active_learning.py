@@ -379,20 +379,20 @@ fig.tight_layout()
 save(fig, OUT / "integrated.png")
 
 # %% [markdown]
-# In full mode (measured 2026-12-07, 3 seeds, 32 labels) the integrated rule does not beat
-# random selection on the mean here: behind after its first batch (0.031 against 0.027
-# eV/Å at 8 labels: it went for hot and vacancy frames, whose force rows say the most
-# about the whole pool), still behind at 24 (0.0121 against 0.0110), level at 28 and 32
-# (0.0111 eV/Å both at 32). What it
-# adds is the tail: it labelled thermal 4, hot 38, strained 15 and vacancy 27 frames, and
-# its final models keep most of the largest-variance rule's gain on the worst test frame
-# (0.065 eV/Å, against 0.062 for that rule and 0.081 for random selection) at random's mean
-# error, which that rule (0.0126) does not reach. On EMT copper in `benchmarks/active.py`
-# (32-atom cells, 48 labels, 3 seeds) it is ahead of random selection at every budget and
-# reaches its final error after 32 labels; on the Zuo silicon pool it is best at 16 labels
-# and falls behind random from 40, its test set being half vacancy and elastic cells whose
-# force errors the variance does not see (README, "Uncertainty"). It costs more per round
-# than random selection (the pool's design rows once, one M x M update per pick), nothing
+# In full mode (measured 2026-12-07, 3 seeds, 32 labels) the integrated rule does not
+# beat random selection on the mean here: behind after its first batch (0.031 against
+# 0.027 eV/Å at 8 labels: its gain ranked hot and vacancy frames first), still behind at
+# 24 (0.0121 against 0.0110), level at 28 and 32 (0.0111 eV/Å both at 32). What it adds
+# is the tail: it labelled thermal 4, hot 38, strained 15 and vacancy 27 frames, and its
+# final models keep most of the largest-variance rule's gain on the worst test frame
+# (0.065 eV/Å, against 0.062 for that rule and 0.081 for random selection) at random's
+# mean error, which that rule (0.0126) does not reach. On EMT copper in
+# `benchmarks/active.py` (32-atom cells, 48 labels, 3 seeds) it is ahead of random
+# selection at every budget and reaches random's final error after 32 labels; on the Zuo
+# silicon pool it is best at 16 labels and falls behind random from 40, its test set
+# being half vacancy and elastic cells, and the elastic cells' force errors (about 0.02
+# eV/Å) carrying little variance (README, "Uncertainty"). It costs more per round than
+# random selection (the pool's design rows once, one M x M update per pick), nothing
 # next to one DFT label.
 
 # %% [markdown]
