@@ -142,11 +142,19 @@ def samples(dask_worker) -> list:
     return list(getattr(dask_worker, "rss_samples", []))
 
 
+def task_name(task, owner: dict) -> str:
+    """A recorded task's name: Dask's key prefix, or for gapkit's ``_run`` tasks the pass
+    they ran (``owner``: task key -> the pass, as gapkit recorded it)."""
+    from dask.utils import key_split
+
+    name = key_split(task["key"])
+    return owner.get(task["key"], ("run",))[0] if name == "run" else name
+
+
 def rss_by_stage(stream, owner: dict, trace: dict) -> dict:
     """Per worker and stage, the largest RSS sampled while one of the stage's tasks ran
     there (MiB), and the RSS at the first and last sample of the stage: where a worker's
     memory goes (``trace``: worker address -> [(time, MiB)])."""
-    from dask.utils import key_split
 
     out: dict = {}
     for worker, points in trace.items():
@@ -157,9 +165,7 @@ def rss_by_stage(stream, owner: dict, trace: dict) -> dict:
         for task in stream:
             if task.get("worker") != worker:
                 continue
-            name = key_split(task["key"])
-            if name == "run":
-                name = owner.get(task["key"], ("run",))[0]
+            name = task_name(task, owner)
             stage = STAGES.get(name, name)
             for ss in task["startstops"]:
                 if ss["action"] != "compute":
@@ -176,7 +182,7 @@ def rss_by_stage(stream, owner: dict, trace: dict) -> dict:
         # at the final VmHWM, and the one before it bound when the spike happened
         at = float(t[np.argmax(hwm >= hwm.max())]) if mib.size else None
         # what the worker was doing at its peak: every task interval (any action) around it
-        doing = sorted({f"{STAGES.get(key_split(task['key']), key_split(task['key']))}: "
+        doing = sorted({f"{STAGES.get(task_name(task, owner), task_name(task, owner))}: "
                         f"{ss['action']}" for task in stream if task.get("worker") == worker
                         for ss in task["startstops"]
                         if at is not None and ss["start"] - 0.5 <= at <= ss["stop"] + 0.5})
@@ -201,16 +207,13 @@ def task_table(stream, owner: dict) -> dict:
     """Seconds per (stage, action) summed over the recorded tasks, the count and the bytes
     transferred per stage, and the compute seconds of each QR-pass task and TSQR combine
     (``owner``: task key -> the pass it ran, as gapkit recorded it)."""
-    from dask.utils import key_split
 
     seconds: dict = defaultdict(lambda: defaultdict(float))
     count: dict = defaultdict(int)
     nbytes: dict = defaultdict(int)
     each: dict = defaultdict(list)
     for task in stream:
-        name = key_split(task["key"])
-        if name == "run":
-            name = owner.get(task["key"], ("run",))[0]
+        name = task_name(task, owner)
         stage = STAGES.get(name, name)
         count[stage] += 1
         for ss in task["startstops"]:
