@@ -27,7 +27,88 @@ import math
 
 import torch
 
-__all__ = ["harmonic_constants", "real_spherical_harmonics"]
+__all__ = ["harmonic_constants", "harmonics_backend", "real_spherical_harmonics",
+           "spherical_harmonics"]
+
+#: "auto": sphericart where it is installed (its CPU library for CPU tensors, its torch
+#: bindings elsewhere), else :func:`real_spherical_harmonics`; "gapkit": always the latter
+BACKEND = "auto"
+
+
+def harmonics_backend(device) -> str:
+    """Which code :func:`spherical_harmonics` runs for tensors on ``device``:
+    ``"sphericart"`` (its CPU library), ``"sphericart-torch"`` or ``"gapkit"``."""
+    if BACKEND == "gapkit":
+        return "gapkit"
+    if torch.device(device).type == "cpu":
+        return "sphericart" if _sphericart_cpu(0) is not None else "gapkit"
+    return "sphericart-torch" if _sphericart_torch(0) is not None else "gapkit"
+
+
+_CALCULATORS: dict = {}
+
+
+def _sphericart_cpu(l_max: int):
+    """sphericart's CPU calculator for ``l_max`` (None where sphericart is missing) and
+    the OpenMP runtime it runs on (to give it torch's thread count, see below)."""
+    key = ("cpu", l_max)
+    if key not in _CALCULATORS:
+        try:
+            import sphericart
+        except ImportError:
+            _CALCULATORS[key] = None
+            return None
+        from threadpoolctl import ThreadpoolController
+
+        calc = sphericart.SphericalHarmonics(l_max)  # loads its OpenMP runtime
+        runtimes = [lib for lib in ThreadpoolController().lib_controllers
+                    if "sphericart" in lib.filepath and lib.user_api == "openmp"]
+        _CALCULATORS[key] = (calc, runtimes)
+    return _CALCULATORS[key]
+
+
+def _sphericart_torch(l_max: int):
+    key = ("torch", l_max)
+    if key not in _CALCULATORS:
+        try:
+            import sphericart.torch as sct
+        except ImportError:
+            _CALCULATORS[key] = None
+            return None
+        _CALCULATORS[key] = sct.SphericalHarmonics(l_max)
+    return _CALCULATORS[key]
+
+
+def spherical_harmonics(vectors: torch.Tensor, l_max: int, gradients: bool = True):
+    """Y_lm(r̂) and d Y_lm / d r for every row of ``vectors``, in the convention of
+    :func:`real_spherical_harmonics` (same shapes), computed by sphericart where it is
+    installed (:func:`harmonics_backend`).
+
+    sphericart (Bigi et al., J. Chem. Phys. 159, 064802 (2023)) evaluates the same
+    orthonormal real harmonics, same order and signs (``tests/descriptors/
+    test_spherical.py`` pins this to 1e-12): on the 9,720 pairs of 216 Si atoms (l_max 6,
+    values and gradients, one thread) it takes 1.1 ms where the torch recurrences take
+    about 30 ms. Its CPU library runs with torch's thread count: with its OpenMP default
+    (every core) it took 5x the CPU time on a machine whose other core was busy.
+    """
+    backend = harmonics_backend(vectors.device)
+    if backend == "gapkit" or vectors.shape[0] == 0:
+        return real_spherical_harmonics(vectors, l_max, gradients=gradients)
+    if backend == "sphericart-torch":
+        calc = _sphericart_torch(l_max)
+        if gradients:
+            return calc.compute_with_gradients(vectors)
+        return calc.compute(vectors), None
+    calc, runtimes = _sphericart_cpu(l_max)
+    threads = torch.get_num_threads()
+    for lib in runtimes:
+        if lib.num_threads != threads:
+            lib.set_num_threads(threads)
+    xyz = vectors.detach().numpy()
+    if gradients:
+        values, grads = calc.compute_with_gradients(xyz)
+        return torch.from_numpy(values), torch.from_numpy(grads)
+    return torch.from_numpy(calc.compute(xyz)), None
 
 
 def real_spherical_harmonics(vectors: torch.Tensor, l_max: int, gradients: bool = True,

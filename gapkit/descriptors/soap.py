@@ -11,7 +11,7 @@ import torch
 from .._checks import atomic_number, is_integer, positive
 from ..neighbors import build_neighbor_list
 from ._radial import RadialSpline
-from ._spherical import harmonic_constants, real_spherical_harmonics
+from ._spherical import harmonic_constants, spherical_harmonics
 from .base import Descriptor, DescriptorResult, empty_tensor
 from .cutoff import CosineCutoff, OwnsCutoff
 
@@ -312,9 +312,16 @@ class SOAP(OwnsCutoff, Descriptor):
             labels.append(np.stack([alpha // n, beta // n, np.full(n_pairs, l), alpha % n,
                                     beta % n], axis=1))
             scale = np.where(alpha == beta, 1.0, math.sqrt(2.0)) / math.sqrt(2 * l + 1)
+            pick = np.zeros((k, 2 * n_pairs))
+            pick[alpha, np.arange(n_pairs)] = 1.0
+            pick[beta, n_pairs + np.arange(n_pairs)] = 1.0
             blocks.append(dict(
                 cols=slice(l * n_pairs, (l + 1) * n_pairs),
                 flat=torch.as_tensor(alpha * k + beta, device=self.device),
+                # one-hot (k, 2T): columns alpha_t then beta_t; pick_s: times the scale
+                pick=torch.as_tensor(pick, dtype=self.dtype, device=self.device),
+                pick_s=torch.as_tensor(pick * np.tile(scale, 2), dtype=self.dtype,
+                                       device=self.device),
                 scale=torch.as_tensor(scale, dtype=self.dtype, device=self.device)))
         layout = (np.concatenate(labels).astype(np.int64), blocks)
         self._layouts[n_species] = layout
@@ -442,7 +449,7 @@ class SOAP(OwnsCutoff, Descriptor):
             radial, dradial = (None if t is None else
                                (w_pair[:, :, None, None] * t[:, None]).flatten(1, 2)
                                for t in (radial, dradial))
-        ylm, dylm = real_spherical_harmonics(vectors, self.l_max, gradients=want_grad)
+        ylm, dylm = spherical_harmonics(vectors, self.l_max, gradients=want_grad)
         c0 = 0
         while c0 < N:
             # as many centres as fit in `target` pairs (at least one)
@@ -557,22 +564,27 @@ class SOAP(OwnsCutoff, Descriptor):
                                     (r_pad, dr_pad, unit_pad, dy_pad3, y_padN), coeffs,
                                     values, inv, strain_out, out, grads_out, c0, c1, p0, p1)
             return
-        pair_grad = torch.empty((nc, 1, J, 3, n_features), dtype=dtype, device=device)
+        pair_grad = torch.empty((n_slots, 3, n_features), dtype=dtype, device=device)
         for l, blk in enumerate(blocks):
-            ct = coeffs[l].transpose(1, 2)  # (nc, 2l+1, k)
+            # d c_(n,lm)/d r_ij contracted with c_(n',lm) is
+            # X[a, n, n'] = dR_n rhat_a u_n' + R_n v_(a,n') with u = sum_m Y_lm c_(n',lm)(i),
+            # v = sum_m dY_lm/dr c_(n',lm)(i); feature t = (n_t <= n'_t) of the block is
+            # s_t (X[n_t, n'_t] + X[n'_t, n_t]). It is built for the upper triangle only,
+            # straight into its columns: the operands come out of the GEMMs already
+            # gathered to the T columns (one-hot selections ``pick``, ``pick_s`` with s_t)
+            T = blk["pick"].shape[1] // 2
             lm = slice(l * l, (l + 1) ** 2)
-            # u = sum_m Y_lm c_(beta,lm)(i), v = sum_m dY_lm/dr c_(beta,lm)(i) per slot
-            u = torch.bmm(y_padN[:, :, lm], ct).view(n_slots, 1, k)
-            v = torch.bmm(dy_pad3[:, :, lm], ct).view(n_slots, 3, k)
-            # d c_(n,lm)/d r_ij contracted with c_(beta,lm):
-            # X[a, n, beta] = dR_n rhat_a u_beta + R_n v_(a,beta)
-            x = dr_pad[l][:, None, :, None] * (unit_pad[:, :, None] * u)[:, :, None, :]
-            x.addcmul_(r_pad[l][:, None, :, None], v[:, :, None, :])
-            x = x.view(nc, 1, J, 3, k, k)
-            # dP_(n n') = X_(n n') + X_(n' n)
-            sym = (x + x.transpose(-1, -2)).view(nc, 1, J, 3, k * k)
-            torch.mul(sym.index_select(-1, blk["flat"]), blk["scale"],
-                      out=pair_grad[..., blk["cols"]])
+            ct = coeffs[l].transpose(1, 2) @ blk["pick"]  # (nc, 2l+1, 2T): c_(n_t), c_(n'_t)
+            u = torch.bmm(y_padN[:, :, lm], ct).view(n_slots, 2 * T)
+            v = torch.bmm(dy_pad3[:, :, lm], ct).view(n_slots, 3, 2 * T)
+            rr = r_pad[l] @ blk["pick_s"]  # (slots, 2T): s_t R_(n_t), s_t R_(n'_t)
+            dd = dr_pad[l] @ blk["pick_s"]
+            w = dd[:, :T] * u[:, T:]
+            w.addcmul_(dd[:, T:], u[:, :T])
+            g = pair_grad[..., blk["cols"]]
+            torch.mul(unit_pad[:, :, None], w[:, None, :], out=g)
+            g.addcmul_(rr[:, None, :T], v[:, :, T:])
+            g.addcmul_(rr[:, None, T:], v[:, :, :T])
         pair_grad = pair_grad.view(nc, S * J, 3, n_features)
         q = values
         if inv is not None:
