@@ -19,7 +19,10 @@ noise σ. Reported per temperature:
 - the incremental update against the fit from scratch on the initial frames and every label
   at the same sparse points: largest relative difference of the weights and of the
   predicted forces on the independent trajectory (after the last refit, with
-  ``--refit-every K``: a fit from scratch with new sparse points after every K labels);
+  ``--refit-every K``: a fit from scratch with new sparse points after every K labels),
+  beside the rounding of one force prediction itself, 2 M eps max sum_j |k_j alpha_j| /
+  max |F| (a force is a sum of M terms k_j alpha_j that cancel; two evaluations of one
+  function may differ by that much);
 - the sparse points the run ended with (``--new-points``: the most uncertain environments
   of each label join by a column update; 0 keeps the 100 points), and the CPU seconds of
   one column update of four points from the rows and descriptors in memory (as the run
@@ -59,6 +62,8 @@ from ase.calculators.emt import EMT  # noqa: E402
 from ase.md.langevin import Langevin  # noqa: E402
 
 from gapkit import GAP, SOAP, GAPCalculator, NoiseModel, SOAPKernel, Term  # noqa: E402
+from gapkit.gp.design import design_rows  # noqa: E402
+from gapkit.gp.observations import FORCES  # noqa: E402
 from gapkit.gp.sparse import solve_dtc  # noqa: E402
 from gapkit.otf import otf_md  # noqa: E402
 from gapkit.testing import label  # noqa: E402
@@ -68,6 +73,16 @@ SYSTEM = "Cu"  # set by --system
 #: Tersoff 1988 silicon (PRB 37, 6991), in the order of ase's TersoffParameters
 TERSOFF_SI = [3.0, 1.0, 1.3258, 4.8381, 2.0417, 0.0, 22.956, 0.33675, 1.3258, 95.373, 3.0,
               0.2, 3.2394, 3264.7]
+
+
+def force_rounding(model, frames) -> float:
+    """2 M eps max over force rows of sum_j |k_j alpha_j|: how far two evaluations of one
+    fitted function may differ by rounding alone (eV/Å)."""
+    obs = model.training_data(frames).observations
+    rows = design_rows(model.terms_, model.sparse_sets_, frames, obs)
+    size = (rows.abs() @ model.alpha_.abs()).numpy()[obs.kind == FORCES]
+    eps = float(torch.finfo(torch.float64).eps)
+    return 2 * rows.shape[1] * eps * float(size.max())
 
 
 def cell(rattle: float, seed: int):
@@ -161,7 +176,8 @@ def main() -> None:
     out = {"machine": base_machine_info(), "settings": vars(args) | {"output": None},
            "runs": {}}
     print(f"{'T (K)':>6} {'labels':>7} {'M':>5} {'OTF ms/step':>12} {'plain ms/step':>14} "
-          f"{'F MAE before':>13} {'after':>8} {'update vs scratch':>18} {'column s':>9} "
+          f"{'F MAE before':>13} {'after':>8} {'update vs scratch':>18} {'rounding':>9} "
+          f"{'column s':>9} "
           f"{'fit s':>7}")
     for temperature in args.temperatures:
         model = fresh_model(train)
@@ -195,12 +211,14 @@ def main() -> None:
         f_a = run.model.predict(test, return_variance=False).forces
         f_b = from_scratch.predict(test, return_variance=False).forces
         force_rel = float(np.abs(f_a - f_b).max() / np.abs(f_b).max())
+        rounding_rel = force_rounding(run.model, test) / float(np.abs(f_b).max())
         row = {"labels": run.n_labels,
                "label_steps": [e.step for e in run.events if e.labelled],
                "otf_cpu_ms_per_step": otf_ms, "plain_cpu_ms_per_step": plain_ms,
                "force_mae_before": before, "force_mae_after": after,
                "update_vs_scratch_alpha_rel": alpha_rel,
                "update_vs_scratch_forces_rel": force_rel,
+               "force_prediction_rounding_rel": rounding_rel,
                "sigma_max_last": run.events[-1].sigma_max if run.events else None,
                "n_sparse": sum(s.n for s in run.model.sparse_sets_),
                "column_update_cpu_s": column_s, "fit_at_same_points_cpu_s": scratch_s,
@@ -208,7 +226,8 @@ def main() -> None:
         out["runs"][str(temperature)] = row
         print(f"{temperature:>6.0f} {run.n_labels:>7} {row['n_sparse']:>5} {otf_ms:>12.1f} "
               f"{plain_ms:>14.1f} {before:>13.4f} {after:>8.4f} "
-              f"{max(alpha_rel, force_rel):>18.1e} {column_s:>9.3f} {scratch_s:>7.3f}",
+              f"{max(alpha_rel, force_rel):>18.1e} {rounding_rel:>9.1e} {column_s:>9.3f} "
+              f"{scratch_s:>7.3f}",
               flush=True)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(out, indent=1) + "\n")
