@@ -48,35 +48,39 @@ def harmonics_backend(device) -> str:
 _CALCULATORS: dict = {}
 
 
+def _calculator(kind: str, l_max: int):
+    """sphericart's calculator for ``l_max`` (``kind`` "cpu": its CPU library, "torch":
+    its torch bindings), made once; None where that part of sphericart is missing."""
+    key = (kind, l_max)
+    if key not in _CALCULATORS:
+        try:
+            if kind == "cpu":
+                import sphericart as module
+            else:
+                import sphericart.torch as module
+        except ImportError:
+            module = None
+        _CALCULATORS[key] = None if module is None else module.SphericalHarmonics(l_max)
+    return _CALCULATORS[key]
+
+
 def _sphericart_cpu(l_max: int):
     """sphericart's CPU calculator for ``l_max`` (None where sphericart is missing) and
     the OpenMP runtime it runs on (to give it torch's thread count, see below)."""
-    key = ("cpu", l_max)
-    if key not in _CALCULATORS:
-        try:
-            import sphericart
-        except ImportError:
-            _CALCULATORS[key] = None
-            return None
+    calc = _calculator("cpu", l_max)  # making it loads its OpenMP runtime
+    if calc is None:
+        return None
+    if "runtimes" not in _CALCULATORS:  # found once: threadpoolctl scans the libraries
         from threadpoolctl import ThreadpoolController
 
-        calc = sphericart.SphericalHarmonics(l_max)  # loads its OpenMP runtime
-        runtimes = [lib for lib in ThreadpoolController().lib_controllers
-                    if "sphericart" in lib.filepath and lib.user_api == "openmp"]
-        _CALCULATORS[key] = (calc, runtimes)
-    return _CALCULATORS[key]
+        _CALCULATORS["runtimes"] = [
+            lib for lib in ThreadpoolController().lib_controllers
+            if "sphericart" in lib.filepath and lib.user_api == "openmp"]
+    return calc, _CALCULATORS["runtimes"]
 
 
 def _sphericart_torch(l_max: int):
-    key = ("torch", l_max)
-    if key not in _CALCULATORS:
-        try:
-            import sphericart.torch as sct
-        except ImportError:
-            _CALCULATORS[key] = None
-            return None
-        _CALCULATORS[key] = sct.SphericalHarmonics(l_max)
-    return _CALCULATORS[key]
+    return _calculator("torch", l_max)
 
 
 def spherical_harmonics(vectors: torch.Tensor, l_max: int, gradients: bool = True):
