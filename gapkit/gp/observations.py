@@ -365,8 +365,9 @@ def warn_implausible(frames, labels, noise, e0: dict, terms=(), *, stacklevel: i
         cutoff = getattr(term.descriptor, "cutoff", None)
         if cutoff is not None and cutoff > MAX_CUTOFF:
             out.append(f"a descriptor cutoff of {cutoff:g} Å (above {MAX_CUTOFF:g} Å): the cost "
-                       "grows with its cube (a 50 Å SOAP took 205 s and 9 GB for 189 atoms); "
-                       "local environments rarely need more than 6-8 Å")
+                       "grows with its cube (SOAP n_max 8, l_max 6 with gradients at "
+                       "50 Å: 59 CPU-s and 1.3 GB for 63 Si atoms); local environments rarely "
+                       "need more than 6-8 Å")
     for message in out:
         warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
     return out
