@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,18 +23,41 @@ def test_tutorials_exist():
     assert len(TUTORIALS) >= 8, [t.name for t in TUTORIALS]
 
 
-@pytest.mark.slow  # 5-13 s each (16-63 s on a loaded machine): half the suite's time
-@pytest.mark.parametrize("script", TUTORIALS, ids=[t.stem for t in TUTORIALS])
-def test_tutorial_runs_in_fast_mode(script, tmp_path):
+def _run_tutorial(script: Path, out: Path) -> subprocess.CompletedProcess:
     # this checkout's gapkit, whether or not it is installed
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, GAPKIT_FAST="1", GAPKIT_TUTORIAL_OUT=str(tmp_path),
+    env = dict(os.environ, GAPKIT_FAST="1", GAPKIT_TUTORIAL_OUT=str(out),
                MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONPATH=path)
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+    return subprocess.run([sys.executable, str(script)], cwd=out, env=env,
                           capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tutorial_runs(request, tmp_path_factory):
+    """The selected tutorials, started together as one-thread processes, as many at a time
+    as there are cores: ``{script: (future, out folder)}``. Each test waits for its own."""
+    selected = [item.callspec.params["script"] for item in request.session.items
+                if getattr(item, "originalname", "") == "test_tutorial_runs_in_fast_mode"]
+    workers = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                         else (os.cpu_count() or 1)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        runs = {}
+        for script in selected:
+            out = tmp_path_factory.mktemp(script.stem)
+            runs[script] = (pool.submit(_run_tutorial, script, out), out)
+        yield runs
+        for future, _ in runs.values():
+            future.cancel()
+
+
+@pytest.mark.slow  # 5-20 s each, two at a time on two cores
+@pytest.mark.parametrize("script", TUTORIALS, ids=[t.stem for t in TUTORIALS])
+def test_tutorial_runs_in_fast_mode(script, tutorial_runs):
+    future, out = tutorial_runs[script]
+    proc = future.result()
     assert proc.returncode == 0, (
         f"{script.name} failed in fast mode:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    figures = list(tmp_path.rglob("*.png"))
+    figures = list(out.rglob("*.png"))
     assert figures, f"{script.name} wrote no figure under GAPKIT_TUTORIAL_OUT"
 
 
