@@ -88,18 +88,42 @@ N_CANDIDATES = 27
 _UNITS = {"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0, "hour": 3600.0}
 
 
-def estimate_cost(points, n: int) -> float:
-    """CPU-s of a fit on ``n`` frames from a candidate's fits ``points`` [(frames, CPU-s)]:
-    the largest of ``A n + B n^3`` through each point with :data:`CUBIC_SHARE` cubic and
-    through the last two (kept non-negative). Small subsets are dominated by costs linear
-    in the frames, so a curve through two of them alone under-estimates a larger fit
-    (Li: 19 against 110 CPU-s measured), and one point alone misses a steep growth
-    (Cu: 650 against over 1,000); the largest is the safe side of a budget."""
-    out = 0.0
-    for n1, c1 in points:
-        out = max(out, (1 - CUBIC_SHARE) * c1 * n / n1 + CUBIC_SHARE * c1 * (n / n1) ** 3)
+def estimate_cost(points, n: int, m: float | None = None) -> float:
+    """CPU-s of a fit on ``n`` frames with ``m`` sparse points (default: grown with the
+    frames from the last fit's) from a candidate's fits ``points``: ``(frames, CPU-s)``
+    or ``(frames, CPU-s, dense CPU-s, M)``.
+
+    With the dense part of each fit measured (:func:`gapkit.gp.sparse.dense_cpu`: Gram
+    products, Cholesky and QR factors), the model follows the work: the dense part of the
+    last fit grows as ``n M^2``; the rest (descriptors, kernel rows, sparse-point choice)
+    is ``a n + b n M`` through the last two fits (one fit: all of it as ``n M``), and at
+    least ``A n + B n^3`` through the last fit with :data:`CUBIC_SHARE` cubic. Without
+    that split, the largest of ``A n + B n^3`` through the last two fits and those
+    through each fit with the cubic share. Small subsets are dominated by
+    costs linear in the frames, so a curve through two of them alone can under-estimate a
+    larger fit (Li: 19 against 110 CPU-s measured), and one point alone misses a steep
+    growth (Cu: 650 against over 1,000); a cubic through two fits, on the other hand,
+    read the growth of aspirin's kernel rows (n M) as that of its solves (n M^2): 1,760
+    CPU-s where 820 were measured."""
+    def floor(p) -> float:
+        return (1 - CUBIC_SHARE) * p[1] * n / p[0] + CUBIC_SHARE * p[1] * (n / p[0]) ** 3
+
+    split = [p for p in points if len(p) >= 4 and p[3] > 0]
+    out = floor(points[-1]) if split else max(floor(p) for p in points)
+    if split:
+        n1, c1, d1, m1 = split[-1]
+        m = m1 * n / n1 if m is None else m
+        dense = d1 * (n / n1) * (m / m1) ** 2
+        rest = (c1 - d1) * (n / n1) * (m / m1)
+        earlier = [p for p in split[:-1] if p[3] != m1]
+        if earlier:
+            n0, c0, d0, m0 = earlier[-1]
+            b = max(((c1 - d1) / n1 - (c0 - d0) / n0) / (m1 - m0), 0.0)
+            a = max((c1 - d1) / n1 - b * m1, 0.0)
+            rest = a * n + b * n * m
+        return max(out, rest + dense)
     if len(points) >= 2 and points[-2][0] != points[-1][0]:
-        (n0, c0), (n1, c1) = points[-2], points[-1]
+        (n0, c0), (n1, c1) = points[-2][:2], points[-1][:2]
         b = max((c1 / n1 - c0 / n0) / (n1**2 - n0**2), 0.0)
         a = max(c1 / n1 - b * n1**2, 0.0)
         out = max(out, a * n + b * n**3)
@@ -234,6 +258,7 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
     from .data.files import as_frames
     from .gp.cv import MIN_FRAMES
     from .gp.design import design_cache, usable_memory
+    from .gp.sparse import dense_cpu
     from .gp.sparsify import auto_sparse_count
 
     cpu_start = time.process_time()
@@ -279,18 +304,23 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
     def spent() -> float:
         return time.process_time() - cpu_start
 
-    def evaluate(settings: dict, subset: np.ndarray, rung: int, full: bool):
-        part = [frames[i] for i in subset]
+    def n_sparse(settings: dict, subset: np.ndarray) -> int:
+        """The sparse points of a candidate on the frames ``subset``: its share of those
+        on all frames."""
         share = len(subset) / len(frames)
         target = min(settings["sparse_factor"] * m_auto, n_env, m_cap)  # on all frames
-        m = min(max(50, round(target * share)), sum(len(a) for a in part))
+        return min(max(50, round(target * share)), sum(len(frames[i]) for i in subset))
+
+    def evaluate(settings: dict, subset: np.ndarray, rung: int, full: bool):
+        part = [frames[i] for i in subset]
+        m = n_sparse(settings, subset)
         model = type(template)(**copy.deepcopy(template.get_params()))
         model.set_params(terms=candidate_terms(settings, m), progress=False,
                          random_state=random_state)
         row = {"rung": rung, "frames": len(part), "settings": _label(settings),
                "n_sparse": m, **{k: settings[k] for k in SPACE}}
         row["n_max_l_max"] = list(settings["n_max_l_max"])
-        t0 = time.process_time()
+        t0, dense0 = time.process_time(), dense_cpu()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # one table, not a warning per candidate
@@ -312,6 +342,7 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
             return None, None
         best = _score_row(cv, explicit_noise)
         row.update(status="ok", cpu_s=time.process_time() - t0,
+                   dense_cpu_s=dense_cpu() - dense0,
                    energy_mae=None if best is None else best["energy_mae"],
                    forces_mae=None if best is None else best["forces_mae"])
         rows.append(row)
@@ -342,7 +373,8 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
         points = measured.get(_label(settings)) or [
             (len(subsets[0]),
              probe[0] * _relative_cost(settings, all_factor) / _relative_cost(DEFAULT))]
-        return estimate_cost(points, len(subsets[rung])) * full
+        return estimate_cost(points, len(subsets[rung]),
+                             n_sparse(settings, subsets[rung])) * full
 
     def reserve(rung: int) -> float:
         """CPU-s the later rungs need at the least: one candidate's fit on each."""
@@ -381,7 +413,8 @@ def auto_fit(frames, *, template, budget="20min", random_state: int = 0,
                             f"{math.ceil(need * 1.2)} s (or fewer frames)")
                 if row is None:
                     continue
-                measured.setdefault(row["settings"], []).append((len(subset), row["cpu_s"]))
+                measured.setdefault(row["settings"], []).append(
+                    (len(subset), row["cpu_s"], row["dense_cpu_s"], row["n_sparse"]))
                 row["settings_dict"] = settings
                 rung_rows.append(row)
                 if full:

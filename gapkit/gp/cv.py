@@ -43,7 +43,7 @@ from .observations import ENERGY, FORCES, KINDS, VIRIAL
 from .parallel import SendsTensors
 from .posterior import prior_energy_variances, prior_force_variances
 from .predictive import TAIL_SHARE, TAIL_Z, fit_predictive
-from .sparse import informative_rows, symmetry_violations
+from .sparse import dense_work, informative_rows, symmetry_violations
 
 __all__ = ["ENERGY_FACTORS", "VIRIAL_FACTORS", "FoldGrams", "assign_folds",
            "calibrate_predictive", "calibration_frames", "fold_factors", "fold_grams",
@@ -147,6 +147,7 @@ class FoldGrams(SendsTensors):
                 np.concatenate([np.full(r.shape[0], k) for r, k in parts]))
 
 
+@dense_work
 def _whiten(rows: torch.Tensor, u_factor: torch.Tensor) -> torch.Tensor:
     """``rows U^-1`` (n, M) by a triangular solve."""
     return torch.linalg.solve_triangular(u_factor, rows, upper=True, left=False)
@@ -157,6 +158,7 @@ def _whiten(rows: torch.Tensor, u_factor: torch.Tensor) -> torch.Tensor:
 GRAM_BLOCK = 1024
 
 
+@dense_work
 def _add_gram_(gram: torch.Tensor, b: torch.Tensor, block: int | None = None) -> None:
     """``gram += b^T b`` on the block upper triangle only (the diagonal blocks whole):
     about half the FLOPs of ``addmm_`` (1.75x faster at M 8,000, one thread; torch has no
@@ -166,6 +168,7 @@ def _add_gram_(gram: torch.Tensor, b: torch.Tensor, block: int | None = None) ->
         gram[i:i + block, i:].addmm_(b[:, i:i + block].T, b[:, i:])
 
 
+@dense_work
 def _mirror_gram_(gram: torch.Tensor, block: int | None = None) -> None:
     """Copy the upper blocks that :func:`_add_gram_` filled onto the lower ones."""
     m, block = gram.shape[0], block or GRAM_BLOCK
@@ -173,6 +176,7 @@ def _mirror_gram_(gram: torch.Tensor, block: int | None = None) -> None:
         gram[i:i + block, :i].copy_(gram[:i, i:i + block].T)
 
 
+@dense_work
 def _cholesky_(a: torch.Tensor, block: int | None = None) -> torch.Tensor:
     """The lower Cholesky factor of the symmetric positive definite ``a``, in place
     (blocked, right-looking; the upper triangle zeroed): no second M x M matrix
@@ -278,6 +282,7 @@ def _add_grams(a: FoldGrams, b: FoldGrams) -> FoldGrams:
                                + b.symmetry_violations)
 
 
+@dense_work
 def full_solution(grams: FoldGrams, factors, jitter_absolute: float):
     """The DTC fit on all folds at noise multipliers ``factors``, from the statistics alone
     (no pass over the data): ``A = I + sum_k G_k / s_k^2 = L L^T``, ``alpha = U^-1 A^-1 h``,
@@ -312,6 +317,7 @@ def _with_identity(gram: torch.Tensor) -> torch.Tensor:
     return gram
 
 
+@dense_work
 def _solve_whitened(gram: torch.Tensor, rhs: torch.Tensor, u_factor: torch.Tensor):
     """The DTC solve in whitened coordinates: ``A = I + gram = L L^T``,
     ``beta = A^-1 rhs``, ``alpha = U^-1 beta`` (``gram``, ``rhs``: the weighted sums at
@@ -336,6 +342,7 @@ def _fold_alphas(grams: FoldGrams, s) -> torch.Tensor:
     return torch.stack([_fold_solve(grams, s, f)[1] for f in range(grams.n_folds)])
 
 
+@dense_work
 def grid_alphas(grams: FoldGrams, grid: np.ndarray, *,
                 woodbury: bool | None = None) -> torch.Tensor:
     """The weights ``alpha`` of the fit without each fold at each grid point, shape
@@ -449,6 +456,13 @@ def held_out_variances(terms, sparse_sets, frames, obs, gradients, folds, grams:
             for k in range(len(KINDS)) if np.any(m := used & (obs.kind == k))}
 
 
+@dense_work
+def _projected_norms(chol: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """``|L^-1 b_i|^2`` of each row ``b_i`` of ``b``."""
+    sol = torch.linalg.solve_triangular(chol, b.T, upper=False)
+    return (sol * sol).sum(0).numpy()
+
+
 def _variances_pass(frames, obs, offset: int, terms, sparse_sets, gradients, keep, chol,
                     alpha, u_factor, batch_atoms: int, progress: bool, fold: int):
     """:func:`held_out_variances` of the frames ``keep`` (indices in the fit) among
@@ -467,8 +481,7 @@ def _variances_pass(frames, obs, offset: int, terms, sparse_sets, gradients, kee
             p = _priors(terms, results, sub)
             b = _whiten(rows, u_factor)
             nystrom = (b * b).sum(1).numpy()
-            sol = torch.linalg.solve_triangular(chol, b.T, upper=False)
-            lat = (sol * sol).sum(0).numpy()
+            lat = _projected_norms(chol, b)
             virial = sub.kind == VIRIAL
             p[virial] = nystrom[virial]
             lat[~virial] += p[~virial] - nystrom[~virial]

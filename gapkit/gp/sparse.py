@@ -25,7 +25,10 @@ since ``y^T (Q_NN + Sigma)^{-1} y = |Sigma^{-1/2} y|^2 - |b|^2 = r^2`` (Woodbury
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,12 +37,43 @@ import torch
 from .parallel import SendsTensors
 
 __all__ = ["DTCSolution", "IncrementalQR", "StoredRows", "cholesky_upper", "condition_number",
-           "extend_dtc", "fold_dtc", "qr_block_rows", "solve_dtc", "stack_r", "stored_rows"]
+           "dense_cpu", "dense_work", "extend_dtc", "fold_dtc", "qr_block_rows", "solve_dtc",
+           "stack_r", "stored_rows"]
 
 #: up to this size condition numbers are exact (singular values); beyond, estimated
 EXACT_CONDITION_SIZE = 2000
 
+_DENSE_CPU = [0.0]
+_DENSE_DEPTH = threading.local()
 
+
+def dense_cpu() -> float:
+    """CPU-s this process has spent so far in the dense algebra over the sparse points
+    (functions marked :func:`dense_work`: Gram products, Cholesky and QR factors, solves
+    with M x M factors), the part of a fit whose cost grows as ``n M^2`` and ``M^3``
+    (:func:`gapkit.auto.estimate_cost` scales it apart from the rest)."""
+    return _DENSE_CPU[0]
+
+
+def dense_work(fn):
+    """Count the CPU time of ``fn`` in :func:`dense_cpu` (a call inside another counted
+    one is not counted twice)."""
+    @functools.wraps(fn)
+    def counted(*args, **kwargs):
+        depth = getattr(_DENSE_DEPTH, "depth", 0)
+        if depth:
+            return fn(*args, **kwargs)
+        _DENSE_DEPTH.depth = 1
+        start = time.process_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _DENSE_CPU[0] += time.process_time() - start
+            _DENSE_DEPTH.depth = 0
+    return counted
+
+
+@dense_work
 def cholesky_upper(kmm: torch.Tensor, jitter: float) -> tuple[torch.Tensor, float]:
     """Upper Cholesky factor of ``K_MM + jitter * mean(diag K_MM) * I``.
 
@@ -86,6 +120,7 @@ def _lapack_threads():
     return _BLAS_THREADS.limit(limits=torch.get_num_threads(), user_api="blas")
 
 
+@dense_work
 def _fold(top, rows, *, triangular: bool = False) -> None:
     """Overwrite ``top`` (n x n, upper triangular, float64, Fortran order) with the R
     factor of ``[top; rows]`` (``rows``: b x n, Fortran order, overwritten; upper
@@ -236,6 +271,7 @@ def stack_r(a: torch.Tensor, b: torch.Tensor, *, consume: bool = False) -> torch
     return _finished(top, copy=False)
 
 
+@dense_work
 def _positive_r(stacked: torch.Tensor) -> torch.Tensor:
     """The R factor of ``stacked`` with a non-negative diagonal (QR's sign ambiguity
     fixed, so that R factors of the same rows compare)."""
@@ -555,6 +591,7 @@ def _stack_qr(a: _QRPart, b: _QRPart) -> _QRPart:
                    a.violations + b.violations)
 
 
+@dense_work
 def condition_number(r: torch.Tensor, *, iterations: int = 40) -> float:
     """The 2-norm condition number ``s_max / s_min`` of an upper-triangular factor ``r``:
     exact (its singular values) up to :data:`EXACT_CONDITION_SIZE`; beyond, estimated by
