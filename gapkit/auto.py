@@ -27,8 +27,9 @@ Bad input and accidents: a budget too small for one fit of the data is a ``Value
 naming the smallest that works (measured on the first candidate); a candidate that runs
 out of memory is skipped with a note; Ctrl-C stops the search and keeps the best so far
 (fitted on all frames if it was not yet), and the table says so. Cutoffs longer than the
-largest distance within any non-periodic frame (a molecule) give the same model as the
-shortest such one and are not tried.
+largest distance within any non-periodic frame (a molecule) + 1 Å see the same neighbours
+as the shortest such one (every atom of the molecule) and are not tried; only their radial
+basis differs, scaled to the cutoff.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def _relative_cost(settings: dict, all_factor: float = 8.0) -> float:
 def _candidates(space: dict, rng, n_candidates: int, max_cutoff: float | None) -> list[dict]:
     keys = list(SPACE)
     grid = [dict(zip(keys, values)) for values in itertools.product(*(space[k] for k in keys))]
-    if max_cutoff is not None:  # molecules: longer cutoffs than any distance are all alike
+    if max_cutoff is not None:  # molecules: cutoffs past every distance see the same atoms
         longest = [g for g in grid if g["cutoff"] >= max_cutoff]
         if longest:
             shortest = min(g["cutoff"] for g in longest)
