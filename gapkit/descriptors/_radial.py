@@ -78,9 +78,9 @@ def _scaled_sph_in(l_max: int, x: np.ndarray) -> np.ndarray:
     return out
 
 
-#: distances per block of :func:`radial_integral_table` (its arrays are about
-#: 60 kB per distance)
-TABLE_BLOCK = 512
+#: distances per block of :func:`radial_integral_table` (its temporaries are about
+#: 0.34 MB per distance at n_max 8, l_max 6: 87 MB at the peak)
+TABLE_BLOCK = 256
 
 
 def radial_integral_table(
@@ -94,7 +94,7 @@ def radial_integral_table(
     The integrand of distance ``d`` carries ``e^{-(r-d)^2/2σ^2}`` (below 1e-31 beyond
     12 σ), so each distance is integrated over the panels within 12 σ of it only: the
     work grows with the number of distances, not with their product with the radius
-    (a 50 Å cutoff: 60 s before, a few seconds now).
+    (a 50 Å cutoff's table: 62 CPU-s before, 2.2 now).
     """
     distances = np.asarray(distances, dtype=np.float64)
     norms, lowdin = gto_orthonormalisation(n_max, radius)
