@@ -295,10 +295,15 @@ def test_cost_estimate_with_the_dense_part_measured():
     environment + two-body: CV fits on 111 and 333 frames (M 961 and 2,884) measured at
     8.4 and 41.4 CPU-s, 1.2 and 8.4 of them dense; its full fit on 1,000 frames (M 8,660)
     took 436. The split model is within 1.4x of it, where a cubic in the frames through the
-    two fits said 1.7x."""
+    two fits said 1.7x; on aspirin 0.93x against 1.47x."""
     points = [(111, 8.37, 1.23, 961), (333, 41.4, 8.42, 2884)]
     assert 436 < 1.3 * estimate_cost(points, 1000, 8660) < 1.4 * 436
     assert 1.3 * estimate_cost([p[:2] for p in points], 1000) > 1.65 * 436
+    # rMD17 aspirin, the same settings (benchmarks/auto.py, 40-minute search): CV fits of
+    # 23.2 and 114.8 CPU-s (1.5 and 13.5 dense), the full fit on 1,000 frames 1,386
+    points = [(111, 23.19, 1.47, 961), (333, 114.81, 13.53, 2884)]
+    assert 0.85 * 1386 < 1.3 * estimate_cost(points, 1000, 8660) < 1.2 * 1386
+    assert 1.3 * estimate_cost([p[:2] for p in points], 1000) > 1.4 * 1386
     # with M capped, the dense part grows with the frames only
     capped = estimate_cost(points, 1000, 2884)
     assert capped < estimate_cost(points, 1000, 8660) / 2
