@@ -94,13 +94,16 @@ def estimate_cost(points, n: int, m: float | None = None) -> float:
     frames from the last fit's) from a candidate's fits ``points``: ``(frames, CPU-s)``
     or ``(frames, CPU-s, dense CPU-s, M)``.
 
-    With the dense part of each fit measured (:func:`gapkit.gp.sparse.dense_cpu`: Gram
+    With the dense part of two fits measured (:func:`gapkit.gp.sparse.dense_cpu`: Gram
     products, Cholesky and QR factors), the model follows the work: the dense part of the
     last fit grows as ``n M^2``; the rest (descriptors, kernel rows, sparse-point choice)
-    is ``a n + b n M`` through the last two fits (one fit: all of it as ``n M``), and at
-    least ``A n + B n^3`` through the last fit with :data:`CUBIC_SHARE` cubic. Without
-    that split, the largest of ``A n + B n^3`` through the last two fits and those
-    through each fit with the cubic share. Small subsets are dominated by
+    is ``a n + b n M`` through the two fits, and the sum is at least ``A n + B n^3``
+    through the last fit with :data:`CUBIC_SHARE` cubic. Otherwise (one fit, or no split)
+    the largest of ``A n + B n^3`` through the last two fits and those through each fit
+    with the cubic share: one small fit cannot tell its descriptors (n) from its kernel
+    rows (n M), and the dense part of a small fit is mostly overhead (Zuo Cu's default on
+    29 frames: the split model made its fit on 262 frames 1,150 CPU-s, where 340 were
+    measured, so a 12-minute search tried one candidate per rung). Small subsets are dominated by
     costs linear in the frames, so a curve through two of them alone can under-estimate a
     larger fit (Li: 19 against 110 CPU-s measured), and one point alone misses a steep
     growth (Cu: 650 against over 1,000); a cubic through two fits, on the other hand,
@@ -110,19 +113,13 @@ def estimate_cost(points, n: int, m: float | None = None) -> float:
         return (1 - CUBIC_SHARE) * p[1] * n / p[0] + CUBIC_SHARE * p[1] * (n / p[0]) ** 3
 
     split = [p for p in points if len(p) >= 4 and p[3] > 0]
-    out = floor(points[-1]) if split else max(floor(p) for p in points)
-    if split:
-        n1, c1, d1, m1 = split[-1]
+    if len(split) >= 2 and split[-2][3] != split[-1][3]:
+        (n0, c0, d0, m0), (n1, c1, d1, m1) = split[-2], split[-1]
         m = m1 * n / n1 if m is None else m
-        dense = d1 * (n / n1) * (m / m1) ** 2
-        rest = (c1 - d1) * (n / n1) * (m / m1)
-        earlier = [p for p in split[:-1] if p[3] != m1]
-        if earlier:
-            n0, c0, d0, m0 = earlier[-1]
-            b = max(((c1 - d1) / n1 - (c0 - d0) / n0) / (m1 - m0), 0.0)
-            a = max((c1 - d1) / n1 - b * m1, 0.0)
-            rest = a * n + b * n * m
-        return max(out, rest + dense)
+        b = max(((c1 - d1) / n1 - (c0 - d0) / n0) / (m1 - m0), 0.0)
+        a = max((c1 - d1) / n1 - b * m1, 0.0)
+        return max(floor(split[-1]), a * n + b * n * m + d1 * (n / n1) * (m / m1) ** 2)
+    out = max(floor(p) for p in points)
     if len(points) >= 2 and points[-2][0] != points[-1][0]:
         (n0, c0), (n1, c1) = points[-2][:2], points[-1][:2]
         b = max((c1 / n1 - c0 / n0) / (n1**2 - n0**2), 0.0)
