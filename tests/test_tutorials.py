@@ -38,8 +38,9 @@ def tutorial_runs(request, tmp_path_factory):
     as there are cores: ``{script: (future, out folder)}``. Each test waits for its own."""
     selected = [item.callspec.params["script"] for item in request.session.items
                 if getattr(item, "originalname", "") == "test_tutorial_runs_in_fast_mode"]
-    workers = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                         else (os.cpu_count() or 1)))
+    from gapkit._threads import usable_cores
+
+    workers = min(4, usable_cores())
     with ThreadPoolExecutor(max_workers=workers) as pool:
         runs = {}
         for script in selected:
