@@ -152,7 +152,7 @@ def test_cur_on_workers_chooses_the_points_of_one_process(client, frames, mode, 
         with parallel.dask_passes(client):
             two = term_sparse_set(term, data, 0)
         assert np.array_equal(one.indices, two.indices)
-        assert torch_equal(one.points, two.points) and torch_equal(one.types, two.types)
+        assert same_points(one.points, two.points) and torch_equal(one.types, two.types)
     assert len(calls) == 2  # Si's one type and ethanol's H went through the Gram path
 
 
@@ -186,12 +186,22 @@ def test_fps_and_random_on_workers_choose_the_points_of_one_process(
             with parallel.dask_passes(client):
                 two = term_sparse_set(term, data, 0)
         assert np.array_equal(one.indices, two.indices)
-        assert torch_equal(one.points, two.points) and torch_equal(one.types, two.types)
+        assert same_points(one.points, two.points) and torch_equal(one.types, two.types)
     assert len(fps_calls) == (4 if method == "fps" else 0)  # Si, and H, C, O of ethanol
 
 
 def torch_equal(a, b) -> bool:
     return a.shape == b.shape and bool((a == b).all())
+
+
+def same_points(a, b) -> bool:
+    """The descriptor rows of the same environments: equal to rounding. A worker computes
+    them in other batches than one process, and on an AVX-512 EPYC the SOAP GEMMs of two
+    batch shapes differ in the last bits (1.4e-17 at most here); which rows were chosen (the
+    indices, compared exactly) is what must not change."""
+    if a.shape != b.shape:
+        return False
+    return bool(np.allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=1e-15))
 
 
 def test_hyperparameter_statistics_on_workers(client, frames):

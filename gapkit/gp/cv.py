@@ -170,10 +170,16 @@ def _add_gram_(gram: torch.Tensor, b: torch.Tensor, block: int | None = None) ->
 
 @dense_work
 def _mirror_gram_(gram: torch.Tensor, block: int | None = None) -> None:
-    """Copy the upper blocks that :func:`_add_gram_` filled onto the lower ones."""
+    """Copy the upper blocks that :func:`_add_gram_` filled onto the lower ones, and the
+    upper triangle of each diagonal block onto its lower one: a GEMM's ``b^T b`` need not
+    be symmetric to the last bit (on an AVX-512 EPYC its two triangles differed by
+    rounding), and the Gram is used as exactly symmetric."""
     m, block = gram.shape[0], block or GRAM_BLOCK
-    for i in range(block, m, block):
-        gram[i:i + block, :i].copy_(gram[:i, i:i + block].T)
+    for i in range(0, m, block):
+        if i:
+            gram[i:i + block, :i].copy_(gram[:i, i:i + block].T)
+        d = gram[i:i + block, i:i + block]
+        d.copy_(torch.triu(d) + torch.triu(d, 1).T)
 
 
 @dense_work
