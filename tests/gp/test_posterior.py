@@ -119,3 +119,47 @@ def test_negative_variances_warn_only_beyond_round_off():
     with pytest.warns(UserWarning, match="variances below 0"):
         pred = m.predict(frames[:2])
     assert np.all(pred.energy_variance >= 0)
+
+
+def test_prior_energy_variances_are_the_double_sums(monkeypatch):
+    """Blocked over rows (forced to 7 entries' worth of columns here, so blocks split
+    frames and atoms) and with the centres shuffled, the prior variances of total and
+    per-atom energies are the plain double sums of the kernel over each frame's centres
+    and over the centres one atom owns, for a two-body term (a centre per pair) and SOAP
+    with two species (the type mask)."""
+    from gapkit import TwoBody, TwoBodyKernel
+    from gapkit.descriptors.base import DescriptorResult
+    from gapkit.gp import posterior
+
+    frames = [bulk("Cu", "fcc", a=3.61, cubic=True), bulk("NaCl", "rocksalt", a=5.6)]
+    frames[0].rattle(0.05, seed=1)
+    frames[1].rattle(0.05, seed=2)
+    terms = [Term(TwoBody(cutoff=4.0), TwoBodyKernel(lengthscale=0.5, delta=0.3)),
+             Term(SOAP(cutoff=4.0, n_max=3, l_max=2, species=[11, 17, 29]),
+                  SOAPKernel(zeta=2, delta=0.7))]
+    results = []
+    rng = np.random.default_rng(0)
+    for term in terms:
+        term.kernel.bind(term.descriptor) if hasattr(term.kernel, "bind") else None
+        res = term.descriptor.compute(frames)
+        perm = rng.permutation(res.values.shape[0])
+        results.append(DescriptorResult(
+            values=res.values[perm], centre_structure=res.centre_structure[perm],
+            centre_atom=res.centre_atom[perm], centre_species=res.centre_species[perm],
+            centre_types=res.centre_types[perm], n_atoms=res.n_atoms,
+            feature_labels=res.feature_labels, feature_label_names=res.feature_label_names))
+    n_atoms = sum(len(a) for a in frames)
+    monkeypatch.setattr(posterior, "PRIOR_BLOCK_ENTRIES", 7 * 40)
+    e, loc = posterior.prior_energy_variances(terms, results, len(frames), n_atoms)
+    want_e, want_loc = np.zeros(len(frames)), np.zeros(n_atoms)
+    for res, term in zip(results, terms):
+        q = torch.as_tensor(res.values)
+        kk = (term.kernel.value(q, q).detach().numpy()
+              * (res.centre_types[:, None] == res.centre_types[None, :]))
+        frame = res.centre_structure
+        owner = res.atom_offsets[frame] + res.centre_atom
+        want_e += [kk[np.ix_(frame == k, frame == k)].sum() for k in range(len(frames))]
+        want_loc += [kk[np.ix_(owner == i, owner == i)].sum() for i in range(n_atoms)]
+    assert results[0].values.shape[0] > 7 * 40 // len(frames[0])  # several blocks a frame
+    np.testing.assert_allclose(e.numpy(), want_e, rtol=1e-13)
+    np.testing.assert_allclose(loc.numpy(), want_loc, rtol=1e-13, atol=1e-15)
