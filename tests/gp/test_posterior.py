@@ -140,7 +140,6 @@ def test_prior_energy_variances_are_the_double_sums(monkeypatch):
     results = []
     rng = np.random.default_rng(0)
     for term in terms:
-        term.kernel.bind(term.descriptor) if hasattr(term.kernel, "bind") else None
         res = term.descriptor.compute(frames)
         perm = rng.permutation(res.values.shape[0])
         results.append(DescriptorResult(
