@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import mmap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,8 +12,8 @@ import torch
 from .._checks import atomic_number, count, is_integer
 from ..data import as_frames
 
-__all__ = ["Descriptor", "DescriptorResult", "empty_array", "empty_tensor",
-           "fold_pair_gradients", "resolve_species"]
+__all__ = ["BatchPlan", "BatchSink", "Descriptor", "DescriptorResult", "empty_array",
+           "empty_tensor", "fold_pair_gradients", "resolve_species"]
 
 #: arrays at least this large are mapped on transparent huge pages where the OS offers
 #: them (Linux ``madvise`` mode): first touching 1 GB of gradients then costs 550 page
@@ -156,15 +156,18 @@ class DescriptorResult:
         return t.to(device=device) if device is not None else t
 
 
-def concatenate(results: Sequence[DescriptorResult],
-                structure_offsets: Sequence[int]) -> DescriptorResult:
-    """Concatenate results of consecutive batches of structures into one."""
-    if len(results) == 1 and structure_offsets[0] == 0:
+def concatenate(results: Sequence[DescriptorResult], structure_offsets: Sequence[int],
+                **arrays) -> DescriptorResult:
+    """Concatenate results of consecutive batches of structures into one; ``arrays``
+    (``values``, ``gradients``, ``strain_gradients``) given whole are used as they are."""
+    if len(results) == 1 and structure_offsets[0] == 0 and not arrays:
         return results[0]
     first = results[0]
     centre_offsets = np.cumsum([0] + [r.n_centres for r in results[:-1]])
 
     def cat(name, shift=None):
+        if name in arrays:
+            return arrays[name]
         parts = [getattr(r, name) for r in results]
         if parts[0] is None:
             return None
@@ -183,6 +186,31 @@ def concatenate(results: Sequence[DescriptorResult],
         gradients=cat("gradients"), gradient_centre=cat("gradient_centre", centre_offsets),
         gradient_atom=cat("gradient_atom"), strain_gradients=cat("strain_gradients"),
         info=dict(first.info))
+
+
+@dataclass(frozen=True)
+class BatchSink:
+    """A batch's part of the output arrays :meth:`Descriptor.compute` allocated once:
+    its rows of ``values`` and ``strain`` (views), and the whole ``gradients`` array,
+    whose rows ``entry_offset`` onward are the batch's entries and whose last row
+    (``spare_row``) takes what is written for padding."""
+
+    values: torch.Tensor
+    strain: torch.Tensor | None
+    gradients: torch.Tensor | None
+    entry_offset: int
+    spare_row: int
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """A batch whose neighbour list is built and whose sizes are known: ``run(sink)``
+    computes it, into ``sink``'s arrays or (``sink=None``) arrays of its own."""
+
+    n_centres: int
+    n_entries: int  # position-gradient entries (0 without them)
+    n_features: int
+    run: Callable[..., DescriptorResult]
 
 
 def fold_pair_gradients(
@@ -346,9 +374,45 @@ class Descriptor:
             from tqdm.auto import tqdm
 
             iterator = tqdm(batches, desc=type(self).__name__, unit="batch")
+        if (want_pos or want_strain) and len(batches) > 1 and hasattr(self, "_plan_batch"):
+            return self._compute_planned(frames, batches, iterator, species, want_pos,
+                                         want_strain)
         results, offsets = [], []
         for start, stop in iterator:
             results.append(self._compute_batch(frames[start:stop], start, species,
                                                want_pos, want_strain))
             offsets.append(start)
         return concatenate(results, offsets)
+
+    def _compute_planned(self, frames, batches, iterator, species, want_pos, want_strain):
+        """Gradients of several batches written straight into one array each: the
+        batches are planned first (neighbour lists: their sizes), so no batch's
+        gradients are copied again (concatenating them cost as much as computing them:
+        a second array of gigabytes, first touched)."""
+        plans = [self._plan_batch(frames[start:stop], start, species, want_pos, want_strain)
+                 for start, stop in batches]
+        n_centres = sum(p.n_centres for p in plans)
+        n_entries = sum(p.n_entries for p in plans)
+        n_features = plans[0].n_features
+        values = torch.empty((n_centres, n_features), dtype=self.dtype, device=self.device)
+        strain = grads = None
+        if want_strain:
+            strain = empty_tensor((n_centres, 3, 3, n_features), self.dtype, self.device)
+        if want_pos:
+            grads = empty_tensor((n_entries + 1, 3, n_features), self.dtype, self.device)
+        results = []
+        c0 = e0 = 0
+        for k, _ in enumerate(iterator):
+            plan, plans[k] = plans[k], None  # a batch's neighbour list goes once it is done
+            c1 = c0 + plan.n_centres
+            results.append(plan.run(BatchSink(
+                values=values[c0:c1], strain=None if strain is None else strain[c0:c1],
+                gradients=grads, entry_offset=e0, spare_row=n_entries)))
+            c0, e0 = c1, e0 + plan.n_entries
+
+        def np_(t):
+            return None if t is None else t.detach().cpu().numpy()
+
+        return concatenate(results, [start for start, _ in batches], values=np_(values),
+                           gradients=np_(None if grads is None else grads[:-1]),
+                           strain_gradients=np_(strain))

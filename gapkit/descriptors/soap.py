@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -12,7 +13,7 @@ from .._checks import atomic_number, is_integer, positive
 from ..neighbors import build_neighbor_list
 from ._radial import RadialSpline
 from ._spherical import harmonic_constants, spherical_harmonics
-from .base import Descriptor, DescriptorResult, empty_tensor
+from .base import BatchPlan, BatchSink, Descriptor, DescriptorResult, empty_tensor
 from .cutoff import CosineCutoff, OwnsCutoff
 
 __all__ = ["SOAP"]
@@ -76,19 +77,30 @@ class _PositionGradientLayout:
                                np.arange(n_atoms) * (n_atoms + 1)])
         self.unique, inverse = np.unique(keys, return_inverse=True)
         self.copy = self.unique.shape[0] == keys.shape[0]
-        self.pair_pos = torch.as_tensor(inverse[: self.n_pairs])
-        self.own_pos = torch.as_tensor(inverse[self.n_pairs:])
+        self._pair_pos = torch.as_tensor(inverse[: self.n_pairs])
+        self._own_pos = torch.as_tensor(inverse[self.n_pairs:])
         self.atom_offsets, self.atom_structure = atom_offsets, atom_structure
 
+    @property
+    def n_entries(self) -> int:
+        return int(self.unique.shape[0])
+
     def allocate(self, n_features, dtype, device):
-        # one row more than the entries: padded slots of a chunk are written there (see
-        # write), so the chunk's padded gradients go out in one index_copy_
-        self.dummy = self.unique.shape[0]
-        shape = (self.dummy + 1, 3, n_features)
-        self.pair_pos = self.pair_pos.to(device)
-        self.own_pos = self.own_pos.to(device)
-        grads = empty_tensor(shape, dtype, device)
-        return grads if self.copy else grads.zero_()
+        """An array of the entries and one spare row (padded slots of a chunk are
+        written there (see write), so the chunk's padded gradients go out in one
+        index_copy_), bound to this layout."""
+        grads = empty_tensor((self.n_entries + 1, 3, n_features), dtype, device)
+        self.bind(grads, 0, self.n_entries)
+        return grads
+
+    def bind(self, grads, offset: int, spare: int) -> None:
+        """Write entry ``e`` to row ``offset + e`` of ``grads`` and padding to row
+        ``spare`` (outside every batch's rows)."""
+        self.pair_pos = self._pair_pos.to(grads.device) + offset
+        self.own_pos = self._own_pos.to(grads.device) + offset
+        self.dummy = spare
+        if not self.copy:
+            grads[offset:offset + self.n_entries].zero_()
 
     def write(self, grads, p0, p1, c0, c1, slot, slot_values, totals):
         """Pair p0 + i is row ``slot[i]`` of ``slot_values`` (whose other rows go to the
@@ -382,7 +394,15 @@ class SOAP(OwnsCutoff, Descriptor):
         return super().compute(frames, gradients=gradients)
 
     def _compute_batch(self, frames, frame_offset, species, want_pos, want_strain):
+        """One batch of structures in arrays of its own (see :meth:`_plan_batch`)."""
+        return self._plan_batch(frames, frame_offset, species, want_pos, want_strain).run()
+
+    def _plan_batch(self, frames, frame_offset, species, want_pos, want_strain):
         """One batch of structures: a neighbour list, then chunks of centres.
+
+        The plan knows the batch's sizes before anything is computed, so that
+        :meth:`Descriptor.compute` can give every batch its part of one output array
+        (``BatchPlan.run(sink)``) instead of concatenating the batches' gradients.
 
         Within a chunk, pairs are grouped by (centre i, neighbour species a) into
         ``J`` zero-padded slots, so every contraction over neighbours is a batched
@@ -399,7 +419,6 @@ class SOAP(OwnsCutoff, Descriptor):
         labels, blocks = self._layout(channels)
         n_features = labels.shape[0]
         N = nl.n_atoms
-        want_grad = want_pos or want_strain
 
         z_to_index = np.full(max(species) + 1, -1, dtype=np.int64)
         z_to_index[list(species)] = np.arange(n_species)
@@ -417,15 +436,46 @@ class SOAP(OwnsCutoff, Descriptor):
         vectors = torch.as_tensor(nl.vectors[order], dtype=dtype, device=device)
         distances = torch.as_tensor(nl.distances[order], dtype=dtype, device=device)
         pair_start = np.searchsorted(centres_sorted, np.arange(N + 1))
-
-        values = torch.empty((N, n_features), dtype=dtype, device=device)
-        strain = grads = gcentre = gatom = out = None
-        if want_strain:
-            strain = empty_tensor((N, 3, 3, n_features), dtype, device)
+        out = None
         if want_pos:
             out = _PositionGradientLayout(centres_sorted, nl.neighbors[order],
                                           nl.atom_offsets, nl.atom_structure)
-            grads = out.allocate(n_features, dtype, device)
+        state = dict(nl=nl, species=species, want_pos=want_pos, want_strain=want_strain,
+                     mix=mix, channels=channels, labels=labels, blocks=blocks,
+                     atom_sp=atom_sp, group=group, order=order, vectors=vectors,
+                     distances=distances, pair_start=pair_start, out=out)
+        return BatchPlan(n_centres=N, n_entries=0 if out is None else out.n_entries,
+                         n_features=n_features,
+                         run=functools.partial(self._run_batch, state))
+
+    def _run_batch(self, state, sink: BatchSink | None = None) -> DescriptorResult:
+        """The values (and gradients) of a planned batch, into ``sink``'s arrays (the
+        result then holds a view of its values and no gradient arrays) or its own."""
+        dtype, device = self.dtype, self.device
+        nl, species, out = state["nl"], state["species"], state["out"]
+        want_pos, want_strain = state["want_pos"], state["want_strain"]
+        mix, channels, labels, blocks = (state[k] for k in ("mix", "channels", "labels",
+                                                            "blocks"))
+        atom_sp, group, order, vectors, distances, pair_start = (
+            state[k] for k in ("atom_sp", "group", "order", "vectors", "distances",
+                               "pair_start"))
+        n_species = len(species)
+        n_features = labels.shape[0]
+        N = nl.n_atoms
+        want_grad = want_pos or want_strain
+        S, n_chan = (n_species, self.n_max) if mix is None else (1, channels * self.n_max)
+
+        strain = grads = gcentre = gatom = None
+        if sink is None:
+            values = torch.empty((N, n_features), dtype=dtype, device=device)
+            if want_strain:
+                strain = empty_tensor((N, 3, 3, n_features), dtype, device)
+            if want_pos:
+                grads = out.allocate(n_features, dtype, device)
+        else:
+            values, strain, grads = sink.values, sink.strain, sink.gradients
+            if want_pos:
+                out.bind(grads, sink.entry_offset, sink.spare_row)
 
         target = 8 * self.chunk_pairs
         if want_grad:
@@ -501,9 +551,10 @@ class SOAP(OwnsCutoff, Descriptor):
             centre_species=nl.numbers.copy(), centre_types=nl.numbers.copy(),
             n_atoms=np.diff(nl.atom_offsets), feature_labels=feature_labels,
             feature_label_names=names,
-            gradients=np_(None if grads is None else grads[:-1]),  # less the spare row
+            # less the spare row; a sink's caller holds the arrays
+            gradients=np_(None if grads is None or sink is not None else grads[:-1]),
             gradient_centre=np_(gcentre), gradient_atom=np_(gatom),
-            strain_gradients=np_(strain),
+            strain_gradients=np_(None if sink is not None else strain),
             info={"descriptor": "SOAP", **self.get_params(), "species": list(species)})
 
     def _compute_chunk(self, c0, c1, group, pairs, own_rows, S, n, blocks, values_out,

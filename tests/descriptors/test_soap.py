@@ -20,6 +20,7 @@ import pytest
 from ase import Atoms
 
 from gapkit.descriptors import SOAP
+from gapkit.descriptors.base import parse_gradients
 from gapkit.testing import (
     GRADIENT_RTOL,
     INVARIANCE_ATOL,
@@ -232,6 +233,33 @@ def test_chunks_and_huge_pages_do_not_change_results(monkeypatch, acetamide,
     np.testing.assert_array_equal(chunked.gradient_centre, reference.gradient_centre)
     np.testing.assert_array_equal(chunked.gradient_atom, reference.gradient_atom)
     assert chunked.gradients.flags.writeable and chunked.values.flags.writeable
+
+
+def test_batches_write_into_one_array_as_they_would_alone(si8_rattled, acetamide,
+                                                          triclinic_two_species):
+    """With gradients, several batches are planned first and each writes into its rows of
+    one output array (no concatenation): bit for bit what each batch computes in arrays of
+    its own, concatenated, also where periodic images are summed into an entry (a cell
+    smaller than the cutoff: its rows are zeroed, then added to) and next to batches
+    whose padding goes to the spare row."""
+    from gapkit.descriptors.base import concatenate, frame_batches
+
+    frames = [acetamide, triclinic_two_species, si8_rattled, acetamide, triclinic_two_species]
+    species = [1, 6, 7, 8, 14]
+    soap = make_soap(species=species, batch_atoms=9)
+    batches = list(frame_batches(frames, soap.batch_atoms))
+    assert len(batches) >= 4
+    for gradients in (True, ["positions"], ["strain"]):
+        planned = soap.compute(frames, gradients=gradients)
+        alone = concatenate(
+            [soap._compute_batch(frames[a:b], a, tuple(species), *parse_gradients(gradients))
+             for a, b in batches], [a for a, _ in batches])
+        for name in ("values", "gradients", "strain_gradients", "gradient_centre",
+                     "gradient_atom", "centre_structure", "centre_atom"):
+            got, want = getattr(planned, name), getattr(alone, name)
+            assert (got is None) == (want is None), name
+            if want is not None:
+                np.testing.assert_array_equal(got, want, err_msg=name)
 
 
 @pytest.mark.slow
