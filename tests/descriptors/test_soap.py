@@ -212,11 +212,11 @@ def test_batches_and_gradient_requests_do_not_change_results(
     np.testing.assert_allclose(plain.values, together.values, rtol=0, atol=ATOL_EXACT)
 
 
-def test_chunks_and_huge_pages_do_not_change_results(monkeypatch, acetamide,
+def test_chunks_and_populated_arrays_do_not_change_results(monkeypatch, acetamide,
                                                      triclinic_two_species):
     """Several species, with the dense gradients cut into the smallest chunks (16 pairs,
     so many centres straddle none and padding differs per chunk) and every array on
-    huge-page mappings, equal one chunk in ordinary memory; the arrays stay writable."""
+    mappings populated at once, equal one chunk in ordinary memory; the arrays stay writable."""
     import gapkit.descriptors.base as base_module
     import gapkit.descriptors.soap as soap_module
 
@@ -225,7 +225,7 @@ def test_chunks_and_huge_pages_do_not_change_results(monkeypatch, acetamide,
     monkeypatch.setattr(soap_module, "CHUNK_BYTES", 1 << 40)
     reference = make_soap(species=species).compute(frames, gradients=True)
     monkeypatch.setattr(soap_module, "CHUNK_BYTES", 1)
-    monkeypatch.setattr(base_module, "HUGE_PAGE_BYTES", 0)
+    monkeypatch.setattr(base_module, "POPULATE_BYTES", 0)
     chunked = make_soap(species=species, batch_atoms=5).compute(frames, gradients=True)
     for name in ("values", "gradients", "strain_gradients"):
         np.testing.assert_allclose(getattr(chunked, name), getattr(reference, name),
