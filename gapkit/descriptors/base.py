@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ __all__ = ["BatchPlan", "BatchSink", "Descriptor", "DescriptorResult", "empty_ar
 #: (:func:`empty_array`)
 POPULATE_BYTES = 64 << 20
 #: Linux's ``madvise`` option (5.14 on; Python's mmap may not name it) that maps every
-#: page of a mapping in one call
+#: page of a mapping in one call (the number means something else on other systems)
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
 
@@ -38,7 +39,7 @@ def empty_array(shape, dtype=np.float64) -> np.ndarray:
     """
     dtype = np.dtype(dtype)
     n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if n_bytes < max(POPULATE_BYTES, 1) or not hasattr(mmap.mmap, "madvise"):
+    if n_bytes < max(POPULATE_BYTES, 1) or not sys.platform.startswith("linux"):
         return np.empty(shape, dtype=dtype)  # (an empty mmap is an error)
     buffer = mmap.mmap(-1, n_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:

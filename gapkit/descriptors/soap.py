@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -440,10 +441,11 @@ class SOAP(OwnsCutoff, Descriptor):
         if want_pos:
             out = _PositionGradientLayout(centres_sorted, nl.neighbors[order],
                                           nl.atom_offsets, nl.atom_structure)
-        state = dict(nl=nl, species=species, want_pos=want_pos, want_strain=want_strain,
-                     mix=mix, channels=channels, labels=labels, blocks=blocks,
-                     atom_sp=atom_sp, group=group, order=order, vectors=vectors,
-                     distances=distances, pair_start=pair_start, out=out)
+        state = SimpleNamespace(
+            nl=nl, species=species, want_pos=want_pos, want_strain=want_strain, mix=mix,
+            channels=channels, labels=labels, blocks=blocks, atom_sp=atom_sp, group=group,
+            order=order, vectors=vectors, distances=distances, pair_start=pair_start,
+            out=out)
         return BatchPlan(n_centres=N, n_entries=0 if out is None else out.n_entries,
                          n_features=n_features,
                          run=functools.partial(self._run_batch, state))
@@ -452,13 +454,11 @@ class SOAP(OwnsCutoff, Descriptor):
         """The values (and gradients) of a planned batch, into ``sink``'s arrays (the
         result then holds a view of its values and no gradient arrays) or its own."""
         dtype, device = self.dtype, self.device
-        nl, species, out = state["nl"], state["species"], state["out"]
-        want_pos, want_strain = state["want_pos"], state["want_strain"]
-        mix, channels, labels, blocks = (state[k] for k in ("mix", "channels", "labels",
-                                                            "blocks"))
-        atom_sp, group, order, vectors, distances, pair_start = (
-            state[k] for k in ("atom_sp", "group", "order", "vectors", "distances",
-                               "pair_start"))
+        nl, species, out = state.nl, state.species, state.out
+        want_pos, want_strain = state.want_pos, state.want_strain
+        mix, channels, labels, blocks = state.mix, state.channels, state.labels, state.blocks
+        atom_sp, group, order = state.atom_sp, state.group, state.order
+        vectors, distances, pair_start = state.vectors, state.distances, state.pair_start
         n_species = len(species)
         n_features = labels.shape[0]
         N = nl.n_atoms
