@@ -22,7 +22,7 @@ _NAMES = {
     "SOAP": "descriptors", "DescriptorResult": "descriptors",
     "SymmetryFunctions": "descriptors", "TwoBody": "descriptors",
     "SOAPKernel": "kernels", "TwoBodyKernel": "kernels", "SEKernel": "kernels",
-    "NTKKernel": "kernels",
+    "NTKKernel": "kernels", "set_threads": "_threads",
 }
 _MODULES = ("active", "baselines", "data", "generate", "io", "kernels", "ntk", "testing", "uq")
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .gp.observations import NoiseModel  # noqa: F401
     from .gp.posterior import Prediction  # noqa: F401
     from .kernels import NTKKernel, SEKernel, SOAPKernel, TwoBodyKernel  # noqa: F401
+    from ._threads import set_threads  # noqa: F401
     from .model import GAP, clone  # noqa: F401
     from .terms import Term  # noqa: F401
 

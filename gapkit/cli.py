@@ -578,8 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"gapkit {__version__}")
     parser.add_argument("--threads", metavar="N", default="auto",
-                        help="CPU threads for the numerics (default 'auto': the free cores, "
-                        "i.e. usable cores minus the load average, or $GAPKIT_THREADS)")
+                        help="CPU threads for the numerics (default 'auto': the free cores at each "
+                        "call, i.e. usable cores minus other processes' load, or "
+                        "$GAPKIT_THREADS)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
     # --quiet also after the command (SUPPRESS: an absent one keeps the global value)
@@ -733,9 +734,7 @@ def main(argv=None) -> int:
     with warnings.catch_warnings():
         # library warnings as one line each, without the source path
         warnings.showwarning = _show_warning
-        import torch
-
-        threads = torch.get_num_threads()  # restored after: main() may run in a program
+        restore = _threads.snapshot()  # main() may run in a program
         try:
             _threads.set_threads(args.threads)
             return args.func(args)
@@ -746,7 +745,7 @@ def main(argv=None) -> int:
             print(f"gapkit: error: {msg}", file=sys.stderr)
             return 2
         finally:
-            torch.set_num_threads(threads)
+            restore()
 
 
 if __name__ == "__main__":

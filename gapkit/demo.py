@@ -39,8 +39,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="demo_output", help="folder for the figures")
     parser.add_argument("--quick", action="store_true", help="every 4th training frame")
     parser.add_argument("--threads", default="auto",
-                        help="CPU threads (default 'auto': the free cores, i.e. usable cores "
-                        "minus the load average, or $GAPKIT_THREADS)")
+                        help="CPU threads (default 'auto': the free cores at each call, i.e. "
+                        "usable cores minus other processes' load, or $GAPKIT_THREADS)")
     args = parser.parse_args(argv)
     from ._threads import set_threads
 

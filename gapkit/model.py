@@ -95,7 +95,7 @@ class GAP:
     batch_atoms : int
         Atoms per streamed block (memory vs speed).
     random_state : int
-        Seed of sparse-point selection; fits are deterministic.
+        Seed of sparse-point selection; fits are deterministic (per thread count: set_threads).
     progress : bool
         Progress bars on descriptors and design-matrix assembly.
     baselines : Baseline or list of Baseline, optional

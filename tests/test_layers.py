@@ -18,7 +18,8 @@ PACKAGE = Path(gapkit.__file__).parent
 
 #: bottom (0) to top; a module may import only from its own layer or below
 LAYERS = [
-    ("gapkit._version", "gapkit._compat", "gapkit._checks", "gapkit._files"),
+    ("gapkit._version", "gapkit._compat", "gapkit._checks", "gapkit._files",
+     "gapkit._threads"),
     ("gapkit.data",),
     ("gapkit.neighbors",),
     ("gapkit.descriptors", "gapkit.baselines"),

@@ -432,10 +432,18 @@ def test_recovers_lennard_jones_within_noise():
 # ------------------------------------------------------------ 7. determinism
 
 def test_fit_is_deterministic(si_train):
-    """Same data, settings and seed: bit-identical weights, with torch's default threads."""
-    with _threads(DEFAULT_THREADS):
+    """Same data, settings and seed: bit-identical weights, with torch's default threads
+    (pinned by set_threads: "auto" could give the two fits different counts when the
+    machine's load changes, and BLAS sums in another order on another count)."""
+    from gapkit import _threads as threads
+
+    restore = threads.snapshot()
+    try:
+        threads.set_threads(DEFAULT_THREADS)
         a = GAP(_si_terms(two_body=True), noise=SI_NOISE, progress=False).fit(si_train)
         b = GAP(_si_terms(two_body=True), noise=SI_NOISE, progress=False).fit(si_train)
+    finally:
+        restore()
     assert torch.equal(a.alpha_, b.alpha_)
     assert torch.equal(a.R_, b.R_)
     assert a.log_marginal_likelihood_ == b.log_marginal_likelihood_

@@ -20,7 +20,7 @@ PUBLIC = {
         "DescriptorResult", "GAP", "GAPCalculator", "NTKKernel", "NoiseModel", "Prediction",
         "SEKernel", "SOAP", "SOAPKernel", "SymmetryFunctions", "Term", "TwoBody",
         "TwoBodyKernel", "__version__", "active", "baselines", "clone", "data", "generate",
-        "io", "kernels", "ntk", "testing", "uq"],
+        "io", "kernels", "ntk", "set_threads", "testing", "uq"],
     "gapkit.uq": [
         "CalibrationResult", "ConsistencyReport", "LOOResult", "QUANTITIES",
         "apply_recalibration", "calibration_metrics", "calibration_report", "committee_predict",

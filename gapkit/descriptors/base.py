@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .._checks import atomic_number, count, is_integer
+from .._threads import with_call_threads
 from ..data import as_frames
 
 __all__ = ["BatchPlan", "BatchSink", "Descriptor", "DescriptorResult", "empty_array",
@@ -370,12 +371,14 @@ class Descriptor:
         self.batch_atoms = int(batch_atoms)
         self.progress = bool(progress)
 
+    @with_call_threads
     def compute(self, frames, *, gradients=False) -> DescriptorResult:
         """Descriptors of ``frames`` (ase.Atoms or a sequence), optionally with gradients.
 
         ``gradients`` is ``True`` (positions and strain), ``False``, or a subset of
         ``["positions", "strain"]``. Frames are processed in batches of about
-        ``batch_atoms`` atoms, with a progress bar when ``progress`` is set.
+        ``batch_atoms`` atoms, with a progress bar when ``progress`` is set, on the
+        threads :func:`gapkit.set_threads` chose (the free cores by default).
         """
         frames = as_frames(frames, require=f"{type(self).__name__}.compute")
         want_pos, want_strain = parse_gradients(gradients)

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._threads import call_threads
+
 __all__ = ["MEMORY_ADVICE", "DaskPasses", "Partition", "PerRow", "SendsTensors", "active",
            "dask_passes", "describe", "partition_bounds"]
 
@@ -486,7 +488,8 @@ def dask_passes(client=None, n_workers: int | None = None, *, progress: bool = F
     :class:`DaskPasses` (None without workers); ``progress``: a bar per pass over the
     partitions the workers have finished."""
     if client is None and n_workers is None:
-        yield None
+        with call_threads():
+            yield None
         return
     if client is not None and n_workers is not None:
         raise ValueError("give client= (a Dask client or scheduler address) or n_workers= "
@@ -497,6 +500,7 @@ def dask_passes(client=None, n_workers: int | None = None, *, progress: bool = F
         raise ImportError("distributed fits need dask.distributed: pip install "
                           "'gapkit[distributed]' (or dask[distributed])") from exc
     with contextlib.ExitStack() as stack:
+        stack.enter_context(call_threads())
         if n_workers is not None:
             from .._checks import count
 
