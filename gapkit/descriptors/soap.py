@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,6 +15,7 @@ from .._checks import atomic_number, is_integer, positive
 from ..neighbors import build_neighbor_list
 from ._radial import RadialSpline
 from ._spherical import harmonic_constants, spherical_harmonics
+from .._threads import with_call_threads
 from .base import BatchPlan, BatchSink, Descriptor, DescriptorResult, empty_tensor
 from .cutoff import CosineCutoff, OwnsCutoff
 
@@ -121,6 +123,63 @@ class _PositionGradientLayout:
         gcentre = self.unique // self.n_atoms
         gatom = self.unique % self.n_atoms - self.atom_offsets[self.atom_structure[gcentre]]
         return torch.as_tensor(gcentre), torch.as_tensor(gatom)
+
+@dataclass
+class CompactGradients:
+    """Position gradients of a several-species SOAP without the zeros (issue 17).
+
+    A neighbour of species ``s`` changes only the spectrum blocks of pairs with ``s``: per
+    (centre, neighbour) pair ``e``, ``x[e]`` (3, W) holds those values (``X`` of
+    :meth:`SOAP._species_index`, with 1/|p| folded in; its last column is zero) and the
+    dense gradient of the normalised ``q`` is
+
+        ``g_e = x[e][:, index[species[e]]] - t[e][:, None] * q[centre[e]]``,
+
+    ``t = q . dp/|p|`` (zero unnormalised). A pair is an entry of its own (periodic images
+    of one atom are separate pairs: sums over pairs give the same forces). The centre's own
+    atom (``-sum_e g_e``) touches every block: ``own`` (n_centres, 3, F), dense. Indices are
+    those of :class:`DescriptorResult` (``atom`` over all atoms of the call)."""
+
+    x: torch.Tensor
+    t: torch.Tensor
+    species: torch.Tensor
+    centre: torch.Tensor
+    atom: torch.Tensor
+    index: torch.Tensor
+    own: torch.Tensor
+
+    def dense(self, values: torch.Tensor) -> torch.Tensor:
+        """(pairs, 3, F): every pair's gradient written out (for tests and checks)."""
+        where = self.index[self.species][:, None, :].expand(-1, 3, -1)
+        return self.x.gather(2, where) - self.t[:, :, None] * values[self.centre][:, None, :]
+
+
+class _CompactPairs:
+    """Where a batch's :class:`CompactGradients` go: rows ``p0..p1`` of ``x`` and ``t``
+    (views of the call's arrays) are a chunk's pairs, in the order the chunk builds them
+    (``pair`` says which pair of the batch's sorted order each row is)."""
+
+    def __init__(self, centres_sorted, neighbours_sorted, n_centres):
+        self.centres = centres_sorted
+        self.neighbours = neighbours_sorted
+        self.n_pairs = centres_sorted.shape[0]
+        self.n_centres = n_centres
+        self.pair = np.empty(self.n_pairs, dtype=np.int64)
+        self.species = np.empty(self.n_pairs, dtype=np.int64)
+        self.x = self.t = self.own = None
+
+    def bind(self, x, t, own) -> None:
+        self.x, self.t, self.own = x, t, own
+
+    def allocate(self, n_features, dtype, device):
+        return None  # the arrays are bound before the batch runs
+
+    def rows(self, p0: int, p1: int, pair: np.ndarray, species: np.ndarray):
+        """The (x, t) rows of a chunk's pairs p0..p1, which come in the order ``pair``."""
+        self.pair[p0:p1] = pair
+        self.species[p0:p1] = species
+        return self.x[p0:p1], self.t[p0:p1]
+
 
 class SOAP(OwnsCutoff, Descriptor):
     """Smooth Overlap of Atomic Positions: the power spectrum of the neighbour density.
@@ -394,11 +453,63 @@ class SOAP(OwnsCutoff, Descriptor):
         """
         return super().compute(frames, gradients=gradients)
 
+    def compact_gradients_for(self, n_species: int) -> bool:
+        """Whether :meth:`compute_compact` serves ``n_species`` species: several, without
+        ``species_mixing`` (one species has no zero blocks to leave out)."""
+        return n_species > 1 and self.species_mixing is None
+
+    @with_call_threads
+    def compute_compact(self, frames, *, strain: bool = False):
+        """Values (and, with ``strain``, strain gradients) with the position gradients held
+        as :class:`CompactGradients`: per neighbour, only the blocks of its species (with
+        three species 64 % of the features, four 48 %) and the normalisation's rank-one
+        term apart. The design rows of a fit read them (:func:`gapkit.gp.design.
+        functional_rows`). Returns ``(result without position gradients, compact)``."""
+        from ..data import as_frames
+        from .base import concatenate, frame_batches, resolve_species
+
+        frames = as_frames(frames, require="SOAP.compute_compact")
+        species = resolve_species(frames, self.species)
+        if not self.compact_gradients_for(len(species)):
+            raise ValueError("SOAP.compute_compact needs several species and no "
+                             f"species_mixing (species {list(species)}, species_mixing "
+                             f"{self.species_mixing!r}); use compute(frames, gradients=...)")
+        S = len(species)
+        index = torch.stack(self._species_index(S))
+        width = (self.l_max + 1) * self.n_max * S * self.n_max + 1
+        n_features = self.n_features(S)
+        batches = list(frame_batches(frames, self.batch_atoms))
+        plans = [self._plan_batch(frames[a:b], a, species, True, strain, compact=True)
+                 for a, b in batches]
+        collectors = [plan.run.args[0].out for plan in plans]
+        n_pairs = sum(c.n_pairs for c in collectors)
+        n_centres = sum(c.n_centres for c in collectors)
+        x = empty_tensor((n_pairs, 3, width), self.dtype, self.device)
+        t = torch.empty((n_pairs, 3), dtype=self.dtype, device=self.device)
+        own = empty_tensor((n_centres, 3, n_features), self.dtype, self.device)
+        results, species_of, centre, atom = [], [], [], []
+        p0 = c0 = 0
+        for plan, c in zip(plans, collectors):
+            p1, c1 = p0 + c.n_pairs, c0 + c.n_centres
+            c.bind(x[p0:p1], t[p0:p1], own[c0:c1])
+            results.append(plan.run())
+            species_of.append(c.species)
+            centre.append(c.centres[c.pair] + c0)  # batch atoms are its centres
+            atom.append(c.neighbours[c.pair] + c0)
+            p0, c0 = p1, c1
+        res = concatenate(results, [a for a, _ in batches])
+        compact = CompactGradients(
+            x=x, t=t, species=torch.as_tensor(np.concatenate(species_of)), index=index,
+            centre=torch.as_tensor(np.concatenate(centre)),
+            atom=torch.as_tensor(np.concatenate(atom)), own=own)
+        return res, compact
+
     def _compute_batch(self, frames, frame_offset, species, want_pos, want_strain):
         """One batch of structures in arrays of its own (see :meth:`_plan_batch`)."""
         return self._plan_batch(frames, frame_offset, species, want_pos, want_strain).run()
 
-    def _plan_batch(self, frames, frame_offset, species, want_pos, want_strain):
+    def _plan_batch(self, frames, frame_offset, species, want_pos, want_strain,
+                    compact: bool = False):
         """One batch of structures: a neighbour list, then chunks of centres.
 
         The plan knows the batch's sizes before anything is computed, so that
@@ -438,7 +549,9 @@ class SOAP(OwnsCutoff, Descriptor):
         distances = torch.as_tensor(nl.distances[order], dtype=dtype, device=device)
         pair_start = np.searchsorted(centres_sorted, np.arange(N + 1))
         out = None
-        if want_pos:
+        if compact:
+            out = _CompactPairs(centres_sorted, nl.neighbors[order], N)
+        elif want_pos:
             out = _PositionGradientLayout(centres_sorted, nl.neighbors[order],
                                           nl.atom_offsets, nl.atom_structure)
         state = SimpleNamespace(
@@ -446,7 +559,7 @@ class SOAP(OwnsCutoff, Descriptor):
             channels=channels, labels=labels, blocks=blocks, atom_sp=atom_sp, group=group,
             order=order, vectors=vectors, distances=distances, pair_start=pair_start,
             out=out)
-        return BatchPlan(n_centres=N, n_entries=0 if out is None else out.n_entries,
+        return BatchPlan(n_centres=N, n_entries=0 if not want_pos or compact else out.n_entries,
                          n_features=n_features,
                          run=functools.partial(self._run_batch, state))
 
@@ -466,6 +579,7 @@ class SOAP(OwnsCutoff, Descriptor):
         S, n_chan = (n_species, self.n_max) if mix is None else (1, channels * self.n_max)
 
         strain = grads = gcentre = gatom = None
+        compact = isinstance(out, _CompactPairs)
         if sink is None:
             values = torch.empty((N, n_features), dtype=dtype, device=device)
             if want_strain:
@@ -531,7 +645,7 @@ class SOAP(OwnsCutoff, Descriptor):
                 c0, c1, group[p0:p1] - c0 * S, pairs, own_rows, S, n_chan, blocks, values,
                 want_grad, strain, out, grads, p0, p1)
             c0 = c1
-        if want_pos:
+        if want_pos and not compact:
             gcentre, gatom = out.indices()
 
         def np_(t):
@@ -552,7 +666,8 @@ class SOAP(OwnsCutoff, Descriptor):
             n_atoms=np.diff(nl.atom_offsets), feature_labels=feature_labels,
             feature_label_names=names,
             # less the spare row; a sink's caller holds the arrays
-            gradients=np_(None if grads is None or sink is not None else grads[:-1]),
+            gradients=np_(None if grads is None or sink is not None or compact
+                          else grads[:-1]),
             gradient_centre=np_(gcentre), gradient_atom=np_(gatom),
             strain_gradients=np_(None if sink is not None else strain),
             info={"descriptor": "SOAP", **self.get_params(), "species": list(species)})
@@ -708,7 +823,11 @@ class SOAP(OwnsCutoff, Descriptor):
         w_pad.index_copy_(0, slot, w_pair)
         wu_pad = (w_pad[:, :, None] * unit_pad[:, None, :]).view(n_slots, W * 3, 1)
 
-        xr = torch.empty((n_pairs, 3, width), dtype=dtype, device=device)
+        compact = isinstance(out, _CompactPairs)
+        if compact:  # X is the result: written straight into the call's array
+            xr, t = out.rows(p0, p1, p0 + order, np.repeat(np.arange(S), np.diff(bounds)))
+        else:
+            xr = torch.empty((n_pairs, 3, width), dtype=dtype, device=device)
         xr[..., -1] = 0.0
         xs = torch.empty((S, nc, W, 3, width), dtype=dtype, device=device)
         xs[..., -1] = 0.0
@@ -740,24 +859,41 @@ class SOAP(OwnsCutoff, Descriptor):
                           xg[:, s, ..., s * n:(s + 1) * n]):
                     d.add_(d.transpose(-1, -2).clone())
                     d.diagonal(dim1=-2, dim2=-1).mul_(math.sqrt(0.5))
-        grad = torch.empty((n_pairs, 3, n_features), dtype=dtype, device=device)
+        grad = None if compact else torch.empty((n_pairs, 3, n_features), dtype=dtype,
+                                                device=device)
         sums = torch.empty((S, nc, W, 3, n_features), dtype=dtype, device=device)
         for s, index in enumerate(self._species_index(S)):
             a, b = int(bounds[s]), int(bounds[s + 1])
             # gather with a broadcast index: 2x index_select's speed along dim 1
-            if b > a:
+            if b > a and not compact:
                 torch.gather(xr[a:b].view(-1, width), 1,
                              index[None].expand(3 * (b - a), n_features),
                              out=grad[a:b].view(-1, n_features))
             torch.gather(xs[s].view(-1, width), 1,
                          index[None].expand(nc * W * 3, n_features),
                          out=sums[s].view(-1, n_features))
-        if inv is not None:
+        if compact:
+            # t = q . dp/|p| from X: q written into X's layout per species (its features
+            # are distinct entries of X; the spare entry, where absent features point,
+            # zeroed), contracted per pair
+            t.zero_()
+            if inv is not None:
+                centre_of = torch.as_tensor((group // S)[order], device=device)
+                for s, index in enumerate(self._species_index(S)):
+                    a, b = int(bounds[s]), int(bounds[s + 1])
+                    if b > a:
+                        qx = values.new_zeros((nc, width))
+                        qx[:, index] = values
+                        qx[:, -1] = 0.0
+                        t[a:b] = torch.bmm(xr[a:b], qx[centre_of[a:b]][:, :, None])[..., 0]
+        if inv is not None and not compact:
             # dq = (dp - q (q . dp)) / |p|, 1/|p| already in the radial factors
             q = values
             q_pair = q.index_select(0, torch.as_tensor((group // S)[order], device=device))
             proj = torch.bmm(grad, q_pair[:, :, None])
             grad.addcmul_(proj, q_pair[:, None, :], value=-1.0)
+        if inv is not None:
+            q = values
             for s in range(S):
                 g_s = sums[s].view(nc, W * 3, n_features)
                 g_s.addcmul_(torch.bmm(g_s, q[:, :, None]), q[:, None, :], value=-1.0)
@@ -765,7 +901,9 @@ class SOAP(OwnsCutoff, Descriptor):
         if strain_out is not None:
             # strain[c, a, b, f] = sum_j g[c, j, a, f] r[c, j, b]; sums hold (b, a)
             strain_out[c0:c1] = sums[:, :, 1:].sum(0).transpose(1, 2)
-        if out is not None:
+        if compact:
+            out.own[c0:c1] = totals.neg_()
+        elif out is not None:
             # pair i (chunk order) is row inverse[i] of grad
             inverse = torch.as_tensor(np.argsort(order), device=device)
             out.write(grads_out, p0, p1, c0, c1, inverse, grad, totals)

@@ -74,8 +74,13 @@ def type_mask(types1: torch.Tensor, types2: torch.Tensor, dtype) -> torch.Tensor
     return (types1[:, None] == types2[None, :]).to(dtype)
 
 
+#: design rows of several-species SOAP terms read compact position gradients (issue 17);
+#: False: the dense ones (for comparisons)
+COMPACT_GRADIENTS = True
+
+
 def functional_rows(kernel, result, sparse: SparseSet, *, energy: bool, forces: bool,
-                    virial: bool, local: bool = False, unit: bool = False):
+                    virial: bool, local: bool = False, unit: bool = False, compact=None):
     """Kernel functionals of one descriptor result against the sparse points.
 
     Parameters
@@ -86,6 +91,9 @@ def functional_rows(kernel, result, sparse: SparseSet, *, energy: bool, forces: 
     sparse : SparseSet
     unit : bool
         Use the unit kernel (``delta = 1``): rows then scale with ``delta^2``.
+    compact : CompactGradients, optional
+        The position gradients of ``result`` held compactly (``SOAP.compute_compact``;
+        ``kernel`` has ``compact_grad_contract``), read instead of ``result.gradients``.
 
     Returns
     -------
@@ -109,7 +117,9 @@ def functional_rows(kernel, result, sparse: SparseSet, *, energy: bool, forces: 
         if energy:
             out["energy"] = torch.zeros((n_frames, z.shape[0]), dtype=dtype).index_add_(
                 0, structure, kc)
-    if forces:
+    if forces and compact is not None:
+        out["forces"] = _compact_forces(kernel, q, sparse, compact, types, result, unit)
+    elif forces:
         g = result.torch("gradients", dtype=dtype)
         centre = torch.as_tensor(result.gradient_centre)
         atom = torch.as_tensor(result.gradient_atom_global)
@@ -121,6 +131,39 @@ def functional_rows(kernel, result, sparse: SparseSet, *, energy: bool, forces: 
                                           types, structure, n_frames,
                                           max(1, ENTRY_CHUNK // 2))
     return out
+
+
+def _compact_forces(kernel, q, sparse: SparseSet, compact, types, result, unit: bool):
+    """Force rows from :class:`~gapkit.descriptors.soap.CompactGradients`: the centres' own
+    entries (dense) as :func:`_contract_by_type` does, the neighbour pairs per (centre
+    type, neighbour species) by a GEMM over that species' blocks only."""
+    n_atoms = int(result.n_atoms.sum())
+    contract = kernel.unit_grad_contract if unit else kernel.grad_contract
+    own_atom = torch.as_tensor(result.atom_offsets[result.centre_structure]
+                               + result.centre_atom)
+    rows = _contract_by_type(contract, q, sparse, compact.own.to(q.dtype),
+                             torch.arange(q.shape[0]), types, own_atom, n_atoms, ENTRY_CHUNK)
+    width = compact.x.shape[2]
+    entry_types = types[compact.centre]
+    for t in torch.unique(sparse.types).tolist():
+        cols = torch.nonzero(sparse.types == t)[:, 0]
+        z = sparse.points[cols]
+        step = min(ENTRY_CHUNK, max(64, ENTRY_BYTES // (8 * (3 * width + 4 * cols.numel()))))
+        block = torch.zeros((n_atoms, 3, cols.numel()), dtype=q.dtype)
+        for s in range(compact.index.shape[0]):
+            entries = torch.nonzero((entry_types == t) & (compact.species == s))[:, 0]
+            if entries.numel() == 0:
+                continue
+            zx = z.new_zeros((cols.numel(), width))
+            zx[:, compact.index[s]] = z
+            zx[:, -1] = 0.0  # where the features absent from this species' blocks point
+            for e0 in range(0, entries.numel(), step):
+                e = entries[e0:e0 + step]
+                block.index_add_(0, compact.atom[e], kernel.compact_grad_contract(
+                    q, z, compact.x[e].to(q.dtype), zx, compact.t[e].to(q.dtype),
+                    compact.centre[e], unit=unit), alpha=-1.0)
+        rows[:, :, cols] += block
+    return rows
 
 
 def _contract_by_type(contract, q, sparse: SparseSet, g, centre, centre_types, target,
@@ -218,15 +261,33 @@ def design_rows(terms, sparse_sets, frames, observations, gradients=None, *,
     offsets = np.concatenate([[0], np.cumsum([len(a) for a in frames])])
     out = []
     for i, (term, sparse) in enumerate(zip(terms, sparse_sets)):
-        res = _descriptors(term, frames, gradients) if given is None else given[i]
+        compact = None
+        if given is None and results is None and _compact(term, frames, gradients):
+            res, compact = term.descriptor.compute_compact(frames,
+                                                           strain="strain" in gradients)
+        else:
+            res = _descriptors(term, frames, gradients) if given is None else given[i]
         if results is not None:
             results.append(res)
         with torch.no_grad():
             blocks = functional_rows(term.kernel, res, sparse, energy=ENERGY in kinds,
                                      forces=FORCES in kinds, virial=VIRIAL in kinds,
-                                     local=False, unit=unit)
+                                     local=False, unit=unit, compact=compact)
         out.append(gather_rows(blocks, observations, offsets))
     return torch.cat(out, dim=1)
+
+
+def _compact(term, frames, gradients) -> bool:
+    """Whether the term's force rows can read compact position gradients: a descriptor
+    that makes them for these frames' species and a kernel that reads them."""
+    from ..descriptors.base import resolve_species
+
+    descriptor = term.descriptor
+    if "positions" not in gradients or not hasattr(term.kernel, "compact_grad_contract"):
+        return False
+    if not hasattr(descriptor, "compact_gradients_for") or not COMPACT_GRADIENTS:
+        return False
+    return descriptor.compact_gradients_for(len(resolve_species(frames, descriptor.species)))
 
 
 def _descriptors(term, frames, gradients):
@@ -267,7 +328,7 @@ def design_blocks(terms, sparse_sets, frames, observations, gradients=None, *,
                                                     gradients, unit)
         if rows is None:
             rows = design_rows(terms, sparse_sets, block, sub, gradients, unit=unit,
-                               results=results)
+                               results=results if with_results else None)
             if cache is not None:
                 cache.put(terms, sparse_sets, block, sub, gradients, unit, rows)
         elif with_results:  # the rows from the cache, the descriptors computed again

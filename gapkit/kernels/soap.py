@@ -96,6 +96,20 @@ class SOAPKernel(DescriptorKernel):
         proj = torch.matmul(g, q2.T)  # (E, r, n2): the GEMM of force rows
         return proj.mul_(w[inverse][:, None, :])
 
+    def compact_grad_contract(self, q1, q2, x, zx, t, centre, *, unit: bool = False):
+        """:meth:`grad_contract` (``unit``: :meth:`unit_grad_contract`) of gradients held
+        compactly (:class:`gapkit.descriptors.soap.CompactGradients`): ``g_e = x_e[:,
+        index] - t_e q1[centre_e]``, so ``g_e . q2 = x_e zx^T - t_e (q1[centre_e] . q2)``
+        with ``zx`` the points ``q2`` written into ``x``'s layout (zero where ``x`` holds
+        nothing) — a GEMM over the neighbour's blocks only."""
+        z = self.zeta
+        scale = 1.0 if unit else self.variance
+        centres, inverse = torch.unique(centre, return_inverse=True)
+        s = (q1[centres] @ q2.T)[inverse]  # (E, n2)
+        proj = torch.matmul(x, zx.T)  # (E, 3, n2)
+        proj.addcmul_(t[:, :, None], s[:, None, :], value=-1.0)
+        return proj.mul_(((scale * z) * s ** (z - 1))[:, None, :])
+
     def unit_hessian_contract(self, q1, q2, g1, c1, g2, c2):
         z = self.zeta
         s = (q1 @ q2.T)[c1][:, c2]  # (E, F)

@@ -262,6 +262,49 @@ def test_batches_write_into_one_array_as_they_would_alone(si8_rattled, acetamide
                 np.testing.assert_array_equal(got, want, err_msg=name)
 
 
+@pytest.mark.parametrize("settings", [{}, {"normalize": False}, {"central_weight": 0.0},
+                                      {"batch_atoms": 9}])
+def test_compact_gradients_are_the_dense_ones(acetamide, triclinic_two_species, settings):
+    """``compute_compact`` (each neighbour's species blocks and the normalisation's
+    rank-one term) gives the dense gradients back, entry by entry: periodic images of
+    one atom are separate pairs that sum to the dense entry, the centre's own entry is
+    dense; values and strain gradients as ``compute`` gives them."""
+    import torch
+
+    frames = [acetamide, triclinic_two_species, acetamide]
+    soap = make_soap(species=[1, 6, 7, 8, 14], **settings)
+    dense = soap.compute(frames, gradients=True)
+    res, compact = soap.compute_compact(frames, strain=True)
+    np.testing.assert_array_equal(res.values, dense.values)
+    np.testing.assert_allclose(res.strain_gradients, dense.strain_gradients, rtol=0,
+                               atol=1e-14)
+    assert res.gradients is None
+    n = dense.n_centres
+    rebuilt = torch.zeros((n * n, 3, dense.n_features), dtype=torch.float64)
+    rebuilt.index_add_(0, compact.centre * n + compact.atom,
+                       compact.dense(torch.as_tensor(res.values)))
+    rebuilt.index_add_(0, torch.arange(n) * (n + 1), compact.own)
+    keys = torch.as_tensor(dense.gradient_centre * n + dense.gradient_atom_global)
+    scale = np.abs(dense.gradients).max()
+    np.testing.assert_allclose(rebuilt[keys].numpy(), dense.gradients, rtol=0,
+                               atol=1e-14 * scale)
+    rebuilt[keys] = 0.0
+    assert float(rebuilt.abs().max()) == 0.0  # nothing outside the dense entries
+    # a pair of species s leaves the blocks of other species alone
+    width = compact.x.shape[2]
+    assert compact.x.shape[0] == compact.t.shape[0] == compact.centre.shape[0]
+    assert torch.all(compact.x[..., width - 1] == 0)
+    if settings.get("normalize", True) is False:
+        assert float(compact.t.abs().max()) == 0.0
+
+
+def test_compact_gradients_need_several_species(si8_rattled, acetamide):
+    with pytest.raises(ValueError, match="needs several species"):
+        make_soap(species=[14]).compute_compact([si8_rattled])
+    with pytest.raises(ValueError, match="species_mixing"):
+        make_soap(species=[1, 6, 7, 8], species_mixing=2).compute_compact([acetamide])
+
+
 @pytest.mark.slow
 def test_an_environment_of_600_neighbours_is_complete(monkeypatch):
     """A centre with 600 neighbours (two species) inside the cutoff: nothing is truncated

@@ -107,6 +107,75 @@ def test_rows_are_the_same_with_the_points_sorted_by_type():
         torch.testing.assert_close(a[key][..., perm], b[key], rtol=0, atol=1e-13)
 
 
+@pytest.mark.parametrize("unit", [False, True])
+def test_force_rows_from_compact_gradients_are_the_dense_ones(unit):
+    """Force rows read from ``SOAP.compute_compact`` (each neighbour's species blocks, the
+    normalisation apart, periodic images as separate pairs) are those of the dense
+    gradients; energy and virial rows do not change."""
+    desc = SOAP(cutoff=3.5, cutoff_width=0.5, n_max=3, l_max=2, species=[6, 14])
+    frames = []
+    for seed in range(3):
+        a = _frame()
+        a.rattle(0.05, seed=20 + seed)
+        frames.append(a)
+    env = desc.compute(frames)
+    sparse = SparseSet(np.asarray(env.values)[::2], np.asarray(env.centre_types)[::2])
+    kernel = SOAPKernel(zeta=4, delta=0.7)
+    dense = desc.compute(frames, gradients=True)
+    res, compact = desc.compute_compact(frames, strain=True)
+    with torch.no_grad():
+        want = functional_rows(kernel, dense, sparse, energy=True, forces=True, virial=True,
+                               unit=unit)
+        got = functional_rows(kernel, res, sparse, energy=True, forces=True, virial=True,
+                              unit=unit, compact=compact)
+    for key in ("energy", "forces", "virial"):
+        scale = float(want[key].abs().max())
+        assert scale > 0
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-13 * scale)
+
+
+def test_a_fit_reads_compact_gradients_and_is_the_same_fit(monkeypatch):
+    """The fit's design passes read compact gradients for a several-species SOAP (the
+    noise cross-validation's pass for the calibration, which needs dense ones for the prior
+    variances, does not): the same noise choice and weights as with dense gradients."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from gapkit import GAP, Term
+    from gapkit.gp import design
+    from gapkit.testing import label
+
+    frames = []
+    for seed in range(12):
+        a = bulk("Cu", "fcc", 3.65, cubic=True).repeat((2, 1, 1))
+        a.numbers[np.random.default_rng(seed).choice(len(a), 3, replace=False)] = 79
+        a.rattle(0.08, seed=seed)
+        frames.append(label(a, EMT()))
+    calls = []
+    real = SOAP.compute_compact
+
+    def spy(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SOAP, "compute_compact", spy)
+
+    def fit():
+        term = Term(SOAP(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2), SOAPKernel(zeta=4),
+                    n_sparse=30)
+        return GAP([term], progress=False, batch_atoms=40, random_state=1).fit(frames)
+
+    monkeypatch.setenv("GAPKIT_DESIGN_CACHE_GB", "0")  # every pass computes its rows
+    compact = fit()
+    assert calls
+    monkeypatch.setattr(design, "COMPACT_GRADIENTS", False)
+    calls.clear()
+    dense = fit()
+    assert not calls
+    assert compact.fit_info_["noise_cv"]["factors"] == dense.fit_info_["noise_cv"]["factors"]
+    torch.testing.assert_close(compact.alpha_, dense.alpha_, rtol=1e-9, atol=0)
+
+
 # -- the design cache: later passes of one fit read the rows the first computed ---------
 
 
