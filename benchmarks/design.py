@@ -120,6 +120,27 @@ def main() -> None:
         out["masked_speedup"] = best["masked rows"] / best["dense rows"]
         print(f"  every entry against every column, masked: force rows "
               f"{best['masked rows']:.2f} (rows agree to {mdiff:.1e})")
+    # predictions (E + F, no variances: what MD asks for) of --frames more frames with a
+    # fixed-noise GAP on the first 50 (500 CUR points), dense and compact interleaved
+    from gapkit import GAP, NoiseModel, Term
+    from gapkit.gp import design
+
+    model = GAP([Term(desc, kernel, n_sparse=500)], progress=False, random_state=0,
+                noise=NoiseModel(energy=0.001, forces=0.05)).fit(frames[:50])
+    test = frames[50:50 + args.frames]
+    n_atoms = sum(len(a) for a in test)
+    pred: dict[str, list[float]] = {"dense": [], "compact": []}
+    for _ in range(args.repeats):
+        for mode in pred:
+            design.COMPACT_GRADIENTS = mode == "compact"
+            t = time.process_time()
+            model.predict(test, return_variance=False)
+            pred[mode].append(time.process_time() - t)
+    design.COMPACT_GRADIENTS = True
+    out["predict_us_per_atom"] = {k: min(v) / n_atoms * 1e6 for k, v in pred.items()}
+    print(f"  predict E + F ({args.frames} frames, M 500), µs/atom: dense "
+          f"{out['predict_us_per_atom']['dense']:.0f}, compact "
+          f"{out['predict_us_per_atom']['compact']:.0f}")
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "design.json").write_text(json.dumps(out, indent=1))
 

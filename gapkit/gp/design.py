@@ -262,7 +262,7 @@ def design_rows(terms, sparse_sets, frames, observations, gradients=None, *,
     out = []
     for i, (term, sparse) in enumerate(zip(terms, sparse_sets)):
         compact = None
-        if given is None and results is None and _compact(term, frames, gradients):
+        if given is None and results is None and compact_eligible(term, frames, gradients):
             res, compact = term.descriptor.compute_compact(frames,
                                                            strain="strain" in gradients)
         else:
@@ -277,7 +277,7 @@ def design_rows(terms, sparse_sets, frames, observations, gradients=None, *,
     return torch.cat(out, dim=1)
 
 
-def _compact(term, frames, gradients) -> bool:
+def compact_eligible(term, frames, gradients) -> bool:
     """Whether the term's force rows can read compact position gradients: a descriptor
     that makes them for these frames' species and a kernel that reads them."""
     from ..descriptors.base import resolve_species

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..data import voigt_symmetrised, voigt_to_matrix
-from .design import functional_rows, type_mask
+from .design import compact_eligible, functional_rows, type_mask
 
 __all__ = ["Prediction", "clip_variance", "derivative_means", "dtc_variance", "predict_block",
            "predict_frames", "prior_energy_variances", "prior_force_variances",
@@ -223,17 +223,22 @@ def prior_force_variances(terms, results, n_atoms: int) -> torch.Tensor:
     return out
 
 
-def derivative_means(kernel, sparse, alpha: torch.Tensor, res, forces: bool, virial: bool):
+def derivative_means(kernel, sparse, alpha: torch.Tensor, res, forces: bool, virial: bool,
+                     compact=None):
     """Forces (n_atoms, 3; eV/Å) and Voigt virials (n_frames, 6; eV) of the GP mean
     ``eps(q) = sum_m alpha_m k(q, z_m)``: ``-sum dq/dr . grad eps(q)``, one weighted
-    kernel gradient per centre (two GEMMs) contracted with the descriptor gradients."""
+    kernel gradient per centre (two GEMMs) contracted with the descriptor gradients
+    (``compact``: :class:`~gapkit.descriptors.soap.CompactGradients` instead of
+    ``res.gradients``)."""
     dtype = sparse.points.dtype
     q = res.torch("values", dtype=dtype)
     with torch.no_grad():
         w = type_mask(torch.as_tensor(res.centre_types), sparse.types, dtype) * alpha
         grad = kernel.weighted_gradient(q, sparse.points, w)  # (n_c, D)
         fm = vm = None
-        if forces:
+        if forces and compact is not None:
+            fm = _compact_force_means(q, grad, res, compact)
+        elif forces:
             g = res.torch("gradients", dtype=dtype)
             centre = torch.as_tensor(res.gradient_centre)
             per_entry = torch.einsum("ead,ed->ea", g, grad[centre])
@@ -245,6 +250,38 @@ def derivative_means(kernel, sparse, alpha: torch.Tensor, res, forces: bool, vir
             vm = torch.zeros((res.n_structures, 6), dtype=dtype).index_add_(
                 0, torch.as_tensor(res.centre_structure), w6, alpha=-1.0)
     return fm, vm
+
+
+#: pairs of compact gradients contracted at once (their centres' gradients in X's
+#: layout are a (pairs, W) temporary: 4,096 x 1,345 floats on aspirin, 44 MB)
+COMPACT_PAIRS = 4096
+
+
+def _compact_force_means(q, grad, res, compact) -> torch.Tensor:
+    """``-sum_e g_e . grad eps(q_c)`` into each entry's atom with ``g_e = x_e[:, index_s]
+    - t_e q_c``: ``x_e . gx - t_e (q_c . grad_c)`` with ``grad_c`` written into the layout
+    of ``x`` (zero where ``x`` holds nothing), and the dense own entries."""
+    dtype = q.dtype
+    n_atoms = int(res.n_atoms.sum())
+    own_atom = torch.as_tensor(res.atom_offsets[res.centre_structure] + res.centre_atom)
+    fm = torch.zeros((n_atoms, 3), dtype=dtype).index_add_(
+        0, own_atom, torch.einsum("cad,cd->ca", compact.own.to(dtype), grad), alpha=-1.0)
+    qg = (q * grad).sum(1)  # (n_c,)
+    width = compact.x.shape[2]
+    for s in range(compact.index.shape[0]):
+        pairs = torch.nonzero(compact.species == s)[:, 0]
+        if pairs.numel() == 0:
+            continue
+        gx = grad.new_zeros((grad.shape[0], width))
+        gx[:, compact.index[s]] = grad
+        gx[:, -1] = 0.0
+        for p0 in range(0, pairs.numel(), COMPACT_PAIRS):
+            e = pairs[p0:p0 + COMPACT_PAIRS]
+            c = compact.centre[e]
+            per = torch.bmm(compact.x[e].to(dtype), gx[c][:, :, None])[..., 0]
+            per.addcmul_(compact.t[e].to(dtype), qg[c][:, None], value=-1.0)
+            fm.index_add_(0, compact.atom[e], per, alpha=-1.0)
+    return fm
 
 
 def predict_block(terms, sparse_sets, alpha: torch.Tensor, r_factor: torch.Tensor,
@@ -283,12 +320,18 @@ def predict_block(terms, sparse_sets, alpha: torch.Tensor, r_factor: torch.Tenso
     f_mean = torch.zeros((n_atoms, 3), dtype=dtype)
     v_mean = torch.zeros((n_frames, 6), dtype=dtype)
     for term, sparse, a in zip(terms, sparse_sets, alphas):
-        res = term.descriptor.compute(frames, gradients=gradients or False)
+        compact = None
+        # compact gradients unless the exact force variances' prior needs dense ones
+        if (forces and not (want_fvar and forces_variance == "exact")
+                and compact_eligible(term, frames, set(gradients))):
+            res, compact = term.descriptor.compute_compact(frames, strain=virial)
+        else:
+            res = term.descriptor.compute(frames, gradients=gradients or False)
         results.append(res)
         with torch.no_grad():
             rows = functional_rows(term.kernel, res, sparse, energy=True,
                                    forces=forces and want_fvar, virial=virial and want_fvar,
-                                   local=True)
+                                   local=True, compact=compact)
             owner = torch.as_tensor(res.atom_offsets[res.centre_structure] + res.centre_atom)
             l_rows.append(torch.zeros((n_atoms, sparse.n), dtype=dtype)
                           .index_add_(0, owner, rows["local"]))
@@ -298,7 +341,8 @@ def predict_block(terms, sparse_sets, alpha: torch.Tensor, r_factor: torch.Tenso
             if virial and want_fvar:
                 v_rows.append(rows["virial"])
             if forces or virial:
-                fm, vm = derivative_means(term.kernel, sparse, a, res, forces, virial)
+                fm, vm = derivative_means(term.kernel, sparse, a, res, forces, virial,
+                                          compact)
                 if forces:
                     f_mean += fm
                 if virial:

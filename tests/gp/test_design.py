@@ -134,23 +134,30 @@ def test_force_rows_from_compact_gradients_are_the_dense_ones(unit):
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-13 * scale)
 
 
-def test_a_fit_reads_compact_gradients_and_is_the_same_fit(monkeypatch):
-    """The fit's design passes read compact gradients for a several-species SOAP (the
-    noise cross-validation's pass for the calibration, which needs dense ones for the prior
-    variances, does not): the same noise choice and weights as with dense gradients."""
+def _cuau_frames(n: int, first_seed: int = 0) -> list:
+    """EMT-labelled 8-atom CuAu cells (3 Au), rattled: two species, periodic images."""
     from ase.build import bulk
     from ase.calculators.emt import EMT
 
-    from gapkit import GAP, Term
-    from gapkit.gp import design
     from gapkit.testing import label
 
     frames = []
-    for seed in range(12):
+    for seed in range(first_seed, first_seed + n):
         a = bulk("Cu", "fcc", 3.65, cubic=True).repeat((2, 1, 1))
         a.numbers[np.random.default_rng(seed).choice(len(a), 3, replace=False)] = 79
         a.rattle(0.08, seed=seed)
         frames.append(label(a, EMT()))
+    return frames
+
+
+def test_a_fit_reads_compact_gradients_and_is_the_same_fit(monkeypatch):
+    """The fit's design passes read compact gradients for a several-species SOAP (the
+    noise cross-validation's pass for the calibration, which needs dense ones for the prior
+    variances, does not): the same noise choice and weights as with dense gradients."""
+    from gapkit import GAP, Term
+    from gapkit.gp import design
+
+    frames = _cuau_frames(12)
     calls = []
     real = SOAP.compute_compact
 
@@ -174,6 +181,37 @@ def test_a_fit_reads_compact_gradients_and_is_the_same_fit(monkeypatch):
     assert not calls
     assert compact.fit_info_["noise_cv"]["factors"] == dense.fit_info_["noise_cv"]["factors"]
     torch.testing.assert_close(compact.alpha_, dense.alpha_, rtol=1e-9, atol=0)
+
+
+def test_predictions_read_compact_gradients_unless_exact_force_variances(monkeypatch):
+    """Energies, forces, virials and the energy and projected force variances predicted
+    with compact gradients are those with dense ones; the exact force variances (their
+    prior needs dense gradients) keep dense ones."""
+    from gapkit import GAP, NoiseModel, Term
+    from gapkit.gp import design
+
+    term = Term(SOAP(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2), SOAPKernel(zeta=4),
+                n_sparse=30)
+    model = GAP([term], noise=NoiseModel(), progress=False).fit(_cuau_frames(6))
+    test = _cuau_frames(3, first_seed=50)
+    calls = []
+    real = SOAP.compute_compact
+    monkeypatch.setattr(SOAP, "compute_compact",
+                        lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    for options in ({"return_variance": False}, {"forces_variance": "projected"},
+                    {"forces_variance": None}, {"forces_variance": "exact"}):
+        calls.clear()
+        got = model.predict(test, **options)
+        assert bool(calls) == (options.get("forces_variance") != "exact"), options
+        monkeypatch.setattr(design, "COMPACT_GRADIENTS", False)
+        want = model.predict(test, **options)
+        monkeypatch.setattr(design, "COMPACT_GRADIENTS", True)
+        for name in ("energy", "forces", "virial", "energy_variance", "forces_variance"):
+            a, b = getattr(got, name), getattr(want, name)
+            assert (a is None) == (b is None), name
+            if b is not None:
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12 * np.abs(b).max(),
+                                           err_msg=f"{name} {options}")
 
 
 # -- the design cache: later passes of one fit read the rows the first computed ---------
