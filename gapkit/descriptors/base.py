@@ -25,7 +25,7 @@ POPULATE_BYTES = 64 << 20
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
 
-def empty_array(shape, dtype=np.float64) -> np.ndarray:
+def empty_array(shape, dtype=np.float64, *, at_least: int = POPULATE_BYTES) -> np.ndarray:
     """An uninitialised numpy array; when it is large (descriptor gradients reach
     gigabytes) its pages are mapped in one call (``MADV_POPULATE_WRITE``), not faulted
     in one by one as they are first written.
@@ -36,11 +36,12 @@ def empty_array(shape, dtype=np.float64) -> np.ndarray:
     1,200-4,800 mapped at once (with ``madvise`` huge pages the kernel compacts memory
     to find them, which costs more than it saves once memory is fragmented; alone they
     had been 3x cheaper, so they were used before). Where the option is missing (not
-    Linux, a kernel before 5.14) the pages are faulted in as they come.
+    Linux, a kernel before 5.14) the pages are faulted in as they come. ``at_least``: the
+    size from which this is done (an array written whole at once can take a smaller one).
     """
     dtype = np.dtype(dtype)
     n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if n_bytes < max(POPULATE_BYTES, 1) or not sys.platform.startswith("linux"):
+    if n_bytes < max(at_least, 1) or not sys.platform.startswith("linux"):
         return np.empty(shape, dtype=dtype)  # (an empty mmap is an error)
     buffer = mmap.mmap(-1, n_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
@@ -50,11 +51,12 @@ def empty_array(shape, dtype=np.float64) -> np.ndarray:
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
-def empty_tensor(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def empty_tensor(shape, dtype: torch.dtype, device: torch.device, *,
+                 at_least: int = POPULATE_BYTES) -> torch.Tensor:
     """``torch.empty``, through :func:`empty_array` (pages mapped at once) for float64 on
     the CPU."""
     if device.type == "cpu" and dtype == torch.float64:
-        return torch.from_numpy(empty_array(shape))
+        return torch.from_numpy(empty_array(shape, at_least=at_least))
     return torch.empty(shape, dtype=dtype, device=device)
 
 

@@ -23,6 +23,9 @@ __all__ = ["SOAP"]
 
 #: bytes of dense gradients a chunk of pairs may hold (see SOAP._compute_batch)
 CHUNK_BYTES = 8 << 20
+#: with at most this many centres in a chunk, t = q . dp/|p| of compact gradients is one
+#: GEMM of the pairs against every centre (a batched GEMV ran at ~3 GB/s)
+COMPACT_GEMM_CENTRES = 16
 #: pairs whose radial functions and harmonics are evaluated together (see _compute_batch)
 WINDOW_PAIRS = 4096
 
@@ -484,9 +487,12 @@ class SOAP(OwnsCutoff, Descriptor):
         collectors = [plan.run.args[0].out for plan in plans]
         n_pairs = sum(c.n_pairs for c in collectors)
         n_centres = sum(c.n_centres for c in collectors)
-        x = empty_tensor((n_pairs, 3, width), self.dtype, self.device)
+        # both written whole, chunk after chunk: their pages mapped at once from 4 MB
+        # (3-BPA's 48 MB of own entries took 15 % of the call in page faults)
+        x = empty_tensor((n_pairs, 3, width), self.dtype, self.device, at_least=4 << 20)
         t = torch.empty((n_pairs, 3), dtype=self.dtype, device=self.device)
-        own = empty_tensor((n_centres, 3, n_features), self.dtype, self.device)
+        own = empty_tensor((n_centres, 3, n_features), self.dtype, self.device,
+                           at_least=4 << 20)
         results, species_of, centre, atom = [], [], [], []
         p0 = c0 = 0
         for plan, c in zip(plans, collectors):
@@ -596,7 +602,10 @@ class SOAP(OwnsCutoff, Descriptor):
             # the chunk's dense position gradients (3 n_features per pair, padded) stay
             # within CHUNK_BYTES: with three species (2,100 features) 1,024 pairs were
             # 68 MB of new pages every chunk, 1.4x the CPU of 256 pairs (aspirin)
-            target = max(16, min(self.chunk_pairs, CHUNK_BYTES // (24 * n_features)))
+            per_pair = n_features
+            if compact:  # X of the neighbour's blocks, not a dense row, per pair
+                per_pair = (self.l_max + 1) * self.n_max * n_species * self.n_max + 1
+            target = max(16, min(self.chunk_pairs, CHUNK_BYTES // (24 * per_pair)))
         spline = self._radial()
         # the centre's own Gaussian, per centre species: its row of l = 0 coefficients
         own = torch.zeros((n_species, S * n_chan), dtype=dtype, device=device)
@@ -883,26 +892,33 @@ class SOAP(OwnsCutoff, Descriptor):
                     a, b = int(bounds[s]), int(bounds[s + 1])
                     if b > a:
                         qx = values.new_zeros((nc, width))
-                        qx[:, index] = values
+                        qx.index_copy_(1, index, values)  # the spare column: any q, zeroed
                         qx[:, -1] = 0.0
-                        t[a:b] = torch.bmm(xr[a:b], qx[centre_of[a:b]][:, :, None])[..., 0]
+                        if nc <= COMPACT_GEMM_CENTRES:  # against every centre: one GEMM
+                            every = (xr[a:b].view(-1, width) @ qx.T).view(b - a, 3, nc)
+                            t[a:b] = every.gather(2, centre_of[a:b, None, None].expand(
+                                b - a, 3, 1))[..., 0]
+                        else:
+                            t[a:b] = torch.bmm(xr[a:b],
+                                               qx[centre_of[a:b]][:, :, None])[..., 0]
         if inv is not None and not compact:
             # dq = (dp - q (q . dp)) / |p|, 1/|p| already in the radial factors
             q = values
             q_pair = q.index_select(0, torch.as_tensor((group // S)[order], device=device))
             proj = torch.bmm(grad, q_pair[:, :, None])
             grad.addcmul_(proj, q_pair[:, None, :], value=-1.0)
+        # the group sums over the species, then the projection once (it is linear)
+        total = sums.sum(0) if S > 1 else sums[0]  # (nc, W, 3, F)
         if inv is not None:
             q = values
-            for s in range(S):
-                g_s = sums[s].view(nc, W * 3, n_features)
-                g_s.addcmul_(torch.bmm(g_s, q[:, :, None]), q[:, None, :], value=-1.0)
-        totals = sums[:, :, 0].sum(0)  # (nc, 3, F)
+            g_t = total.view(nc, W * 3, n_features)
+            g_t.addcmul_(torch.bmm(g_t, q[:, :, None]), q[:, None, :], value=-1.0)
+        totals = total[:, 0]  # (nc, 3, F)
         if strain_out is not None:
             # strain[c, a, b, f] = sum_j g[c, j, a, f] r[c, j, b]; sums hold (b, a)
-            strain_out[c0:c1] = sums[:, :, 1:].sum(0).transpose(1, 2)
+            strain_out[c0:c1] = total[:, 1:].transpose(1, 2)
         if compact:
-            out.own[c0:c1] = totals.neg_()
+            torch.neg(totals, out=out.own[c0:c1])
         elif out is not None:
             # pair i (chunk order) is row inverse[i] of grad
             inverse = torch.as_tensor(np.argsort(order), device=device)
