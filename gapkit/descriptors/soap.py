@@ -23,9 +23,6 @@ __all__ = ["SOAP"]
 
 #: bytes of dense gradients a chunk of pairs may hold (see SOAP._compute_batch)
 CHUNK_BYTES = 8 << 20
-#: with at most this many centres in a chunk, t = q . dp/|p| of compact gradients is one
-#: GEMM of the pairs against every centre (a batched GEMV ran at ~3 GB/s)
-COMPACT_GEMM_CENTRES = 16
 #: pairs whose radial functions and harmonics are evaluated together (see _compute_batch)
 WINDOW_PAIRS = 4096
 
@@ -841,11 +838,32 @@ class SOAP(OwnsCutoff, Descriptor):
         xs = torch.empty((S, nc, W, 3, width), dtype=dtype, device=device)
         xs[..., -1] = 0.0
         xsv = xs.permute(1, 0, 2, 3, 4)  # (nc, S, W, 3, width): the padded group order
+        t_slot = weights = None
+        if compact and inv is not None:
+            # t = q . dq/|p| = sum X_sym Q = sum X A, Q: q in X's layout per (centre,
+            # species); A: Q with the diagonal block symmetrised as X is (A = Q + Q^T off
+            # its diagonal, sqrt 2 Q on it: Q is upper triangular there). Then per slot
+            # t_a = sum_l rhat_a dR.(A u) + R.(A v_a): small GEMMs on the groups
+            qx = values.new_zeros((nc, S, width))
+            for s, index in enumerate(self._species_index(S)):
+                qx[:, s].index_copy_(1, index, values)  # the spare column: any q, unused
+            weights = qx[..., :-1].reshape(nc, S, L + 1, n, k)
+            for s in range(S):
+                d = weights[:, s, :, :, s * n:(s + 1) * n]
+                d.add_(d.transpose(-1, -2).clone())
+                d.diagonal(dim1=-2, dim2=-1).mul_(math.sqrt(0.5))
+            t_slot = values.new_zeros((n_slots, 3))
         for l in range(L + 1):
             ct = coeffs[l].transpose(1, 2) * math.sqrt(2.0 / (2 * l + 1))
             lm = slice(l * l, (l + 1) ** 2)
             u_pad = torch.bmm(y_padN[:, :, lm], ct).view(n_slots, k)
             v_pad = torch.bmm(dy_pad3[:, :, lm], ct).view(n_slots, 3, k)
+            if t_slot is not None:
+                a_l = weights[:, :, l].reshape(G, n, k).transpose(1, 2)  # (G, k, n)
+                au = torch.bmm(u_pad.view(G, J, k), a_l).view(n_slots, n)
+                av = torch.bmm(v_pad.view(G, J * 3, k), a_l).view(n_slots, 3, n)
+                t_slot.addcmul_(unit_pad, (dr_pad[l] * au).sum(-1, keepdim=True))
+                t_slot.add_((av * r_pad[l][:, None, :]).sum(-1))
             cols = slice(l * nk, (l + 1) * nk)
             # X[a, n, beta] = dR_n rhat_a u_beta + R_n v_(a, beta), per real pair
             u = u_pad.index_select(0, real)
@@ -882,25 +900,10 @@ class SOAP(OwnsCutoff, Descriptor):
                          index[None].expand(nc * W * 3, n_features),
                          out=sums[s].view(-1, n_features))
         if compact:
-            # t = q . dp/|p| from X: q written into X's layout per species (its features
-            # are distinct entries of X; the spare entry, where absent features point,
-            # zeroed), contracted per pair
-            t.zero_()
-            if inv is not None:
-                centre_of = torch.as_tensor((group // S)[order], device=device)
-                for s, index in enumerate(self._species_index(S)):
-                    a, b = int(bounds[s]), int(bounds[s + 1])
-                    if b > a:
-                        qx = values.new_zeros((nc, width))
-                        qx.index_copy_(1, index, values)  # the spare column: any q, zeroed
-                        qx[:, -1] = 0.0
-                        if nc <= COMPACT_GEMM_CENTRES:  # against every centre: one GEMM
-                            every = (xr[a:b].view(-1, width) @ qx.T).view(b - a, 3, nc)
-                            t[a:b] = every.gather(2, centre_of[a:b, None, None].expand(
-                                b - a, 3, 1))[..., 0]
-                        else:
-                            t[a:b] = torch.bmm(xr[a:b],
-                                               qx[centre_of[a:b]][:, :, None])[..., 0]
+            if t_slot is None:  # unnormalised: no rank-one term
+                t.zero_()
+            else:
+                torch.index_select(t_slot, 0, real, out=t)
         if inv is not None and not compact:
             # dq = (dp - q (q . dp)) / |p|, 1/|p| already in the radial factors
             q = values
