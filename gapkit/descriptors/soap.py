@@ -840,7 +840,7 @@ class SOAP(OwnsCutoff, Descriptor):
         xsv = xs.permute(1, 0, 2, 3, 4)  # (nc, S, W, 3, width): the padded group order
         t_slot = weights = None
         if compact and inv is not None:
-            # t = q . dq/|p| = sum X_sym Q = sum X A, Q: q in X's layout per (centre,
+            # t = q . dp/|p| = sum X_sym Q = sum X A, Q: q in X's layout per (centre,
             # species); A: Q with the diagonal block symmetrised as X is (A = Q + Q^T off
             # its diagonal, sqrt 2 Q on it: Q is upper triangular there). Then per slot
             # t_a = sum_l rhat_a dR.(A u) + R.(A v_a): small GEMMs on the groups
