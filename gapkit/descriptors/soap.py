@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from .._checks import atomic_number, is_integer, positive
+from .._threads import with_call_threads
 from ..neighbors import build_neighbor_list
 from ._radial import RadialSpline
 from ._spherical import harmonic_constants, spherical_harmonics
-from .._threads import with_call_threads
 from .base import BatchPlan, BatchSink, Descriptor, DescriptorResult, empty_tensor
 from .cutoff import CosineCutoff, OwnsCutoff
 
@@ -123,6 +123,7 @@ class _PositionGradientLayout:
         gcentre = self.unique // self.n_atoms
         gatom = self.unique % self.n_atoms - self.atom_offsets[self.atom_structure[gcentre]]
         return torch.as_tensor(gcentre), torch.as_tensor(gatom)
+
 
 @dataclass
 class CompactGradients:
@@ -453,6 +454,10 @@ class SOAP(OwnsCutoff, Descriptor):
         """
         return super().compute(frames, gradients=gradients)
 
+    def _compact_width(self, n_species: int) -> int:
+        """Width of a pair's ``X`` (every l's n x k block) and its spare zero entry."""
+        return (self.l_max + 1) * self.n_max * n_species * self.n_max + 1
+
     def compact_gradients_for(self, n_species: int) -> bool:
         """Whether :meth:`compute_compact` serves ``n_species`` species: several, without
         ``species_mixing`` (one species has no zero blocks to leave out)."""
@@ -476,7 +481,7 @@ class SOAP(OwnsCutoff, Descriptor):
                              f"{self.species_mixing!r}); use compute(frames, gradients=...)")
         S = len(species)
         index = torch.stack(self._species_index(S))
-        width = (self.l_max + 1) * self.n_max * S * self.n_max + 1
+        width = self._compact_width(S)
         n_features = self.n_features(S)
         batches = list(frame_batches(frames, self.batch_atoms))
         plans = [self._plan_batch(frames[a:b], a, species, True, strain, compact=True)
@@ -601,7 +606,7 @@ class SOAP(OwnsCutoff, Descriptor):
             # 68 MB of new pages every chunk, 1.4x the CPU of 256 pairs (aspirin)
             per_pair = n_features
             if compact:  # X of the neighbour's blocks, not a dense row, per pair
-                per_pair = (self.l_max + 1) * self.n_max * n_species * self.n_max + 1
+                per_pair = self._compact_width(n_species)
             target = max(16, min(self.chunk_pairs, CHUNK_BYTES // (24 * per_pair)))
         spline = self._radial()
         # the centre's own Gaussian, per centre species: its row of l = 0 coefficients
@@ -808,7 +813,7 @@ class SOAP(OwnsCutoff, Descriptor):
         k = S * n
         nk = n * k
         n_features = values.shape[1]
-        width = (L + 1) * nk + 1
+        width = self._compact_width(S)  # (L + 1) n k and the spare entry
         rs, dr, unit, vec = pair
         r_pad, dr_pad, unit_pad, dy_pad3, y_padN = padded
         n_slots, G = nc * S * J, nc * S

@@ -155,7 +155,7 @@ def _compact_forces(kernel, q, sparse: SparseSet, compact, types, result, unit: 
             if entries.numel() == 0:
                 continue
             zx = z.new_zeros((cols.numel(), width))
-            zx[:, compact.index[s]] = z
+            zx.index_copy_(1, compact.index[s], z)
             zx[:, -1] = 0.0  # where the features absent from this species' blocks point
             for e0 in range(0, entries.numel(), step):
                 e = entries[e0:e0 + step]
