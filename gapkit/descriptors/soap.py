@@ -149,6 +149,15 @@ class CompactGradients:
     index: torch.Tensor
     own: torch.Tensor
 
+    def in_layout(self, rows: torch.Tensor, species: int) -> torch.Tensor:
+        """(n, W): vectors over the features (``rows``, (n, F)) written into ``x``'s layout
+        for neighbours of ``species``, zero where ``x`` holds nothing, so that
+        ``x[e] @ in_layout(v, s)[i]`` is the blocks' part of ``g_e . v_i``."""
+        out = rows.new_zeros((rows.shape[0], self.x.shape[2]))
+        out.index_copy_(1, self.index[species], rows)
+        out[:, -1] = 0.0  # where the features absent from this species' blocks point
+        return out
+
     def dense(self, values: torch.Tensor) -> torch.Tensor:
         """(pairs, 3, F): every pair's gradient written out (for tests and checks)."""
         where = self.index[self.species][:, None, :].expand(-1, 3, -1)

@@ -154,9 +154,7 @@ def _compact_forces(kernel, q, sparse: SparseSet, compact, types, result, unit: 
             entries = torch.nonzero((entry_types == t) & (compact.species == s))[:, 0]
             if entries.numel() == 0:
                 continue
-            zx = z.new_zeros((cols.numel(), width))
-            zx.index_copy_(1, compact.index[s], z)
-            zx[:, -1] = 0.0  # where the features absent from this species' blocks point
+            zx = compact.in_layout(z, s)
             for e0 in range(0, entries.numel(), step):
                 e = entries[e0:e0 + step]
                 block.index_add_(0, compact.atom[e], kernel.compact_grad_contract(

@@ -267,14 +267,11 @@ def _compact_force_means(q, grad, res, compact) -> torch.Tensor:
     fm = torch.zeros((n_atoms, 3), dtype=dtype).index_add_(
         0, own_atom, torch.einsum("cad,cd->ca", compact.own.to(dtype), grad), alpha=-1.0)
     qg = (q * grad).sum(1)  # (n_c,)
-    width = compact.x.shape[2]
     for s in range(compact.index.shape[0]):
         pairs = torch.nonzero(compact.species == s)[:, 0]
         if pairs.numel() == 0:
             continue
-        gx = grad.new_zeros((grad.shape[0], width))
-        gx[:, compact.index[s]] = grad
-        gx[:, -1] = 0.0
+        gx = compact.in_layout(grad, s)
         for p0 in range(0, pairs.numel(), COMPACT_PAIRS):
             e = pairs[p0:p0 + COMPACT_PAIRS]
             c = compact.centre[e]

@@ -105,10 +105,10 @@ class SOAPKernel(DescriptorKernel):
         z = self.zeta
         scale = 1.0 if unit else self.variance
         centres, inverse = torch.unique(centre, return_inverse=True)
-        s = (q1[centres] @ q2.T)[inverse]  # (E, n2)
-        proj = torch.matmul(x, zx.T)  # (E, 3, n2)
-        proj.addcmul_(t[:, :, None], s[:, None, :], value=-1.0)
-        return proj.mul_(((scale * z) * s ** (z - 1))[:, None, :])
+        s = q1[centres] @ q2.T  # (C, n2): per centre, as _grad_contract
+        w = (scale * z) * s ** (z - 1)
+        proj = torch.matmul(x, zx.T).mul_(w[inverse][:, None, :])  # (E, 3, n2)
+        return proj.addcmul_(t[:, :, None], (s * w)[inverse][:, None, :], value=-1.0)
 
     def unit_hessian_contract(self, q1, q2, g1, c1, g2, c2):
         z = self.zeta
