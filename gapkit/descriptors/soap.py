@@ -160,8 +160,69 @@ class CompactGradients:
 
     def dense(self, values: torch.Tensor) -> torch.Tensor:
         """(pairs, 3, F): every pair's gradient written out (for tests and checks)."""
-        where = self.index[self.species][:, None, :].expand(-1, 3, -1)
-        return self.x.gather(2, where) - self.t[:, :, None] * values[self.centre][:, None, :]
+        return self._pair_rows(values, torch.arange(self.x.shape[0]))
+
+    def _pair_rows(self, values: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        where = self.index[self.species[pairs]][:, None, :].expand(-1, 3, -1)
+        out = self.x[pairs].to(values.dtype).gather(2, where)
+        return out.sub_(self.t[pairs].to(values.dtype)[:, :, None]
+                        * values[self.centre[pairs]][:, None, :])
+
+    def entries(self, values: torch.Tensor, own_atom) -> "CompactEntries":
+        """The gradient entries as a dense result numbers them, one per (centre, atom):
+        the pairs (periodic images of one atom summed) and the own entries (``own_atom``:
+        each centre's atom), written out on demand (:class:`CompactEntries`)."""
+        return CompactEntries(self, values, torch.as_tensor(own_atom))
+
+
+class CompactEntries:
+    """The entries of :class:`CompactGradients` by (centre, atom), each a sum of its pairs
+    and (the centre's own atom) its own entry: ``centre`` and ``atom`` (n_entries,), and
+    ``flat_rows(ids)`` their dense gradients (len(ids), 3 F), built a few at a time from
+    ``x`` and ``t`` — what the force prior variances read
+    (:func:`gapkit.kernels.padded_entries_by_atom`) instead of a dense gradient array."""
+
+    def __init__(self, compact: CompactGradients, values: torch.Tensor, own_atom: torch.Tensor):
+        self.compact, self.values = compact, values
+        n_pairs = compact.centre.shape[0]
+        centre = torch.cat([compact.centre, torch.arange(own_atom.shape[0])])
+        atom = torch.cat([compact.atom, own_atom])
+        n_atoms = int(atom.max()) + 1 if atom.numel() else 1
+        key = centre * n_atoms + atom
+        self.order = torch.argsort(key, stable=True)
+        unique, counts = torch.unique_consecutive(key[self.order], return_counts=True)
+        self.counts = counts
+        self.starts = torch.cumsum(counts, 0) - counts
+        self.centre, self.atom = unique // n_atoms, unique % n_atoms
+        self.n_pairs = n_pairs
+        self.n_features = values.shape[1]
+        self.shape = (unique.shape[0], 3, self.n_features)
+        self.dtype = values.dtype
+
+    def flat_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """(len(ids), 3 F): the dense gradients of entries ``ids``."""
+        counts = self.counts[ids]
+        if bool((counts == 1).all()):
+            return self._rows(self.order[self.starts[ids]]).view(ids.shape[0], -1)
+        seg = torch.repeat_interleave(torch.arange(ids.shape[0]), counts)
+        first = torch.cumsum(counts, 0) - counts
+        pos = self.starts[ids][seg] + torch.arange(seg.shape[0]) - first[seg]
+        out = torch.zeros((ids.shape[0], 3, self.n_features), dtype=self.dtype)
+        out.index_add_(0, seg, self._rows(self.order[pos]))
+        return out.view(ids.shape[0], -1)
+
+    def _rows(self, which: torch.Tensor) -> torch.Tensor:
+        """(n, 3, F): pairs (``which`` < n_pairs) and own entries (the rest), in order."""
+        is_pair = which < self.n_pairs
+        if bool(is_pair.all()):
+            return self.compact._pair_rows(self.values, which)
+        out = torch.empty((which.shape[0], 3, self.n_features), dtype=self.dtype)
+        own = torch.nonzero(~is_pair)[:, 0]
+        out[own] = self.compact.own[which[own] - self.n_pairs].to(self.dtype)
+        pairs = torch.nonzero(is_pair)[:, 0]
+        if pairs.numel():
+            out[pairs] = self.compact._pair_rows(self.values, which[pairs])
+        return out
 
 
 class _CompactPairs:

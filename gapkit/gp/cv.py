@@ -405,10 +405,11 @@ def fold_factors(grams: FoldGrams, factors) -> tuple[torch.Tensor, torch.Tensor]
     return torch.stack([c for c, _ in pairs]), torch.stack([a for _, a in pairs])
 
 
-def _priors(terms, results, sub) -> np.ndarray:
+def _priors(terms, results, sub, compacts=None) -> np.ndarray:
     """The exact prior variances of a block's observation rows ``sub`` from its descriptor
-    ``results`` (energies: the kernel over all pairs of centres; force components: second
-    kernel derivatives; virials: NaN, filled by the caller)."""
+    ``results`` (and compact position gradients, ``compacts``) (energies: the kernel over
+    all pairs of centres; force components: second kernel derivatives; virials: NaN,
+    filled by the caller)."""
     offsets = np.asarray(results[0].atom_offsets, dtype=np.int64)
     n_frames, n_atoms = len(offsets) - 1, int(offsets[-1])
     prior = np.full(sub.kind.size, np.nan)
@@ -418,7 +419,7 @@ def _priors(terms, results, sub) -> np.ndarray:
         prior[idx] = e.numpy()[sub.frame[idx]]
     idx = np.nonzero(sub.kind == FORCES)[0]
     if idx.size:
-        pf = prior_force_variances(terms, results, n_atoms).numpy()
+        pf = prior_force_variances(terms, results, n_atoms, compacts).numpy()
         prior[idx] = pf[offsets[sub.frame[idx]] + sub.atom[idx], sub.component[idx]]
     return prior
 
@@ -480,11 +481,11 @@ def _variances_pass(frames, obs, offset: int, terms, sparse_sets, gradients, kee
     if local.size:
         sub_frames, sub_obs, _, rows_of = _frame_subset(frames, obs, np.zeros(len(frames)),
                                                         local)
-        for _, sel, sub, rows, results in design_blocks(
+        for _, sel, sub, rows, results, compacts in design_blocks(
                 terms, sparse_sets, sub_frames, sub_obs, gradients, batch_atoms=batch_atoms,
                 progress=progress, desc=f"noise CV: predictive variance, fold {fold + 1}",
-                with_results=True):
-            p = _priors(terms, results, sub)
+                with_results=True, compact_results=True):
+            p = _priors(terms, results, sub, compacts)
             b = _whiten(rows, u_factor)
             nystrom = (b * b).sum(1).numpy()
             lat = _projected_norms(chol, b)

@@ -228,7 +228,7 @@ def gradients_for(observations) -> set:
 
 def design_rows(terms, sparse_sets, frames, observations, gradients=None, *,
                 unit: bool = False, results: list | None = None,
-                given: list | None = None) -> torch.Tensor:
+                given: list | None = None, compacts: list | None = None) -> torch.Tensor:
     """The design-matrix rows ``K_NM`` of ``observations`` of ``frames`` (one block).
 
     Parameters
@@ -247,6 +247,9 @@ def design_rows(terms, sparse_sets, frames, observations, gradients=None, *,
     given : list, optional
         Each term's descriptor result of ``frames``, computed before (with the gradients
         the observations need): not computed again.
+    compacts : list, optional
+        With ``results``: receives each term's compact position gradients (or None where
+        its result holds dense ones), so that the results may hold compact gradients.
 
     Returns
     -------
@@ -260,13 +263,16 @@ def design_rows(terms, sparse_sets, frames, observations, gradients=None, *,
     out = []
     for i, (term, sparse) in enumerate(zip(terms, sparse_sets)):
         compact = None
-        if given is None and results is None and compact_eligible(term, frames, gradients):
+        if (given is None and (results is None or compacts is not None)
+                and compact_eligible(term, frames, gradients)):
             res, compact = term.descriptor.compute_compact(frames,
                                                            strain="strain" in gradients)
         else:
             res = _descriptors(term, frames, gradients) if given is None else given[i]
         if results is not None:
             results.append(res)
+        if compacts is not None:
+            compacts.append(compact)
         with torch.no_grad():
             blocks = functional_rows(term.kernel, res, sparse, energy=ENERGY in kinds,
                                      forces=FORCES in kinds, virial=VIRIAL in kinds,
@@ -295,7 +301,8 @@ def _descriptors(term, frames, gradients):
 
 def design_blocks(terms, sparse_sets, frames, observations, gradients=None, *,
                   batch_atoms: int, unit: bool = False, progress: bool = False,
-                  desc: str = "design matrix", with_results: bool = False):
+                  desc: str = "design matrix", with_results: bool = False,
+                  compact_results: bool = False):
     """Stream the design matrix over blocks of about ``batch_atoms`` atoms.
 
     Yields ``(start, sel, block_observations, rows)``: the first frame of the block,
@@ -303,7 +310,9 @@ def design_blocks(terms, sparse_sets, frames, observations, gradients=None, *,
     indices relative to the block) and their rows (:func:`design_rows`). Memory is
     O(block x M). The fit, the hyper-parameter statistics, the cross-validation and the
     leave-one-out pass all iterate this one generator. ``with_results`` adds a fifth
-    item, the block's descriptor results (one per term).
+    item, the block's descriptor results (one per term); ``compact_results`` (with it) a
+    sixth, each term's compact position gradients or None (its result then holds dense
+    ones).
     """
     if gradients is None:
         gradients = gradients_for(observations)
@@ -319,6 +328,7 @@ def design_blocks(terms, sparse_sets, frames, observations, gradients=None, *,
             continue
         sub = observations.select(sel).shifted(start)
         results: list = []
+        compacts: list | None = [] if compact_results else None
         # a list: frames read from a file (FrameFile) are read once per block, and the
         # cache holds the Atoms it keys on (their ids are not reused while it holds them)
         block = list(frames[start:stop])
@@ -326,12 +336,26 @@ def design_blocks(terms, sparse_sets, frames, observations, gradients=None, *,
                                                     gradients, unit)
         if rows is None:
             rows = design_rows(terms, sparse_sets, block, sub, gradients, unit=unit,
-                               results=results if with_results else None)
+                               results=results if with_results else None,
+                               compacts=compacts)
             if cache is not None:
                 cache.put(terms, sparse_sets, block, sub, gradients, unit, rows)
         elif with_results:  # the rows from the cache, the descriptors computed again
-            results = [_descriptors(t, block, gradients) for t in terms]
-        yield (start, sel, sub, rows, results) if with_results else (start, sel, sub, rows)
+            for t in terms:
+                if compacts is not None and compact_eligible(t, block, gradients):
+                    res, compact = t.descriptor.compute_compact(
+                        block, strain="strain" in gradients)
+                else:
+                    res, compact = _descriptors(t, block, gradients), None
+                results.append(res)
+                if compacts is not None:
+                    compacts.append(compact)
+        if not with_results:
+            yield start, sel, sub, rows
+        elif compacts is None:
+            yield start, sel, sub, rows, results
+        else:
+            yield start, sel, sub, rows, results, compacts
 
 
 class DesignCache:

@@ -209,17 +209,26 @@ def prior_energy_variances(terms, results, n_frames: int, n_atoms: int):
     return e, loc
 
 
-def prior_force_variances(terms, results, n_atoms: int) -> torch.Tensor:
+def prior_force_variances(terms, results, n_atoms: int, compacts=None) -> torch.Tensor:
     """Exact prior variance of each force component (n_atoms, 3), eV^2/Å^2, summed over
-    terms (second kernel derivatives)."""
+    terms (second kernel derivatives). ``compacts``: per term, its position gradients held
+    compactly (:class:`~gapkit.descriptors.soap.CompactGradients`) or None (dense ones in
+    the result); compact ones are written out a chunk of atoms at a time."""
     out = torch.zeros((n_atoms, 3), dtype=torch.float64)
-    for res, term in zip(results, terms):
+    for i, (res, term) in enumerate(zip(results, terms)):
+        compact = None if compacts is None else compacts[i]
+        q = res.torch("values", dtype=torch.float64)
         with torch.no_grad():
+            if compact is None:
+                g = res.torch("gradients", dtype=torch.float64)
+                centre = torch.as_tensor(res.gradient_centre)
+                atom = res.gradient_atom_global
+            else:
+                g = compact.entries(q, res.atom_offsets[res.centre_structure]
+                                    + res.centre_atom)
+                centre, atom = g.centre, g.atom.numpy()
             out += term.kernel.force_prior_variance(
-                res.torch("values", dtype=torch.float64),
-                res.torch("gradients", dtype=torch.float64),
-                torch.as_tensor(res.gradient_centre), res.gradient_atom_global,
-                torch.as_tensor(res.centre_types), n_atoms)
+                q, g, centre, atom, torch.as_tensor(res.centre_types), n_atoms)
     return out
 
 
@@ -313,18 +322,17 @@ def predict_block(terms, sparse_sets, alpha: torch.Tensor, r_factor: torch.Tenso
     n_frames = len(frames)
     n_atoms = sum(len(a) for a in frames)
     alphas = torch.split(alpha, [s.n for s in sparse_sets])
-    e_rows, l_rows, f_rows, v_rows, results = [], [], [], [], []
+    e_rows, l_rows, f_rows, v_rows, results, compacts = [], [], [], [], [], []
     f_mean = torch.zeros((n_atoms, 3), dtype=dtype)
     v_mean = torch.zeros((n_frames, 6), dtype=dtype)
     for term, sparse, a in zip(terms, sparse_sets, alphas):
         compact = None
-        # compact gradients unless the exact force variances' prior needs dense ones
-        if (forces and not (want_fvar and forces_variance == "exact")
-                and compact_eligible(term, frames, set(gradients))):
+        if forces and compact_eligible(term, frames, set(gradients)):
             res, compact = term.descriptor.compute_compact(frames, strain=virial)
         else:
             res = term.descriptor.compute(frames, gradients=gradients or False)
         results.append(res)
+        compacts.append(compact)
         with torch.no_grad():
             rows = functional_rows(term.kernel, res, sparse, energy=True,
                                    forces=forces and want_fvar, virial=virial and want_fvar,
@@ -361,7 +369,7 @@ def predict_block(terms, sparse_sets, alpha: torch.Tensor, r_factor: torch.Tenso
         fr = torch.cat(f_rows, dim=-1)
         fr = fr.reshape(-1, fr.shape[-1])
         if forces_variance == "exact":
-            prior_f = prior_force_variances(terms, results, n_atoms)
+            prior_f = prior_force_variances(terms, results, n_atoms, compacts)
             var = dtc_variance(fr, prior_f.reshape(-1), r_factor, u_factor)
             out["forces_prior"] = prior_f.numpy()
         else:

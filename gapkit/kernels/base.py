@@ -186,6 +186,10 @@ def padded_entries_by_atom(q, g, centre, atom, types, n_atoms, *,
     is written and read again (the scattered copy into a zeroed buffer of every slot
     took half the time of the SOAP force prior variance). Chunks of 8 MB stay in
     cache: 32 MB chunks cost 1.3x the time per atom on Si 1000.
+
+    ``g`` is the dense (E, 3, D) gradients or an object whose ``flat_rows(ids)`` writes
+    entries ``ids`` out, (len(ids), 3 D) (compact SOAP gradients:
+    :class:`gapkit.descriptors.soap.CompactEntries`), chunk by chunk.
     """
     centre = torch.as_tensor(centre)
     atom = np.asarray(atom)
@@ -205,13 +209,15 @@ def padded_entries_by_atom(q, g, centre, atom, types, n_atoms, *,
     slot_centre = centre.index_select(0, gather)
     slot_type = torch.as_tensor(types).index_select(0, slot_centre)
     chunk = max(1, int(target_bytes) // (width * 3 * d * q.element_size()))
-    flat = g.reshape(g.shape[0], 3 * d)
+    # g: a dense (E, 3, D) tensor, or entries written out on demand (``flat_rows``)
+    flat = g.reshape(g.shape[0], 3 * d) if isinstance(g, torch.Tensor) else None
     for a0 in range(0, n_atoms, chunk):
         a1 = min(n_atoms, a0 + chunk)
         s0, s1 = a0 * width, a1 * width
         na = a1 - a0
         # rows of 3 D numbers: index_select on the 2-D view is ~1.7x faster than on 3-D
-        ga = flat.index_select(0, gather[s0:s1])
+        ids = gather[s0:s1]
+        ga = flat.index_select(0, ids) if flat is not None else g.flat_rows(ids)
         pad = padding[(padding >= s0) & (padding < s1)]
         if pad.numel():
             ga.index_fill_(0, pad - s0, 0.0)

@@ -5,6 +5,8 @@ strain derivative, and a column of one type is zero for every centre of another.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -152,10 +154,11 @@ def _cuau_frames(n: int, first_seed: int = 0) -> list:
 
 def test_a_fit_reads_compact_gradients_and_is_the_same_fit(monkeypatch):
     """The fit's design passes read compact gradients for a several-species SOAP (the
-    noise cross-validation's pass for the calibration, which needs dense ones for the prior
-    variances, does not): the same noise choice and weights as with dense gradients."""
+    noise cross-validation's calibration pass too, its prior force variances from them):
+    the same noise choice, weights and predictive-variance calibration as with dense
+    gradients."""
     from gapkit import GAP, Term
-    from gapkit.gp import design
+    from gapkit.gp import cv, design
 
     frames = _cuau_frames(12)
     calls = []
@@ -166,6 +169,11 @@ def test_a_fit_reads_compact_gradients_and_is_the_same_fit(monkeypatch):
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(SOAP, "compute_compact", spy)
+    priors = []  # whether the calibration pass's prior variances read compact gradients
+    real_priors = cv._priors
+    monkeypatch.setattr(cv, "_priors", lambda terms, results, sub, compacts=None: (
+        priors.append(compacts is not None and compacts[0] is not None)
+        or real_priors(terms, results, sub, compacts)))
 
     def fit():
         term = Term(SOAP(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2), SOAPKernel(zeta=4),
@@ -174,19 +182,50 @@ def test_a_fit_reads_compact_gradients_and_is_the_same_fit(monkeypatch):
 
     monkeypatch.setenv("GAPKIT_DESIGN_CACHE_GB", "0")  # every pass computes its rows
     compact = fit()
-    assert calls
+    assert calls and priors and all(priors)
     monkeypatch.setattr(design, "COMPACT_GRADIENTS", False)
     calls.clear()
+    priors.clear()
     dense = fit()
-    assert not calls
+    assert not calls and priors and not any(priors)
     assert compact.fit_info_["noise_cv"]["factors"] == dense.fit_info_["noise_cv"]["factors"]
     torch.testing.assert_close(compact.alpha_, dense.alpha_, rtol=1e-9, atol=0)
+    assert compact.predictive_.keys() == dense.predictive_.keys()
+    assert compact.predictive_["forces"] is not None
+    for kind, spec in dense.predictive_.items():
+        if spec is not None:
+            got = compact.predictive_[kind]
+            assert (got["f"], got["q"]) == (spec["f"], spec["q"]), kind
+            assert [got[k] for k in "ab"] == pytest.approx([spec[k] for k in "ab"],
+                                                           rel=1e-9), kind
 
 
-def test_predictions_read_compact_gradients_unless_exact_force_variances(monkeypatch):
-    """Energies, forces, virials and the energy and projected force variances predicted
-    with compact gradients are those with dense ones; the exact force variances (their
-    prior needs dense gradients) keep dense ones."""
+def test_prior_force_variances_from_compact_gradients_are_the_dense_ones():
+    """The exact prior force variances from compact gradients (entries written out a chunk
+    at a time, periodic images of one atom summed into one entry) are the dense ones, on
+    small periodic cells (many images) and with two kernel types."""
+    from gapkit.gp.posterior import prior_force_variances
+
+    frames = _cuau_frames(3)
+    desc = SOAP(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2)
+    dense = desc.compute(frames, gradients=True)
+    res, compact = desc.compute_compact(frames)
+    n_atoms = sum(len(a) for a in frames)
+    for zeta in (1, 2, 4):
+        term = SimpleNamespace(kernel=SOAPKernel(zeta=zeta, delta=0.7))
+        want = prior_force_variances([term], [dense], n_atoms)
+        got = prior_force_variances([term], [res], n_atoms, [compact])
+        assert float(want.min()) > 0
+        torch.testing.assert_close(got, want, rtol=1e-11, atol=0)
+        # the compact entries are those of the dense result, images summed
+        entries = compact.entries(res.torch("values"), res.atom_offsets[res.centre_structure]
+                                  + res.centre_atom)
+        assert entries.shape[0] == dense.gradients.shape[0] < compact.x.shape[0]
+
+
+def test_predictions_read_compact_gradients(monkeypatch):
+    """Energies, forces, virials and the energy, projected and exact force variances
+    predicted with compact gradients are those with dense ones."""
     from gapkit import GAP, NoiseModel, Term
     from gapkit.gp import design
 
@@ -202,7 +241,7 @@ def test_predictions_read_compact_gradients_unless_exact_force_variances(monkeyp
                     {"forces_variance": None}, {"forces_variance": "exact"}):
         calls.clear()
         got = model.predict(test, **options)
-        assert bool(calls) == (options.get("forces_variance") != "exact"), options
+        assert calls, options
         monkeypatch.setattr(design, "COMPACT_GRADIENTS", False)
         want = model.predict(test, **options)
         monkeypatch.setattr(design, "COMPACT_GRADIENTS", True)
