@@ -8,6 +8,7 @@ Numbers may come as Python or numpy scalars, one-element arrays or torch tensors
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -80,3 +81,19 @@ def atomic_number(value: Any) -> int:
         raise ValueError(f"species {value!r} is not an atomic number 1 ... "
                          f"{len(chemical_symbols) - 1} or a chemical symbol")
     return int(x)
+
+
+def env_bytes(name: str, meaning: str) -> int | None:
+    """The size in environment variable ``name`` (GB, 2^30 bytes) as bytes, or None when it
+    is unset; anything but a number >= 0 is an error saying what it sets (``meaning``)."""
+    text = os.environ.get(name)
+    if text is None:
+        return None
+    try:
+        gb = float(text)
+    except ValueError:
+        gb = -1.0
+    if not gb >= 0:
+        raise ValueError(f"{name}={text!r} is not a size: give {meaning} in GB (a number "
+                         ">= 0), or unset it")
+    return int(gb * 2**30)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._checks import env_bytes
 from ..data import voigt_symmetrised
 from ..descriptors.base import frame_batches
 from .observations import ENERGY, FORCES, VIRIAL
@@ -438,17 +439,9 @@ def default_cache_bytes() -> int:
     """A quarter of the memory this process may use: the smaller of the machine's physical
     memory and the address-space limit (``ulimit -v``/``prlimit --as``), or
     ``GAPKIT_DESIGN_CACHE_GB`` (0: no cache)."""
-    env = os.environ.get("GAPKIT_DESIGN_CACHE_GB")
-    if env is not None:
-        try:
-            gb = float(env)
-        except ValueError:
-            gb = -1.0
-        if not gb >= 0:
-            raise ValueError(f"GAPKIT_DESIGN_CACHE_GB={env!r} is not a size: give the GB of "
-                             "design rows a fit may keep in memory (0: none), or unset it")
-        return int(gb * 2**30)
-    return usable_memory() // 4
+    size = env_bytes("GAPKIT_DESIGN_CACHE_GB",
+                     "the design rows a fit may keep in memory (0: none)")
+    return usable_memory() // 4 if size is None else size
 
 
 def usable_memory() -> int:

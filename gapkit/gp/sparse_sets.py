@@ -27,6 +27,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .._checks import env_bytes
 from . import sparsify as sp
 from .design import SparseSet
 
@@ -327,6 +328,100 @@ def _gram_leverage(each, passes, local, n: int, k: int) -> np.ndarray:
     return np.concatenate(passes.gather(each(_leverage, local, W)))
 
 
+# ------------------------------------------------------------------ streamed in this process
+#
+# The same passes in one process, over partitions of the frames whose descriptor values are
+# computed again at each pass and dropped after it: memory stays flat in the number of
+# environments (one partition's values and the D x D Gram at a time), for 2 + 4 passes per
+# kernel type of values-only descriptors (CUR by the Gram path) instead of one.
+
+#: the descriptor values of all environments (float64 bytes) above which one process
+#: streams them while choosing sparse points (``$GAPKIT_SPARSE_STREAM_GB`` overrides)
+STREAM_BYTES = 1 << 30
+#: float64 bytes of descriptor values per streamed partition
+PART_BYTES = 64 << 20
+
+
+class _Part:
+    """A partition's descriptor values (a stand-in for a Dask future on a worker):
+    computed again each time a pass reads them."""
+
+    def __init__(self, descriptor, frames):
+        self.descriptor, self.frames = descriptor, frames
+
+    def result(self):
+        return self.descriptor.compute(self.frames)
+
+
+class _Lazy:
+    """``fn(*args)`` computed when first asked for and kept (a local Dask future)."""
+
+    def __init__(self, fn, args):
+        self.fn, self.args, self.done, self.value = fn, args, False, None
+
+    def result(self):
+        if not self.done:
+            self.value = self.take()
+            self.done, self.fn, self.args = True, None, ()
+        return self.value
+
+    def take(self):
+        """The value, not kept (what a reduction adds in and lets go)."""
+        if self.done:
+            return self.value
+        return self.fn(*(a.result() if isinstance(a, (_Part, _Lazy)) else a
+                         for a in self.args))
+
+
+class Streamed:
+    """Runs :func:`points_on_workers` in this process: ``client`` and passes in one, each
+    task computed when its result is gathered, a reduction adding its terms one at a
+    time."""
+
+    def __init__(self):
+        self.client = self
+
+    def submit(self, fn, *args, pure: bool = False):
+        return _Lazy(fn, args)
+
+    def gather(self, futures):
+        if isinstance(futures, list):
+            return [f.result() for f in futures]
+        return futures.result()
+
+    def reduce(self, combine, futures):
+        out = None
+        for f in futures:
+            value = f.take()
+            out = value if out is None else combine(out, value)
+        return out
+
+
+def stream_bytes() -> int:
+    """:data:`STREAM_BYTES`, or ``$GAPKIT_SPARSE_STREAM_GB`` GB when set."""
+    size = env_bytes("GAPKIT_SPARSE_STREAM_GB", "the descriptor values above which sparse "
+                     "points are chosen from streamed descriptors")
+    return STREAM_BYTES if size is None else size
+
+
+def streamed_parts(descriptor, frames) -> list | None:
+    """The partitions (:class:`_Part`) to choose sparse points from without holding every
+    environment's descriptor values, when those would pass :func:`stream_bytes`; None when
+    they fit."""
+    from ..descriptors.base import frame_batches
+
+    sizes = getattr(frames, "n_atoms", None)  # a FrameFile's, from its index
+    sizes = np.asarray([len(a) for a in frames] if sizes is None else sizes)
+    if len(frames) < 2 or sizes.sum() == 0:
+        return None
+    n_features = descriptor.compute(frames[:1]).values.shape[1]
+    limit = stream_bytes()
+    if sizes.sum() * n_features * 8 <= limit:
+        return None
+    per_part = max(1, PART_BYTES // (8 * max(n_features, 1)))
+    return [_Part(descriptor, frames[a:b]) for a, b in frame_batches(frames, per_part)]
+
+
 # ------------------------------------------------------------------ the fit's sparse sets
 
 def term_sparse_set(term, frames, random_state) -> SparseSet:
@@ -352,6 +447,14 @@ def term_sparse_set(term, frames, random_state) -> SparseSet:
     if isinstance(n_sparse, str) and n_sparse not in ("all", "auto"):
         raise ValueError(f"n_sparse must be an int, a dict, 'all' or 'auto', got {n_sparse!r}")
     passes = parallel.active()
+    if passes is None and n_sparse != "all" and handles(term.sparse_method, options):
+        parts = streamed_parts(term.descriptor, frames)
+        if parts is not None:  # flat memory: the values computed again at each pass
+            sp._check_method(term.sparse_method, options, row_only=True)
+            points, types, idx = points_on_workers(
+                Streamed(), parts, n_sparse, term.sparse_method, split=split,
+                random_state=random_state, **options)
+            return SparseSet(torch.as_tensor(points), torch.as_tensor(types), idx)
     if passes is None or len(frames) < 2:
         res = term.descriptor.compute(frames)
     else:  # each worker its partition's descriptors (values only), left there
