@@ -163,10 +163,91 @@ class CompactGradients:
         return self._pair_rows(values, torch.arange(self.x.shape[0]))
 
     def _pair_rows(self, values: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
-        where = self.index[self.species[pairs]][:, None, :].expand(-1, 3, -1)
-        out = self.x[pairs].to(values.dtype).gather(2, where)
-        return out.sub_(self.t[pairs].to(values.dtype)[:, :, None]
-                        * values[self.centre[pairs]][:, None, :])
+        """(n, 3, F): the dense gradients of pairs ``pairs``."""
+        where = self.index.index_select(0, self.species.index_select(0, pairs))
+        out = self.x.index_select(0, pairs).to(values.dtype).gather(
+            2, where[:, None, :].expand(-1, 3, -1))
+        # minus t q: batched outer products (3 x 1)(1 x F), added in place
+        qc = values.index_select(0, self.centre.index_select(0, pairs))
+        return out.baddbmm_(self.t.index_select(0, pairs).to(values.dtype)[:, :, None],
+                            qc[:, None, :], alpha=-1.0)
+
+    def atom_slots(self, values: torch.Tensor, own_atom, n_atoms: int, *,
+                   target_bytes: int = 8 << 20):
+        """The entries of each atom for the prior force variances, chunk by chunk, in
+        ``x``'s layout (no dense gradient written out). Yields, for atoms ``atoms`` (na,) of
+        one neighbour species ``s`` (atoms that are no pair's neighbour: -1):
+
+        - ``x`` (na, J, 3, W): each atom's pairs by centre (periodic images of one atom
+          summed), zero in padding and where ``index[s]`` does not point (so that
+          ``x_e . x_f`` over W is ``P x_e . P x_f`` over the features);
+        - ``t`` (na, J, 3);
+        - ``centre`` (na, J + 1), ``valid`` (na, J + 1): the slots' centres and which are
+          real, the last slot the atom's own entry (``own_atom``: each centre's atom);
+        - ``own`` (na, 3, F): the own entries (zero where the atom is no centre).
+        """
+        n_c = own_atom.shape[0]
+        width = self.x.shape[2]
+        own_of = torch.full((n_atoms,), -1, dtype=torch.int64)
+        own_of[own_atom] = torch.arange(n_c)
+        key = self.centre * n_atoms + self.atom
+        order = torch.argsort(key, stable=True)
+        ukey, counts = torch.unique_consecutive(key[order], return_counts=True)
+        first = torch.cumsum(counts, 0) - counts
+        e_atom = ukey % n_atoms
+        e_centre = ukey // n_atoms
+        atom_species = torch.full((n_atoms,), -1, dtype=torch.int64)
+        atom_species[e_atom] = self.species[order[first]]
+        by_atom = torch.argsort(e_atom, stable=True)  # entries grouped by atom
+        per_atom = torch.bincount(e_atom, minlength=n_atoms)
+        start = torch.cumsum(per_atom, 0) - per_atom
+        for s in torch.unique(atom_species).tolist():
+            atoms_s = torch.nonzero(atom_species == s)[:, 0]
+            if s < 0:
+                atoms_s = atoms_s[own_of[atoms_s] >= 0]
+            if atoms_s.numel() == 0:
+                continue
+            jmax = max(int(per_atom[atoms_s].max()), 1) if s >= 0 else 1
+            unused = None
+            if s >= 0:
+                unused = torch.ones(width, dtype=torch.bool)
+                unused[self.index[s]] = False
+                unused[-1] = True
+                unused = torch.nonzero(unused)[:, 0]
+            chunk = max(1, int(target_bytes) // (jmax * 3 * width * values.element_size()))
+            for a0 in range(0, atoms_s.numel(), chunk):
+                atoms = atoms_s[a0:a0 + chunk]
+                na = atoms.numel()
+                slot = torch.arange(jmax)[None, :]
+                real = slot < per_atom[atoms][:, None]
+                pos = torch.where(real, start[atoms][:, None] + slot, 0)
+                ent = by_atom[pos] if e_atom.numel() else torch.zeros_like(pos)
+                x = values.new_zeros((na * jmax, 3, width))
+                t = values.new_zeros((na * jmax, 3))
+                flat = torch.nonzero(real.reshape(-1))[:, 0]
+                if flat.numel():
+                    e = ent.reshape(-1)[flat]
+                    c = counts[e]
+                    if bool((c == 1).all()):
+                        pairs, rows = order[first[e]], flat
+                    else:  # images of one atom: their pairs summed into one entry
+                        seg = torch.repeat_interleave(torch.arange(e.numel()), c)
+                        off = torch.arange(seg.numel()) - (torch.cumsum(c, 0) - c)[seg]
+                        pairs, rows = order[first[e][seg] + off], flat[seg]
+                    x.index_add_(0, rows, self.x.index_select(0, pairs).to(values.dtype))
+                    t.index_add_(0, rows, self.t.index_select(0, pairs).to(values.dtype))
+                if unused is not None:
+                    x.index_fill_(2, unused, 0.0)
+                centre = torch.cat([torch.where(real, e_centre[ent] if e_atom.numel()
+                                                else ent, 0),
+                                    own_of[atoms].clamp(min=0)[:, None]], 1)
+                valid = torch.cat([real, (own_of[atoms] >= 0)[:, None]], 1)
+                own = values.new_zeros((na, 3, values.shape[1]))
+                has = torch.nonzero(own_of[atoms] >= 0)[:, 0]
+                own.index_copy_(0, has, self.own.index_select(
+                    0, own_of[atoms][has]).to(values.dtype))
+                yield (atoms, s, x.view(na, jmax, 3, width), t.view(na, jmax, 3), centre,
+                       valid, own)
 
     def entries(self, values: torch.Tensor, own_atom) -> "CompactEntries":
         """The gradient entries as a dense result numbers them, one per (centre, atom):
@@ -218,10 +299,13 @@ class CompactEntries:
             return self.compact._pair_rows(self.values, which)
         out = torch.empty((which.shape[0], 3, self.n_features), dtype=self.dtype)
         own = torch.nonzero(~is_pair)[:, 0]
-        out[own] = self.compact.own[which[own] - self.n_pairs].to(self.dtype)
+        # index_copy_, not advanced indexing (several times faster on the CPU)
+        out.index_copy_(0, own, self.compact.own.index_select(
+            0, which.index_select(0, own) - self.n_pairs).to(self.dtype))
         pairs = torch.nonzero(is_pair)[:, 0]
         if pairs.numel():
-            out[pairs] = self.compact._pair_rows(self.values, which[pairs])
+            out.index_copy_(0, pairs, self.compact._pair_rows(
+                self.values, which.index_select(0, pairs)))
         return out
 
 

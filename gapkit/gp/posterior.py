@@ -219,16 +219,21 @@ def prior_force_variances(terms, results, n_atoms: int, compacts=None) -> torch.
         compact = None if compacts is None else compacts[i]
         q = res.torch("values", dtype=torch.float64)
         with torch.no_grad():
+            types = torch.as_tensor(res.centre_types)
             if compact is None:
                 g = res.torch("gradients", dtype=torch.float64)
                 centre = torch.as_tensor(res.gradient_centre)
                 atom = res.gradient_atom_global
             else:
-                g = compact.entries(q, res.atom_offsets[res.centre_structure]
-                                    + res.centre_atom)
+                own_atom = torch.as_tensor(res.atom_offsets[res.centre_structure]
+                                           + res.centre_atom)
+                if hasattr(term.kernel, "compact_force_prior_variance"):
+                    out += term.kernel.compact_force_prior_variance(q, compact, own_atom,
+                                                                    types, n_atoms)
+                    continue
+                g = compact.entries(q, own_atom)  # written out a chunk at a time
                 centre, atom = g.centre, g.atom.numpy()
-            out += term.kernel.force_prior_variance(
-                q, g, centre, atom, torch.as_tensor(res.centre_types), n_atoms)
+            out += term.kernel.force_prior_variance(q, g, centre, atom, types, n_atoms)
     return out
 
 

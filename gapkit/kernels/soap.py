@@ -79,6 +79,61 @@ class SOAPKernel(DescriptorKernel):
                 out[a0:a1, a] = total
         return self.variance * out
 
+    def compact_force_prior_variance(self, q, compact, own_atom, types, n_atoms):
+        """:meth:`force_prior_variance` from compact gradients
+        (:meth:`gapkit.descriptors.soap.CompactGradients.atom_slots`), in ``x``'s layout:
+        with ``g_e = P x_e - t_e q_e`` (``P`` writes ``x``'s layout into the features,
+        ``P^T v`` = ``in_layout(v)``) and the own entry ``o`` dense,
+
+        ``g_e . q_f = x_e . P^T q_f - t_e s_ef``,
+        ``g_e . g_f = x_e . x_f - t_f x_e . P^T q_f - t_e x_f . P^T q_e + t_e t_f s_ef``,
+        ``o . g_f = P^T o . x_f - t_f o . q_f``,
+
+        so the GEMMs run over the W columns of the neighbour's blocks, not all F."""
+        z = self.zeta
+        out = torch.zeros((n_atoms, 3), dtype=q.dtype)
+        layouts: dict = {}  # the centres' q in x's layout, per species (n_c, W)
+        for atoms, sp, x, t, centre, valid, own in compact.atom_slots(q, own_atom, n_atoms):
+            na, jn, _, w = x.shape
+            j1 = jn + 1
+            qd = q[centre]  # (na, J+1, F)
+            if max(sp, 0) not in layouts:
+                layouts[max(sp, 0)] = compact.in_layout(q, max(sp, 0))
+            qt = layouts[max(sp, 0)][centre]  # (na, J+1, W)
+            ot = compact.in_layout(own.reshape(na * 3, -1), max(sp, 0)).view(na, 3, w)
+            ty = types[centre]
+            mask = ((ty[:, :, None] == ty[:, None, :]) & valid[:, :, None]
+                    & valid[:, None, :]).to(q.dtype)
+            s = torch.bmm(qd, qd.transpose(1, 2))  # (na, J+1, J+1)
+            w1 = z * s ** (z - 1) * mask
+            w2 = z * (z - 1) * s ** (z - 2) * mask if z > 1 else None
+            # x_e . P^T q_f for every direction: (na, J, 3, J+1)
+            xq = torch.bmm(x.reshape(na, jn * 3, w), qt.transpose(1, 2)).view(na, jn, 3, j1)
+            oq = torch.bmm(own, qd.transpose(1, 2))  # (na, 3, J+1): o . q_f
+            for a in range(3):
+                xa = x[:, :, a, :]  # (na, J, W)
+                ta = t[:, :, a]  # (na, J)
+                xqa = xq[:, :, a, :]  # (na, J, J+1)
+                gq = torch.empty((na, j1, j1), dtype=q.dtype)  # g_e . q_f
+                gq[:, :jn] = xqa - ta[:, :, None] * s[:, :jn]
+                gq[:, jn] = oq[:, a]
+                gg = torch.empty((na, j1, j1), dtype=q.dtype)  # g_e . g_f
+                pp = torch.bmm(xa, xa.transpose(1, 2))
+                pp -= ta[:, None, :] * xqa[:, :, :jn]
+                pp -= ta[:, :, None] * xqa[:, :, :jn].transpose(1, 2)
+                pp += ta[:, :, None] * ta[:, None, :] * s[:, :jn, :jn]
+                gg[:, :jn, :jn] = pp
+                og = (torch.bmm(xa, ot[:, a, :, None])[..., 0]
+                      - ta * oq[:, a, :jn])  # (na, J): o . g_f
+                gg[:, jn, :jn] = og
+                gg[:, :jn, jn] = og
+                gg[:, jn, jn] = (own[:, a] * own[:, a]).sum(1)
+                total = (w1 * gg).sum((1, 2))
+                if w2 is not None:
+                    total = total + (w2 * gq * gq.transpose(1, 2)).sum((1, 2))
+                out[atoms, a] += total
+        return self.variance * out
+
     def unit_grad_contract(self, q1, q2, g, centre):
         return self._grad_contract(q1, q2, g, centre, 1.0)
 

@@ -206,17 +206,26 @@ def test_prior_force_variances_from_compact_gradients_are_the_dense_ones():
     small periodic cells (many images) and with two kernel types."""
     from gapkit.gp.posterior import prior_force_variances
 
-    frames = _cuau_frames(3)
+    from ase.build import molecule
+
+    lone = molecule("CH3CONH2")
+    lone += Atoms("H", positions=[[12.0, 0.0, 0.0]])  # no neighbour: its own entry only
+    lone.rattle(0.05, seed=4)
+    frames = _cuau_frames(3) + [lone]
     desc = SOAP(cutoff=4.0, cutoff_width=1.0, n_max=3, l_max=2)
     dense = desc.compute(frames, gradients=True)
     res, compact = desc.compute_compact(frames)
     n_atoms = sum(len(a) for a in frames)
     for zeta in (1, 2, 4):
-        term = SimpleNamespace(kernel=SOAPKernel(zeta=zeta, delta=0.7))
-        want = prior_force_variances([term], [dense], n_atoms)
-        got = prior_force_variances([term], [res], n_atoms, [compact])
-        assert float(want.min()) > 0
-        torch.testing.assert_close(got, want, rtol=1e-11, atol=0)
+        kernel = SOAPKernel(zeta=zeta, delta=0.7)
+        want = prior_force_variances([SimpleNamespace(kernel=kernel)], [dense], n_atoms)
+        assert float(want[:-1].min()) > 0 and float(want[-1].abs().max()) == 0
+        # in x's layout (SOAPKernel), and written out entry by entry (any other kernel)
+        generic = SimpleNamespace(force_prior_variance=kernel.force_prior_variance)
+        for k in (kernel, generic):
+            got = prior_force_variances([SimpleNamespace(kernel=k)], [res], n_atoms,
+                                        [compact])
+            torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-15)
         # the compact entries are those of the dense result, images summed
         entries = compact.entries(res.torch("values"), res.atom_offsets[res.centre_structure]
                                   + res.centre_atom)
