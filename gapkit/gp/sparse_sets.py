@@ -337,7 +337,7 @@ def _gram_leverage(each, passes, local, n: int, k: int) -> np.ndarray:
 
 #: the descriptor values of all environments (float64 bytes) above which one process
 #: streams them while choosing sparse points (``$GAPKIT_SPARSE_STREAM_GB`` overrides)
-STREAM_BYTES = 1 << 30
+STREAM_BYTES = 1 << 29
 #: float64 bytes of descriptor values per streamed partition
 PART_BYTES = 64 << 20
 
