@@ -213,7 +213,9 @@ def prior_force_variances(terms, results, n_atoms: int, compacts=None) -> torch.
     """Exact prior variance of each force component (n_atoms, 3), eV^2/Å^2, summed over
     terms (second kernel derivatives). ``compacts``: per term, its position gradients held
     compactly (:class:`~gapkit.descriptors.soap.CompactGradients`) or None (dense ones in
-    the result); compact ones are written out a chunk of atoms at a time."""
+    the result); compact ones are read in their own layout by a kernel that has
+    ``compact_force_prior_variance`` (:class:`~gapkit.kernels.SOAPKernel`), else written
+    out a chunk of atoms at a time."""
     out = torch.zeros((n_atoms, 3), dtype=torch.float64)
     for i, (res, term) in enumerate(zip(results, terms)):
         compact = None if compacts is None else compacts[i]
