@@ -131,10 +131,12 @@ class CompactGradients:
 
     A neighbour of species ``s`` changes only the spectrum blocks of pairs with ``s``: per
     (centre, neighbour) pair ``e``, ``x[e]`` (3, W) holds those values (``X`` of
-    :meth:`SOAP._species_index`, with 1/|p| folded in; its last column is zero) and the
-    dense gradient of the normalised ``q`` is
+    :meth:`SOAP._species_index`, with 1/|p| folded in; its last column is zero), raw: the
+    (s, s) block of every l is the n x n matrix before its symmetrisation
+    (:meth:`symmetrised` gives the symmetrised one, ``xs``), and the dense gradient of the
+    normalised ``q`` is
 
-        ``g_e = x[e][:, index[species[e]]] - t[e][:, None] * q[centre[e]]``,
+        ``g_e = xs[e][:, index[species[e]]] - t[e][:, None] * q[centre[e]]``,
 
     ``t = q . dp/|p|`` (zero unnormalised). A pair is an entry of its own (periodic images
     of one atom are separate pairs: sums over pairs give the same forces). The centre's own
@@ -148,15 +150,31 @@ class CompactGradients:
     atom: torch.Tensor
     index: torch.Tensor
     own: torch.Tensor
+    n_max: int
 
-    def in_layout(self, rows: torch.Tensor, species: int) -> torch.Tensor:
+    def in_layout(self, rows: torch.Tensor, species: int, *,
+                  symmetrised: bool = False) -> torch.Tensor:
         """(n, W): vectors over the features (``rows``, (n, F)) written into ``x``'s layout
         for neighbours of ``species``, zero where ``x`` holds nothing, so that
-        ``x[e] @ in_layout(v, s)[i]`` is the blocks' part of ``g_e . v_i``."""
+        ``x[e] @ in_layout(v, s)[i]`` is the blocks' part of ``g_e . v_i``: in the (s, s)
+        block an off-diagonal feature's value at both its places and sqrt 2 times a
+        diagonal one on the diagonal (``x`` is raw there). ``symmetrised``: for
+        :meth:`symmetrised` pairs instead, each value at its feature's place only."""
         out = rows.new_zeros((rows.shape[0], self.x.shape[2]))
         out.index_copy_(1, self.index[species], rows)
         out[:, -1] = 0.0  # where the features absent from this species' blocks point
-        return out
+        return out if symmetrised else self.symmetrised(out, species)
+
+    def symmetrised(self, x: torch.Tensor, species: int) -> torch.Tensor:
+        """``x`` (..., W) of pairs with neighbours of ``species`` with the (s, s) block of
+        every l symmetrised in place, as the dense gradient reads it: ``X + X^T`` off the
+        diagonal, ``sqrt 2 X`` on it. Returns ``x``."""
+        n = self.n_max
+        k = self.index.shape[0] * n
+        d = x[..., :-1].unflatten(-1, (-1, n, k))[..., species * n:(species + 1) * n]
+        d.add_(d.transpose(-1, -2).clone())
+        d.diagonal(dim1=-2, dim2=-1).mul_(math.sqrt(0.5))
+        return x
 
     def dense(self, values: torch.Tensor) -> torch.Tensor:
         """(pairs, 3, F): every pair's gradient written out (for tests and checks)."""
@@ -164,9 +182,13 @@ class CompactGradients:
 
     def _pair_rows(self, values: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
         """(n, 3, F): the dense gradients of pairs ``pairs``."""
-        where = self.index.index_select(0, self.species.index_select(0, pairs))
-        out = self.x.index_select(0, pairs).to(values.dtype).gather(
-            2, where[:, None, :].expand(-1, 3, -1))
+        species = self.species.index_select(0, pairs)
+        where = self.index.index_select(0, species)
+        xs = self.x.index_select(0, pairs).to(values.dtype)
+        for s in torch.unique(species).tolist():
+            rows = torch.nonzero(species == s)[:, 0]
+            xs.index_copy_(0, rows, self.symmetrised(xs.index_select(0, rows), s))
+        out = xs.gather(2, where[:, None, :].expand(-1, 3, -1))
         # minus t q: batched outer products (3 x 1)(1 x F), added in place
         qc = values.index_select(0, self.centre.index_select(0, pairs))
         return out.baddbmm_(self.t.index_select(0, pairs).to(values.dtype)[:, :, None],
@@ -179,8 +201,9 @@ class CompactGradients:
         one neighbour species ``s`` (atoms that are no pair's neighbour: -1):
 
         - ``x`` (na, J, 3, W): each atom's pairs by centre (periodic images of one atom
-          summed), zero in padding and where ``index[s]`` does not point (so that
-          ``x_e . x_f`` over W is ``P x_e . P x_f`` over the features);
+          summed), :meth:`symmetrised`, zero in padding and where ``index[s]`` does not
+          point (so that ``x_e . x_f`` over W is ``P x_e . P x_f`` over the features; read
+          them with ``in_layout(..., symmetrised=True)``);
         - ``t`` (na, J, 3);
         - ``centre`` (na, J + 1), ``valid`` (na, J + 1): the slots' centres and which are
           real, the last slot the atom's own entry (``own_atom``: each centre's atom);
@@ -237,6 +260,7 @@ class CompactGradients:
                     x.index_add_(0, rows, self.x.index_select(0, pairs).to(values.dtype))
                     t.index_add_(0, rows, self.t.index_select(0, pairs).to(values.dtype))
                 if unused is not None:
+                    self.symmetrised(x, s)
                     x.index_fill_(2, unused, 0.0)
                 centre = torch.cat([torch.where(real, e_centre[ent] if e_atom.numel()
                                                 else ent, 0),
@@ -663,7 +687,7 @@ class SOAP(OwnsCutoff, Descriptor):
         compact = CompactGradients(
             x=x, t=t, species=torch.as_tensor(np.concatenate(species_of)), index=index,
             centre=torch.as_tensor(np.concatenate(centre)),
-            atom=torch.as_tensor(np.concatenate(atom)), own=own)
+            atom=torch.as_tensor(np.concatenate(atom)), own=own, n_max=self.n_max)
         return res, compact
 
     def _compute_batch(self, frames, frame_offset, species, want_pos, want_strain):
@@ -1041,8 +1065,12 @@ class SOAP(OwnsCutoff, Descriptor):
                       s2.view(nc, S, W, n, 3, k).transpose(3, 4), out=xg)
             for s in range(S):
                 # symmetrise the diagonal block; its diagonal carries scale 1, not sqrt 2
-                for d in (x[bounds[s]:bounds[s + 1], ..., s * n:(s + 1) * n],
-                          xg[:, s, ..., s * n:(s + 1) * n]):
+                # (compact pairs stay raw: CompactGradients.in_layout symmetrises the
+                # vectors they are contracted with instead, once per vector, not per pair)
+                blocks = [xg[:, s, ..., s * n:(s + 1) * n]]
+                if not compact:
+                    blocks.append(x[bounds[s]:bounds[s + 1], ..., s * n:(s + 1) * n])
+                for d in blocks:
                     d.add_(d.transpose(-1, -2).clone())
                     d.diagonal(dim1=-2, dim2=-1).mul_(math.sqrt(0.5))
         grad = None if compact else torch.empty((n_pairs, 3, n_features), dtype=dtype,

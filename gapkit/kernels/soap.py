@@ -98,9 +98,10 @@ class SOAPKernel(DescriptorKernel):
             j1 = jn + 1
             qd = q[centre]  # (na, J+1, F)
             if max(sp, 0) not in layouts:
-                layouts[max(sp, 0)] = compact.in_layout(q, max(sp, 0))
+                layouts[max(sp, 0)] = compact.in_layout(q, max(sp, 0), symmetrised=True)
             qt = layouts[max(sp, 0)][centre]  # (na, J+1, W)
-            ot = compact.in_layout(own.reshape(na * 3, -1), max(sp, 0)).view(na, 3, w)
+            ot = compact.in_layout(own.reshape(na * 3, -1), max(sp, 0),
+                                   symmetrised=True).view(na, 3, w)
             ty = types[centre]
             mask = ((ty[:, :, None] == ty[:, None, :]) & valid[:, :, None]
                     & valid[:, None, :]).to(q.dtype)
