@@ -611,6 +611,26 @@ class SOAP(OwnsCutoff, Descriptor):
         self._layouts[key] = index
         return index
 
+    def _contributors(self, n_species: int):
+        """(2, F): where each feature's two contributions sit in the species' ``X`` laid
+        side by side (species ``s`` at ``s * width``): a feature of block (a, b) is touched
+        by neighbours of a and of b, one of the (a, a) block by a alone (its second
+        pointer: the spare zero entry of species 0). So the sum over species of the
+        gathered group sums is two gathers, not one per species."""
+        key = ("contributors", n_species)
+        if key not in self._layouts:
+            index = torch.stack(self._species_index(n_species))  # (S, F)
+            width = self._compact_width(n_species)
+            touched = index != width - 1
+            offset = (torch.arange(n_species, device=index.device) * width)[:, None]
+            flat = torch.where(touched, index + offset, width - 1)
+            rank = torch.cumsum(touched.to(torch.int64), 0) * touched  # 1st, 2nd or 0
+            first = torch.where(rank == 1, flat, 0).sum(0)
+            second = torch.where(rank == 2, flat, 0).sum(0)
+            second = torch.where((rank == 2).any(0), second, width - 1)
+            self._layouts[key] = torch.stack([first, second])
+        return self._layouts[key]
+
     # -- public -----------------------------------------------------------
     def compute(self, frames, *, gradients=False) -> DescriptorResult:
         """Power spectrum of every atom of ``frames``.
@@ -1018,9 +1038,10 @@ class SOAP(OwnsCutoff, Descriptor):
         else:
             xr = torch.empty((n_pairs, 3, width), dtype=dtype, device=device)
         xr[..., -1] = 0.0
-        xs = torch.empty((S, nc, W, 3, width), dtype=dtype, device=device)
+        # the species side by side per (centre, weight, direction): two gathers sum them
+        xs = torch.empty((nc, W, 3, S, width), dtype=dtype, device=device)
         xs[..., -1] = 0.0
-        xsv = xs.permute(1, 0, 2, 3, 4)  # (nc, S, W, 3, width): the padded group order
+        xsv = xs.permute(0, 3, 1, 2, 4)  # (nc, S, W, 3, width): the padded group order
         t_slot = weights = None
         if compact and inv is not None:
             # t = q . dp/|p| = sum X_sym Q = sum X A, Q: q in X's layout per (centre,
@@ -1075,7 +1096,6 @@ class SOAP(OwnsCutoff, Descriptor):
                     d.diagonal(dim1=-2, dim2=-1).mul_(math.sqrt(0.5))
         grad = None if compact else torch.empty((n_pairs, 3, n_features), dtype=dtype,
                                                 device=device)
-        sums = torch.empty((S, nc, W, 3, n_features), dtype=dtype, device=device)
         for s, index in enumerate(self._species_index(S)):
             a, b = int(bounds[s]), int(bounds[s + 1])
             # gather with a broadcast index: 2x index_select's speed along dim 1
@@ -1083,9 +1103,13 @@ class SOAP(OwnsCutoff, Descriptor):
                 torch.gather(xr[a:b].view(-1, width), 1,
                              index[None].expand(3 * (b - a), n_features),
                              out=grad[a:b].view(-1, n_features))
-            torch.gather(xs[s].view(-1, width), 1,
-                         index[None].expand(nc * W * 3, n_features),
-                         out=sums[s].view(-1, n_features))
+        # the group sums over the species: each feature's (one or) two contributions
+        pointers = self._contributors(S)
+        side = xs.view(nc * W * 3, S * width)
+        total = torch.gather(side, 1, pointers[0][None].expand(side.shape[0], n_features))
+        total.add_(torch.gather(side, 1, pointers[1][None].expand(side.shape[0],
+                                                                   n_features)))
+        total = total.view(nc, W, 3, n_features)
         if compact:
             if t_slot is None:  # unnormalised: no rank-one term
                 t.zero_()
@@ -1097,8 +1121,7 @@ class SOAP(OwnsCutoff, Descriptor):
             q_pair = q.index_select(0, torch.as_tensor((group // S)[order], device=device))
             proj = torch.bmm(grad, q_pair[:, :, None])
             grad.addcmul_(proj, q_pair[:, None, :], value=-1.0)
-        # the group sums over the species, then the projection once (it is linear)
-        total = sums.sum(0) if S > 1 else sums[0]  # (nc, W, 3, F)
+        # the projection once, after the sum over the species (it is linear)
         if inv is not None:
             q = values
             g_t = total.view(nc, W * 3, n_features)
