@@ -1,5 +1,7 @@
 """The sparse points of a fit's terms (:func:`term_sparse_set`), in this process or on
-Dask workers, where CUR runs without bringing the descriptors to one process.
+Dask workers, where CUR runs without bringing the descriptors to one process. The same
+passes run in this process over partitions of the frames (:class:`Streamed`) when every
+environment's descriptor values would pass :func:`stream_bytes`: memory flat in N.
 
 :func:`gapkit.gp.sparsify.select_sparse_points` with ``method="cur"`` needs, per kernel
 type, the distinct rows of the descriptor matrix X and their rank-k leverage scores. Both
