@@ -74,3 +74,23 @@ def results_so_far(path: Path) -> dict:
     if path.exists():
         out["results"] = json.loads(path.read_text()).get("results", {})
     return out
+
+
+def child_result(script, *args: str, env: dict | None = None) -> dict:
+    """Run ``python script *args`` in a process of its own (its peak RSS its own) and return
+    the JSON object it prints last; a failed child raises RuntimeError with its last
+    stderr line."""
+    import sys
+
+    run = subprocess.run([sys.executable, str(script), *args], env=env,
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        lines = run.stderr.strip().splitlines() or [f"exit status {run.returncode}"]
+        raise RuntimeError(lines[-1])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def write_results(path: Path, out: dict) -> None:
+    """``out`` as JSON at ``path`` (its folder made), after every row of a long run."""
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))

@@ -22,10 +22,10 @@ for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+from _common import child_result, write_results  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "soap_scaling.json"
@@ -100,17 +100,15 @@ def main() -> None:
     print(f"{'system':>7} {'atoms':>6} {'gradients':>9} {'µs/atom':>8} {'peak GB':>8} "
           f"{'kB/atom':>8}")
     for system, k, mode in runs:
-        run = subprocess.run([sys.executable, __file__, "--child", system, str(k), mode],
-                             capture_output=True, text=True)
-        if run.returncode != 0:
-            print(f"{system:>7} k={k} {mode}: failed ({run.stderr.strip().splitlines()[-1]})")
+        try:
+            r = child_result(__file__, "--child", system, str(k), mode)
+        except RuntimeError as exc:
+            print(f"{system:>7} k={k} {mode}: failed ({exc})")
             continue
-        r = json.loads(run.stdout.strip().splitlines()[-1])
         out["rows"].append({"system": system, "mode": mode, **r})
         print(f"{system:>7} {r['atoms']:>6} {mode:>9} {r['us_per_atom']:>8.0f} "
               f"{r['peak_above_start_gb']:>8.2f} {r['kb_per_atom']:>8.0f}", flush=True)
-        RESULTS.parent.mkdir(exist_ok=True)
-        RESULTS.write_text(json.dumps(out, indent=1))
+        write_results(RESULTS, out)
 
 
 if __name__ == "__main__":

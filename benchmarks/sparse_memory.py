@@ -19,10 +19,10 @@ for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+from _common import child_result, write_results  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "sparse_memory.json"
@@ -66,15 +66,11 @@ def main() -> None:
     for n in args.frames:
         for mode, gb in (("in memory", "1e9"), ("streamed", "0")):
             env = {**os.environ, "GAPKIT_SPARSE_STREAM_GB": gb}
-            run = subprocess.run([sys.executable, __file__, "--child", str(n), "--m",
-                                  str(args.m)], env=env, capture_output=True, text=True,
-                                 check=True)
-            r = json.loads(run.stdout.strip().splitlines()[-1])
+            r = child_result(__file__, "--child", str(n), "--m", str(args.m), env=env)
             out["rows"][f"{n} {mode}"] = {"frames": n, "atoms": 64 * n, "mode": mode, **r}
             print(f"{n:>7} {64 * n:>8} {mode:>9} {r['cpu_s']:>7.1f} {r['peak_rss_gb']:>12.2f} "
                   f"{r['peak_rss_gb'] - r['rss_before_gb']:>11.2f}  {r['rows']}", flush=True)
-            RESULTS.parent.mkdir(exist_ok=True)
-            RESULTS.write_text(json.dumps(out, indent=1))
+            write_results(RESULTS, out)
 
 
 if __name__ == "__main__":
