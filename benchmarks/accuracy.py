@@ -9,9 +9,10 @@ malonaldehyde, split 01, 1,000 training frames, the first 500 test frames) and e
 energy and force MAE, the force miscalibration area over all components (a sigma-0 component
 counts as covered when its error is below 1 meV/Å, and never otherwise) and over those whose
 prior variance is not zero by symmetry, Spearman(sigma, |error|) over the latter, their
-share of |z| > 5, and the fit's CPU seconds (one thread). The base and ML-II rows' sigma is
-the latent variance plus the fitted noise; the default row's is the calibrated predictive
-variance.
+share of |z| > 5, and the fit's CPU seconds (one thread). With two rows or more, each row's
+sigma is also ranked against the other rows' errors (``cross_spearman``). The base and
+ML-II rows' sigma is the latent variance plus the fitted noise; the default row's is the
+calibrated predictive variance.
 
 Needs ``../shared/datasets`` (skipped data sets are said). Results are written after every
 row to ``benchmarks/results/accuracy.json``. Run in the background, e.g.
@@ -85,7 +86,9 @@ def area_all(err, var):
     return float(np.mean(np.abs((covered + exact * LEVELS) / err.size - LEVELS)))
 
 
-def score(model, test, row: str) -> dict:
+def score(model, test, row: str, keep: dict | None = None) -> dict:
+    """The row's figures on ``test``; with ``keep``, its force errors, sigmas and the mask
+    of components not fixed by symmetry go in ``keep[row]`` (for :func:`cross_spearman`)."""
     pred = model.predict(test, virial=False)
     err_e, epi_e, alea_e = uq.quantity_errors(pred, test, "energy_per_atom", model=model)
     err, epi, alea = uq.quantity_errors(pred, test, "forces", model=model)
@@ -96,6 +99,8 @@ def score(model, test, row: str) -> dict:
     nz = (latent > 1e-12 * latent.max()) & (var > 0)
     z = np.abs(err[nz]) / np.sqrt(var[nz])
     n_at = pred.n_atoms
+    if keep is not None:
+        keep[row] = (err, np.sqrt(var), nz)
     return {"row": row, "energy_mae_mev_per_atom": 1e3 * float(np.mean(np.abs(err_e))),
             "energy_mae_mev_per_frame": 1e3 * float(np.mean(np.abs(err_e) * n_at)),
             "forces_mae": float(np.mean(np.abs(err))),
@@ -107,6 +112,20 @@ def score(model, test, row: str) -> dict:
             "forces_n": int(err.size), "forces_n_zero_prior": int((~nz).sum()),
             "energy_area": float(uq.miscalibration_area(err_e, epi_e + alea_e)),
             "variance_form": pred.variance_form.get("forces")}
+
+
+def cross_spearman(kept: dict) -> dict:
+    """Spearman(sigma of row a, |error| of row b) for every ordered pair of rows kept, over
+    the components neither fixes by symmetry: whether a row's lower Spearman comes from its
+    sigma (it ranks the other row's errors worse too) or from its errors (they are harder
+    to rank by any of the sigmas)."""
+    out = {}
+    for a, (_, sigma, nz_a) in kept.items():
+        for b, (err, _, nz_b) in kept.items():
+            both = nz_a & nz_b
+            out[f"sigma {a} vs errors {b}"] = float(
+                spearmanr(sigma[both], np.abs(err[both])).statistic)
+    return out
 
 
 def fit(row: str, train):
@@ -136,13 +155,14 @@ def main() -> None:
             continue
         train, test = data
         res = out["results"].setdefault(name, {"published_gap": PUBLISHED.get(name)})
+        kept: dict = {}
         for row in args.rows:
             cpu = time.process_time()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 model = fit(row, train)
             fit_cpu = time.process_time() - cpu
-            res[row] = score(model, test, row) | {
+            res[row] = score(model, test, row, kept) | {
                 "fit_cpu_s": fit_cpu, "n_sparse": model.fit_info_["n_sparse"],
                 "sigma": [model.noise_.sigma(k) for k in ("energy", "forces", "virial")],
                 "warnings": sorted({str(w.message)[:160] for w in caught})}
@@ -158,6 +178,11 @@ def main() -> None:
                   f"{100 * r['forces_share_z_above_5']:.2f}%  fit CPU {fit_cpu:.0f} s",
                   flush=True)
             args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps(out, indent=1, default=float))
+        if len(kept) > 1:
+            res["cross_spearman"] = cross_spearman(kept)
+            for key, rho in res["cross_spearman"].items():
+                print(f"{name:8s} Spearman({key}) {rho:.3f}", flush=True)
             args.output.write_text(json.dumps(out, indent=1, default=float))
     print(f"wrote {args.output}")
 
