@@ -6,13 +6,14 @@ points in every other row) and 500.
 
 For each data set (Zuo 2020 Si, Li, Cu, Ni; rMD17 ethanol, aspirin, benzene and
 malonaldehyde, split 01, 1,000 training frames, the first 500 test frames) and each row:
-energy and force MAE, the force miscalibration area over all components (a sigma-0 component
-counts as covered when its error is below 1 meV/Å, and never otherwise) and over those whose
-prior variance is not zero by symmetry, Spearman(sigma, |error|) over the latter, their
-share of |z| > 5, and the fit's CPU seconds (one thread). With two rows or more, each row's
-sigma is also ranked against the other rows' errors (``cross_spearman``). The base and
-ML-II rows' sigma is the latent variance plus the fitted noise; the default row's is the
-calibrated predictive variance.
+energy (with the standard error of the mean over the test frames) and force MAE, the
+force miscalibration area over all components (a sigma-0 component counts as covered when
+its error is below 1 meV/Å, and never otherwise) and over those whose prior variance is not
+zero by symmetry, Spearman(sigma, |error|) over the latter, their share of |z| > 5, and the
+fit's CPU seconds (one thread). With two rows or more, each row's sigma is also ranked
+against the other rows' errors (``cross_spearman``). The base and ML-II rows' sigma is the
+latent variance plus the fitted noise; the default row's is the calibrated predictive
+variance.
 
 Needs ``../shared/datasets`` (skipped data sets are said). Results are written after every
 row to ``benchmarks/results/accuracy.json``. Run in the background, e.g.
@@ -103,6 +104,9 @@ def score(model, test, row: str, keep: dict | None = None) -> dict:
         keep[row] = (err, np.sqrt(var), nz)
     return {"row": row, "energy_mae_mev_per_atom": 1e3 * float(np.mean(np.abs(err_e))),
             "energy_mae_mev_per_frame": 1e3 * float(np.mean(np.abs(err_e) * n_at)),
+            # the standard error of that mean over the test frames (25-31 on Zuo's sets)
+            "energy_mae_se_mev_per_atom": 1e3 * float(np.std(np.abs(err_e), ddof=1)
+                                                      / np.sqrt(err_e.size)),
             "forces_mae": float(np.mean(np.abs(err))),
             "forces_area_all": area_all(err, var),
             "forces_area_nonzero": float(uq.miscalibration_area(err[nz], var[nz])),
@@ -171,7 +175,8 @@ def main() -> None:
                     k: v and {kk: vv for kk, vv in v.items() if kk != "table"}
                     for k, v in model.fit_info_["noise_cv"]["predictive"].items()}
             r = res[row]
-            print(f"{name:8s} {row:8s} E {r['energy_mae_mev_per_atom']:6.2f} meV/atom "
+            print(f"{name:8s} {row:8s} E {r['energy_mae_mev_per_atom']:6.2f} "
+                  f"± {r['energy_mae_se_mev_per_atom']:.2f} meV/atom "
                   f"({r['energy_mae_mev_per_frame']:6.1f}/frame)  F {r['forces_mae']:.4f} eV/Å  "
                   f"area all {r['forces_area_all']:.3f} nz {r['forces_area_nonzero']:.3f}  "
                   f"rho {r['forces_spearman_nonzero']:.3f}  |z|>5 "
