@@ -17,9 +17,10 @@ labels). Rules, each with the same initial sets and seeds:
 Issue 15's target: the new rule reaches random's final force MAE with at most half of its
 labels and is never worse than random. ``--subsets K``: how far any choice of that many
 labels gets, K random label sets of half the budget per seed (each with the seed's initial
-frames), fitted and tested like the rules; the best of them bounds what a rule can be
-expected to reach there. Prints, per rule, the force MAE at every budget
-(mean and range over the seeds) and the labels needed to reach random's final mean error;
+frames), fitted and tested like the rules: how rare a set of that size is that reaches a
+given error (not a bound: a rule may find a rarer one). Prints, per rule, the force MAE at
+every budget (mean and range over the seeds) and the labels needed to reach random's final
+mean error;
 writes ``benchmarks/results/active.json`` (``active_Cu.json``) after every run. One thread,
 about 6 CPU-minutes for three seeds.
 """
