@@ -20,9 +20,8 @@ labels gets, K random label sets of half the budget per seed (each with the seed
 frames), fitted and tested like the rules: how rare a set of that size is that reaches a
 given error (not a bound: a rule may find a rarer one). Prints, per rule, the force MAE at
 every budget (mean and range over the seeds) and the labels needed to reach random's final
-mean error;
-writes ``benchmarks/results/active.json`` (``active_Cu.json``) after every run. One thread,
-about 6 CPU-minutes for three seeds.
+mean error; writes ``benchmarks/results/active.json`` (``active_Cu.json``) after every run.
+One thread, about 6 CPU-minutes for three seeds.
 """
 
 from __future__ import annotations
