@@ -81,7 +81,8 @@ def main() -> None:
         args.output.write_text(json.dumps(out, indent=1))
         d = base or {}
         nan = float("nan")
-        print(f"{name}: auto {row['winner']}: E {row['energy_mae_mev_per_atom']:.2f} meV/atom, "
+        print(f"{name}: auto {row['winner']}: E {row['energy_mae_mev_per_atom']:.2f} "
+              f"± {row['energy_mae_se_mev_per_atom']:.2f} meV/atom, "
               f"F {row['forces_mae']:.4f} eV/Å, area {row['forces_area_all']:.3f}, search "
               f"{search_cpu:.0f} CPU-s | default ({base_row} row of accuracy.json) E "
               f"{d.get('energy_mae_mev_per_atom', nan):.2f}, F {d.get('forces_mae', nan):.4f}, "
