@@ -6,11 +6,13 @@ rank-one term apart), which the fit's design passes read since 2026-12-07; with
 points and masks the columns of other species (gapkit until 0.9).
 
 rMD17 aspirin (C9H8O4; ``../shared/datasets/rmd17``, the first ``--frames`` training
-frames), SOAP cutoff 5, n_max 8, l_max 6, atom_sigma 0.3, zeta 4, ``--m`` CUR points split
-over the species as ``n_sparse`` splits them. CPU time (``time.process_time``), one
+frames) or, ``--data licu``, the LiCu random-search cells (``../shared/datasets/
+licu_rss_wfl``: 1-24 atoms, periodic, so most neighbours are several images of one atom),
+SOAP cutoff 5, n_max 8, l_max 6, atom_sigma 0.3, zeta 4, ``--m`` CUR points split over the
+species as ``n_sparse`` splits them. CPU time (``time.process_time``), one
 thread, the two codes interleaved ``--repeats`` times; the rows of both are compared. Then
 predictions, E + F and with exact force variances, dense and compact interleaved.
-Results: ``benchmarks/results/design.json``.
+Results: ``benchmarks/results/design.json`` (``design_licu.json``).
 """
 
 import os
@@ -34,7 +36,9 @@ from gapkit.gp.sparsify import sparse_points  # noqa: E402
 from gapkit.kernels import SOAPKernel  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "datasets" / "rmd17" / "rmd17_aspirin_train_01.xyz"
+DATASETS = HERE.parent.parent / "shared" / "datasets"
+DATA = {"aspirin": DATASETS / "rmd17" / "rmd17_aspirin_train_01.xyz",
+        "licu": DATASETS / "licu_rss_wfl" / "licu_rss_fitting.xyz"}
 
 
 def masked_reference(kernel, res, sparse) -> torch.Tensor:
@@ -55,6 +59,7 @@ def masked_reference(kernel, res, sparse) -> torch.Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", choices=sorted(DATA), default="aspirin")
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--m", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=3)
@@ -62,10 +67,11 @@ def main() -> None:
                     help="also time the masked reference (gapkit until 0.9)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    if not DATA.exists():
-        print(f"{DATA} not found: needs ../shared/datasets")
+    path = DATA[args.data]
+    if not path.exists():
+        print(f"{path} not found: needs ../shared/datasets")
         return
-    frames = read_extxyz(DATA)[:max(args.frames, 200)]
+    frames = read_extxyz(path)[:max(args.frames + 50, 200)]
     desc = SOAP(cutoff=5.0, cutoff_width=1.0, n_max=8, l_max=6, atom_sigma=0.3,
                 species=sorted({int(z) for a in frames for z in a.numbers}))
     env = desc.compute(frames[:200])
@@ -81,6 +87,7 @@ def main() -> None:
             t = time.process_time()
             res = desc.compute(block, gradients=["positions"])
             times["dense descriptors"].append(time.process_time() - t)
+            entries = {"dense (centre, atom) entries": int(res.gradients.shape[0])}
             t = time.process_time()
             new = functional_rows(kernel, res, sparse, energy=False, forces=True,
                                   virial=False)["forces"]
@@ -93,6 +100,7 @@ def main() -> None:
             t = time.process_time()
             res_c, compact = desc.compute_compact(block)
             times["compact descriptors"].append(time.process_time() - t)
+            entries["compact entries (own entries apart)"] = int(compact.x.shape[0])
             t = time.process_time()
             rows_c = functional_rows(kernel, res_c, sparse, energy=False, forces=True,
                                      virial=False, compact=compact)["forces"]
@@ -104,13 +112,14 @@ def main() -> None:
     compact_total = best["compact descriptors"] + best["compact rows"]
     counts = {int(t): int(c) for t, c in zip(*np.unique(sparse.types.numpy(),
                                                          return_counts=True))}
-    out = {"machine": base_machine_info(), "frames": args.frames, "m": sparse.n,
+    out = {"machine": base_machine_info(), "data": args.data, "frames": args.frames,
+           "m": sparse.n, "gradient_entries": entries,
            "m_per_species": counts, "cpu_s": best,
            "dense_total_s": dense, "compact_total_s": compact_total,
            "compact_speedup": dense / compact_total,
            "max_relative_difference_compact": diff}
-    print(f"aspirin, {args.frames} frames, M {sparse.n} {counts} (CPU-s, best of "
-          f"{args.repeats}):")
+    print(f"{args.data}, {args.frames} frames, M {sparse.n} {counts} (CPU-s, best of "
+          f"{args.repeats}); gradient entries {entries}:")
     print(f"  dense gradients:   descriptors {best['dense descriptors']:.2f} + force rows "
           f"{best['dense rows']:.2f} = {dense:.2f}")
     print(f"  compact gradients: descriptors {best['compact descriptors']:.2f} + force rows "
@@ -154,7 +163,8 @@ def main() -> None:
               f"{p['dense']:.0f}, compact {p['compact']:.0f}")
     print(f"  exact force variances agree to {vdiff:.1e}")
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "design.json").write_text(json.dumps(out, indent=1))
+    name = "design.json" if args.data == "aspirin" else f"design_{args.data}.json"
+    (HERE / "results" / name).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -138,8 +138,9 @@ class CompactGradients:
 
         ``g_e = xs[e][:, index[species[e]]] - t[e][:, None] * q[centre[e]]``,
 
-    ``t = q . dp/|p|`` (zero unnormalised). A pair is an entry of its own (periodic images
-    of one atom are separate pairs: sums over pairs give the same forces). The centre's own
+    ``t = q . dp/|p|`` (zero unnormalised). An entry is a (centre, neighbour atom): the
+    periodic images of one atom within the cutoff are summed into it (both are linear in
+    the pairs), as a dense result numbers its entries. The centre's own
     atom (``-sum_e g_e``) touches every block: ``own`` (n_centres, 3, F), dense. Indices are
     those of :class:`DescriptorResult` (``atom`` over all atoms of the call)."""
 
@@ -177,7 +178,7 @@ class CompactGradients:
         return x
 
     def dense(self, values: torch.Tensor) -> torch.Tensor:
-        """(pairs, 3, F): every pair's gradient written out (for tests and checks)."""
+        """(entries, 3, F): every entry's gradient written out (for tests and checks)."""
         return self._pair_rows(values, torch.arange(self.x.shape[0]))
 
     def _pair_rows(self, values: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
@@ -334,17 +335,26 @@ class CompactEntries:
 
 
 class _CompactPairs:
-    """Where a batch's :class:`CompactGradients` go: rows ``p0..p1`` of ``x`` and ``t``
-    (views of the call's arrays) are a chunk's pairs, in the order the chunk builds them
-    (``pair`` says which pair of the batch's sorted order each row is)."""
+    """Where a batch's :class:`CompactGradients` go: one entry per (centre, neighbour
+    atom), the periodic images of one atom summed (a small cell has 2-3 pairs per entry).
+    Entries are centre-major like the pairs, so the entries ``e0..e1`` of a chunk of
+    centres are contiguous rows of ``x`` and ``t`` (views of the call's arrays);
+    ``pair`` says which pair of the batch's sorted order each entry came from (one of its
+    images)."""
 
     def __init__(self, centres_sorted, neighbours_sorted, n_centres):
         self.centres = centres_sorted
         self.neighbours = neighbours_sorted
         self.n_pairs = centres_sorted.shape[0]
         self.n_centres = n_centres
-        self.pair = np.empty(self.n_pairs, dtype=np.int64)
-        self.species = np.empty(self.n_pairs, dtype=np.int64)
+        self.key = centres_sorted.astype(np.int64) * max(n_centres, 1) + neighbours_sorted
+        unique = np.unique(self.key)
+        self.n_entries = int(unique.size)
+        # the entries of centres before c (the first of centre c)
+        self.entry_start = np.searchsorted(unique // max(n_centres, 1),
+                                           np.arange(n_centres + 1))
+        self.pair = np.empty(self.n_entries, dtype=np.int64)
+        self.species = np.empty(self.n_entries, dtype=np.int64)
         self.x = self.t = self.own = None
 
     def bind(self, x, t, own) -> None:
@@ -353,11 +363,29 @@ class _CompactPairs:
     def allocate(self, n_features, dtype, device):
         return None  # the arrays are bound before the batch runs
 
-    def rows(self, p0: int, p1: int, pair: np.ndarray, species: np.ndarray):
-        """The (x, t) rows of a chunk's pairs p0..p1, which come in the order ``pair``."""
-        self.pair[p0:p1] = pair
-        self.species[p0:p1] = species
-        return self.x[p0:p1], self.t[p0:p1]
+    def rows(self, c0: int, c1: int, pair: np.ndarray, species: np.ndarray):
+        """Where the chunk of centres c0..c1 writes its pairs, which come in the order
+        ``pair`` (with neighbour ``species``): ``(x, t, finish)``. Without periodic images
+        of one atom these are the entries' rows of the call's arrays and ``finish`` is
+        None; else scratch rows, one per pair, that ``finish()`` sums into the entries."""
+        e0, e1 = int(self.entry_start[c0]), int(self.entry_start[c1])
+        if e1 - e0 == pair.shape[0]:  # a pair per entry: written in place
+            self.pair[e0:e1] = pair
+            self.species[e0:e1] = species
+            return self.x[e0:e1], self.t[e0:e1], None
+        _, inverse = np.unique(self.key[pair], return_inverse=True)
+        self.pair[e0 + inverse] = pair
+        self.species[e0 + inverse] = species
+        x = torch.empty((pair.shape[0],) + tuple(self.x.shape[1:]), dtype=self.x.dtype,
+                        device=self.x.device)
+        t = torch.empty((pair.shape[0], 3), dtype=self.t.dtype, device=self.t.device)
+
+        def finish() -> None:
+            rows = torch.as_tensor(inverse.reshape(-1), device=self.x.device)
+            self.x[e0:e1].zero_().index_add_(0, rows, x)
+            self.t[e0:e1].zero_().index_add_(0, rows, t)
+
+        return x, t, finish
 
 
 class SOAP(OwnsCutoff, Descriptor):
@@ -685,18 +713,18 @@ class SOAP(OwnsCutoff, Descriptor):
         plans = [self._plan_batch(frames[a:b], a, species, True, strain, compact=True)
                  for a, b in batches]
         collectors = [plan.run.args[0].out for plan in plans]
-        n_pairs = sum(c.n_pairs for c in collectors)
+        n_entries = sum(c.n_entries for c in collectors)
         n_centres = sum(c.n_centres for c in collectors)
         # both written whole, chunk after chunk: their pages mapped at once from 4 MB
         # (3-BPA's 48 MB of own entries took 15 % of the call in page faults)
-        x = empty_tensor((n_pairs, 3, width), self.dtype, self.device, at_least=4 << 20)
-        t = torch.empty((n_pairs, 3), dtype=self.dtype, device=self.device)
+        x = empty_tensor((n_entries, 3, width), self.dtype, self.device, at_least=4 << 20)
+        t = torch.empty((n_entries, 3), dtype=self.dtype, device=self.device)
         own = empty_tensor((n_centres, 3, n_features), self.dtype, self.device,
                            at_least=4 << 20)
         results, species_of, centre, atom = [], [], [], []
         p0 = c0 = 0
         for plan, c in zip(plans, collectors):
-            p1, c1 = p0 + c.n_pairs, c0 + c.n_centres
+            p1, c1 = p0 + c.n_entries, c0 + c.n_centres
             c.bind(x[p0:p1], t[p0:p1], own[c0:c1])
             results.append(plan.run())
             species_of.append(c.species)
@@ -1034,7 +1062,8 @@ class SOAP(OwnsCutoff, Descriptor):
 
         compact = isinstance(out, _CompactPairs)
         if compact:  # X is the result: written straight into the call's array
-            xr, t = out.rows(p0, p1, p0 + order, np.repeat(np.arange(S), np.diff(bounds)))
+            xr, t, finish = out.rows(c0, c1, p0 + order,
+                                     np.repeat(np.arange(S), np.diff(bounds)))
         else:
             xr = torch.empty((n_pairs, 3, width), dtype=dtype, device=device)
         xr[..., -1] = 0.0
@@ -1115,6 +1144,8 @@ class SOAP(OwnsCutoff, Descriptor):
                 t.zero_()
             else:
                 torch.index_select(t_slot, 0, real, out=t)
+            if finish is not None:  # periodic images of one atom: summed into its entry
+                finish()
         if inv is not None and not compact:
             # dq = (dp - q (q . dp)) / |p|, 1/|p| already in the radial factors
             q = values

@@ -266,9 +266,10 @@ def test_batches_write_into_one_array_as_they_would_alone(si8_rattled, acetamide
                                       {"batch_atoms": 9}])
 def test_compact_gradients_are_the_dense_ones(acetamide, triclinic_two_species, settings):
     """``compute_compact`` (each neighbour's species blocks and the normalisation's
-    rank-one term) gives the dense gradients back, entry by entry: periodic images of
-    one atom are separate pairs that sum to the dense entry, the centre's own entry is
-    dense; values and strain gradients as ``compute`` gives them."""
+    rank-one term) gives the dense gradients back, entry by entry: the periodic images of
+    one atom are summed into one entry per (centre, atom) as in the dense result (the
+    triclinic cell has several within the cutoff), the centre's own entry is dense;
+    values and strain gradients as ``compute`` gives them."""
     import torch
 
     frames = [acetamide, triclinic_two_species, acetamide]
@@ -294,6 +295,15 @@ def test_compact_gradients_are_the_dense_ones(acetamide, triclinic_two_species, 
     # a pair of species s leaves the blocks of other species alone
     width = compact.x.shape[2]
     assert compact.x.shape[0] == compact.t.shape[0] == compact.centre.shape[0]
+    # one entry per (centre, atom), as the dense ones (which merge a centre's own entry
+    # with the pairs to its own images)
+    key = compact.centre * n + compact.atom
+    assert torch.unique(key).shape[0] == key.shape[0]
+    assert torch.unique(torch.cat([key, torch.arange(n) * (n + 1)])).shape[0] == len(keys)
+    from ase.neighborlist import neighbor_list
+
+    assert len(neighbor_list("i", triclinic_two_species, soap.cutoff)) > len(
+        set(zip(*neighbor_list("ij", triclinic_two_species, soap.cutoff))))
     assert torch.all(compact.x[..., width - 1] == 0)
     if settings.get("normalize", True) is False:
         assert float(compact.t.abs().max()) == 0.0
