@@ -28,7 +28,7 @@ import torch
 
 from .._checks import env_bytes
 from ..data import voigt_symmetrised
-from ..descriptors.base import frame_batches
+from ..descriptors.base import frame_batches, release_pool
 from .observations import ENERGY, FORCES, VIRIAL
 
 __all__ = ["DesignCache", "SparseSet", "TrainingData", "design_blocks", "design_cache",
@@ -323,6 +323,16 @@ def design_blocks(terms, sparse_sets, frames, observations, gradients=None, *,
 
         blocks = tqdm(blocks, desc=desc, leave=False)
     cache = _ACTIVE.get()
+    try:
+        yield from _blocks(terms, sparse_sets, frames, observations, gradients, blocks,
+                           cache, unit, with_results, compact_results)
+    finally:  # the blocks' descriptor mappings, reused block after block
+        release_pool()
+
+
+def _blocks(terms, sparse_sets, frames, observations, gradients, blocks, cache, unit,
+            with_results, compact_results):
+    """The blocks of :func:`design_blocks`."""
     for start, stop in blocks:
         sel = np.nonzero((observations.frame >= start) & (observations.frame < stop))[0]
         if sel.size == 0:

@@ -14,6 +14,7 @@ file stays fast.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -233,6 +234,84 @@ def test_chunks_and_populated_arrays_do_not_change_results(monkeypatch, acetamid
     np.testing.assert_array_equal(chunked.gradient_centre, reference.gradient_centre)
     np.testing.assert_array_equal(chunked.gradient_atom, reference.gradient_atom)
     assert chunked.gradients.flags.writeable and chunked.values.flags.writeable
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mappings: Linux only")
+def test_a_freed_large_array_is_reused_and_never_while_a_view_lives():
+    """The mapping of a freed large array serves the next one of about its size, but not
+    while any view of it lives (numpy's, reshaped, transposed, torch's); a miss hands the
+    kept mappings back, and release_pool empties the pool."""
+    import gc
+
+    import torch
+
+    from gapkit.descriptors import base
+
+    for make_view in (lambda a: a.reshape(-1)[8:], lambda a: a.T[1:],
+                      lambda a: torch.from_numpy(a)[1:].view(-1)):
+        base.release_pool()
+        a = base.empty_array((4096, 8), at_least=1)
+        address = a.ctypes.data
+        view = make_view(a)
+        del a
+        gc.collect()
+        b = base.empty_array((4096, 8), at_least=1)
+        assert b.ctypes.data != address
+        b.fill(1.0)
+        view[:] = 2.0
+        assert bool((b == 1.0).all()) and bool((view == 2.0).all())
+        del view
+        gc.collect()
+        c = base.empty_array((4000, 8), at_least=1)  # a little smaller: the same mapping
+        assert c.ctypes.data == address and c.flags.writeable
+        del b, c
+    gc.collect()
+    base.release_pool()
+    a = base.empty_array((4096, 8), at_least=1)
+    address = a.ctypes.data
+    del a
+    gc.collect()
+    c = base.empty_array((4000, 8), at_least=1)
+    assert c.ctypes.data == address
+    del c
+    gc.collect()
+    small = base.empty_array((100, 8), at_least=1)  # too small for it: a miss
+    assert small.ctypes.data != address
+    del small
+    gc.collect()
+    assert base.release_pool() == 100 * 8 * 8  # the miss handed the large one back
+    assert base.release_pool() == 0
+
+
+def test_descriptor_arrays_on_reused_mappings_are_right(monkeypatch, acetamide,
+                                                        triclinic_two_species):
+    """Descriptor results on mappings reused from freed results (every array through the
+    pool) equal those in fresh memory, and a result still held is never written by a later
+    call."""
+    import gc
+
+    import torch
+
+    import gapkit.descriptors.base as base_module
+
+    frames = [acetamide, triclinic_two_species]
+    soap = make_soap(species=[1, 6, 7, 8, 14])
+    reference = soap.compute(frames, gradients=True)
+    _, ref_compact = soap.compute_compact(frames, strain=True)
+    want = {"x": ref_compact.x.clone(), "own": ref_compact.own.clone()}
+    monkeypatch.setattr(base_module, "POPULATE_BYTES", 0)
+    base_module.release_pool()
+    for _ in range(3):
+        held = soap.compute(frames, gradients=True)
+        gc.collect()
+        np.testing.assert_array_equal(held.gradients, reference.gradients)
+        _, compact = soap.compute_compact(frames, strain=True)
+        for name, value in want.items():
+            assert torch.equal(getattr(compact, name), value), name
+        np.testing.assert_array_equal(held.gradients, reference.gradients)
+        del compact, held
+        gc.collect()
+    assert base_module.release_pool() > 0
 
 
 def test_batches_write_into_one_array_as_they_would_alone(si8_rattled, acetamide,
