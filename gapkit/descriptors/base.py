@@ -37,7 +37,10 @@ _pool_lock = threading.Lock()
 
 def _recycle(buffer) -> None:
     """Keep a freed array's mapping for :func:`empty_array` (within :data:`POOL_BYTES`,
-    the newest first: the oldest are handed back to the system)."""
+    the newest first: the oldest are handed back to the system; one larger than all of
+    it is handed back at once)."""
+    if len(buffer) > POOL_BYTES:
+        return
     with _pool_lock:
         _pool.insert(0, buffer)
         total = 0

@@ -281,6 +281,20 @@ def test_a_freed_large_array_is_reused_and_never_while_a_view_lives():
     gc.collect()
     assert base.release_pool() == 100 * 8 * 8  # the miss handed the large one back
     assert base.release_pool() == 0
+    # within POOL_BYTES, the newest kept; one larger than all of it evicts nothing
+    old_limit, base.POOL_BYTES = base.POOL_BYTES, 4096 * 8 * 8
+    try:
+        kept = [base.empty_array(shape, at_least=1) for shape in ((2048, 8), (2048, 8))]
+        big = base.empty_array((8192, 8), at_least=1)
+        del kept, big
+        gc.collect()
+        assert base.release_pool() == 4096 * 8 * 8  # the two small ones, not the big one
+        first, second, third = (base.empty_array((2048, 8), at_least=1) for _ in range(3))
+        del first, second, third  # a third: the oldest handed back
+        gc.collect()
+        assert base.release_pool() == 4096 * 8 * 8
+    finally:
+        base.POOL_BYTES = old_limit
 
 
 def test_descriptor_arrays_on_reused_mappings_are_right(monkeypatch, acetamide,
