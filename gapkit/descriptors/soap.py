@@ -231,16 +231,22 @@ class CompactGradients:
                 atoms_s = atoms_s[own_of[atoms_s] >= 0]
             if atoms_s.numel() == 0:
                 continue
-            jmax = max(int(per_atom[atoms_s].max()), 1) if s >= 0 else 1
             unused = None
             if s >= 0:
                 unused = torch.ones(width, dtype=torch.bool)
                 unused[self.index[s]] = False
                 unused[-1] = True
                 unused = torch.nonzero(unused)[:, 0]
-            chunk = max(1, int(target_bytes) // (jmax * 3 * width * values.element_size()))
-            for a0 in range(0, atoms_s.numel(), chunk):
-                atoms = atoms_s[a0:a0 + chunk]
+                # the atoms with most entries first: each chunk is padded to its own
+                # largest count, not the species' (small cells beside large ones)
+                atoms_s = atoms_s[torch.argsort(per_atom[atoms_s], descending=True,
+                                                stable=True)]
+            a1 = 0
+            while a1 < atoms_s.numel():
+                jmax = max(int(per_atom[atoms_s[a1]]), 1) if s >= 0 else 1
+                chunk = max(1, int(target_bytes) // (jmax * 3 * width * values.element_size()))
+                atoms = atoms_s[a1:a1 + chunk]
+                a1 += chunk
                 na = atoms.numel()
                 slot = torch.arange(jmax)[None, :]
                 real = slot < per_atom[atoms][:, None]

@@ -200,10 +200,24 @@ def test_a_fit_reads_compact_gradients_and_is_the_same_fit(monkeypatch):
                                                            rel=1e-9), kind
 
 
-def test_prior_force_variances_from_compact_gradients_are_the_dense_ones():
+@pytest.mark.parametrize("target_bytes", [8 << 20, 1])
+def test_prior_force_variances_from_compact_gradients_are_the_dense_ones(monkeypatch,
+                                                                         target_bytes):
     """The exact prior force variances from compact gradients (entries written out a chunk
     at a time, periodic images of one atom summed into one entry) are the dense ones, on
-    small periodic cells (many images) and with two kernel types."""
+    small periodic cells (many images) beside a molecule and with two kernel types; also
+    with one atom per chunk, each chunk padded to its own atom's entries."""
+    from gapkit.descriptors.soap import CompactGradients
+
+    slots = CompactGradients.atom_slots
+    widths = set()
+
+    def sized(self, *args, **kwargs):
+        for item in slots(self, *args, target_bytes=target_bytes, **kwargs):
+            widths.add(item[2].shape[1])
+            yield item
+
+    monkeypatch.setattr(CompactGradients, "atom_slots", sized)
     from gapkit.gp.posterior import prior_force_variances
 
     from ase.build import molecule
@@ -235,6 +249,7 @@ def test_prior_force_variances_from_compact_gradients_are_the_dense_ones():
         key = compact.centre * n_atoms + compact.atom
         n_pairs = sum(len(neighbor_list("i", a, desc.cutoff)) for a in frames)
         assert torch.unique(key).shape[0] == key.shape[0] < n_pairs
+    assert len(widths) > (1 if target_bytes == 1 else 0)  # chunks of their own padding
 
 
 def test_predictions_read_compact_gradients(monkeypatch):
