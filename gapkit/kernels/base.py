@@ -173,7 +173,8 @@ class DescriptorKernel(gpytorch.kernels.Kernel, metaclass=abc.ABCMeta):
 
 def padded_entries_by_atom(q, g, centre, atom, types, n_atoms, *,
                            target_bytes: int = 8 << 20):
-    """The gradient entries of each atom, padded to a common count ``J``, in chunks.
+    """The gradient entries of each atom, padded to a common count ``J`` per chunk of
+    atoms (the largest count in the chunk: small cells beside large ones pad little).
 
     Yields ``(a0, a1, qa, ga, mask)`` for atoms ``a0..a1``: ``qa`` (na, J, D) the
     descriptors of the entries' centres (padding repeats a real descriptor, so that
@@ -198,31 +199,33 @@ def padded_entries_by_atom(q, g, centre, atom, types, n_atoms, *,
     d = q.shape[1]
     order = np.argsort(atom, kind="stable")
     counts = np.bincount(atom, minlength=n_atoms)
-    width = max(int(counts.max()), 1)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    # slot (atom, j) reads entry order[starts[atom] + j]; a padding slot reads a real one
-    valid = np.arange(width)[None, :] < counts[:, None]
-    position = np.where(valid, starts[:, None] + np.arange(width)[None, :], 0)
-    gather = torch.as_tensor(order[position.ravel()])
-    valid_t = torch.as_tensor(valid.ravel())
-    padding = torch.as_tensor(np.flatnonzero(~valid.ravel()))
-    slot_centre = centre.index_select(0, gather)
-    slot_type = torch.as_tensor(types).index_select(0, slot_centre)
-    chunk = max(1, int(target_bytes) // (width * 3 * d * q.element_size()))
+    types = torch.as_tensor(types)
+    per_slot = 3 * d * q.element_size()
     # g: a dense (E, 3, D) tensor, or entries written out on demand (``flat_rows``)
     flat = g.reshape(g.shape[0], 3 * d) if isinstance(g, torch.Tensor) else None
-    for a0 in range(0, n_atoms, chunk):
-        a1 = min(n_atoms, a0 + chunk)
-        s0, s1 = a0 * width, a1 * width
+    a0 = 0
+    while a0 < n_atoms:
+        # as many atoms as fit in target_bytes at the largest count among them
+        a1 = min(n_atoms, a0 + max(1, int(target_bytes) // (max(int(counts[a0]), 1)
+                                                             * per_slot)))
+        width = max(int(counts[a0:a1].max()), 1)
+        a1 = min(a1, a0 + max(1, int(target_bytes) // (width * per_slot)))
+        width = max(int(counts[a0:a1].max()), 1)
         na = a1 - a0
+        # slot (atom, j) reads entry order[starts[atom] + j]; a padding slot reads a real one
+        valid = np.arange(width)[None, :] < counts[a0:a1, None]
+        position = np.where(valid, starts[a0:a1, None] + np.arange(width)[None, :], 0)
+        ids = torch.as_tensor(order[position.ravel()])
         # rows of 3 D numbers: index_select on the 2-D view is ~1.7x faster than on 3-D
-        ids = gather[s0:s1]
         ga = flat.index_select(0, ids) if flat is not None else g.flat_rows(ids)
-        pad = padding[(padding >= s0) & (padding < s1)]
+        pad = torch.as_tensor(np.flatnonzero(~valid.ravel()))
         if pad.numel():
-            ga.index_fill_(0, pad - s0, 0.0)
-        ta = slot_type[s0:s1].view(na, width)
-        va = valid_t[s0:s1].view(na, width)
+            ga.index_fill_(0, pad, 0.0)
+        slot_centre = centre.index_select(0, ids)
+        ta = types.index_select(0, slot_centre).view(na, width)
+        va = torch.as_tensor(valid)
         mask = (ta[:, :, None] == ta[:, None, :]) & va[:, :, None] & va[:, None, :]
-        qa = q.index_select(0, slot_centre[s0:s1]).view(na, width, d)
+        qa = q.index_select(0, slot_centre).view(na, width, d)
         yield a0, a1, qa, ga.view(na, width, 3, d), mask
+        a0 = a1

@@ -27,13 +27,18 @@ def _layout(rng, n_atoms=7, n_centres=9, d=5):
 
 def test_blocks_hold_each_atoms_entries_in_order_with_zero_padding(rng):
     q, g, centre, atom, types, n_atoms = _layout(rng)
-    width = int(np.bincount(atom, minlength=n_atoms).max())
+    counts = np.bincount(atom, minlength=n_atoms)
     seen = 0
-    for target in (1, 3 * width * q.shape[1] * 8 * 2, 1 << 30):  # 1 atom, 2 atoms, all
+    for target in (1, 3 * int(counts.max()) * q.shape[1] * 8 * 2, 1 << 30):  # 1, 2+, all
         seen = 0
+        widths = []
         for a0, a1, qa, ga, mask in padded_entries_by_atom(q, g, centre, atom, types, n_atoms,
                                                            target_bytes=target):
+            # padded to the chunk's largest count, within target_bytes (or one atom)
+            width = max(int(counts[a0:a1].max()), 1)
+            widths.append(width)
             assert qa.shape == (a1 - a0, width, q.shape[1])
+            assert a1 - a0 == 1 or (a1 - a0) * width * 3 * q.shape[1] * 8 <= target
             for i in range(a0, a1):
                 ent = np.flatnonzero(atom == i)  # this atom's entries, in their order
                 n = ent.size
@@ -47,6 +52,8 @@ def test_blocks_hold_each_atoms_entries_in_order_with_zero_padding(rng):
                 assert torch.equal(mask[i - a0], expected)
             seen += a1 - a0
         assert seen == n_atoms
+        if target == 1:  # one atom per chunk: each padded to its own count
+            assert widths == [max(int(c), 1) for c in counts]
 
 
 def test_soap_force_prior_variance_equals_the_generic_loop_on_uneven_atoms(rng):
