@@ -399,7 +399,7 @@ def predict_frames(terms, sparse_sets, alpha, r_factor, u_factor, frames, *,
     variances only) and ``virial_prior`` (the Nyström prior), the prior variances that a
     predictive-variance calibration reads, when variances are computed. Within
     :func:`gapkit.gp.parallel.dask_passes`, one task per partition of the frames."""
-    from ..descriptors.base import frame_batches, release_pool
+    from ..descriptors.base import frame_batches
     from . import parallel
 
     passes = parallel.active()
@@ -420,7 +420,6 @@ def predict_frames(terms, sparse_sets, alpha, r_factor, u_factor, frames, *,
                               frames[start:stop], **options)
         for name, value in block.items():
             parts.setdefault(name, []).append(value)
-    release_pool()  # the blocks' descriptor mappings, reused block after block
     return {name: None if any(v is None for v in values) else np.concatenate(values)
             for name, values in parts.items()}
 
