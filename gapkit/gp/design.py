@@ -324,49 +324,42 @@ def design_blocks(terms, sparse_sets, frames, observations, gradients=None, *,
         blocks = tqdm(blocks, desc=desc, leave=False)
     cache = _ACTIVE.get()
     try:
-        yield from _blocks(terms, sparse_sets, frames, observations, gradients, blocks,
-                           cache, unit, with_results, compact_results)
+        for start, stop in blocks:
+            sel = np.nonzero((observations.frame >= start) & (observations.frame < stop))[0]
+            if sel.size == 0:
+                continue
+            sub = observations.select(sel).shifted(start)
+            results: list = []
+            compacts: list | None = [] if compact_results else None
+            # a list: frames read from a file (FrameFile) are read once per block, and the
+            # cache holds the Atoms it keys on (their ids are not reused while it holds them)
+            block = list(frames[start:stop])
+            rows = None if cache is None else cache.get(terms, sparse_sets, block, sub,
+                                                        gradients, unit)
+            if rows is None:
+                rows = design_rows(terms, sparse_sets, block, sub, gradients, unit=unit,
+                                   results=results if with_results else None,
+                                   compacts=compacts)
+                if cache is not None:
+                    cache.put(terms, sparse_sets, block, sub, gradients, unit, rows)
+            elif with_results:  # the rows from the cache, the descriptors computed again
+                for t in terms:
+                    if compacts is not None and compact_eligible(t, block, gradients):
+                        res, compact = t.descriptor.compute_compact(
+                            block, strain="strain" in gradients)
+                    else:
+                        res, compact = _descriptors(t, block, gradients), None
+                    results.append(res)
+                    if compacts is not None:
+                        compacts.append(compact)
+            if not with_results:
+                yield start, sel, sub, rows
+            elif compacts is None:
+                yield start, sel, sub, rows, results
+            else:
+                yield start, sel, sub, rows, results, compacts
     finally:  # the blocks' descriptor mappings, reused block after block
         release_pool()
-
-
-def _blocks(terms, sparse_sets, frames, observations, gradients, blocks, cache, unit,
-            with_results, compact_results):
-    """The blocks of :func:`design_blocks`."""
-    for start, stop in blocks:
-        sel = np.nonzero((observations.frame >= start) & (observations.frame < stop))[0]
-        if sel.size == 0:
-            continue
-        sub = observations.select(sel).shifted(start)
-        results: list = []
-        compacts: list | None = [] if compact_results else None
-        # a list: frames read from a file (FrameFile) are read once per block, and the
-        # cache holds the Atoms it keys on (their ids are not reused while it holds them)
-        block = list(frames[start:stop])
-        rows = None if cache is None else cache.get(terms, sparse_sets, block, sub,
-                                                    gradients, unit)
-        if rows is None:
-            rows = design_rows(terms, sparse_sets, block, sub, gradients, unit=unit,
-                               results=results if with_results else None,
-                               compacts=compacts)
-            if cache is not None:
-                cache.put(terms, sparse_sets, block, sub, gradients, unit, rows)
-        elif with_results:  # the rows from the cache, the descriptors computed again
-            for t in terms:
-                if compacts is not None and compact_eligible(t, block, gradients):
-                    res, compact = t.descriptor.compute_compact(
-                        block, strain="strain" in gradients)
-                else:
-                    res, compact = _descriptors(t, block, gradients), None
-                results.append(res)
-                if compacts is not None:
-                    compacts.append(compact)
-        if not with_results:
-            yield start, sel, sub, rows
-        elif compacts is None:
-            yield start, sel, sub, rows, results
-        else:
-            yield start, sel, sub, rows, results, compacts
 
 
 class DesignCache:

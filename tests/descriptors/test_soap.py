@@ -236,7 +236,8 @@ def test_chunks_and_populated_arrays_do_not_change_results(monkeypatch, acetamid
     assert chunked.gradients.flags.writeable and chunked.values.flags.writeable
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mappings: Linux only")
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="empty_array maps and reuses memory on Linux only (np.empty elsewhere)")
 def test_a_freed_large_array_is_reused_and_never_while_a_view_lives():
     """The mapping of a freed large array serves the next one of about its size, but not
     while any view of it lives (numpy's, reshaped, transposed, torch's); a miss hands the
