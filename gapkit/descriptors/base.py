@@ -31,42 +31,73 @@ MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 #: descriptor call after another one, e.g. the next block of a fit, maps none anew), at
 #: most this many bytes in all; :func:`release_pool` hands them back to the system
 POOL_BYTES = 1 << 30
-_pool: list = []
+#: Linux's ``madvise`` option that hands a range's pages back (the range stays reserved)
+MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
+_pool: list = []  # (mapping, bytes of it whose pages are kept), the newest first
 _pool_lock = threading.Lock()
 
 
 def _recycle(buffer) -> None:
     """Keep a freed array's mapping for :func:`empty_array` (within :data:`POOL_BYTES`,
-    the newest first: the oldest are handed back to the system; one larger than all of
-    it is handed back at once)."""
-    if len(buffer) > POOL_BYTES:
-        return
+    the newest first: the oldest are handed back to the system; of one larger than all
+    of it only that much is kept, the pages beyond handed back at once). It runs while
+    the array still holds the mapping, so nothing here resizes it (:func:`_take` does)."""
+    kept = len(buffer)
+    if kept > POOL_BYTES:
+        kept = POOL_BYTES - POOL_BYTES % mmap.PAGESIZE
+        try:
+            buffer.madvise(MADV_DONTNEED, kept, len(buffer) - kept)
+        except (OSError, ValueError):
+            return
     with _pool_lock:
-        _pool.insert(0, buffer)
+        _pool.insert(0, (buffer, kept))
         total = 0
-        for i, b in enumerate(_pool):
-            total += len(b)
+        for i, (_, size) in enumerate(_pool):
+            total += size
             if total > POOL_BYTES:
                 del _pool[i:]
                 break
 
 
 def _take(n_bytes: int):
-    """The smallest kept mapping of ``n_bytes`` to twice that, or None; when none fits
-    the others are handed back (the arrays asked for have changed: the kept ones would
-    only add to the memory in use)."""
+    """A kept mapping for an array of ``n_bytes``, or None: the smallest of ``n_bytes``
+    to twice that as it is; else one reshaped (``mremap``, which moves page tables and
+    copies nothing): the largest smaller one grown, only its new pages mapped, or else
+    the smallest larger one cut to size, its tail handed back. A fit's blocks differ in
+    size, so most of them would miss a pool of fixed sizes and map every page anew."""
     with _pool_lock:
-        fits = [i for i, b in enumerate(_pool) if n_bytes <= len(b) <= 2 * n_bytes]
-        if not fits:
-            _pool.clear()
+        if not _pool:
             return None
-        return _pool.pop(min(fits, key=lambda i: len(_pool[i])))
+        sizes = [size for _, size in _pool]
+        fits = [i for i, size in enumerate(sizes) if n_bytes <= size <= 2 * n_bytes]
+        smaller = [i for i, size in enumerate(sizes) if size < n_bytes]
+        if fits:
+            pick = min(fits, key=sizes.__getitem__)
+        elif smaller:
+            pick = max(smaller, key=sizes.__getitem__)
+        else:
+            pick = min(range(len(sizes)), key=sizes.__getitem__)
+        buffer, kept = _pool.pop(pick)
+    size = kept if fits else n_bytes
+    if len(buffer) != size:
+        try:
+            buffer.resize(size)
+        except (OSError, ValueError, SystemError, BufferError):  # a new mapping instead
+            buffer.close()
+            return None
+    if size > kept:  # the pages up to the kept end are mapped already
+        start = kept - kept % mmap.PAGESIZE
+        try:
+            buffer.madvise(MADV_POPULATE_WRITE, start, size - start)
+        except OSError:  # a kernel before 5.14: faulted in as they come
+            pass
+    return buffer
 
 
 def release_pool() -> int:
     """Hand the mappings kept for large arrays back to the system; returns their bytes."""
     with _pool_lock:
-        total = sum(len(b) for b in _pool)
+        total = sum(size for _, size in _pool)
         _pool.clear()
     return total
 

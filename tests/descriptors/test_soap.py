@@ -240,8 +240,9 @@ def test_chunks_and_populated_arrays_do_not_change_results(monkeypatch, acetamid
                     reason="empty_array maps and reuses memory on Linux only (np.empty elsewhere)")
 def test_a_freed_large_array_is_reused_and_never_while_a_view_lives():
     """The mapping of a freed large array serves the next one of about its size, but not
-    while any view of it lives (numpy's, reshaped, transposed, torch's); a miss hands the
-    kept mappings back, and release_pool empties the pool."""
+    while any view of it lives (numpy's, reshaped, transposed, torch's); on a miss a
+    kept one is reshaped to the size asked for (grown or cut), and release_pool empties
+    the pool."""
     import gc
 
     import torch
@@ -274,22 +275,46 @@ def test_a_freed_large_array_is_reused_and_never_while_a_view_lives():
     gc.collect()
     c = base.empty_array((4000, 8), at_least=1)
     assert c.ctypes.data == address
+    c.fill(7.0)
     del c
     gc.collect()
-    small = base.empty_array((100, 8), at_least=1)  # too small for it: a miss
-    assert small.ctypes.data != address
+    small = base.empty_array((100, 8), at_least=1)  # too small for it: cut to size
+    assert base.release_pool() == 0  # taken, not left beside it
+    assert bool((small == 7.0).all())  # its pages, not new (zero) ones
+    small.fill(3.0)
     del small
     gc.collect()
-    assert base.release_pool() == 100 * 8 * 8  # the miss handed the large one back
+    assert base.release_pool() == 100 * 8 * 8  # only the cut mapping came back
+    a = base.empty_array((100, 8), at_least=1)
+    a.fill(4.0)
+    del a
+    gc.collect()
+    # larger than any kept one: the largest smaller one is grown, every byte usable
+    grown = base.empty_array((70000, 8), at_least=1)
     assert base.release_pool() == 0
-    # within POOL_BYTES, the newest kept; one larger than all of it evicts nothing
+    assert bool((grown[:100] == 4.0).all()) and not grown[100:].any()  # old pages, new ones
+    grown.fill(5.0)
+    assert bool((grown == 5.0).all())
+    del grown
+    gc.collect()
+    assert base.release_pool() == 70000 * 8 * 8
+    assert base.release_pool() == 0
+    # within POOL_BYTES, the newest kept; one larger than all of it is cut to that size
     old_limit, base.POOL_BYTES = base.POOL_BYTES, 4096 * 8 * 8
     try:
         kept = [base.empty_array(shape, at_least=1) for shape in ((2048, 8), (2048, 8))]
-        big = base.empty_array((8192, 8), at_least=1)
-        del kept, big
+        del kept
         gc.collect()
-        assert base.release_pool() == 4096 * 8 * 8  # the two small ones, not the big one
+        assert base.release_pool() == 4096 * 8 * 8  # the two small ones
+        big = base.empty_array((8192, 8), at_least=1)
+        big.fill(9.0)
+        del big
+        gc.collect()
+        again = base.empty_array((4096, 8), at_least=1)
+        assert bool((again == 9.0).all())  # the big one's first pages
+        del again
+        gc.collect()
+        assert base.release_pool() == 4096 * 8 * 8
         first, second, third = (base.empty_array((2048, 8), at_least=1) for _ in range(3))
         del first, second, third  # a third: the oldest handed back
         gc.collect()
