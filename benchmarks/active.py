@@ -5,7 +5,9 @@ revealed only on selection, ``Si_test`` the fixed test set. ``--system Cu``: 190
 (``cu_frames``: MD at 300/900/1500 K, vacancies, strained cells, a slab) and 25 more drawn
 the same way as the test set. The model and budget are those of ``benchmarks/uq.py`` (SOAP
 n_max 6, l_max 4, 200 CUR points, fixed noise; 8 random initial frames, batches of 8, 48
-labels). Rules, each with the same initial sets and seeds:
+labels; ``--n-sparse`` and ``--noise cv`` change the model, ``--explore`` draws that share of
+every batch at random, each for every rule alike). Rules, each with the same initial sets
+and seeds:
 
 - ``random``: the baseline;
 - ``forces``: the largest predicted force variance (exact form), damped for near-duplicates
@@ -116,7 +118,22 @@ def main() -> None:
                     help="default results/active.json (Si) or active_Cu.json")
     ap.add_argument("--subsets", type=int, default=0,
                     help="K random label sets of half the budget per seed: their force MAE")
+    ap.add_argument("--noise", choices=["fixed", "cv"], default="fixed",
+                    help="fixed: uq.py's NoiseModel; cv: GAP's default, the noise chosen by "
+                         "cross-validation at every refit (all rules alike)")
+    ap.add_argument("--n-sparse", type=int, default=SETTINGS["n_sparse"])
+    ap.add_argument("--explore", type=float, default=0.0,
+                    help="share of each batch drawn at random before the rule picks the "
+                         "rest (active_learning's explore=)")
     args = ap.parse_args()
+    settings = {**SETTINGS, "n_sparse": args.n_sparse}
+
+    def model():
+        gap = build_model(settings)
+        if args.noise == "cv":
+            gap.noise = None
+        return gap
+
     torch.set_num_threads(1)
     if args.system == "Si":
         pool, test = load_bundled("Si_train.xyz"), load_bundled("Si_test.xyz")
@@ -126,16 +143,18 @@ def main() -> None:
         names = (f"EMT Cu, {len(pool)} frames {CU_MIX}", f"EMT Cu, {len(test)} frames")
     args.output = args.output or RESULTS.with_name(
         "active.json" if args.system == "Si" else f"active_{args.system}.json")
-    out = {"machine": base_machine_info(), "settings": SETTINGS, "budget": AL,
+    out = {"machine": base_machine_info(), "settings": settings, "noise": args.noise,
+           "explore": args.explore,
+           "budget": AL,
            "pool": names[0], "test": names[1], "runs": {}}
     curves: dict[str, list] = {}
     for seed in args.seeds:
         for rule in args.rules:
             cpu = time.process_time()
-            curve = active_learning(build_model(SETTINGS), pool, None, test=test,
+            curve = active_learning(model(), pool, None, test=test,
                                     strategy=rule, seed=seed, n_initial=AL["n_initial"],
                                     batch_size=AL["batch_size"], max_labels=AL["max_labels"],
-                                    diversity=AL["diversity"])
+                                    diversity=AL["diversity"], explore=args.explore)
             curves.setdefault(rule, []).append(curve)
             out["runs"].setdefault(rule, []).append(
                 {**curve.to_dict(), "cpu_s": time.process_time() - cpu})
@@ -162,11 +181,11 @@ def main() -> None:
     args.output.write_text(json.dumps(out, indent=1))
     if args.subsets:
         out["subsets"] = random_subsets(pool, test, args.seeds, args.subsets,
-                                        AL["max_labels"] // 2)
+                                        AL["max_labels"] // 2, model)
         args.output.write_text(json.dumps(out, indent=1))
 
 
-def random_subsets(pool, test, seeds, tries: int, n_labels: int) -> dict:
+def random_subsets(pool, test, seeds, tries: int, n_labels: int, make_model) -> dict:
     """Force MAE on ``test`` of ``tries`` random label sets of ``n_labels`` frames per seed,
     each holding the seed's initial frames (drawn as ``active_learning`` draws them) and
     fitted with the seed's sparse-point seed: the spread of what that many labels give."""
@@ -183,7 +202,7 @@ def random_subsets(pool, test, seeds, tries: int, n_labels: int) -> dict:
         maes = []
         for _ in range(tries):
             extra = rng.choice(rest, size=n_labels - len(first), replace=False).tolist()
-            model = build_model(SETTINGS)
+            model = make_model()
             model.random_state = seed
             model.fit([pool[i] for i in first + extra])
             pred = model.predict(test, return_variance=False)

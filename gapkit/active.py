@@ -326,7 +326,8 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
                     strategy: str = "forces", n_initial: int = 5, batch_size: int = 5,
                     max_labels: int = 50, diversity: float = 1.0, seed: int = 0,
                     forces_variance: str = "exact", verbose: bool = False,
-                    target: Sequence | None = None, force_variance=UNSET) -> LearningCurve:
+                    target: Sequence | None = None, explore: float = 0.0,
+                    force_variance=UNSET) -> LearningCurve:
     """Run an active-learning loop and return its learning curve.
 
     Parameters
@@ -368,6 +369,11 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
     target : list of ase.Atoms, optional
         For ``strategy="integrated"``: the frames whose force variance the labels should
         remove (e.g. snapshots of the simulation one means to run); default the pool.
+    explore : float
+        Share of each batch (rounded half up) drawn at random before the rule picks the rest
+        given those frames: a guard against the rule's sampling bias (a rule that chases
+        the largest variances can leave whole kinds of structure unlabelled); 0, the
+        default, leaves the rule alone; not read by ``strategy="random"``.
     forces_variance : {"exact", "projected"}
         Form of the force variance for ``strategy="forces"`` (see
         :meth:`gapkit.GAP.predict`): ``"exact"`` (default; the calibrated one, its cost
@@ -390,6 +396,9 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
     if target is not None and strategy != "integrated":
         raise ValueError(f"target= is read only by strategy='integrated' (got strategy="
                          f"{strategy!r}): leave it out or select by 'integrated'")
+    if not 0.0 <= explore <= 1.0:
+        raise ValueError(f"explore is the share of each batch drawn at random: a number "
+                         f"from 0 to 1, got {explore!r}")
     if n_initial < 1 or batch_size < 1 or max_labels < 1:
         raise ValueError("n_initial, batch_size and max_labels must be >= 1")
     pool = list(pool)
@@ -443,17 +452,26 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
         if not remaining:
             return finish("the pool is exhausted: every candidate frame is labelled", fitted)
         n_pick = min(batch_size, max_labels - len(labelled), len(remaining))
+        # a share of the batch drawn at random first (the rule then picks the rest given
+        # them): a guard against the rule's own sampling bias
+        n_explore = 0 if strategy == "random" else min(n_pick, int(explore * n_pick + 0.5))
+        explored = (sorted(pick_rng.choice(remaining, size=n_explore, replace=False).tolist())
+                    if n_explore else [])
+        cand = [i for i in remaining if i not in set(explored)]
+        n_rule = n_pick - n_explore
         if strategy == "random":
-            local = sorted(pick_rng.choice(len(remaining), size=n_pick, replace=False).tolist())
+            local = sorted(pick_rng.choice(len(cand), size=n_pick, replace=False).tolist())
             sc = np.full(n_pick, np.nan)
+        elif n_rule == 0:
+            local, sc = [], np.zeros(0)
         elif strategy == "integrated":
             if design is None:  # the pool's rows: its structures are fixed, so once
                 design = PoolDesign(fitted, pool, target=target)
-            done = [i for batch in selected for i in batch]
-            picked, sc = design.gains(done, remaining, fitted.noise_, n_pick, scale)
-            local = [remaining.index(i) for i in picked]
+            done = [i for batch in selected for i in batch] + explored
+            picked, sc = design.gains(done, cand, fitted.noise_, n_rule, scale)
+            local = [cand.index(i) for i in picked]
         else:
-            cands = [_unlabelled(pool[i]) for i in remaining]
+            cands = [_unlabelled(pool[i]) for i in cand]
             if strategy == "energy":
                 pred = fitted.predict(cands, forces=False, virial=False, forces_variance=None)
                 score = pred.energy_variance / pred.n_atoms ** 2
@@ -471,13 +489,14 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
                     nn = d.min(1)
                     d0 = float(np.median(nn[np.isfinite(nn)])) if np.isfinite(nn).any() else 1.0
                     d0 = d0 if d0 > 0 else 1.0
-                fp = fingerprints[remaining]
+                fp = fingerprints[cand]
             if strategy == "coverage":
-                local = select_coverage(score, fp, n_pick, (d0 or 1.0) * COVERAGE_LENGTH)
+                local = select_coverage(score, fp, n_rule, (d0 or 1.0) * COVERAGE_LENGTH)
             else:
-                local = select_batch(score, fp, n_pick, diversity, d0 or 1.0)
+                local = select_batch(score, fp, n_rule, diversity, d0 or 1.0)
             sc = score[local]
-        picked = [remaining[j] for j in local]
+        picked = explored + [cand[j] for j in local]
+        sc = np.concatenate([np.full(n_explore, np.nan), np.asarray(sc, dtype=float)])
         new = [label_fn(pool[i]) for i in picked]
         if strategy == "integrated":
             scale = _label_scale(fitted, new)

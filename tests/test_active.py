@@ -149,6 +149,24 @@ def test_pool_strategies_run_end_to_end(pool, test_set, strategy):
         assert len(set(curve.selected[1]) & set(WILD)) >= 2
 
 
+def test_explore_draws_a_share_of_each_batch_at_random(pool, test_set):
+    """explore=1 is the random baseline's draw exactly; explore=0.5 labels the rounded
+    half of each batch at random (score NaN) and the rule picks the rest given them."""
+    kw = dict(test=test_set, n_initial=4, batch_size=3, max_labels=10, seed=1)
+    random = active_learning(_model(), pool, EMT(), strategy="random", **kw)
+    all_random = active_learning(_model(), pool, EMT(), strategy="forces", explore=1.0, **kw)
+    assert all_random.selected == random.selected
+    np.testing.assert_allclose(all_random.force_mae, random.force_mae)
+    mixed = active_learning(_ef_model(), pool, EMT(), strategy="integrated", explore=0.5, **kw)
+    picked = [i for batch in mixed.selected for i in batch]
+    assert len(picked) == len(set(picked)) == 10
+    for batch, scores in zip(mixed.selected[1:], mixed.scores[1:]):
+        assert len(batch) == len(scores) == 3
+        assert np.isnan(scores[:2]).all() and np.all(scores[2:] > 0)  # 1.5 rounds up
+    rule = active_learning(_ef_model(), pool, EMT(), strategy="integrated", **kw)
+    assert mixed.selected != rule.selected
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown strategy"):
         active_learning(_model(), [bulk("Cu")], EMT(), strategy="greedy")
@@ -158,6 +176,8 @@ def test_bad_arguments():
         active_learning(_model(), [bulk("Cu")], EMT(), strategy="forces", target=[bulk("Cu")])
     with pytest.raises(ValueError, match="forces_variance"):
         active_learning(_model(), [bulk("Cu")], EMT(), forces_variance="dtc")
+    with pytest.raises(ValueError, match="explore is the share of each batch"):
+        active_learning(_model(), [bulk("Cu")], EMT(), explore=1.5)
 
 
 def test_learning_curve_figure(pool, test_set):
