@@ -62,21 +62,20 @@ def _recycle(buffer) -> None:
 def _take(n_bytes: int):
     """A kept mapping for an array of ``n_bytes``, or None: the smallest of ``n_bytes``
     to twice that as it is; else one reshaped (``mremap``, which moves page tables and
-    copies nothing): the largest smaller one grown, only its new pages mapped, or else
-    the smallest larger one cut to size, its tail handed back. A fit's blocks differ in
-    size, so most of them would miss a pool of fixed sizes and map every page anew."""
+    copies nothing): the smallest larger one cut to size, its tail handed back (cheaper
+    than mapping pages), or else the largest one grown, only its new pages mapped. A
+    fit's blocks differ in size, so most of them would miss a pool of fixed sizes and
+    map every page anew."""
     with _pool_lock:
         if not _pool:
             return None
         sizes = [size for _, size in _pool]
         fits = [i for i, size in enumerate(sizes) if n_bytes <= size <= 2 * n_bytes]
-        smaller = [i for i, size in enumerate(sizes) if size < n_bytes]
-        if fits:
-            pick = min(fits, key=sizes.__getitem__)
-        elif smaller:
-            pick = max(smaller, key=sizes.__getitem__)
+        larger = [i for i, size in enumerate(sizes) if size > 2 * n_bytes]
+        if fits or larger:
+            pick = min(fits or larger, key=sizes.__getitem__)
         else:
-            pick = min(range(len(sizes)), key=sizes.__getitem__)
+            pick = max(range(len(sizes)), key=sizes.__getitem__)
         buffer, kept = _pool.pop(pick)
     size = kept if fits else n_bytes
     if len(buffer) != size:
