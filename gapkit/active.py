@@ -457,7 +457,8 @@ def active_learning(model, pool: Sequence, labeller=None, *, test: Sequence | No
         n_explore = 0 if strategy == "random" else min(n_pick, int(explore * n_pick + 0.5))
         explored = (sorted(pick_rng.choice(remaining, size=n_explore, replace=False).tolist())
                     if n_explore else [])
-        cand = [i for i in remaining if i not in set(explored)]
+        taken = set(explored)
+        cand = [i for i in remaining if i not in taken]
         n_rule = n_pick - n_explore
         if strategy == "random":
             local = sorted(pick_rng.choice(len(cand), size=n_pick, replace=False).tolist())
