@@ -85,12 +85,16 @@ def _take(n_bytes: int):
             buffer.close()
             return None
     if size > kept:  # the pages up to the kept end are mapped already
-        start = kept - kept % mmap.PAGESIZE
-        try:
-            buffer.madvise(MADV_POPULATE_WRITE, start, size - start)
-        except OSError:  # a kernel before 5.14: faulted in as they come
-            pass
+        _populate(buffer, kept - kept % mmap.PAGESIZE)
     return buffer
+
+
+def _populate(buffer, start: int = 0) -> None:
+    """Map the pages of ``buffer`` from ``start`` (page-aligned) to its end in one call."""
+    try:
+        buffer.madvise(MADV_POPULATE_WRITE, start, len(buffer) - start)
+    except OSError:  # a kernel before 5.14: faulted in as they come
+        pass
 
 
 def release_pool() -> int:
@@ -126,10 +130,7 @@ def empty_array(shape, dtype=np.float64, *, at_least: int | None = None) -> np.n
     buffer = _take(n_bytes)
     if buffer is None:
         buffer = mmap.mmap(-1, n_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        try:
-            buffer.madvise(MADV_POPULATE_WRITE)
-        except OSError:  # a kernel before 5.14: faulted in as they come
-            pass
+        _populate(buffer)
     flat = np.frombuffer(buffer, dtype=dtype, count=count)
     # every view of it (numpy's, reshaped included, and torch.from_numpy's) keeps `flat`
     # alive (numpy's views name the array whose base is the mapping): once it is gone,
