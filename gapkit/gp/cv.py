@@ -53,6 +53,9 @@ __all__ = ["ENERGY_FACTORS", "VIRIAL_FACTORS", "FoldGrams", "assign_folds",
 ENERGY_FACTORS = tuple(2.0 ** k for k in range(-2, 7))
 #: the virial-noise multipliers tried, 2^-2 ... 2^5
 VIRIAL_FACTORS = tuple(2.0 ** k for k in range(-2, 6))
+#: after the energy x virial grid, every sigma scaled together by these factors at the best
+#: point (1: the point itself); (1.0,) searches no scale
+SCALE_FACTORS: tuple = (1.0,)
 #: fewer frames than this: no cross-validation (the base noise is kept, with a note)
 MIN_FRAMES = 10
 #: the predictive-variance pass reads all frames up to about this many force rows; beyond,
@@ -624,7 +627,7 @@ def _grid(energy_factors, virial_factors, kinds_present) -> np.ndarray:
 
 def search_noise(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
                  batch_atoms: int, energy_factors=ENERGY_FACTORS,
-                 virial_factors=VIRIAL_FACTORS, progress: bool = False,
+                 virial_factors=VIRIAL_FACTORS, scale_factors=None, progress: bool = False,
                  grams: FoldGrams | None = None) -> dict:
     """The grid search: :func:`fold_grams`, :func:`grid_alphas`, :func:`held_out_errors`,
     and the multipliers with the smallest score ``E_MAE / E_MAE(1, 1) + F_MAE / F_MAE(1, 1)``
@@ -677,13 +680,29 @@ def search_noise(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
         if "virial" in edge:
             v_f = (v_f + (max(v_f) * 2, max(v_f) * 4) if best["virial"] == max(v_f)
                    else (min(v_f) / 4, min(v_f) / 2) + v_f)
+    scales = tuple(SCALE_FACTORS if scale_factors is None else scale_factors)
+    line = np.array([np.array([best["energy"], 1.0, best["virial"]]) * c
+                     for c in scales if c != 1.0])
+    if len(line):  # every sigma scaled together at the best point
+        errors = held_out_errors(terms, sparse_sets, frames, obs, gradients, folds,
+                                 grid_alphas(grams, line), batch_atoms=batch_atoms,
+                                 progress=progress)
+        for p, g in enumerate(line):
+            r = {"energy": float(g[0]), "forces": float(g[1]), "virial": float(g[2]),
+                 **{f"{kind}_mae": (None if errors[kind] is None else float(errors[kind][p]))
+                    for kind in KINDS}}
+            r["score"] = float(sum(r[f"{k}_mae"] / base[f"{k}_mae"] if base[f"{k}_mae"] > 0
+                                   else 0.0 for k in scored))
+            rows.append(r)
+            if r["score"] < best["score"]:
+                best = r
     if edge:
         warnings.warn(f"noise cross-validation: the best {' and '.join(edge)} noise multiplier "
                       f"is on the edge of the grid even after extending it once "
                       f"({best['energy']:g}, {best['virial']:g}); the data may want a noise "
                       "outside the range searched: give the noise explicitly", UserWarning,
                       stacklevel=3)
-    return {"factors": [best["energy"], 1.0, best["virial"]], "table": rows,
+    return {"factors": [best["energy"], best["forces"], best["virial"]], "table": rows,
             "n_folds": int(np.max(folds)) + 1, "edge": edge,
             "scored": scored, "best": best}
 
@@ -699,7 +718,7 @@ def frame_config_types(obs, n_frames: int) -> np.ndarray:
 def cross_validated_noise(terms, sparse_sets, u_factor, data, noise, *, n_folds: int = 5,
                           seed: int = 0, batch_atoms: int, progress: bool = False,
                           energy_factors=ENERGY_FACTORS, virial_factors=VIRIAL_FACTORS,
-                          predictive: bool = True,
+                          scale_factors=None, predictive: bool = True,
                           jitter_absolute: float | None = None) -> dict:
     """:func:`search_noise` on a fitted model's training data (``data``: a
     :class:`~gapkit.gp.design.TrainingData` built with ``noise``, the base), with folds
@@ -738,7 +757,8 @@ def cross_validated_noise(terms, sparse_sets, u_factor, data, noise, *, n_folds:
                        batch_atoms=batch_atoms, progress=progress)
     found = search_noise(terms, sparse_sets, u_factor, frames, obs, data.gradients, folds,
                          batch_atoms=batch_atoms, energy_factors=energy_factors,
-                         virial_factors=virial_factors, progress=progress, grams=grams)
+                         virial_factors=virial_factors, scale_factors=scale_factors,
+                         progress=progress, grams=grams)
     report.update(found)
     if predictive:  # before the full solution: its R is one M x M matrix less at the peak
         report["predictive"] = calibrate_predictive(

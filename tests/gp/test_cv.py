@@ -117,7 +117,7 @@ def test_fold_fits_equal_brute_force_refits_and_their_held_out_errors(
     if low_rank_rows == 10**6:  # rows in place of Grams: each fold's rows of each kind
         assert [sum(r.shape[0] for r in grams.rows[k]) for k in range(3)] == \
             np.bincount(obs.kind, minlength=3).tolist()
-    grid = np.array([[1.0, 1.0, 1.0], [4.0, 1.0, 0.5]])
+    grid = np.array([[1.0, 1.0, 1.0], [4.0, 1.0, 0.5], [2.0, 0.5, 1.0]])
     alphas = grid_alphas(grams, grid, woodbury=woodbury)
     n_atoms = np.array([len(a) for a in frames], dtype=float)
     expected = {kind: np.zeros(len(grid)) for kind in ("energy", "forces", "virial")}
@@ -180,6 +180,28 @@ def _same_fit(a, c, frames):
     yy = float(np.sum((obs.y / obs.sigma) ** 2))
     bound = yy * np.finfo(float).eps * c.fit_info_["condition_number_R"]
     assert abs(a.log_marginal_likelihood_ - c.log_marginal_likelihood_) < bound, bound
+
+
+def test_a_common_scale_of_every_sigma_is_searched_at_the_best_point(fitted):
+    """``scale_factors``: after the energy x virial grid, every sigma scaled together at its
+    best point, scored like the grid; the lowest score wins and the refit uses it."""
+    frames, _ = fitted
+    plain = _model(random_state=3).fit(frames).cross_validate_noise(frames, refit=False)
+    model = _model(random_state=3).fit(frames)
+    report = model.cross_validate_noise(frames, scale_factors=(0.25, 1.0, 4.0))
+    grid_rows = [r for r in report["table"] if r["forces"] == 1.0]
+    assert grid_rows == plain["table"]  # the grid itself is untouched
+    best_grid = plain["best"]
+    line = [r for r in report["table"] if r["forces"] != 1.0]
+    assert sorted(r["forces"] for r in line) == [0.25, 4.0]
+    for r in line:
+        assert r["energy"] == pytest.approx(best_grid["energy"] * r["forces"])
+        assert r["virial"] == pytest.approx(best_grid["virial"] * r["forces"])
+    best = min(report["table"], key=lambda r: r["score"])
+    assert report["factors"] == [best["energy"], best["forces"], best["virial"]]
+    assert model.noise_.sigma("forces") == pytest.approx(0.05 * best["forces"])
+    c = GAP(_model().terms, noise=model.noise_, progress=False, random_state=3).fit(frames)
+    _same_fit(model, c, frames)
 
 
 def test_without_virials_the_grid_is_one_dimensional():
