@@ -2,8 +2,8 @@
 default fit (noise by cross-validation, predictive variance calibrated on the folds) and
 the marginal likelihood (ML-II), side by side; rows ``auto`` and ``n500`` are the default fit
 with ``n_sparse="auto"`` (the default since 2026-12-06; results before that date have 500
-points in every other row) and 500; row ``scaled`` is the default fit with every sigma also
-scaled together by the cross-validation (:data:`SCALES` at the best energy x virial point);
+points in every other row) and 500; row ``forcegrid`` is the default fit with the force
+noise cross-validated too (:data:`FORCE_GRID` crossed with the energy x virial grid);
 row ``settings`` the default fit of the terms of one ``gapkit.auto`` candidate (``--settings``,
 ``--n-sparse``).
 
@@ -50,8 +50,8 @@ SHARED = HERE.parent.parent / "shared" / "datasets"
 RESULTS = HERE / "results" / "accuracy.json"
 ZERO_ERR = 1e-3  # eV/Å: a sigma-0 component is covered when its error is below this
 LEVELS = np.linspace(0.01, 0.99, 99)
-#: row ``scaled``: the common factors of every sigma tried at the best point of the grid
-SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
+#: row ``forcegrid``: the force-noise multipliers crossed with the energy x virial grid
+FORCE_GRID = (0.25, 0.5, 1.0)
 
 DATASETS = {
     "Si": ("zuo2020/Si_train.xyz", "zuo2020/Si_test.xyz", None, None),
@@ -146,12 +146,12 @@ def fit(row: str, train, settings: dict | None = None, n_sparse: int | None = No
                    progress=False).fit(train)
     if row == "default":
         return GAP(progress=False).fit(train)
-    if row == "scaled":  # the default fit, every sigma also scaled together by the CV
-        saved, cv.SCALE_FACTORS = cv.SCALE_FACTORS, SCALES
+    if row == "forcegrid":  # the default fit, the force noise also cross-validated
+        saved, cv.FORCE_FACTORS = cv.FORCE_FACTORS, FORCE_GRID
         try:
             return GAP(progress=False).fit(train)
         finally:
-            cv.SCALE_FACTORS = saved
+            cv.FORCE_FACTORS = saved
     if row in ("auto", "n500"):  # the default fit with n_sparse "auto" (the default since
         terms = default_terms()  # 2026-12-06) or 500 (the former default)
         terms[0].n_sparse = "auto" if row == "auto" else 500
@@ -197,7 +197,7 @@ def main() -> None:
                 "warnings": sorted({str(w.message)[:160] for w in caught})}
             if row == "settings":
                 res[row]["settings"] = args.settings
-            if row in ("default", "auto", "n500", "scaled", "settings"):
+            if row in ("default", "auto", "n500", "forcegrid", "settings"):
                 report = model.fit_info_["noise_cv"]
                 res[row]["noise_factors"] = report.get("factors")
                 res[row]["noise_table"] = report.get("table")

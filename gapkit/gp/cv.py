@@ -30,6 +30,7 @@ zero design rows it would have counted).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -53,9 +54,9 @@ __all__ = ["ENERGY_FACTORS", "VIRIAL_FACTORS", "FoldGrams", "assign_folds",
 ENERGY_FACTORS = tuple(2.0 ** k for k in range(-2, 7))
 #: the virial-noise multipliers tried, 2^-2 ... 2^5
 VIRIAL_FACTORS = tuple(2.0 ** k for k in range(-2, 6))
-#: after the energy x virial grid, every sigma scaled together by these factors at the best
-#: point (1: the point itself); (1.0,) searches no scale
-SCALE_FACTORS: tuple = (1.0,)
+#: the force-noise multipliers tried (crossed with the energy x virial grid); (1.0,): the
+#: force sigma fixes the scale and is not searched
+FORCE_FACTORS: tuple = (1.0,)
 #: fewer frames than this: no cross-validation (the base noise is kept, with a note)
 MIN_FRAMES = 10
 #: the predictive-variance pass reads all frames up to about this many force rows; beyond,
@@ -619,87 +620,73 @@ def _add_pairs(a: tuple, b: tuple) -> tuple:
     return tuple(x + y for x, y in zip(a, b))
 
 
-def _grid(energy_factors, virial_factors, kinds_present) -> np.ndarray:
-    e = energy_factors if kinds_present[ENERGY] else (1.0,)
-    v = virial_factors if kinds_present[VIRIAL] else (1.0,)
-    return np.array([(fe, 1.0, fv) for fe in e for fv in v])
+def _grid(axes: dict, kinds_present) -> np.ndarray:
+    """Every combination of the multipliers of ``axes`` (kind: factors); a kind without
+    observations stays at 1."""
+    factors = [axes[kind] if kinds_present[k] else (1.0,) for k, kind in enumerate(KINDS)]
+    return np.array(list(itertools.product(*factors)), dtype=float)
 
 
 def search_noise(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
                  batch_atoms: int, energy_factors=ENERGY_FACTORS,
-                 virial_factors=VIRIAL_FACTORS, scale_factors=None, progress: bool = False,
+                 virial_factors=VIRIAL_FACTORS, force_factors=None, progress: bool = False,
                  grams: FoldGrams | None = None) -> dict:
     """The grid search: :func:`fold_grams`, :func:`grid_alphas`, :func:`held_out_errors`,
-    and the multipliers with the smallest score ``E_MAE / E_MAE(1, 1) + F_MAE / F_MAE(1, 1)``
-    (kinds present only; without forces, the virial MAE takes their place). An optimum on
-    the edge of the grid extends the grid once in that direction (two more factors of 2) and
-    warns if it is still on the edge (``grams``: the :func:`fold_grams` of ``folds``, if
-    already computed). Returns a report: ``factors`` (energy, forces, virial),
-    ``table`` (one row per point tried), ``folds``, ``edge`` (the kinds whose optimum stayed
-    on the edge).
+    and the multipliers with the smallest score ``E_MAE / E_MAE(1) + F_MAE / F_MAE(1)``
+    (relative to the base noise; kinds present only; without forces, the virial MAE takes
+    their place). The grid is energy x virial multipliers, and x ``force_factors`` (default
+    :data:`FORCE_FACTORS`: none) where given. An optimum on the edge of the grid extends the
+    grid once in that direction (two more factors of 2) and warns if it is still on the edge
+    (``grams``: the :func:`fold_grams` of ``folds``, if already computed). Returns a report:
+    ``factors`` (energy, forces, virial), ``table`` (one row per point tried), ``folds``,
+    ``edge`` (the kinds whose optimum stayed on the edge).
     """
     counts = np.bincount(obs.kind, minlength=len(KINDS))
     present = counts > 0
     if grams is None:
         grams = fold_grams(terms, sparse_sets, u_factor, frames, obs, gradients, folds,
                            batch_atoms=batch_atoms, progress=progress)
-    e_f, v_f = tuple(energy_factors), tuple(virial_factors)
+    axes = {"energy": tuple(energy_factors), "virial": tuple(virial_factors),
+            "forces": tuple(FORCE_FACTORS if force_factors is None else force_factors)}
+    for kind, factors in axes.items():
+        if 1.0 not in factors:
+            raise ValueError(f"the {kind} multipliers must hold 1 (the base noise), got "
+                             f"{factors}")
     rows: list[dict] = []
     edge: list[str] = []
     for attempt in range(2):
-        grid = _grid(e_f, v_f, present)
-        done = {(r["energy"], r["virial"]) for r in rows}
-        new = np.array([g for g in grid if (g[0], g[2]) not in done])
+        done = {tuple(r[kind] for kind in KINDS) for r in rows}
+        new = np.array([g for g in _grid(axes, present) if tuple(g) not in done])
         if len(new):
             errors = held_out_errors(terms, sparse_sets, frames, obs, gradients, folds,
                                      grid_alphas(grams, new), batch_atoms=batch_atoms,
                                      progress=progress)
             for p, g in enumerate(new):
-                rows.append({"energy": float(g[0]), "forces": 1.0, "virial": float(g[2]),
+                rows.append({**{kind: float(g[k]) for k, kind in enumerate(KINDS)},
                              **{f"{kind}_mae": (None if errors[kind] is None
                                                 else float(errors[kind][p])) for kind in KINDS}})
-        base = next(r for r in rows if r["energy"] == 1.0 and r["virial"] == 1.0)
+        base = next(r for r in rows if all(r[kind] == 1.0 for kind in KINDS))
         scored = [kind for kind in ("energy", "forces") if present[KINDS.index(kind)]]
         if not present[FORCES] and present[VIRIAL]:
             scored.append("virial")
         for r in rows:
             r["score"] = float(sum(r[f"{k}_mae"] / base[f"{k}_mae"] if base[f"{k}_mae"] > 0
                                    else 0.0 for k in scored))
-        best = min(rows, key=lambda r: (r["score"], abs(math.log(r["energy"]))
-                                        + abs(math.log(r["virial"]))))
-        edge = []
-        if present[ENERGY] and len(e_f) > 1 and best["energy"] in (min(e_f), max(e_f)):
-            edge.append("energy")
-        if present[VIRIAL] and len(v_f) > 1 and best["virial"] in (min(v_f), max(v_f)):
-            edge.append("virial")
+        best = min(rows, key=lambda r: (r["score"], sum(abs(math.log(r[kind]))
+                                                        for kind in KINDS)))
+        edge = [kind for k, kind in enumerate(KINDS) if present[k] and len(axes[kind]) > 1
+                and best[kind] in (min(axes[kind]), max(axes[kind]))]
         if not edge or attempt == 1:
             break
-        if "energy" in edge:
-            e_f = (e_f + (max(e_f) * 2, max(e_f) * 4) if best["energy"] == max(e_f)
-                   else (min(e_f) / 4, min(e_f) / 2) + e_f)
-        if "virial" in edge:
-            v_f = (v_f + (max(v_f) * 2, max(v_f) * 4) if best["virial"] == max(v_f)
-                   else (min(v_f) / 4, min(v_f) / 2) + v_f)
-    scales = tuple(SCALE_FACTORS if scale_factors is None else scale_factors)
-    line = np.array([np.array([best["energy"], 1.0, best["virial"]]) * c
-                     for c in scales if c != 1.0])
-    if len(line):  # every sigma scaled together at the best point
-        errors = held_out_errors(terms, sparse_sets, frames, obs, gradients, folds,
-                                 grid_alphas(grams, line), batch_atoms=batch_atoms,
-                                 progress=progress)
-        for p, g in enumerate(line):
-            r = {"energy": float(g[0]), "forces": float(g[1]), "virial": float(g[2]),
-                 **{f"{kind}_mae": (None if errors[kind] is None else float(errors[kind][p]))
-                    for kind in KINDS}}
-            r["score"] = float(sum(r[f"{k}_mae"] / base[f"{k}_mae"] if base[f"{k}_mae"] > 0
-                                   else 0.0 for k in scored))
-            rows.append(r)
-            if r["score"] < best["score"]:
-                best = r
+        for kind in edge:
+            f = axes[kind]
+            axes[kind] = (f + (max(f) * 2, max(f) * 4) if best[kind] == max(f)
+                          else (min(f) / 4, min(f) / 2) + f)
     if edge:
         warnings.warn(f"noise cross-validation: the best {' and '.join(edge)} noise multiplier "
                       f"is on the edge of the grid even after extending it once "
-                      f"({best['energy']:g}, {best['virial']:g}); the data may want a noise "
+                      f"(energy, forces, virial: {best['energy']:g}, {best['forces']:g}, "
+                      f"{best['virial']:g}); the data may want a noise "
                       "outside the range searched: give the noise explicitly", UserWarning,
                       stacklevel=3)
     return {"factors": [best["energy"], best["forces"], best["virial"]], "table": rows,
@@ -718,7 +705,7 @@ def frame_config_types(obs, n_frames: int) -> np.ndarray:
 def cross_validated_noise(terms, sparse_sets, u_factor, data, noise, *, n_folds: int = 5,
                           seed: int = 0, batch_atoms: int, progress: bool = False,
                           energy_factors=ENERGY_FACTORS, virial_factors=VIRIAL_FACTORS,
-                          scale_factors=None, predictive: bool = True,
+                          force_factors=None, predictive: bool = True,
                           jitter_absolute: float | None = None) -> dict:
     """:func:`search_noise` on a fitted model's training data (``data``: a
     :class:`~gapkit.gp.design.TrainingData` built with ``noise``, the base), with folds
@@ -757,7 +744,7 @@ def cross_validated_noise(terms, sparse_sets, u_factor, data, noise, *, n_folds:
                        batch_atoms=batch_atoms, progress=progress)
     found = search_noise(terms, sparse_sets, u_factor, frames, obs, data.gradients, folds,
                          batch_atoms=batch_atoms, energy_factors=energy_factors,
-                         virial_factors=virial_factors, scale_factors=scale_factors,
+                         virial_factors=virial_factors, force_factors=force_factors,
                          progress=progress, grams=grams)
     report.update(found)
     if predictive:  # before the full solution: its R is one M x M matrix less at the peak

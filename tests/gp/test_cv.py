@@ -182,26 +182,31 @@ def _same_fit(a, c, frames):
     assert abs(a.log_marginal_likelihood_ - c.log_marginal_likelihood_) < bound, bound
 
 
-def test_a_common_scale_of_every_sigma_is_searched_at_the_best_point(fitted):
-    """``scale_factors``: after the energy x virial grid, every sigma scaled together at its
-    best point, scored like the grid; the lowest score wins and the refit uses it."""
+def test_force_multipliers_cross_the_grid_and_the_refit_uses_the_best(fitted):
+    """``force_factors``: the energy x virial grid at every force multiplier, scored against
+    the base noise; the lowest score wins and the refit is the plain fit at that noise."""
     frames, _ = fitted
     plain = _model(random_state=3).fit(frames).cross_validate_noise(frames, refit=False)
     model = _model(random_state=3).fit(frames)
-    report = model.cross_validate_noise(frames, scale_factors=(0.25, 1.0, 4.0))
-    grid_rows = [r for r in report["table"] if r["forces"] == 1.0]
-    assert grid_rows == plain["table"]  # the grid itself is untouched
-    best_grid = plain["best"]
-    line = [r for r in report["table"] if r["forces"] != 1.0]
-    assert sorted(r["forces"] for r in line) == [0.25, 4.0]
-    for r in line:
-        assert r["energy"] == pytest.approx(best_grid["energy"] * r["forces"])
-        assert r["virial"] == pytest.approx(best_grid["virial"] * r["forces"])
-    best = min(report["table"], key=lambda r: r["score"])
+    report = model.cross_validate_noise(frames, force_factors=(0.5, 1.0, 2.0))
+    table = report["table"]
+    by_point = {(r["energy"], r["forces"], r["virial"]): r for r in table}
+    assert len(by_point) == len(table)
+    for r in plain["table"]:  # the grid at force multiplier 1 is the grid without the axis
+        again = by_point[(r["energy"], 1.0, r["virial"])]
+        assert again["energy_mae"] == r["energy_mae"] and again["forces_mae"] == r["forces_mae"]
+    forces = {r["forces"] for r in table}
+    assert {0.5, 1.0, 2.0} <= forces
+    for f in forces:  # every force multiplier crosses the whole energy x virial grid
+        assert {(r["energy"], r["virial"]) for r in table if r["forces"] == f} >= \
+            {(r["energy"], r["virial"]) for r in plain["table"]}
+    best = min(table, key=lambda r: r["score"])
     assert report["factors"] == [best["energy"], best["forces"], best["virial"]]
     assert model.noise_.sigma("forces") == pytest.approx(0.05 * best["forces"])
     c = GAP(_model().terms, noise=model.noise_, progress=False, random_state=3).fit(frames)
     _same_fit(model, c, frames)
+    with pytest.raises(ValueError, match="must hold 1"):
+        model.cross_validate_noise(frames, force_factors=(0.5, 2.0), refit=False)
 
 
 def test_without_virials_the_grid_is_one_dimensional():
