@@ -8,7 +8,8 @@ held-out errors.
 Two facts make it cheap. The posterior mean depends on the noise only through sigma/delta,
 so delta stays as it is and the force sigma fixes the scale; and the held-out errors change
 little when every sigma scales together, so only the energy and virial multipliers
-(``s_E``, ``s_V``; ``s_F = 1``) are searched, on a grid.
+(``s_E``, ``s_V``; ``s_F = 1``) are searched, on a grid (``force_factors`` adds an ``s_F``
+axis: measured on the Zuo elements, it moved the choice on Ni only).
 
 The algebra, in whitened coordinates (``U^T U = K_MM`` + jitter, ``B = K U^-1`` the design
 rows of one fold and kind, ``W`` the base noise ``sigma^-2``): one pass over the data
