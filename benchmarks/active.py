@@ -6,8 +6,9 @@ revealed only on selection, ``Si_test`` the fixed test set. ``--system Cu``: 190
 the same way as the test set. The model and budget are those of ``benchmarks/uq.py`` (SOAP
 n_max 6, l_max 4, 200 CUR points, fixed noise; 8 random initial frames, batches of 8, 48
 labels; ``--n-sparse`` and ``--noise cv`` change the model, ``--explore`` draws that share of
-every batch at random, each for every rule alike). Rules, each with the same initial sets
-and seeds:
+every batch at random, each for every rule alike; ``--target half`` gives the integrated
+rule every other test frame, unlabelled, as the structures to be accurate on, and scores
+every rule on the other half). Rules, each with the same initial sets and seeds:
 
 - ``random``: the baseline;
 - ``forces``: the largest predicted force variance (exact form), damped for near-duplicates
@@ -122,6 +123,9 @@ def main() -> None:
                     help="fixed: uq.py's NoiseModel; cv: GAP's default, the noise chosen by "
                          "cross-validation at every refit (all rules alike)")
     ap.add_argument("--n-sparse", type=int, default=SETTINGS["n_sparse"])
+    ap.add_argument("--target", choices=["pool", "half"], default="pool",
+                    help="integrated rule's target: the pool, or (half) every other test "
+                         "frame unlabelled, the curves then scored on the other half")
     ap.add_argument("--explore", type=float, default=0.0,
                     help="share of each batch drawn at random before the rule picks the "
                          "rest (active_learning's explore=)")
@@ -141,10 +145,14 @@ def main() -> None:
     else:
         pool, test = cu_frames(0), cu_frames(1, share=25 / sum(CU_MIX.values()))
         names = (f"EMT Cu, {len(pool)} frames {CU_MIX}", f"EMT Cu, {len(test)} frames")
+    target_frames = None
+    if args.target == "half":  # the structures one means to simulate, unlabelled; scored on
+        target_frames, test = test[::2], test[1::2]  # the other half, for every rule alike
+        names = (names[0], f"{names[1]}, odd frames (the even ones: the target)")
     args.output = args.output or RESULTS.with_name(
         "active.json" if args.system == "Si" else f"active_{args.system}.json")
     out = {"machine": base_machine_info(), "settings": settings, "noise": args.noise,
-           "explore": args.explore,
+           "explore": args.explore, "target": args.target,
            "budget": AL,
            "pool": names[0], "test": names[1], "runs": {}}
     curves: dict[str, list] = {}
@@ -154,7 +162,8 @@ def main() -> None:
             curve = active_learning(model(), pool, None, test=test,
                                     strategy=rule, seed=seed, n_initial=AL["n_initial"],
                                     batch_size=AL["batch_size"], max_labels=AL["max_labels"],
-                                    diversity=AL["diversity"], explore=args.explore)
+                                    diversity=AL["diversity"], explore=args.explore,
+                                    target=target_frames if rule == "integrated" else None)
             curves.setdefault(rule, []).append(curve)
             out["runs"].setdefault(rule, []).append(
                 {**curve.to_dict(), "cpu_s": time.process_time() - cpu})
