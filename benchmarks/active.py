@@ -6,7 +6,8 @@ revealed only on selection, ``Si_test`` the fixed test set. ``--system Cu``: 190
 the same way as the test set. The model and budget are those of ``benchmarks/uq.py`` (SOAP
 n_max 6, l_max 4, 200 CUR points, fixed noise; 8 random initial frames, batches of 8, 48
 labels; ``--n-sparse`` and ``--noise cv`` change the model, ``--explore`` draws that share of
-every batch at random, each for every rule alike; ``--target half`` gives the integrated
+every batch at random, ``--sparse-from pool`` chooses every refit's sparse points from the
+whole pool's environments, each for every rule alike; ``--target half`` gives the integrated
 rule every other test frame, unlabelled, as the structures to be accurate on, and scores
 every rule on the other half). Rules, each with the same initial sets and seeds:
 
@@ -126,6 +127,10 @@ def main() -> None:
     ap.add_argument("--target", choices=["pool", "half"], default="pool",
                     help="integrated rule's target: the pool, or (half) every other test "
                          "frame unlabelled, the curves then scored on the other half")
+    ap.add_argument("--sparse-from", choices=["labelled", "pool"], default="labelled",
+                    help="the sparse points of every refit: from the labelled frames "
+                         "(GAP's fit) or from the whole pool's environments (no labels "
+                         "needed; the same points at every refit), for every rule alike")
     ap.add_argument("--explore", type=float, default=0.0,
                     help="share of each batch drawn at random before the rule picks the "
                          "rest (active_learning's explore=)")
@@ -149,10 +154,12 @@ def main() -> None:
     if args.target == "half":  # the structures one means to simulate, unlabelled; scored on
         target_frames, test = test[::2], test[1::2]  # the other half, for every rule alike
         names = (names[0], f"{names[1]}, odd frames (the even ones: the target)")
+    if args.sparse_from == "pool":
+        sparse_from_pool(pool)
     args.output = args.output or RESULTS.with_name(
         "active.json" if args.system == "Si" else f"active_{args.system}.json")
     out = {"machine": base_machine_info(), "settings": settings, "noise": args.noise,
-           "explore": args.explore, "target": args.target,
+           "explore": args.explore, "target": args.target, "sparse_from": args.sparse_from,
            "budget": AL,
            "pool": names[0], "test": names[1], "runs": {}}
     curves: dict[str, list] = {}
@@ -192,6 +199,23 @@ def main() -> None:
         out["subsets"] = random_subsets(pool, test, args.seeds, args.subsets,
                                         AL["max_labels"] // 2, model)
         args.output.write_text(json.dumps(out, indent=1))
+
+
+def sparse_from_pool(pool) -> None:
+    """Make every fit of this process choose its sparse points from ``pool``'s environments
+    instead of its training frames (exploratory: the fit's own sparse-set function wrapped;
+    one set per term and seed, reused)."""
+    import gapkit.model
+
+    choose, chosen = gapkit.model.term_sparse_set, {}
+
+    def from_pool(term, frames, random_state):
+        key = (repr(term.descriptor), random_state)
+        if key not in chosen:
+            chosen[key] = choose(term, pool, random_state)
+        return chosen[key]
+
+    gapkit.model.term_sparse_set = from_pool
 
 
 def random_subsets(pool, test, seeds, tries: int, n_labels: int, make_model) -> dict:
