@@ -628,6 +628,26 @@ def _grid(axes: dict, kinds_present) -> np.ndarray:
     return np.array(list(itertools.product(*factors)), dtype=float)
 
 
+def _axes(energy_factors, virial_factors, force_factors) -> dict:
+    """The grid's multipliers per kind (``force_factors`` None: :data:`FORCE_FACTORS`),
+    checked: positive finite numbers that hold 1, the base noise."""
+    axes = {"energy": energy_factors, "virial": virial_factors,
+            "forces": FORCE_FACTORS if force_factors is None else force_factors}
+    for kind, factors in axes.items():
+        arg = f"{'force' if kind == 'forces' else kind}_factors"
+        try:
+            values = [float(f) for f in factors]
+        except (TypeError, ValueError):
+            values = [math.nan]
+        if not all(math.isfinite(f) and f > 0 for f in values):
+            raise ValueError(f"{arg} are multipliers of the base {kind} sigma: positive finite "
+                             f"numbers, got {factors!r}")
+        if 1.0 not in values:
+            raise ValueError(f"{arg} must hold 1 (the base noise), got {factors!r}")
+        axes[kind] = tuple(values)
+    return axes
+
+
 def search_noise(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
                  batch_atoms: int, energy_factors=ENERGY_FACTORS,
                  virial_factors=VIRIAL_FACTORS, force_factors=None, progress: bool = False,
@@ -647,12 +667,7 @@ def search_noise(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
     if grams is None:
         grams = fold_grams(terms, sparse_sets, u_factor, frames, obs, gradients, folds,
                            batch_atoms=batch_atoms, progress=progress)
-    axes = {"energy": tuple(energy_factors), "virial": tuple(virial_factors),
-            "forces": tuple(FORCE_FACTORS if force_factors is None else force_factors)}
-    for kind, factors in axes.items():
-        if 1.0 not in factors:
-            raise ValueError(f"the {kind} multipliers must hold 1 (the base noise), got "
-                             f"{factors}")
+    axes = _axes(energy_factors, virial_factors, force_factors)
     rows: list[dict] = []
     edge: list[str] = []
     for attempt in range(2):
@@ -720,6 +735,7 @@ def cross_validated_noise(terms, sparse_sets, u_factor, data, noise, *, n_folds:
     ``jitter_absolute`` (that of ``u_factor``), also ``solution``: the fit at the chosen noise
     (:func:`full_solution`, a DTCSolution, not JSON), None without cross-validation."""
     n_folds = count(n_folds, "n_folds", minimum=2)
+    _axes(energy_factors, virial_factors, force_factors)  # refused before any pass
     frames, obs = data.frames, data.observations
     base = [noise.sigma(kind) for kind in KINDS]
     report: dict = {"method": "cv", "sigma_before": base, "note": "",

@@ -205,8 +205,19 @@ def test_force_multipliers_cross_the_grid_and_the_refit_uses_the_best(fitted):
     assert model.noise_.sigma("forces") == pytest.approx(0.05 * best["forces"])
     c = GAP(_model().terms, noise=model.noise_, progress=False, random_state=3).fit(frames)
     _same_fit(model, c, frames)
-    with pytest.raises(ValueError, match="must hold 1"):
+    with pytest.raises(ValueError, match="force_factors must hold 1"):
         model.cross_validate_noise(frames, force_factors=(0.5, 2.0), refit=False)
+
+
+@pytest.mark.parametrize("grid", [{"force_factors": (0.0, 1.0)},
+                                  {"force_factors": (float("nan"), 1.0)},
+                                  {"energy_factors": (-1.0, 1.0)},
+                                  {"virial_factors": (1.0, "a")}])
+def test_a_multiplier_that_is_not_a_positive_number_is_refused(fitted, grid):
+    frames, model = fitted
+    (name, _), = grid.items()
+    with pytest.raises(ValueError, match=f"{name} are multipliers .* positive finite"):
+        model.cross_validate_noise(frames, refit=False, **grid)
 
 
 def test_without_virials_the_grid_is_one_dimensional():
