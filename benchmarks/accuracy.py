@@ -5,7 +5,7 @@ with ``n_sparse="auto"`` (the default since 2026-12-06; results before that date
 points in every other row) and 500; row ``forcegrid`` is the default fit with the force
 noise cross-validated too (:data:`FORCE_GRID` crossed with the energy x virial grid);
 row ``settings`` the default fit of the terms of one ``gapkit.auto`` candidate (``--settings``,
-``--n-sparse``).
+``--n-sparse``); ``--force-grid`` gives every row's noise CV the force axis of ``forcegrid``.
 
 For each data set (Zuo 2020 Si, Li, Cu, Ni; rMD17 ethanol, aspirin, benzene and
 malonaldehyde, split 01, 1,000 training frames, the first 500 test frames) and each row:
@@ -171,12 +171,16 @@ def main() -> None:
                     help='row "settings": a gapkit.auto candidate as JSON, e.g. \'{"cutoff": 6, '
                          '"n_max_l_max": [10, 8], "atom_sigma": 0.3, "zeta": 4, '
                          '"two_body": true}\'')
+    ap.add_argument("--force-grid", action="store_true",
+                    help="every row's noise CV also searches the force multipliers FORCE_GRID")
     ap.add_argument("--n-sparse", type=int, default=None,
                     help='row "settings": the SOAP sparse points (default "auto")')
     args = ap.parse_args()
     if "settings" in args.rows and args.settings is None:
         ap.error('row "settings" needs --settings')
     torch.set_num_threads(1)
+    if args.force_grid:
+        cv.FORCE_FACTORS = FORCE_GRID
     out = results_so_far(args.output)
     for name in args.data:
         data = load_dataset(name)
