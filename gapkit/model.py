@@ -412,9 +412,9 @@ class GAP:
     def cross_validate_noise(self, frames, *, n_folds: int = 5, refit: bool = True,
                              **grid) -> dict:
         """Choose the energy and virial noise by K-fold cross-validation over frames
-        (:mod:`gapkit.gp.cv`: folds by config_type, seeded by ``random_state``; sigma_F
-        fixes the scale; a grid of energy and virial multipliers, ``grid`` overriding
-        ``energy_factors``/``virial_factors``, scored by the held-out energy and force MAE).
+        (:mod:`gapkit.gp.cv`: folds by config_type, seeded by ``random_state``; energy x
+        virial multipliers, sigma_F fixing the scale; ``grid`` overrides ``energy_factors``,
+        ``virial_factors`` or adds ``force_factors``; scored by the held-out E and F MAE).
         The choice becomes ``noise_`` (``noise`` stays) and, with ``refit``, is refitted
         from the fold statistics (no pass over the data), with the calibrated predictive
         variance (``predictive_``). Returns the report (also ``fit_info_["noise_cv"]``):

@@ -362,11 +362,11 @@ def grid_alphas(grams: FoldGrams, grid: np.ndarray, *,
 
     Directly, an M x M Cholesky per fold and grid point; or (``woodbury``, default where
     it counts fewer FLOPs) one per fold and value of the dense kinds' multipliers (forces:
-    always 1), the row kinds added by the Woodbury identity: with ``C = L L^T`` the dense
-    part, ``V = L^-1 B^T`` (B: the other folds' rows of the row kinds) and ``D`` their
-    ``s_k^2``, ``A^-1 r = L^-T (u - V (D + V^T V)^-1 V^T u)``, ``u = L^-1 r``, an
-    n x n solve per grid point. rMD17 aspirin at M 8,000 (about 800 energy rows per
-    complement): 5 Cholesky factors instead of 45."""
+    1 unless ``force_factors``), the row kinds added by the Woodbury identity: with
+    ``C = L L^T`` the dense part, ``V = L^-1 B^T`` (B: the other folds' rows of the row
+    kinds) and ``D`` their ``s_k^2``, ``A^-1 r = L^-T (u - V (D + V^T V)^-1 V^T u)``,
+    ``u = L^-1 r``, an n x n solve per grid point. rMD17 aspirin at M 8,000 (about 800
+    energy rows per complement): 5 Cholesky factors instead of 45."""
     grid = np.asarray(grid, dtype=float)
     n_points, n_folds, m = len(grid), grams.n_folds, grams.u_factor.shape[0]
     n_rows = max((grams.other_rows(f)[0].shape[0] for f in range(n_folds)), default=0)
