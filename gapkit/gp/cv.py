@@ -656,8 +656,10 @@ def search_noise(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
     and the multipliers with the smallest score ``E_MAE / E_MAE(1) + F_MAE / F_MAE(1)``
     (relative to the base noise; kinds present only; without forces, the virial MAE takes
     their place). The grid is energy x virial multipliers, and x ``force_factors`` (default
-    :data:`FORCE_FACTORS`: none) where given. An optimum on the edge of the grid extends the
-    grid once in that direction (two more factors of 2) and warns if it is still on the edge
+    :data:`FORCE_FACTORS`: none) where given. An optimum on the edge of an axis extends that
+    axis once in that direction (two more factors of 2; an axis whose optimum reaches its
+    edge only after another axis was extended is extended then) and warns if it is still on
+    the edge
     (``grams``: the :func:`fold_grams` of ``folds``, if already computed). Returns a report:
     ``factors`` (energy, forces, virial), ``table`` (one row per point tried), ``folds``,
     ``edge`` (the kinds whose optimum stayed on the edge).
@@ -670,7 +672,8 @@ def search_noise(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
     axes = _axes(energy_factors, virial_factors, force_factors)
     rows: list[dict] = []
     edge: list[str] = []
-    for attempt in range(2):
+    extended: set[str] = set()  # each axis is extended once, when its optimum is on an edge
+    while True:
         done = {tuple(r[kind] for kind in KINDS) for r in rows}
         new = np.array([g for g in _grid(axes, present) if tuple(g) not in done])
         if len(new):
@@ -692,9 +695,11 @@ def search_noise(terms, sparse_sets, u_factor, frames, obs, gradients, folds, *,
                                                         for kind in KINDS)))
         edge = [kind for k, kind in enumerate(KINDS) if present[k] and len(axes[kind]) > 1
                 and best[kind] in (min(axes[kind]), max(axes[kind]))]
-        if not edge or attempt == 1:
+        todo = [kind for kind in edge if kind not in extended]
+        if not todo:
             break
-        for kind in edge:
+        for kind in todo:
+            extended.add(kind)
             f = axes[kind]
             axes[kind] = (f + (max(f) * 2, max(f) * 4) if best[kind] == max(f)
                           else (min(f) / 4, min(f) / 2) + f)

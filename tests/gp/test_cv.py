@@ -8,6 +8,8 @@ the one-dimensional grid, and energies that carry more noise get a larger energy
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -218,6 +220,34 @@ def test_a_multiplier_that_is_not_a_positive_number_is_refused(fitted, grid):
     (name, _), = grid.items()
     with pytest.raises(ValueError, match=f"{name} are multipliers .* positive finite"):
         model.cross_validate_noise(frames, refit=False, **grid)
+
+
+def test_an_axis_that_reaches_its_edge_after_another_was_extended_is_extended_too(
+        monkeypatch):
+    """Held-out errors made up on the grid: the force error is smallest at virial x64
+    (beyond the grid), and there the energy error is smallest at energy x1/8 (beyond it
+    too), elsewhere at x1. The virial axis is extended first, then the energy axis, which
+    reached its edge only then; no warning, since neither optimum stays on an edge."""
+    from types import SimpleNamespace
+
+    from gapkit.gp import cv
+
+    def errors(_terms, _sets, _frames, _obs, _gradients, _folds, grid, **_kw):
+        e, v = np.log2(grid[:, 0]), np.log2(grid[:, 2])
+        best_e = np.where(v >= 6, -3.0, 0.0)
+        return {"energy": 1 + 0.01 * (e - best_e) ** 2, "forces": 1 + 0.1 * (v - 6) ** 2,
+                "virial": np.ones(len(grid))}
+
+    monkeypatch.setattr(cv, "grid_alphas", lambda grams, grid: np.asarray(grid))
+    monkeypatch.setattr(cv, "held_out_errors", errors)
+    obs = SimpleNamespace(kind=np.array([0, 1, 2]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = cv.search_noise(None, None, None, None, obs, None, np.array([0, 1]),
+                                 batch_atoms=1, grams=object())
+    assert report["factors"] == [0.125, 1.0, 64.0] and report["edge"] == []
+    energies = sorted({r["energy"] for r in report["table"]})
+    assert energies[:3] == [1 / 16, 1 / 8, 1 / 4]  # extended once, below the grid
 
 
 def test_without_virials_the_grid_is_one_dimensional():
