@@ -34,6 +34,7 @@ import json  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
+from unittest.mock import patch  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -147,11 +148,8 @@ def fit(row: str, train, settings: dict | None = None, n_sparse: int | None = No
     if row == "default":
         return GAP(progress=False).fit(train)
     if row == "forcegrid":  # the default fit, the force noise also cross-validated
-        saved, cv.FORCE_FACTORS = cv.FORCE_FACTORS, FORCE_GRID
-        try:
+        with patch.object(cv, "FORCE_FACTORS", FORCE_GRID):
             return GAP(progress=False).fit(train)
-        finally:
-            cv.FORCE_FACTORS = saved
     if row in ("auto", "n500"):  # the default fit with n_sparse "auto" (the default since
         terms = default_terms()  # 2026-12-06) or 500 (the former default)
         terms[0].n_sparse = "auto" if row == "auto" else 500
@@ -179,8 +177,8 @@ def main() -> None:
     if "settings" in args.rows and args.settings is None:
         ap.error('row "settings" needs --settings')
     torch.set_num_threads(1)
-    if args.force_grid:
-        cv.FORCE_FACTORS = FORCE_GRID
+    if args.force_grid:  # for the whole run
+        patch.object(cv, "FORCE_FACTORS", FORCE_GRID).start()
     out = results_so_far(args.output)
     for name in args.data:
         data = load_dataset(name)
