@@ -382,8 +382,10 @@ class _CompactPairs:
         _, inverse = np.unique(self.key[pair], return_inverse=True)
         self.pair[e0 + inverse] = pair
         self.species[e0 + inverse] = species
-        x = torch.empty((pair.shape[0],) + tuple(self.x.shape[1:]), dtype=self.x.dtype,
-                        device=self.x.device)
+        # scratch from the pool of mappings (base.empty_tensor): a chunk's is tens of
+        # MB, mapped anew and its pages zeroed by the kernel every chunk otherwise
+        x = empty_tensor((pair.shape[0],) + tuple(self.x.shape[1:]), self.x.dtype,
+                         self.x.device, at_least=1 << 20)
         t = torch.empty((pair.shape[0], 3), dtype=self.t.dtype, device=self.t.device)
 
         def finish() -> None:
@@ -836,10 +838,13 @@ class SOAP(OwnsCutoff, Descriptor):
             # the chunk's dense position gradients (3 n_features per pair, padded) stay
             # within CHUNK_BYTES: with three species (2,100 features) 1,024 pairs were
             # 68 MB of new pages every chunk, 1.4x the CPU of 256 pairs (aspirin)
-            per_pair = n_features
-            if compact:  # X of the neighbour's blocks, not a dense row, per pair
-                per_pair = self._compact_width(n_species)
-            target = max(16, min(self.chunk_pairs, CHUNK_BYTES // (24 * per_pair)))
+            per_pair, budget = n_features, CHUNK_BYTES
+            if compact:
+                # X of the neighbour's blocks, not a dense row, per pair, written straight
+                # into the call's array (or pooled scratch where periodic images of one
+                # atom are summed): 4x the budget, LiCu's 12-atom cells 8 % faster
+                per_pair, budget = self._compact_width(n_species), 4 * CHUNK_BYTES
+            target = max(16, min(self.chunk_pairs, budget // (24 * per_pair)))
         spline = self._radial()
         # the centre's own Gaussian, per centre species: its row of l = 0 coefficients
         own = torch.zeros((n_species, S * n_chan), dtype=dtype, device=device)
@@ -928,11 +933,19 @@ class SOAP(OwnsCutoff, Descriptor):
         n_lm = (L + 1) ** 2
         n_features = values_out.shape[1]
         counts = np.bincount(group, minlength=nc * S)
-        J = max(int(counts.max()) if counts.size else 0, 1)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         rank = np.arange(group.shape[0]) - starts[group]  # a pair's place in its group
-        slot = torch.as_tensor(group * J + rank, device=device)
-        n_slots = nc * S * J
+        # each centre's slots: J_s for neighbour species s, side by side (a padding per
+        # species, not one for all: a centre with 40 Cu and 10 Li neighbours had 80
+        # slots, and LiCu's padded GEMMs 1.9x the pairs; 1.3x per species)
+        Js = counts.reshape(nc, S).max(axis=0) if nc else np.zeros(S, dtype=np.int64)
+        if not Js.any():
+            Js[0] = 1
+        off = np.concatenate([[0], np.cumsum(Js)[:-1]])
+        Jt = int(Js.sum())
+        spans = [(int(o), int(o + j)) for o, j in zip(off, Js)]  # per species: its rows
+        slot = torch.as_tensor((group // S) * Jt + off[group % S] + rank, device=device)
+        n_slots = nc * Jt
 
         vec, dist, fc, dfc, radial, dradial, ylm, dylm = pairs
 
@@ -941,13 +954,16 @@ class SOAP(OwnsCutoff, Descriptor):
         r_pad.index_copy_(1, slot, (fc[:, None, None] * radial).permute(2, 0, 1))
         y_pad = torch.zeros((n_slots, n_lm), dtype=dtype, device=device)
         y_pad.index_copy_(0, slot, ylm)
-        y_pad3 = y_pad.view(nc * S, J, n_lm)
+        y_pad3 = y_pad.view(nc, Jt, n_lm)
 
         coeffs = []  # per l: (nc, k, 2l+1)
         for l in range(L + 1):
-            c_l = torch.bmm(r_pad[l].view(nc * S, J, n).transpose(1, 2),
-                            y_pad3[:, :, l * l:(l + 1) ** 2])
-            coeffs.append(c_l.view(nc, k, 2 * l + 1))
+            r3 = r_pad[l].view(nc, Jt, n)
+            y3 = y_pad3[:, :, l * l:(l + 1) ** 2]
+            c_l = torch.cat([torch.bmm(r3[:, a:b].transpose(1, 2), y3[:, a:b])
+                             for a, b in spans], dim=1) if S > 1 else \
+                torch.bmm(r3.transpose(1, 2), y3)
+            coeffs.append(c_l)
         if own_rows is not None:
             coeffs[0].view(nc, k).add_(own_rows)
 
@@ -981,11 +997,11 @@ class SOAP(OwnsCutoff, Descriptor):
         unit_pad.index_copy_(0, slot, unit)
         dy_pad = torch.zeros((n_slots, 3, n_lm), dtype=dtype, device=device)
         dy_pad.index_copy_(0, slot, dylm)
-        dy_pad3 = dy_pad.view(nc, S * J * 3, n_lm)
-        y_padN = y_pad.view(nc, S * J, n_lm)
+        dy_pad3 = dy_pad.view(nc, Jt * 3, n_lm)
+        y_padN = y_pad.view(nc, Jt, n_lm)
 
         if S > 1:
-            self._species_gradients(nc, S, J, group, slot, (rs, dr, unit, vec),
+            self._species_gradients(nc, S, spans, group, slot, (rs, dr, unit, vec),
                                     (r_pad, dr_pad, unit_pad, dy_pad3, y_padN), coeffs,
                                     values, inv, strain_out, out, grads_out, c0, c1, p0, p1)
             return
@@ -1010,23 +1026,23 @@ class SOAP(OwnsCutoff, Descriptor):
             torch.mul(unit_pad[:, :, None], w[:, None, :], out=g)
             g.addcmul_(rr[:, None, :T], v[:, :, T:])
             g.addcmul_(rr[:, None, T:], v[:, :, :T])
-        pair_grad = pair_grad.view(nc, S * J, 3, n_features)
+        pair_grad = pair_grad.view(nc, Jt, 3, n_features)
         q = values
         if inv is not None:
-            proj = torch.bmm(pair_grad.view(nc, S * J * 3, n_features), q[:, :, None])
-            pair_grad.addcmul_(proj.view(nc, S * J, 3, 1), q[:, None, None, :], value=-1.0)
+            proj = torch.bmm(pair_grad.view(nc, Jt * 3, n_features), q[:, :, None])
+            pair_grad.addcmul_(proj.view(nc, Jt, 3, 1), q[:, None, None, :], value=-1.0)
         if strain_out is not None:
             vec_pad = torch.zeros((n_slots, 3), dtype=dtype, device=device)
             vec_pad.index_copy_(0, slot, vec)
             # strain[c, a, b, f] = sum_j g[c, j, a, f] r[c, j, b]
-            st = torch.bmm(vec_pad.view(nc, S * J, 3).transpose(1, 2),
-                           pair_grad.reshape(nc, S * J, 3 * n_features))
+            st = torch.bmm(vec_pad.view(nc, Jt, 3).transpose(1, 2),
+                           pair_grad.reshape(nc, Jt, 3 * n_features))
             strain_out[c0:c1] = st.view(nc, 3, 3, n_features).transpose(1, 2)
         if out is not None:
             out.write(grads_out, p0, p1, c0, c1, slot, pair_grad.view(n_slots, 3, n_features),
                       pair_grad.sum(1))
 
-    def _species_gradients(self, nc, S, J, group, slot, pair, padded, coeffs, values, inv,
+    def _species_gradients(self, nc, S, spans, group, slot, pair, padded, coeffs, values, inv,
                            strain_out, out, grads_out, c0, c1, p0, p1):
         """Position (and strain) gradients of a chunk with several species.
 
@@ -1048,7 +1064,8 @@ class SOAP(OwnsCutoff, Descriptor):
         width = self._compact_width(S)  # (L + 1) n k and the spare entry
         rs, dr, unit, vec = pair
         r_pad, dr_pad, unit_pad, dy_pad3, y_padN = padded
-        n_slots, G = nc * S * J, nc * S
+        Jt = spans[-1][1]  # slots per centre: J_s per species side by side
+        n_slots = nc * Jt
         n_pairs = rs.shape[0]
         # the pairs in (species, centre) order (they come in (centre, species) order)
         key = (group % S) * nc + group // S
@@ -1092,43 +1109,55 @@ class SOAP(OwnsCutoff, Descriptor):
                 d.add_(d.transpose(-1, -2).clone())
                 d.diagonal(dim1=-2, dim2=-1).mul_(math.sqrt(0.5))
             t_slot = values.new_zeros((n_slots, 3))
+        u_ls: list = []
+        v_ls: list = []
         for l in range(L + 1):
             ct = coeffs[l].transpose(1, 2) * math.sqrt(2.0 / (2 * l + 1))
             lm = slice(l * l, (l + 1) ** 2)
             u_pad = torch.bmm(y_padN[:, :, lm], ct).view(n_slots, k)
             v_pad = torch.bmm(dy_pad3[:, :, lm], ct).view(n_slots, 3, k)
+            u3, v4 = u_pad.view(nc, Jt, k), v_pad.view(nc, Jt, 3, k)
             if t_slot is not None:
-                a_l = weights[:, :, l].reshape(G, n, k).transpose(1, 2)  # (G, k, n)
-                au = torch.bmm(u_pad.view(G, J, k), a_l).view(n_slots, n)
-                av = torch.bmm(v_pad.view(G, J * 3, k), a_l).view(n_slots, 3, n)
+                a_l = weights[:, :, l].transpose(-1, -2)  # (nc, S, k, n)
+                au = torch.cat([torch.bmm(u3[:, a:b], a_l[:, s])
+                                for s, (a, b) in enumerate(spans)], dim=1).view(n_slots, n)
+                av = torch.cat([torch.bmm(v4[:, a:b].reshape(nc, 3 * (b - a), k), a_l[:, s])
+                                for s, (a, b) in enumerate(spans)], dim=1).view(n_slots, 3, n)
                 t_slot.addcmul_(unit_pad, (dr_pad[l] * au).sum(-1, keepdim=True))
                 t_slot.add_((av * r_pad[l][:, None, :]).sum(-1))
             cols = slice(l * nk, (l + 1) * nk)
-            # X[a, n, beta] = dR_n rhat_a u_beta + R_n v_(a, beta), per real pair
-            u = u_pad.index_select(0, real)
-            v = v_pad.index_select(0, real)
-            x = xr[:, :, cols].unflatten(-1, (n, k))
-            torch.mul(dr[:, None, :, l, None], (unit[:, :, None] * u[:, None, :])[:, :, None],
-                      out=x)
-            x.addcmul_(rs[:, None, :, l, None], v[:, :, None, :])
+            u_ls.append(u_pad)
+            v_ls.append(v_pad)
             # sum_j w_j X_j per group: (W 3 n) x k and (W n) x (3 k) GEMMs over the slots
-            a1 = (wu_pad * dr_pad[l][:, None, :]).view(G, J, W * 3 * n)
-            s1 = torch.bmm(a1.transpose(1, 2), u_pad.view(G, J, k))
-            a2 = (w_pad[:, :, None] * r_pad[l][:, None, :]).view(G, J, W * n)
-            s2 = torch.bmm(a2.transpose(1, 2), v_pad.view(G, J, 3 * k))
+            a1 = (wu_pad * dr_pad[l][:, None, :]).view(nc, Jt, W * 3 * n)
+            a2 = (w_pad[:, :, None] * r_pad[l][:, None, :]).view(nc, Jt, W * n)
             xg = xsv[..., cols].unflatten(-1, (n, k))  # (nc, S, W, 3, n, k)
-            torch.add(s1.view(nc, S, W, 3, n, k),
-                      s2.view(nc, S, W, n, 3, k).transpose(3, 4), out=xg)
+            for s, (a, b) in enumerate(spans):  # per species: its J_s slots
+                s1 = torch.bmm(a1[:, a:b].transpose(1, 2), u3[:, a:b])
+                s2 = torch.bmm(a2[:, a:b].transpose(1, 2), v4[:, a:b].reshape(nc, b - a, 3 * k))
+                torch.add(s1.view(nc, W, 3, n, k), s2.view(nc, W, n, 3, k).transpose(2, 3),
+                          out=xg[:, s])
             for s in range(S):
                 # symmetrise the diagonal block; its diagonal carries scale 1, not sqrt 2
                 # (compact pairs stay raw: CompactGradients.in_layout symmetrises the
                 # vectors they are contracted with instead, once per vector, not per pair)
-                blocks = [xg[:, s, ..., s * n:(s + 1) * n]]
-                if not compact:
-                    blocks.append(x[bounds[s]:bounds[s + 1], ..., s * n:(s + 1) * n])
-                for d in blocks:
-                    d.add_(d.transpose(-1, -2).clone())
-                    d.diagonal(dim1=-2, dim2=-1).mul_(math.sqrt(0.5))
+                d = xg[:, s, ..., s * n:(s + 1) * n]
+                d.add_(d.transpose(-1, -2).clone())
+                d.diagonal(dim1=-2, dim2=-1).mul_(math.sqrt(0.5))
+        # X[a, l, n, beta] = dR_nl rhat_a u_(l, beta) + R_nl v_(a, l, beta) per real pair,
+        # every l in two ops (per l they were 16-wide inner loops, 30 % of the call)
+        u = torch.stack(u_ls, 1).index_select(0, real)  # (P, L+1, k)
+        v = torch.stack(v_ls, 2).index_select(0, real)  # (P, 3, L+1, k)
+        x = xr[:, :, :-1].unflatten(-1, (L + 1, n, k))
+        drl = dr.transpose(1, 2)  # (P, L+1, n)
+        torch.mul(unit[:, :, None, None, None], (drl[..., None] * u[:, :, None, :])[:, None],
+                  out=x)
+        x.addcmul_(rs.transpose(1, 2)[:, None, :, :, None], v[:, :, :, None, :])
+        if not compact:
+            for s in range(S):
+                d = x[bounds[s]:bounds[s + 1], ..., s * n:(s + 1) * n]
+                d.add_(d.transpose(-1, -2).clone())
+                d.diagonal(dim1=-2, dim2=-1).mul_(math.sqrt(0.5))
         grad = None if compact else torch.empty((n_pairs, 3, n_features), dtype=dtype,
                                                 device=device)
         for s, index in enumerate(self._species_index(S)):
