@@ -396,6 +396,17 @@ class _CompactPairs:
         return x, t, finish
 
 
+UNIFORM_SLOTS = 2048
+
+
+def _values_uniform(want_grad: bool, nc: int, Js: np.ndarray) -> bool:
+    """Whether a chunk's slots are padded to one count for every neighbour species: for
+    values of a small chunk (one molecule), where one GEMM per l instead of one per
+    species and l saves more than the padding costs (one aspirin molecule 75 -> 69
+    µs/atom; 50 frames 52 against 55 per species)."""
+    return not want_grad and nc * len(Js) * int(Js.max()) <= UNIFORM_SLOTS
+
+
 class SOAP(OwnsCutoff, Descriptor):
     """Smooth Overlap of Atomic Positions: the power spectrum of the neighbour density.
 
@@ -941,6 +952,9 @@ class SOAP(OwnsCutoff, Descriptor):
         Js = counts.reshape(nc, S).max(axis=0) if nc else np.zeros(S, dtype=np.int64)
         if not Js.any():
             Js[0] = 1
+        uniform = S > 1 and _values_uniform(want_grad, nc, Js)
+        if uniform:  # one J for all: the densities in one GEMM per l
+            Js = np.full(S, Js.max())
         off = np.concatenate([[0], np.cumsum(Js)[:-1]])
         Jt = int(Js.sum())
         spans = [(int(o), int(o + j)) for o, j in zip(off, Js)]  # per species: its rows
@@ -960,9 +974,15 @@ class SOAP(OwnsCutoff, Descriptor):
         for l in range(L + 1):
             r3 = r_pad[l].view(nc, Jt, n)
             y3 = y_pad3[:, :, l * l:(l + 1) ** 2]
-            c_l = torch.cat([torch.bmm(r3[:, a:b].transpose(1, 2), y3[:, a:b])
-                             for a, b in spans], dim=1) if S > 1 else \
-                torch.bmm(r3.transpose(1, 2), y3)
+            if uniform:
+                J = spans[0][1]
+                c_l = torch.bmm(r3.reshape(nc * S, J, n).transpose(1, 2),
+                                y3.reshape(nc * S, J, 2 * l + 1)).view(nc, k, 2 * l + 1)
+            elif S > 1:
+                c_l = torch.cat([torch.bmm(r3[:, a:b].transpose(1, 2), y3[:, a:b])
+                                 for a, b in spans], dim=1)
+            else:
+                c_l = torch.bmm(r3.transpose(1, 2), y3)
             coeffs.append(c_l)
         if own_rows is not None:
             coeffs[0].view(nc, k).add_(own_rows)
