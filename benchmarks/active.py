@@ -5,9 +5,10 @@ revealed only on selection, ``Si_test`` the fixed test set. ``--system Cu``: 190
 (``cu_frames``: MD at 300/900/1500 K, vacancies, strained cells, a slab) and 25 more drawn
 the same way as the test set. The model and budget are those of ``benchmarks/uq.py`` (SOAP
 n_max 6, l_max 4, 200 CUR points, fixed noise; 8 random initial frames, batches of 8, 48
-labels; ``--n-sparse`` and ``--noise cv`` change the model, ``--explore`` draws that share of
-every batch at random, ``--sparse-from pool`` chooses every refit's sparse points from the
-whole pool's environments, each for every rule alike; ``--target half`` gives the integrated
+labels; ``--batch-size`` sets the labels per round; ``--n-sparse`` and ``--noise cv``
+change the model, ``--explore`` draws that share of every batch at random, ``--sparse-from
+pool`` chooses every refit's sparse points from the whole pool's environments, each for
+every rule alike; ``--target half`` gives the integrated
 rule every other test frame, unlabelled, as the structures to be accurate on, and scores
 every rule on the other half). Rules, each with the same initial sets and seeds:
 
@@ -131,6 +132,9 @@ def main() -> None:
                     help="the sparse points of every refit: from the labelled frames "
                          "(GAP's fit) or from the whole pool's environments (no labels "
                          "needed; the same points at every refit), for every rule alike")
+    ap.add_argument("--batch-size", type=int, default=AL["batch_size"],
+                    help="labels per round, every rule alike (default 8; smaller: more "
+                         "refits, each choice made with more labels seen)")
     ap.add_argument("--explore", type=float, default=0.0,
                     help="share of each batch drawn at random before the rule picks the "
                          "rest (active_learning's explore=)")
@@ -160,7 +164,7 @@ def main() -> None:
         "active.json" if args.system == "Si" else f"active_{args.system}.json")
     out = {"machine": base_machine_info(), "settings": settings, "noise": args.noise,
            "explore": args.explore, "target": args.target, "sparse_from": args.sparse_from,
-           "budget": AL,
+           "budget": {**AL, "batch_size": args.batch_size},
            "pool": names[0], "test": names[1], "runs": {}}
     curves: dict[str, list] = {}
     for seed in args.seeds:
@@ -168,7 +172,7 @@ def main() -> None:
             cpu = time.process_time()
             curve = active_learning(model(), pool, None, test=test,
                                     strategy=rule, seed=seed, n_initial=AL["n_initial"],
-                                    batch_size=AL["batch_size"], max_labels=AL["max_labels"],
+                                    batch_size=args.batch_size, max_labels=AL["max_labels"],
                                     diversity=AL["diversity"], explore=args.explore,
                                     target=target_frames if rule == "integrated" else None)
             curves.setdefault(rule, []).append(curve)
