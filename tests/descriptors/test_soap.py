@@ -236,6 +236,44 @@ def test_chunks_and_populated_arrays_do_not_change_results(monkeypatch, acetamid
     assert chunked.gradients.flags.writeable and chunked.values.flags.writeable
 
 
+@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
+def test_gradients_with_a_species_no_chunk_neighbours_match_central_differences(normalize):
+    """A centre's slots are padded per neighbour species; a species with no neighbour in
+    the chunk (Si here) has none, and the gradients,
+    dense and compact, still equal central differences."""
+    atoms = Atoms("CNOH", positions=[[0.0, 0.0, 0.0], [1.2, 0.3, -0.1], [-0.4, 1.1, 0.2],
+                                     [0.3, -0.2, 1.0]])
+    soap = make_soap(species=[1, 6, 7, 8, 14], normalize=normalize)
+    errors = check_gradients(soap, atoms, rtol=RTOL_GRADIENT)
+    assert "positions" in errors
+    res, compact = soap.compute_compact([atoms])
+    dense = soap.compute([atoms], gradients=True)
+    n = len(atoms)
+    import torch
+
+    rebuilt = torch.zeros((n * n, 3, dense.n_features), dtype=torch.float64)
+    rebuilt.index_add_(0, compact.centre * n + compact.atom,
+                       compact.dense(torch.as_tensor(res.values)))
+    rebuilt.index_add_(0, torch.arange(n) * (n + 1), compact.own)
+    keys = torch.as_tensor(dense.gradient_centre * n + dense.gradient_atom_global)
+    np.testing.assert_allclose(rebuilt[keys].numpy(), dense.gradients, rtol=0,
+                               atol=1e-14 * np.abs(dense.gradients).max())
+
+
+def test_values_do_not_depend_on_the_slot_layout(monkeypatch, acetamide, ethanol_rmd17):
+    """Values of a small chunk pad every species' slots to one count (one GEMM per l),
+    of a large one per species: the two layouts give the same values."""
+    import gapkit.descriptors.soap as soap_module
+
+    frames = [acetamide, ethanol_rmd17]
+    soap = make_soap(species=[1, 6, 7, 8])
+    monkeypatch.setattr(soap_module, "UNIFORM_SLOTS", 1 << 40)
+    uniform = soap.compute(frames).values
+    monkeypatch.setattr(soap_module, "UNIFORM_SLOTS", 0)
+    per_species = soap.compute(frames).values
+    np.testing.assert_allclose(uniform, per_species, rtol=0, atol=ATOL_EXACT)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"),
                     reason="empty_array maps and reuses memory on Linux only (np.empty elsewhere)")
 def test_a_freed_large_array_is_reused_and_never_while_a_view_lives():
