@@ -250,6 +250,38 @@ def test_an_axis_that_reaches_its_edge_after_another_was_extended_is_extended_to
     assert energies[:3] == [1 / 16, 1 / 8, 1 / 4]  # extended once, below the grid
 
 
+@pytest.mark.parametrize("slope, warned", [(0.05, True), (0.001, False)])
+def test_an_optimum_left_on_an_edge_is_warned_about_only_where_the_score_is_not_flat(
+        monkeypatch, slope, warned):
+    """Held-out energy errors that fall with the energy multiplier without end: the
+    optimum stays on the grid's upper edge after the extension. It is warned about (with
+    the share by which it beats one step inside) when that share is above EDGE_GAIN, not
+    on a nearly flat score; the report keeps the edge and the share either way."""
+    from types import SimpleNamespace
+
+    from gapkit.gp import cv
+
+    def errors(_terms, _sets, _frames, _obs, _gradients, _folds, grid, **_kw):
+        e = np.log2(grid[:, 0])
+        return {"energy": 1 - slope * e, "forces": np.ones(len(grid)),
+                "virial": np.ones(len(grid))}
+
+    monkeypatch.setattr(cv, "grid_alphas", lambda grams, grid: np.asarray(grid))
+    monkeypatch.setattr(cv, "held_out_errors", errors)
+    obs = SimpleNamespace(kind=np.array([0, 1]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = cv.search_noise(None, None, None, None, obs, None, np.array([0, 1]),
+                                 batch_atoms=1, grams=object())
+    assert report["factors"][0] == 256.0 and report["edge"] == ["energy"]
+    gain = report["edge_gain"]["energy"]
+    assert gain == pytest.approx(slope / (2 - 8 * slope), rel=1e-12)
+    said = [str(w.message) for w in caught if "edge of the grid" in str(w.message)]
+    assert len(said) == int(warned)
+    if warned:
+        assert f"{100 * gain:.1f} % better than one step inside" in said[0]
+
+
 def test_without_virials_the_grid_is_one_dimensional():
     frames = _cu(12, 1, virial=False)
     model = _model(use=("energy", "forces")).fit(frames)
