@@ -59,8 +59,9 @@ VIRIAL_FACTORS = tuple(2.0 ** k for k in range(-2, 6))
 #: force sigma fixes the scale and is not searched
 FORCE_FACTORS: tuple = (1.0,)
 #: an optimum still on an axis's edge is warned about only if its score beats the point one
-#: step inside by more than this share: on a flat score (Li's force axis: 0.9 % over a factor
-#: 8) the range searched does not matter, and the warning told users to act for nothing
+#: step inside by more than this share: on a flatter score the range searched does not
+#: matter, and the warning would tell users to act for nothing (a convention, not a
+#: measured noise level of the score)
 EDGE_GAIN = 0.01
 #: fewer frames than this: no cross-validation (the base noise is kept, with a note)
 MIN_FRAMES = 10
