@@ -113,6 +113,8 @@ def speed_systems() -> dict:
         systems["aspirin x50"] = read("rmd17/rmd17_aspirin_train_01.xyz", ":50")
         systems["3-BPA x20"] = read("3bpa/train_300K.xyz", ":20")
         systems["LiCu test (30 cells)"] = read("licu_rss_wfl/licu_rss_testing.xyz")
+        # cells of 2 atoms: 20 periodic images of every neighbour within the cutoff
+        systems["TiAl 2-atom cells (40)"] = read("tial_ace_tutorial/TiAl_tutorial.xyz", ":40")
     except FileNotFoundError as err:
         print(f"speed: a system is missing ({err})", flush=True)
     return systems

@@ -369,11 +369,24 @@ class _CompactPairs:
     def allocate(self, n_features, dtype, device):
         return None  # the arrays are bound before the batch runs
 
-    def rows(self, c0: int, c1: int, pair: np.ndarray, species: np.ndarray):
+    def images(self, c0: int, c1: int, pair: np.ndarray):
+        """For the chunk of centres c0..c1 whose pairs come in the order ``pair``: None if
+        every entry has one pair, else ``(entry, centre)``: each pair's entry (0 = the
+        chunk's first) and each entry's centre (0 = c0)."""
+        e0, e1 = int(self.entry_start[c0]), int(self.entry_start[c1])
+        if e1 - e0 == pair.shape[0]:
+            return None
+        unique, inverse = np.unique(self.key[pair], return_inverse=True)
+        return inverse.reshape(-1), unique // max(self.n_centres, 1) - c0
+
+    def rows(self, c0: int, c1: int, pair: np.ndarray, species: np.ndarray, *,
+             summed: bool = False):
         """Where the chunk of centres c0..c1 writes its pairs, which come in the order
         ``pair`` (with neighbour ``species``): ``(x, t, finish)``. Without periodic images
         of one atom these are the entries' rows of the call's arrays and ``finish`` is
-        None; else scratch rows, one per pair, that ``finish()`` sums into the entries."""
+        None; else scratch rows, one per pair, that ``finish()`` sums into the entries
+        (``summed``: ``x`` is the entries' rows, which the caller fills with the sums
+        itself, and ``finish()`` sums ``t`` only)."""
         e0, e1 = int(self.entry_start[c0]), int(self.entry_start[c1])
         if e1 - e0 == pair.shape[0]:  # a pair per entry: written in place
             self.pair[e0:e1] = pair
@@ -382,6 +395,14 @@ class _CompactPairs:
         _, inverse = np.unique(self.key[pair], return_inverse=True)
         self.pair[e0 + inverse] = pair
         self.species[e0 + inverse] = species
+        if summed:
+            t_pairs = torch.empty((pair.shape[0], 3), dtype=self.t.dtype, device=self.t.device)
+
+            def finish_t() -> None:
+                rows = torch.as_tensor(inverse.reshape(-1), device=self.t.device)
+                self.t[e0:e1].zero_().index_add_(0, rows, t_pairs)
+
+            return self.x[e0:e1], t_pairs, finish_t
         # scratch from the pool of mappings (base.empty_tensor): a chunk's is tens of
         # MB, mapped anew and its pages zeroed by the kernel every chunk otherwise
         x = empty_tensor((pair.shape[0],) + tuple(self.x.shape[1:]), self.x.dtype,
@@ -397,6 +418,11 @@ class _CompactPairs:
 
 
 UNIFORM_SLOTS = 2048
+#: a chunk whose entries are at most this share of its pairs (periodic images of one atom)
+#: sums its pairs' density gradients per entry instead of their X (_image_density): on the
+#: first 40 TiAl cells (2 atoms, 0.05 entries a pair) 821 -> 649 µs/atom (best of 15,
+#: featomic 570); on the LiCu cells (0.44) no gain (628 against 655 with every chunk so)
+IMAGE_SHARE = 0.2
 
 
 def _values_uniform(want_grad: bool, nc: int, Js: np.ndarray) -> bool:
@@ -1063,6 +1089,38 @@ class SOAP(OwnsCutoff, Descriptor):
             out.write(grads_out, p0, p1, c0, c1, slot, pair_grad.view(n_slots, 3, n_features),
                       pair_grad.sum(1))
 
+    def _image_density(self, nc, images, real, padded, pair):
+        """The density gradients of a chunk's entries, its pairs' summed over the periodic
+        images of one atom: ``D[a, n, lm] = sum_p rhat_a dR_nl Y_lm + R_nl dY_lm/dr_a``
+        (radial factors with 1/|p| as the pairs'), since X of a pair is ``D c`` per l
+        (``X[a, l, n, beta] = sum_m D[a, n, lm] c[l, m, beta]``, c the centre's scaled
+        coefficients). Summing D (3 n (L+1)^2 numbers a pair) instead of X (3 (L+1) n k)
+        and multiplying by c once per entry, in a GEMM per l over the chunk's centres,
+        saves writing and re-reading X for every image. Returns ``(D, e_max, e_slot)``:
+        D (nc e_max, 3, n, lm) with each centre's entries padded to ``e_max`` slots, and
+        ``e_slot`` the entries' slots (None when no centre is padded)."""
+        dtype, device = self.dtype, self.device
+        n, L = self.n_max, self.l_max
+        n_lm = (L + 1) ** 2
+        entry, e_centre = images
+        _, _, _, dy_pad3, y_padN = padded
+        rs, dr, unit, _ = pair  # in the pairs' (species, centre) order
+        counts = np.bincount(e_centre, minlength=nc)
+        e_max = max(int(counts.max()), 1)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        slots = e_centre * e_max + np.arange(e_centre.shape[0]) - starts[e_centre]
+        e_slot = None if bool((counts == e_max).all()) else torch.as_tensor(slots,
+                                                                             device=device)
+        l_of = torch.repeat_interleave(torch.arange(L + 1, device=device),
+                                       2 * torch.arange(L + 1, device=device) + 1)
+        y = y_padN.reshape(-1, n_lm).index_select(0, real)  # (P, lm)
+        dy = dy_pad3.reshape(-1, 3, n_lm).index_select(0, real)  # (P, 3, lm)
+        d = torch.mul(unit[:, :, None, None], (dr[:, :, l_of] * y[:, None, :])[:, None])
+        d.addcmul_(rs[:, :, l_of][:, None], dy[:, :, None, :])  # (P, 3, n, lm)
+        d_e = torch.zeros((nc * e_max, 3, n, n_lm), dtype=dtype, device=device)
+        d_e.index_add_(0, torch.as_tensor(slots[entry], device=device), d)
+        return d_e, e_max, e_slot
+
     def _species_gradients(self, nc, S, spans, group, slot, pair, padded, coeffs, values, inv,
                            strain_out, out, grads_out, c0, c1, p0, p1):
         """Position (and strain) gradients of a chunk with several species.
@@ -1105,9 +1163,14 @@ class SOAP(OwnsCutoff, Descriptor):
         wu_pad = (w_pad[:, :, None] * unit_pad[:, None, :]).view(n_slots, W * 3, 1)
 
         compact = isinstance(out, _CompactPairs)
+        dens = None  # periodic images summed as density gradients (see _image_density)
         if compact:  # X is the result: written straight into the call's array
+            images = out.images(c0, c1, p0 + order)
+            summed = images is not None and len(images[1]) <= IMAGE_SHARE * n_pairs
             xr, t, finish = out.rows(c0, c1, p0 + order,
-                                     np.repeat(np.arange(S), np.diff(bounds)))
+                                     np.repeat(np.arange(S), np.diff(bounds)), summed=summed)
+            if summed:
+                dens = self._image_density(nc, images, real, padded, (rs, dr, unit, None))
         else:
             xr = torch.empty((n_pairs, 3, width), dtype=dtype, device=device)
         xr[..., -1] = 0.0
@@ -1147,8 +1210,16 @@ class SOAP(OwnsCutoff, Descriptor):
                 t_slot.addcmul_(unit_pad, (dr_pad[l] * au).sum(-1, keepdim=True))
                 t_slot.add_((av * r_pad[l][:, None, :]).sum(-1))
             cols = slice(l * nk, (l + 1) * nk)
-            u_ls.append(u_pad)
-            v_ls.append(v_pad)
+            if dens is None:
+                u_ls.append(u_pad)
+                v_ls.append(v_pad)
+            else:  # the entries' X of this l: their density gradients times c
+                d_e, e_max, e_slot = dens
+                x_l = torch.bmm(d_e.view(nc, e_max * 3 * n, -1)[:, :, lm], ct)
+                x_l = x_l.view(nc * e_max, 3, nk)
+                if e_slot is not None:
+                    x_l = x_l.index_select(0, e_slot)
+                xr[:, :, cols] = x_l
             # sum_j w_j X_j per group: (W 3 n) x k and (W n) x (3 k) GEMMs over the slots
             a1 = (wu_pad * dr_pad[l][:, None, :]).view(nc, Jt, W * 3 * n)
             a2 = (w_pad[:, :, None] * r_pad[l][:, None, :]).view(nc, Jt, W * n)
@@ -1167,13 +1238,14 @@ class SOAP(OwnsCutoff, Descriptor):
                 d.diagonal(dim1=-2, dim2=-1).mul_(math.sqrt(0.5))
         # X[a, l, n, beta] = dR_nl rhat_a u_(l, beta) + R_nl v_(a, l, beta) per real pair,
         # every l in two ops (per l they were 16-wide inner loops, 30 % of the call)
-        u = torch.stack(u_ls, 1).index_select(0, real)  # (P, L+1, k)
-        v = torch.stack(v_ls, 2).index_select(0, real)  # (P, 3, L+1, k)
-        x = xr[:, :, :-1].unflatten(-1, (L + 1, n, k))
-        drl = dr.transpose(1, 2)  # (P, L+1, n)
-        torch.mul(unit[:, :, None, None, None], (drl[..., None] * u[:, :, None, :])[:, None],
-                  out=x)
-        x.addcmul_(rs.transpose(1, 2)[:, None, :, :, None], v[:, :, :, None, :])
+        if dens is None:
+            u = torch.stack(u_ls, 1).index_select(0, real)  # (P, L+1, k)
+            v = torch.stack(v_ls, 2).index_select(0, real)  # (P, 3, L+1, k)
+            x = xr[:, :, :-1].unflatten(-1, (L + 1, n, k))
+            drl = dr.transpose(1, 2)  # (P, L+1, n)
+            torch.mul(unit[:, :, None, None, None],
+                      (drl[..., None] * u[:, :, None, :])[:, None], out=x)
+            x.addcmul_(rs.transpose(1, 2)[:, None, :, :, None], v[:, :, :, None, :])
         if not compact:
             for s in range(S):
                 d = x[bounds[s]:bounds[s + 1], ..., s * n:(s + 1) * n]

@@ -466,6 +466,30 @@ def test_compact_gradients_are_the_dense_ones(acetamide, triclinic_two_species, 
         assert float(compact.t.abs().max()) == 0.0
 
 
+@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
+def test_periodic_images_summed_as_density_gradients_give_the_same_entries(
+        monkeypatch, acetamide, triclinic_two_species, normalize):
+    """A chunk with few entries per pair (periodic images of one atom) sums its pairs'
+    density gradients per entry and multiplies by the coefficients once; with the
+    molecule's centres in the same chunk (8 entries each against the cell's 2: padded
+    slots) the entries equal those summed from each pair's X."""
+    import torch
+
+    import gapkit.descriptors.soap as soap_module
+
+    frames = [acetamide, triclinic_two_species, acetamide]
+    soap = make_soap(species=[1, 6, 7, 8, 14], normalize=normalize)
+    monkeypatch.setattr(soap_module, "IMAGE_SHARE", 0.0)  # X per pair, then summed
+    _, per_pair = soap.compute_compact(frames, strain=True)
+    monkeypatch.setattr(soap_module, "IMAGE_SHARE", 1.0)  # density gradients summed
+    _, summed = soap.compute_compact(frames, strain=True)
+    for name in ("x", "t", "own"):
+        a, b = getattr(summed, name), getattr(per_pair, name)
+        assert torch.allclose(a, b, rtol=0, atol=1e-14 * float(b.abs().max())), name
+    assert torch.equal(summed.centre, per_pair.centre)
+    assert torch.equal(summed.atom, per_pair.atom)
+
+
 def test_compact_gradients_need_several_species(si8_rattled, acetamide):
     with pytest.raises(ValueError, match="needs several species"):
         make_soap(species=[14]).compute_compact([si8_rattled])
