@@ -417,6 +417,8 @@ class _CompactPairs:
         return x, t, finish
 
 
+#: values of a chunk with at most this many padded slots (centres x species x the largest
+#: count) pad every species to one count (_values_uniform)
 UNIFORM_SLOTS = 2048
 #: a chunk whose entries are at most this share of its pairs (periodic images of one atom)
 #: sums its pairs' density gradients per entry instead of their X (_image_density): on the
