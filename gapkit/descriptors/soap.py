@@ -380,19 +380,21 @@ class _CompactPairs:
         return inverse.reshape(-1), unique // max(self.n_centres, 1) - c0
 
     def rows(self, c0: int, c1: int, pair: np.ndarray, species: np.ndarray, *,
-             summed: bool = False):
+             summed: bool = False, images=None):
         """Where the chunk of centres c0..c1 writes its pairs, which come in the order
         ``pair`` (with neighbour ``species``): ``(x, t, finish)``. Without periodic images
         of one atom these are the entries' rows of the call's arrays and ``finish`` is
         None; else scratch rows, one per pair, that ``finish()`` sums into the entries
         (``summed``: ``x`` is the entries' rows, which the caller fills with the sums
-        itself, and ``finish()`` sums ``t`` only)."""
+        itself, and ``finish()`` sums ``t`` only; ``images``: :meth:`images` of the same
+        arguments, if already taken)."""
         e0, e1 = int(self.entry_start[c0]), int(self.entry_start[c1])
         if e1 - e0 == pair.shape[0]:  # a pair per entry: written in place
             self.pair[e0:e1] = pair
             self.species[e0:e1] = species
             return self.x[e0:e1], self.t[e0:e1], None
-        _, inverse = np.unique(self.key[pair], return_inverse=True)
+        inverse = (np.unique(self.key[pair], return_inverse=True)[1].reshape(-1)
+                   if images is None else images[0])
         self.pair[e0 + inverse] = pair
         self.species[e0 + inverse] = species
         if summed:
@@ -1170,7 +1172,8 @@ class SOAP(OwnsCutoff, Descriptor):
             images = out.images(c0, c1, p0 + order)
             summed = images is not None and len(images[1]) <= IMAGE_SHARE * n_pairs
             xr, t, finish = out.rows(c0, c1, p0 + order,
-                                     np.repeat(np.arange(S), np.diff(bounds)), summed=summed)
+                                     np.repeat(np.arange(S), np.diff(bounds)), summed=summed,
+                                     images=images)
             if summed:
                 dens = self._image_density(nc, images, real, padded, (rs, dr, unit, None))
         else:
