@@ -94,6 +94,15 @@ def area_all(err, var):
     return float(np.mean(np.abs((covered + exact * LEVELS) / err.size - LEVELS)))
 
 
+def by_config_type(test, err) -> dict:
+    """Force MAE (eV/Å) and component count per config_type of the test frames (``err``:
+    the force errors of every component, frame after frame): where the error is."""
+    kinds = np.concatenate([np.full(3 * len(a), str(a.info.get("config_type", "default")))
+                            for a in test])
+    return {k: {"mae": float(np.mean(np.abs(err[kinds == k]))), "n": int(np.sum(kinds == k))}
+            for k in sorted(set(kinds))}
+
+
 def score(model, test, row: str, keep: dict | None = None) -> dict:
     """The row's figures on ``test``; with ``keep``, its force errors, sigmas and the mask
     of components not fixed by symmetry go in ``keep[row]`` (for :func:`cross_spearman`)."""
@@ -115,6 +124,7 @@ def score(model, test, row: str, keep: dict | None = None) -> dict:
             "energy_mae_se_mev_per_atom": 1e3 * float(np.std(np.abs(err_e), ddof=1)
                                                       / np.sqrt(err_e.size)),
             "forces_mae": float(np.mean(np.abs(err))),
+            "forces_mae_by_config_type": by_config_type(test, err),
             "forces_area_all": area_all(err, var),
             "forces_area_nonzero": float(uq.miscalibration_area(err[nz], var[nz])),
             "forces_spearman_nonzero": float(spearmanr(np.sqrt(var[nz]),
@@ -214,6 +224,9 @@ def main() -> None:
                   f"rho {r['forces_spearman_nonzero']:.3f}  |z|>5 "
                   f"{100 * r['forces_share_z_above_5']:.2f}%  fit CPU {fit_cpu:.0f} s",
                   flush=True)
+            print(f"{'':8s} F by config_type: " + ", ".join(
+                f"{k} {v['mae']:.4f} ({v['n']})"
+                for k, v in r["forces_mae_by_config_type"].items()), flush=True)
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_text(json.dumps(out, indent=1, default=float))
         if len(kept) > 1:
